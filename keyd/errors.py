@@ -1,0 +1,60 @@
+"""The error vocabulary shared by keyd, its wire protocol and its client.
+
+Every refusal keyd sends carries one of these stable codes; the client turns each code back into
+the matching exception, so callers catch a few named failures instead of parsing messages.
+Messages never contain plaintext, ciphertext, keys, PINs or passphrases.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    SEALED = "sealed"  # no key loaded yet, or sealed again by the operator
+    QUOTA_EXCEEDED = "quota_exceeded"  # a decrypt budget is spent
+    BAD_REQUEST = "bad_request"  # the frame or request does not parse or validate
+    INTEGRITY_FAILURE = "integrity_failure"  # authentication tag, context or format does not verify
+    FORBIDDEN = "forbidden"  # the peer is not allowed, or the key version is retired
+    INTERNAL = "internal"  # keyd failed; details are in keyd's own log, never on the wire
+
+
+class KeydError(Exception):
+    """Base of everything the keyd client raises."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+
+class Sealed(KeydError):
+    code = ErrorCode.SEALED
+
+
+class QuotaExceeded(KeydError):
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
+class BadRequest(KeydError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class IntegrityFailure(KeydError):
+    code = ErrorCode.INTEGRITY_FAILURE
+
+
+class Forbidden(KeydError):
+    code = ErrorCode.FORBIDDEN
+
+
+class Internal(KeydError):
+    code = ErrorCode.INTERNAL
+
+
+class Unavailable(KeydError):
+    """Client side only: keyd could not be reached or did not answer in time."""
+
+    code = ErrorCode.INTERNAL
+
+
+BY_CODE: dict[ErrorCode, type[KeydError]] = {
+    cls.code: cls for cls in (Sealed, QuotaExceeded, BadRequest, IntegrityFailure, Forbidden, Internal)
+}

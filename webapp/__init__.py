@@ -1,0 +1,1 @@
+"""Strongroom's web app (built in issue 4)."""
