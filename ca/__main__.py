@@ -1,0 +1,3 @@
+from ca.cli import main
+
+main()
