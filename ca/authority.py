@@ -236,6 +236,7 @@ class Authority:
             ):
                 make_private_dir(d)
             atomic_write(self.layout.config, render_config(config).encode("utf-8"))
+            atomic_write(self.layout.lock, b"")
             atomic_write(self.layout.root_key, pki.encrypt_key(root_key, root_pass))
             atomic_write(self.layout.root_cert, pki.pem(root))
             atomic_write(self.layout.root_crl, pki.pem(root_crl))

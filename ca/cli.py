@@ -3,7 +3,7 @@
 Secrets never come from argv or the environment: passphrases are prompted for, or read from a
 private file named by --passphrase-file / --root-passphrase-file (for the CRL timer and the demo).
 Exit codes: 0 done; 1 refused, nothing changed; 2 usage error; 3 done, but a follow-up step
-(web app unbind, Apache reload, root CRL renewal) needs the admin.
+(web app unbind, Apache reload, root CRL renewal) needs the admin; 4 an I/O error (disk full...).
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ class CAGroup(click.Group):
             if e.exit_code == 1:
                 _log_refusal(ctx, str(e))
             ctx.exit(e.exit_code)
+        except OSError as e:
+            # A disk full or I/O error mid-operation: issue undoes its own steps; anything else may
+            # have completed part of its writes (always index first), so send the admin to look.
+            _err(f"I/O failure: {e.strerror or e} ({e.filename or '-'}); check `python -m ca list`, retry")
+            ctx.exit(4)
 
 
 def _log_refusal(ctx: click.Context, message: str) -> None:
