@@ -427,7 +427,8 @@ class Authority:
                 )
             if current is not None and current.profile is not profile:
                 raise CAError(
-                    f"{name} holds a {current.profile} certificate: --replace cannot change the profile"
+                    f"{name}'s current certificate has the {current.profile} profile: "
+                    "--replace cannot change it"
                 )
             check()
             issuing, issuing_key = self._issuing()
