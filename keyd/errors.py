@@ -23,6 +23,8 @@ class KeydError(Exception):
     """Base of everything the keyd client raises."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    # The stable reason keyd sent with the code (see keyd.protocol.Reason), when there is one.
+    reason: str | None = None
 
 
 class Sealed(KeydError):

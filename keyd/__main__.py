@@ -1,0 +1,5 @@
+"""`python -m keyd --help`."""
+
+from keyd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""AES-256-GCM with versioned, self-describing ciphertexts and the caller's context as associated data.
+
+Ciphertext layout (binary)::
+
+    u8  format version (1)
+    u32 key version (big-endian)
+    12  nonce (random, generated here, never by the caller)
+    ..  AES-GCM ciphertext followed by the 16-byte tag
+
+The associated data is the 5-byte header plus the length-prefixed record id and field name, so a
+ciphertext moved to another row or field, or relabelled with another key version, fails to decrypt
+(the idea of Vault's barrier, which binds the storage path the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">BI")
+NONCE_LEN = 12
+TAG_LEN = 16
+OVERHEAD = HEADER.size + NONCE_LEN + TAG_LEN
+KEY_LEN = 32
+# NIST SP 800-38D: at most 2**32 random-nonce invocations per key. Stop well short of it.
+MAX_ENCRYPTIONS_PER_VERSION = 2**31
+
+KCV_PLAINTEXT = b"strongroom keyd key check value"
+
+
+class AuthenticationFailed(Exception):
+    """The tag did not verify: wrong key, wrong context, or a tampered ciphertext."""
+
+
+class MalformedCiphertext(Exception):
+    """Not a ciphertext of a format this keyd knows."""
+
+
+class Aead(Protocol):
+    """One key version's AES-256-GCM. Implementations: FileAead here, TokenAead in keysource."""
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes: ...
+
+
+class FileAead:
+    """A version key held in this process (file mode), used through pyca/cryptography."""
+
+    __slots__ = ("_gcm",)
+
+    def __init__(self, key: bytes | bytearray) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError("an AES-256 key is 32 bytes")
+        self._gcm = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._gcm.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        try:
+            return self._gcm.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise AuthenticationFailed from None
+
+
+def derive_version_key(master: bytes | bytearray, *, salt: bytes, version: int) -> bytearray:
+    """The data key of one version, from the operator's master key (HKDF-SHA256, version in info).
+
+    Rotation therefore needs no new operator secret, and every version stays recoverable from the
+    one master until the operator retires it.
+    """
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=b"strongroom keyd v%d" % version)
+    return bytearray(hkdf.derive(bytes(master)))
+
+
+def header(version: int) -> bytes:
+    return HEADER.pack(FORMAT_VERSION, version)
+
+
+def associated_data(head: bytes, record_id: bytes, field: bytes) -> bytes:
+    # Lengths are < 256 (see keyd.protocol); the prefixes make the encoding unambiguous.
+    return b"".join((head, bytes((len(record_id),)), record_id, bytes((len(field),)), field))
+
+
+def split(ciphertext: bytes) -> tuple[int, bytes, bytes, bytes]:
+    """(key version, header, nonce, body) of a ciphertext. Raises MalformedCiphertext."""
+    if len(ciphertext) < OVERHEAD:
+        raise MalformedCiphertext
+    fmt, version = HEADER.unpack_from(ciphertext)
+    if fmt != FORMAT_VERSION or version == 0:
+        raise MalformedCiphertext
+    h = HEADER.size
+    return version, ciphertext[:h], ciphertext[h : h + NONCE_LEN], ciphertext[h + NONCE_LEN :]
+
+
+def encrypt(aead: Aead, version: int, plaintext: bytes, record_id: bytes, field: bytes) -> bytes:
+    head = header(version)
+    nonce = os.urandom(NONCE_LEN)
+    return head + nonce + aead.seal(nonce, plaintext, associated_data(head, record_id, field))
+
+
+def kcv_aad(version: int) -> bytes:
+    return b"strongroom keyd key check v%d" % version
+
+
+def make_kcv(aead: Aead, version: int) -> tuple[bytes, bytes]:
+    """A key check value: an encryption of a constant, verified by decrypting it at unseal."""
+    nonce = os.urandom(NONCE_LEN)
+    return nonce, aead.seal(nonce, KCV_PLAINTEXT, kcv_aad(version))
+
+
+def check_kcv(aead: Aead, version: int, nonce: bytes, value: bytes) -> bool:
+    try:
+        return aead.open(nonce, value, kcv_aad(version)) == KCV_PLAINTEXT
+    except AuthenticationFailed:
+        return False

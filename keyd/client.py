@@ -1,0 +1,283 @@
+"""The keyd client: the only keyd module the web app imports (with keyd.errors).
+
+    with KeydClient("/run/strongroom-keyd/keyd.sock") as keyd:
+        blob = keyd.encrypt(b"4111...", context=Context("cust-42", "pan"), actor="alice", purpose="create")
+        keyd.decrypt(blob, context=Context("cust-42", "pan"), actor="alice", purpose="reveal")
+
+Thread-safe: each call borrows a connection from a small pool and returns it, so threads do not
+queue behind one another. Connections are reused; one that keyd closed (restart, idle timeout) is
+replaced once, transparently. A fork (gunicorn) never shares a connection with the parent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from keyd.errors import BY_CODE, KeydError, Unavailable
+from keyd.protocol import (
+    MAX_FRAME,
+    ErrorResponse,
+    Op,
+    ProtocolError,
+    ResponseError,
+    encode_request,
+    parse_response,
+)
+
+__all__ = ["Context", "KeydAdminClient", "KeydClient", "Status"]
+
+_POOL_MAX = 8
+
+
+@dataclass(frozen=True)
+class Context:
+    """Bound to the ciphertext as associated data: it decrypts only for this record and field."""
+
+    record_id: str
+    field: str
+
+
+@dataclass(frozen=True)
+class Status:
+    sealed: bool
+    key_version: int | None
+    min_decrypt_version: int | None
+    mode: str
+    # Encryptions per key version (an upper bound carried over restarts; exact since this start).
+    versions: dict[int, int] = field(default_factory=dict)
+
+
+class _StaleConnection(Exception):
+    """The pooled connection was closed by keyd before it answered anything."""
+
+
+def _error(resp: ErrorResponse) -> KeydError:
+    exc = BY_CODE[resp.code](resp.reason)
+    exc.reason = resp.reason
+    return exc
+
+
+class KeydClient:
+    def __init__(self, socket_path: str | os.PathLike[str], *, timeout: float = 2.0) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._path = os.fspath(socket_path)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._idle: list[socket.socket] = []
+        self._pid = os.getpid()
+        self._closed = False
+
+    # --- connections ----------------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._timeout)
+            sock.connect(self._path)
+            sock.settimeout(None)
+            tv = struct.pack("ll", int(self._timeout), int((self._timeout % 1) * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot reach keyd at {self._path}: {exc.strerror or exc}") from None
+        return sock
+
+    def _borrow(self) -> tuple[socket.socket, bool]:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("client is closed")
+            if self._pid != os.getpid():
+                # Forked: the parent's connections are the parent's. Forget them without shutting down.
+                for sock in self._idle:
+                    sock.close()
+                self._idle.clear()
+                self._pid = os.getpid()
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _give_back(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < _POOL_MAX and self._pid == os.getpid():
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+    @staticmethod
+    def _exchange(sock: socket.socket, request: bytes, reused: bool) -> bytes:
+        try:
+            sock.sendall(request)
+            data = sock.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            if reused:
+                raise _StaleConnection from None
+            raise
+        if not data:
+            if reused:
+                raise _StaleConnection
+            raise ConnectionResetError("keyd closed the connection")
+        while len(data) < 4:
+            more = sock.recv(65536)
+            if not more:
+                raise ConnectionResetError("keyd closed the connection mid-answer")
+            data += more
+        size = int.from_bytes(data[:4], "big")
+        if not 0 < size <= MAX_FRAME + 1024:
+            raise ResponseError("bad answer length")
+        end = size + 4
+        if len(data) < end:
+            parts = [data]
+            have = len(data)
+            while have < end:
+                more = sock.recv(max(65536, end - have))
+                if not more:
+                    raise ConnectionResetError("keyd closed the connection mid-answer")
+                parts.append(more)
+                have += len(more)
+            data = b"".join(parts)
+        if len(data) != end:
+            raise ResponseError("keyd sent more than one answer")
+        return data[4:]
+
+    def _call(self, request: bytes) -> ErrorResponse | list[bytes | ErrorResponse] | dict[str, Any]:
+        for attempt in (1, 2):
+            sock, reused = self._borrow()
+            try:
+                body = self._exchange(sock, request, reused)
+                result = parse_response(body)
+            except _StaleConnection:
+                sock.close()
+                self._drop_idle()  # they all belong to the keyd that went away
+                if attempt == 1:
+                    continue
+                raise Unavailable("keyd closed the connection") from None
+            except (TimeoutError, BlockingIOError):
+                sock.close()
+                raise Unavailable(f"keyd did not answer within {self._timeout} s") from None
+            except ResponseError:
+                sock.close()
+                raise Unavailable("keyd sent a malformed answer") from None
+            except OSError as exc:
+                sock.close()
+                raise Unavailable(f"keyd connection failed: {exc.strerror or exc}") from None
+            self._give_back(sock)
+            return result
+        raise Unavailable("unreachable")  # pragma: no cover
+
+    # --- operations -----------------------------------------------------------------------------
+
+    def _items(
+        self, op: Op, items: list[tuple[str, str, bytes]], actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        try:
+            request = encode_request(op, actor, purpose, items)
+        except ProtocolError as exc:
+            raise _error(ErrorResponse(exc.code, exc.refusal.value)) from None
+        result = self._call(request)
+        if isinstance(result, ErrorResponse):
+            raise _error(result)
+        if not isinstance(result, list) or len(result) != len(items):
+            raise Unavailable("keyd answered with the wrong number of items")
+        return [_error(r) if isinstance(r, ErrorResponse) else r for r in result]
+
+    def _single(self, op: Op, data: bytes, context: Context, actor: str, purpose: str) -> bytes:
+        (out,) = self._items(op, [(context.record_id, context.field, bytes(data))], actor, purpose)
+        if isinstance(out, KeydError):
+            raise out
+        return out
+
+    def _batch(
+        self, op: Op, items: Sequence[tuple[Context, bytes]], actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        if not items:
+            return []
+        return self._items(op, [(c.record_id, c.field, bytes(d)) for c, d in items], actor, purpose)
+
+    def status(self) -> Status:
+        return self._status(encode_request(Op.STATUS, "keyd-client", "status"))
+
+    def _status(self, request: bytes) -> Status:
+        result = self._call(request)
+        if isinstance(result, ErrorResponse):
+            raise _error(result)
+        if not isinstance(result, dict):
+            raise Unavailable("keyd answered status with items")
+        try:
+            return Status(
+                sealed=bool(result["sealed"]),
+                key_version=result.get("key_version"),
+                min_decrypt_version=result.get("min_decrypt_version"),
+                mode=str(result["mode"]),
+                versions={int(k): int(v) for k, v in result.get("versions", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Unavailable("keyd sent a malformed status") from None
+
+    def encrypt(self, plaintext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        return self._single(Op.ENCRYPT, plaintext, context, actor, purpose)
+
+    def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        return self._single(Op.DECRYPT, ciphertext, context, actor, purpose)
+
+    def rewrap(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        """Re-encrypt under the newest key version; the plaintext never leaves keyd."""
+        return self._single(Op.REWRAP, ciphertext, context, actor, purpose)
+
+    def encrypt_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        return self._batch(Op.ENCRYPT_BATCH, items, actor, purpose)
+
+    def decrypt_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        return self._batch(Op.DECRYPT_BATCH, items, actor, purpose)
+
+    def rewrap_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        return self._batch(Op.REWRAP_BATCH, items, actor, purpose)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._drop_idle()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class KeydAdminClient(KeydClient):
+    """Operator commands (`python -m keyd seal|rotate|retire`). keyd accepts them only from admin uids."""
+
+    def _admin(self, op: Op, actor: str, arg: int | None = None) -> Status:
+        return self._status(encode_request(op, actor, "operator", arg=arg))
+
+    def seal(self, *, actor: str) -> Status:
+        return self._admin(Op.SEAL, actor)
+
+    def rotate(self, *, actor: str) -> Status:
+        return self._admin(Op.ROTATE, actor)
+
+    def retire(self, min_version: int, *, actor: str) -> Status:
+        return self._admin(Op.RETIRE, actor, min_version)

@@ -1,0 +1,172 @@
+"""keyd's persistent state: not secret, but its integrity matters.
+
+Layout of the state dir (0700, owned by keyd's user)::
+
+    state.json      mode, KDF salt and parameters, key versions with their key check values,
+                    the minimum decrypt version, encryption counts reserved per version
+    budgets.json    decrypt counters reserved per employee/global window (see keyd/budgets.py)
+    events.jsonl    the append-only event spool (see keyd/events.py)
+
+Every JSON file is replaced atomically: write a temp file, fsync it, rename it over the old one,
+fsync the directory. A crash leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FORMAT = 1
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_json(path: Path) -> Any:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        return json.loads(f.read(4 * 1024 * 1024))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+class StateError(Exception):
+    """The state file is missing, unreadable or inconsistent: keyd refuses to start on it."""
+
+
+@dataclass
+class Version:
+    number: int
+    created: float
+    kcv_nonce: bytes
+    kcv: bytes
+    encryptions_reserved: int = 0  # an upper bound on encryptions made under this version
+    token_label: str | None = None  # pkcs11 mode: the label of this version's key in the token
+
+
+@dataclass
+class State:
+    mode: str  # "file" or "pkcs11"
+    key_kind: str  # file mode: "passphrase" or "raw"; pkcs11 mode: "pin"
+    kdf: dict[str, int]  # scrypt n, r, p (passphrase only)
+    kdf_salt: bytes
+    hkdf_salt: bytes
+    token_label: str | None
+    current_version: int
+    min_decrypt_version: int
+    versions: dict[int, Version] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "mode": self.mode,
+            "key_kind": self.key_kind,
+            "kdf": {"name": "scrypt", **self.kdf} if self.kdf else {},
+            "kdf_salt": b64(self.kdf_salt),
+            "hkdf_salt": b64(self.hkdf_salt),
+            "token_label": self.token_label,
+            "current_version": self.current_version,
+            "min_decrypt_version": self.min_decrypt_version,
+            "versions": {
+                str(v.number): {
+                    "created": v.created,
+                    "kcv_nonce": b64(v.kcv_nonce),
+                    "kcv": b64(v.kcv),
+                    "encryptions_reserved": v.encryptions_reserved,
+                    "token_label": v.token_label,
+                }
+                for v in sorted(self.versions.values(), key=lambda v: v.number)
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> State:
+        try:
+            if obj["format"] != STATE_FORMAT:
+                raise StateError(f"unsupported state format {obj['format']!r}")
+            kdf = dict(obj["kdf"])
+            kdf.pop("name", None)
+            versions = {
+                int(n): Version(
+                    number=int(n),
+                    created=float(v["created"]),
+                    kcv_nonce=unb64(v["kcv_nonce"]),
+                    kcv=unb64(v["kcv"]),
+                    encryptions_reserved=int(v["encryptions_reserved"]),
+                    token_label=v.get("token_label"),
+                )
+                for n, v in obj["versions"].items()
+            }
+            state = cls(
+                mode=str(obj["mode"]),
+                key_kind=str(obj["key_kind"]),
+                kdf={k: int(v) for k, v in kdf.items()},
+                kdf_salt=unb64(obj["kdf_salt"]),
+                hkdf_salt=unb64(obj["hkdf_salt"]),
+                token_label=obj.get("token_label"),
+                current_version=int(obj["current_version"]),
+                min_decrypt_version=int(obj["min_decrypt_version"]),
+                versions=versions,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"state file does not parse: {type(exc).__name__}") from exc
+        if state.mode not in ("file", "pkcs11") or state.current_version not in state.versions:
+            raise StateError("state file is inconsistent")
+        if not 1 <= state.min_decrypt_version <= state.current_version:
+            raise StateError("state file is inconsistent: min decrypt version")
+        return state
+
+
+class StateStore:
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> State:
+        try:
+            return State.from_json(read_json(self.path))
+        except FileNotFoundError:
+            raise StateError(f"no state at {self.path}: run `python -m keyd init` first") from None
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read {self.path}: {exc}") from exc
+
+    def save(self, state: State) -> None:
+        atomic_write_json(self.path, state.to_json())
+
+
+def make_state_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if not path.is_dir() or path.is_symlink():
+        raise StateError(f"{path} is not a directory")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)

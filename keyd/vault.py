@@ -1,0 +1,405 @@
+"""The vault: keyd's state machine (sealed/unsealed) and the operations it serves.
+
+Everything here is transport-free: `handle(body, uid)` takes one request body and returns one response
+frame, so the socket server stays dumb and the tests can drive the logic directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyd import cipher
+from keyd.budgets import Budgets, BudgetWriteFailed
+from keyd.config import Config
+from keyd.errors import ErrorCode
+from keyd.events import Event, EventSink
+from keyd.keysource import Token, TokenError, WrongPin, raw_key, stretch, strip_line, token_key_label, wipe
+from keyd.protocol import (
+    ADMIN_OPS,
+    CRYPTO_OPS,
+    Item,
+    Op,
+    Outcome,
+    ProtocolError,
+    Reason,
+    Request,
+    encode_error,
+    encode_items,
+    encode_json,
+    parse_request,
+)
+from keyd.state import State, StateStore, Version
+
+log = logging.getLogger("keyd")
+
+# Encryptions are counted in memory and reserved on disk in chunks (an upper bound survives a crash).
+ENCRYPTION_CHUNK = 1 << 16
+
+BAD_REQUEST = ErrorCode.BAD_REQUEST
+INTEGRITY = ErrorCode.INTEGRITY_FAILURE
+FORBIDDEN = ErrorCode.FORBIDDEN
+QUOTA = ErrorCode.QUOTA_EXCEEDED
+INTERNAL = ErrorCode.INTERNAL
+
+_BUDGET_REASONS = {
+    ("employee", "minute"): Reason.EMPLOYEE_MINUTE,
+    ("employee", "hour"): Reason.EMPLOYEE_HOUR,
+    ("employee", "day"): Reason.EMPLOYEE_DAY,
+    ("global", "minute"): Reason.GLOBAL_MINUTE,
+    ("global", "hour"): Reason.GLOBAL_HOUR,
+    ("global", "day"): Reason.GLOBAL_DAY,
+}
+
+
+class WrongKey(Exception):
+    """The dropped key, passphrase or PIN does not match the state's key check values."""
+
+
+@dataclass
+class Keyring:
+    aeads: dict[int, cipher.Aead]
+    master: bytearray | None = None  # file mode: kept to derive new versions at rotation
+    token: Token | None = None  # pkcs11 mode: the logged-in session
+    counts: dict[int, int] = field(default_factory=dict)
+
+
+def _open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
+    """Turn the operator's secret into a verified keyring. Raises WrongKey. Wipes `secret`."""
+    try:
+        if state.mode == "file":
+            try:
+                if state.key_kind == "raw":
+                    master = raw_key(secret)
+                else:
+                    master = stretch(secret, salt=state.kdf_salt, **state.kdf)
+            except ValueError:
+                raise WrongKey("malformed key") from None
+            ring = Keyring(aeads={}, master=master)
+            for v in state.versions:
+                key = cipher.derive_version_key(master, salt=state.hkdf_salt, version=v)
+                ring.aeads[v] = cipher.FileAead(key)
+                wipe(key)
+        else:
+            line = strip_line(secret)
+            try:
+                pin = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WrongKey("PIN is not UTF-8") from None
+            finally:
+                wipe(line)
+            try:
+                token = Token(config.pkcs11_module, state.token_label or config.token_label, pin)
+            except WrongPin:
+                raise WrongKey("the token refused the PIN") from None
+            ring = Keyring(aeads={}, token=token)
+            try:
+                for v, version in state.versions.items():
+                    ring.aeads[v] = token.key(version.token_label or token_key_label(v))
+            except TokenError:
+                token.close()
+                raise
+    finally:
+        wipe(secret)
+    for v, version in state.versions.items():
+        if not cipher.check_kcv(ring.aeads[v], v, version.kcv_nonce, version.kcv):
+            _close_ring(ring)
+            raise WrongKey(f"key check value of version {v} does not match")
+    ring.counts = {v: version.encryptions_reserved for v, version in state.versions.items()}
+    return ring
+
+
+def _close_ring(ring: Keyring) -> None:
+    if ring.master is not None:
+        wipe(ring.master)
+    if ring.token is not None:
+        ring.token.close()
+    ring.aeads.clear()
+
+
+def create_state(
+    config: Config, secret: bytearray, *, key_kind: str, scrypt: dict[str, int] | None = None
+) -> tuple[State, Keyring]:
+    """`keyd init`: a fresh state with version 1 and its key check value (and the token key)."""
+    state = State(
+        mode=config.mode,
+        key_kind=key_kind,
+        kdf=dict(scrypt or {}) if key_kind == "passphrase" else {},
+        kdf_salt=os.urandom(16),
+        hkdf_salt=os.urandom(32),
+        token_label=config.token_label if config.mode == "pkcs11" else None,
+        current_version=1,
+        min_decrypt_version=1,
+        versions={},
+    )
+    if config.mode == "file":
+        try:
+            master = (
+                raw_key(secret) if key_kind == "raw" else stretch(secret, salt=state.kdf_salt, **state.kdf)
+            )
+        finally:
+            wipe(secret)
+        ring = Keyring(aeads={}, master=master)
+    else:
+        line = strip_line(secret)
+        wipe(secret)
+        try:
+            pin = line.decode("utf-8")
+        finally:
+            wipe(line)
+        ring = Keyring(aeads={}, token=Token(config.pkcs11_module, config.token_label, pin))
+    _add_version(state, ring, 1)
+    return state, ring
+
+
+def _add_version(state: State, ring: Keyring, v: int) -> None:
+    label = None
+    if ring.master is not None:
+        key = cipher.derive_version_key(ring.master, salt=state.hkdf_salt, version=v)
+        aead: cipher.Aead = cipher.FileAead(key)
+        wipe(key)
+    else:
+        if ring.token is None:
+            raise TokenError("no master key and no token: cannot add a key version")
+        label = token_key_label(v)
+        aead = ring.token.generate_key(label)
+    nonce, kcv = cipher.make_kcv(aead, v)
+    state.versions[v] = Version(number=v, created=time.time(), kcv_nonce=nonce, kcv=kcv, token_label=label)
+    ring.aeads[v] = aead
+    ring.counts[v] = 0
+
+
+class Vault:
+    def __init__(self, *, config: Config, store: StateStore, events: EventSink, budgets: Budgets) -> None:
+        self.config = config
+        self.store = store
+        self.events = events
+        self.budgets = budgets
+        self.state = store.load()
+        if self.state.mode != config.mode:
+            raise ValueError(f"state is in {self.state.mode} mode but keyd is configured for {config.mode}")
+        self._ring: Keyring | None = None
+        self._lock = threading.Lock()  # state changes, rotation, encryption reservations
+        self._allowed = config.allowed_uids
+        self._admins = config.admin_uids
+
+    # --- sealing ------------------------------------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        return self._ring is None
+
+    def unseal(self, secret: bytearray) -> bool:
+        """Try the operator's secret. True if keyd is now unsealed; on a wrong key it stays sealed."""
+        with self._lock:
+            try:
+                ring = _open_keyring(self.state, secret, self.config)
+            except WrongKey as exc:
+                log.warning("unseal refused: %s; keyd stays sealed", exc)
+                self.events.emit(Event.WRONG_KEY, mode=self.state.mode, reason=str(exc))
+                return False
+            except TokenError as exc:
+                log.error("unseal failed: %s; keyd stays sealed", exc)
+                self.events.emit(Event.WRONG_KEY, mode=self.state.mode, reason=str(exc))
+                return False
+            old, self._ring = self._ring, ring
+            if old is not None:
+                _close_ring(old)
+        log.info("unsealed (key version %d)", self.state.current_version)
+        self.events.emit(Event.UNSEALED, mode=self.state.mode, key_version=self.state.current_version)
+        return True
+
+    def seal(self, why: str) -> None:
+        with self._lock:
+            ring, self._ring = self._ring, None
+            if ring is None:
+                return
+            _close_ring(ring)
+        log.info("sealed (%s)", why)
+        self.events.emit(Event.SEALED, why=why)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def handle(self, body: bytes, uid: int) -> bytes:
+        """One request body in, one response frame out. Never raises for anything a peer can send."""
+        try:
+            req = parse_request(body)
+        except ProtocolError as exc:
+            return encode_error(BAD_REQUEST, exc.refusal)
+        op = req.op
+        try:
+            if op in CRYPTO_OPS:
+                if uid not in self._allowed:
+                    return encode_error(FORBIDDEN, Reason.PEER_NOT_ALLOWED)
+                ring = self._ring
+                if ring is None:
+                    return encode_error(ErrorCode.SEALED, Reason.SEALED)
+                if op is Op.ENCRYPT or op is Op.ENCRYPT_BATCH:
+                    return encode_items(self._encrypt(ring, req))
+                if op is Op.DECRYPT or op is Op.DECRYPT_BATCH:
+                    return encode_items(self._decrypt(ring, req))
+                return encode_items(self._rewrap(ring, req))
+            if op is Op.STATUS:
+                return encode_json(self.status())
+            if op in ADMIN_OPS:
+                if uid not in self._admins:
+                    self.events.emit(Event.ADMIN_REFUSED, uid=uid, op=op.name.lower(), actor=req.actor)
+                    return encode_error(FORBIDDEN, Reason.NOT_ADMIN)
+                return self._admin(req)
+        except Exception:
+            log.exception("request %s failed", op.name)
+            return encode_error(INTERNAL, Reason.INTERNAL)
+        return encode_error(BAD_REQUEST, Reason.UNKNOWN_OP)  # pragma: no cover - every Op is handled
+
+    def _reserve_encryptions(self, ring: Keyring, v: int, n: int) -> Reason | None:
+        with self._lock:
+            count = ring.counts[v] + n
+            if count > cipher.MAX_ENCRYPTIONS_PER_VERSION:
+                self.events.emit(Event.KEY_VERSION_EXHAUSTED, key_version=v)
+                return Reason.KEY_EXHAUSTED
+            version = self.state.versions[v]
+            if count > version.encryptions_reserved:
+                version.encryptions_reserved = count + ENCRYPTION_CHUNK
+                try:
+                    self.store.save(self.state)
+                except OSError:
+                    log.exception("cannot write the state file")
+                    self.events.emit(Event.STATE_WRITE_FAILED, file="state.json")
+                    return Reason.STATE_WRITE_FAILED
+            ring.counts[v] = count
+        return None
+
+    def _encrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
+        v = self.state.current_version
+        aead = ring.aeads[v]
+        good = sum(1 for item in req.items if item.error is None)
+        refusal = self._reserve_encryptions(ring, v, good) if good else None
+        out: list[Outcome] = []
+        for item in req.items:
+            if item.error is not None:
+                out.append((BAD_REQUEST, item.error))
+            elif refusal is not None:
+                out.append((INTERNAL if refusal is Reason.STATE_WRITE_FAILED else FORBIDDEN, refusal))
+            else:
+                out.append(cipher.encrypt(aead, v, item.data, item.record_id, item.field))
+        return out
+
+    def _open(
+        self, ring: Keyring, req: Request, item: Item, *, charge: bool
+    ) -> bytes | tuple[ErrorCode, Reason]:
+        if item.error is not None:
+            return (BAD_REQUEST, item.error)
+        try:
+            v, head, nonce, body = cipher.split(item.data)
+        except cipher.MalformedCiphertext:
+            return (BAD_REQUEST, Reason.BAD_CIPHERTEXT)
+        aead = ring.aeads.get(v)
+        if aead is None:
+            return (INTEGRITY, Reason.UNKNOWN_KEY_VERSION)
+        if v < self.state.min_decrypt_version:
+            self.events.emit(Event.RETIRED_VERSION_USED, key_version=v, actor=req.actor, purpose=req.purpose)
+            return (FORBIDDEN, Reason.RETIRED_VERSION)
+        if charge:
+            try:
+                exceeded = self.budgets.charge(req.actor)
+            except BudgetWriteFailed:
+                log.exception("cannot write budgets.json: refusing decrypts")
+                self.events.emit(Event.STATE_WRITE_FAILED, file="budgets.json")
+                return (INTERNAL, Reason.STATE_WRITE_FAILED)
+            if exceeded is not None:
+                if exceeded.first:
+                    self.events.emit(
+                        Event.BUDGET_EXCEEDED,
+                        scope=exceeded.scope,
+                        window=exceeded.window,
+                        limit=exceeded.limit,
+                        actor=req.actor,
+                        purpose=req.purpose,
+                    )
+                return (QUOTA, _BUDGET_REASONS[(exceeded.scope, exceeded.window)])
+        try:
+            return aead.open(nonce, body, cipher.associated_data(head, item.record_id, item.field))
+        except cipher.AuthenticationFailed:
+            return (INTEGRITY, Reason.AUTHENTICATION_FAILED)
+
+    def _report_integrity(self, req: Request, out: list[Outcome]) -> None:
+        failed = sum(1 for o in out if isinstance(o, tuple) and o[0] is INTEGRITY)
+        if failed:
+            # One event per request, not per item: a flood of forged items must not flood the spool.
+            self.events.emit(
+                Event.INTEGRITY_FAILURE,
+                op=req.op.name.lower(),
+                items=failed,
+                actor=req.actor,
+                purpose=req.purpose,
+            )
+
+    def _decrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
+        out = [self._open(ring, req, item, charge=True) for item in req.items]
+        self._report_integrity(req, out)
+        return out
+
+    def _rewrap(self, ring: Keyring, req: Request) -> list[Outcome]:
+        # Rewrap never returns plaintext, so it is not charged to the decrypt budgets.
+        opened = [self._open(ring, req, item, charge=False) for item in req.items]
+        self._report_integrity(req, opened)
+        v = self.state.current_version
+        aead = ring.aeads[v]
+        good = sum(1 for o in opened if isinstance(o, bytes))
+        refusal = self._reserve_encryptions(ring, v, good) if good else None
+        out: list[Outcome] = []
+        for item, result in zip(req.items, opened, strict=True):
+            if not isinstance(result, bytes):
+                out.append(result)
+            elif refusal is not None:
+                out.append((INTERNAL if refusal is Reason.STATE_WRITE_FAILED else FORBIDDEN, refusal))
+            else:
+                out.append(cipher.encrypt(aead, v, result, item.record_id, item.field))
+        return out
+
+    # --- status and operator commands ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        ring = self._ring
+        state = self.state
+        counts = (
+            ring.counts
+            if ring is not None
+            else {v: x.encryptions_reserved for v, x in state.versions.items()}
+        )
+        return {
+            "sealed": ring is None,
+            "mode": state.mode,
+            "key_version": state.current_version,
+            "min_decrypt_version": state.min_decrypt_version,
+            "versions": {str(v): counts.get(v, 0) for v in sorted(state.versions)},
+            "counts_exact": ring is not None,
+        }
+
+    def _admin(self, req: Request) -> bytes:
+        if req.op is Op.SEAL:
+            self.seal(f"seal command from {req.actor}")
+            return encode_json(self.status())
+        ring = self._ring
+        if ring is None:
+            return encode_error(ErrorCode.SEALED, Reason.SEALED)
+        with self._lock:
+            if req.op is Op.ROTATE:
+                v = self.state.current_version + 1
+                _add_version(self.state, ring, v)
+                self.state.current_version = v
+                self.store.save(self.state)
+                event: tuple[Event, int] = (Event.ROTATED, v)
+            else:
+                if req.arg is None or req.arg > self.state.current_version:
+                    return encode_error(BAD_REQUEST, Reason.BAD_VERSION)
+                self.state.min_decrypt_version = req.arg
+                self.store.save(self.state)
+                event = (Event.RETIRED, req.arg)
+        self.events.emit(event[0], key_version=event[1], actor=req.actor)
+        log.info("%s: key version %d", event[0].value, event[1])
+        return encode_json(self.status())
