@@ -313,10 +313,11 @@ class Authority:
         """(issuing CRL last update, issuing CRL next update, root CRL next update); None if unreadable."""
         issuing = _load_crl(self.layout.issuing_crl)
         root = _load_crl(self.layout.root_crl)
+        # `is not None`, not truthiness: a CRL with no entries has len() 0 and is falsy.
         return (
-            issuing.last_update_utc if issuing else None,
-            issuing.next_update_utc if issuing else None,
-            root.next_update_utc if root else None,
+            issuing.last_update_utc if issuing is not None else None,
+            issuing.next_update_utc if issuing is not None else None,
+            root.next_update_utc if root is not None else None,
         )
 
     def crl_due(self, now: datetime) -> bool:

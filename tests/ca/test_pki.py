@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca import pki
 from ca.config import DEFAULT_PKCS12_KDF_ROUNDS
@@ -80,7 +80,7 @@ def test_service_profile_is_distinguishable_from_employees() -> None:
 def test_server_profile_has_server_auth_and_san() -> None:
     cert = _leaf(Profile.SERVER, "localhost", ("localhost", "127.0.0.1"))
     assert _eku(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
