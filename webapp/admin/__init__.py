@@ -1,0 +1,1 @@
+"""Administration: users, certificate bindings, sessions (`flask --app webapp ...` commands)."""

@@ -1,0 +1,229 @@
+"""The app factory and the request lifecycle.
+
+Each request runs in one unit of work (webapp/unit.py): the session load, the view's writes, the
+session save, the audit records and the outbox events commit together, at the very end, or not at
+all. The audit chain head is therefore locked only for the last moment of a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import argon2
+from flask import Flask, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import LoginManager, current_user
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wrappers import Response
+
+from webapp import config as config_module
+from webapp import failures, syslog, validation
+from webapp.auth import passwords
+from webapp.auth.hours import WorkingHours
+from webapp.auth.service import LoginPolicy, User, load_user
+from webapp.auth.sessions import DbSessionInterface
+from webapp.clock import Clock, SystemClock
+from webapp.db.engine import make_engine
+from webapp.events import Event
+from webapp.headers import SecurityHeaders
+from webapp.outbox import EventSink, OutboxSink
+from webapp.request import origin, services, unit
+from webapp.unit import Origin, UnitOfWork
+from webapp.vault import Vault, make_vault
+
+DEV_SECRET_FILE = "dev-secret-key"
+
+
+@dataclass
+class Services:
+    """The collaborators every request and command uses; tests pass their own."""
+
+    engine: Engine
+    clock: Clock
+    vault: Vault
+    events: EventSink
+    hasher: argon2.PasswordHasher
+    hours: WorkingHours
+    login_policy: LoginPolicy
+    audit_logger: logging.Logger
+    event_logger: logging.Logger
+
+    def unit(self, origin: Origin) -> UnitOfWork:
+        return UnitOfWork(
+            self.engine, clock=self.clock, events=self.events, audit_logger=self.audit_logger, origin=origin
+        )
+
+
+class StrongroomFlask(Flask):
+    def full_dispatch_request(self) -> Response:
+        try:
+            response = super().full_dispatch_request()
+            _finish(response)
+            return response
+        except Exception as exc:  # noqa: BLE001 - every failure is classified and answered in failures.handle
+            return failures.handle(self, exc)
+
+
+def _finish(response: Response) -> None:
+    uow = unit()
+    if not uow.entries and request.endpoint != "static":
+        # Every request leaves a record; views that know more record their own event.
+        uow.record(Event.PAGE_VIEW, ok=response.status_code < 400, resource=request.path[:200])
+    uow.commit()
+
+
+def _dev_secret(instance: Path) -> str:
+    """A per-checkout development secret, generated once and labelled so nobody mistakes it."""
+    path = instance / DEV_SECRET_FILE
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# an insecure DEVELOPMENT secret, generated for this checkout only\n")
+            f.write(secrets.token_urlsafe(48) + "\n")
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return lines[0]
+
+
+def create_app(
+    config: dict[str, Any] | None = None,
+    *,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    vault: Vault | None = None,
+    events: EventSink | None = None,
+) -> Flask:
+    instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("STRONGROOM_INSTANCE_PATH")
+    app = StrongroomFlask("webapp", instance_path=instance_path or None, instance_relative_config=True)
+    app.config.update(config_module.DEFAULTS)
+    app.config.from_pyfile("strongroom.cfg", silent=True)
+    app.config.from_prefixed_env("STRONGROOM")
+    if config:
+        app.config.update(config)
+    if app.config["MODE"] == "development" and not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _dev_secret(Path(app.instance_path))
+    config_module.validate(app.config)
+    # Never Flask's debugger in production, whatever FLASK_DEBUG says.
+    app.config["PROPAGATE_EXCEPTIONS"] = app.config["MODE"] == "development"
+    if app.config["MODE"] == "production":
+        app.debug = False
+
+    url = app.config["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'strongroom.db'}"
+    app.extensions["strongroom"] = Services(
+        engine=engine or make_engine(url),
+        clock=clock or SystemClock(),
+        vault=vault or make_vault(app.config["KEYD_SOCKET"], timeout=float(app.config["KEYD_TIMEOUT"])),
+        events=events or OutboxSink(logger=syslog.event_logger()),
+        hasher=passwords.make_hasher(
+            time_cost=app.config["ARGON2_TIME_COST"],
+            memory_cost=app.config["ARGON2_MEMORY_COST"],
+            parallelism=app.config["ARGON2_PARALLELISM"],
+        ),
+        hours=WorkingHours.parse(
+            app.config["WORKING_HOURS"], app.config["WORKING_DAYS"], app.config["WORKING_TIMEZONE"]
+        ),
+        login_policy=LoginPolicy(
+            threshold=app.config["LOCKOUT_THRESHOLD"], lock_for=timedelta(minutes=app.config["LOCKOUT_MINUTES"])
+        ),
+        audit_logger=syslog.audit_logger(),
+        event_logger=syslog.event_logger(),
+    )
+    app.session_interface = DbSessionInterface()
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
+
+    login_manager = LoginManager()
+    login_manager.session_protection = None  # our own binding: IP and certificate, checked per request
+    login_manager.init_app(app)
+
+    @login_manager.user_loader
+    def _load(user_id: str) -> User | None:
+        return load_user(unit().conn, user_id, origin().fingerprint, now=services().clock.now())
+
+    @login_manager.unauthorized_handler
+    def _unauthorized() -> ResponseReturnValue:
+        unit().record(Event.ACCESS_DENIED, ok=False, resource=request.path[:200], detail="not_logged_in")
+        return redirect(url_for("auth.login"))
+
+    # Order matters: surface session-load failures, identify, refuse bad input, then check CSRF.
+    @app.before_request
+    def _startup_error() -> None:
+        err = g.pop("startup_error", None)
+        if err is not None:
+            raise err
+
+    @app.before_request
+    def _identify() -> None:
+        who = origin()
+        if who.problem:
+            unit().record(Event.CERT_HEADER_UNTRUSTED, ok=False, resource=request.path[:200], detail=who.problem)
+        if request.endpoint != "static" and current_user.is_authenticated:
+            unit().origin.actor = current_user.username
+            g.actor = current_user.username
+
+    app.before_request(validation.guard)
+    CSRFProtect(app)
+    _register_error_pages(app)
+
+    from webapp.admin.commands import register as register_commands
+    from webapp.admin.views import bp as admin_bp
+    from webapp.audit.views import bp as audit_bp
+    from webapp.auth.views import bp as auth_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(audit_bp)
+    app.register_blueprint(admin_bp)
+    register_commands(app)
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        uow = g.pop("uow", None)
+        if uow is not None:
+            uow.close()
+
+    return app
+
+
+def _refusal(event: Event, status: int, message: str, detail: str) -> Response:
+    uow = unit()
+    uow.discard_writes()
+    uow.record(event, ok=False, resource=request.path[:200], detail=detail[:200])
+    body = render_template("error.html", status=status, message=message)
+    return Response(body, status=status, mimetype="text/html")
+
+
+def _register_error_pages(app: Flask) -> None:
+    @app.errorhandler(validation.InputRefused)
+    def _input(exc: validation.InputRefused) -> Response:
+        return _refusal(Event.INPUT_REFUSED, 400, f"Request refused: {exc.reason}.", exc.reason)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc: RequestEntityTooLarge) -> Response:
+        return _refusal(Event.INPUT_REFUSED, 400, "Request refused: it is too large.", "too_large")
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError) -> Response:
+        return _refusal(
+            Event.CSRF_REFUSED,
+            400,
+            "Request refused: the form's security token is missing or expired. Reload the page and try again.",
+            str(exc.description or "csrf")[:100],
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        event = {404: Event.NOT_FOUND, 403: Event.ACCESS_DENIED}.get(status, Event.INPUT_REFUSED)
+        messages = {
+            403: "You are not allowed to see this page.",
+            404: "There is no such page.",
+            405: "Request refused: this method is not allowed here.",
+        }
+        return _refusal(event, status, messages.get(status, "Request refused."), f"http_{status}")

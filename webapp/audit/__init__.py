@@ -1,0 +1,1 @@
+"""The audit trail: a hash-chained, insert-only log of every action, and the auditor's viewer."""

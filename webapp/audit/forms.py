@@ -1,0 +1,21 @@
+"""The auditor's filter form (GET parameters, so no CSRF token: it changes nothing)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import DateField, IntegerField, SelectField, StringField
+from wtforms.validators import Length, NumberRange, Optional
+
+from webapp.events import Event
+
+
+class AuditFilterForm(FlaskForm):  # type: ignore[misc]  # flask-wtf ships no type information
+    class Meta:
+        csrf = False
+
+    actor = StringField("User", validators=[Optional(), Length(max=64)])
+    event = SelectField("Event", choices=[("", "any"), *((e.value, e.value) for e in Event)], validate_choice=True)
+    outcome = SelectField("Outcome", choices=[("", "any"), ("success", "success"), ("failure", "failure")])
+    since = DateField("From (UTC)", validators=[Optional()])
+    until = DateField("Until (UTC, exclusive)", validators=[Optional()])
+    page = IntegerField("Page", validators=[Optional(), NumberRange(min=1, max=100000)])

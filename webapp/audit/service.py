@@ -1,0 +1,191 @@
+"""The hash-chained audit log.
+
+Each record's hash covers its own fields and its predecessor's hash, so editing or deleting any row
+breaks verification from that row on. Appending locks the single `audit_head` row first (SELECT ...
+FOR UPDATE on MariaDB; on SQLite every transaction already holds the write lock from BEGIN
+IMMEDIATE), so concurrent writers from several gunicorn workers queue on that row instead of forking
+the chain. Records are appended at the end of the request's transaction, just before COMMIT, which
+keeps the lock short and makes "the action committed" and "its audit record exists" the same fact.
+
+Deleting the newest rows *and* rewinding `audit_head` would not break the chain: the syslog copy
+(seq and hash of every record, shipped off the host) is the anchor; `verify --expect-head SEQ:HASH`
+checks the database against the last head seen remotely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from webapp.clock import audit_timestamp
+from webapp.db.tables import audit_head, audit_log
+from webapp.events import Event
+
+GENESIS = "0" * 64
+SUCCESS = "success"
+FAILURE = "failure"
+_LIMITS = {"actor": 64, "ip": 45, "cert_serial": 64, "resource": 200, "detail": 200}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One record. `detail` is a short reason code, never a submitted value."""
+
+    event: Event
+    outcome: str
+    actor: str = "-"
+    ip: str = "-"
+    cert_serial: str = "-"
+    resource: str = "-"
+    detail: str = "-"
+
+    def __post_init__(self) -> None:
+        if self.outcome not in (SUCCESS, FAILURE):
+            raise ValueError("outcome must be success or failure")
+        for name, limit in _LIMITS.items():
+            value = getattr(self, name)
+            # Oversized text is clipped, not refused: refusing would lose the record of the refusal.
+            object.__setattr__(self, name, (value or "-")[:limit])
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    hash: str
+    at: str
+    entry: AuditEntry
+
+
+_HASHED = ("actor", "event", "outcome", "ip", "cert_serial", "resource", "detail")
+
+
+def record_hash(prev_hash: str, seq: int, at: str, fields: dict[str, str]) -> str:
+    """SHA-256 over a canonical JSON array of the record, its position and its predecessor's hash."""
+    payload = [seq, at, *(fields[name] for name in _HASHED), prev_hash]
+    canonical = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _fields(entry: AuditEntry) -> dict[str, str]:
+    return {name: str(getattr(entry, name)) for name in _HASHED}
+
+
+def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime) -> list[Appended]:
+    """Append in the caller's transaction. Any failure raises, and the caller's action rolls back."""
+    if not entries:
+        return []
+    head = conn.execute(
+        sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+    ).one()
+    seq, prev = int(head.seq), str(head.hash)
+    at = audit_timestamp(now)
+    rows, done = [], []
+    for entry in entries:
+        seq += 1
+        fields = _fields(entry)
+        digest = record_hash(prev, seq, at, fields)
+        rows.append({"seq": seq, "at": at, **fields, "prev_hash": prev, "hash": digest})
+        done.append(Appended(seq, digest, at, entry))
+        prev = digest
+    conn.execute(sa.insert(audit_log), rows)
+    updated = conn.execute(
+        sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
+    ).rowcount
+    if updated != 1:
+        raise RuntimeError("audit chain head is missing")
+    return done
+
+
+def to_syslog(logger: logging.Logger, appended: Iterable[Appended]) -> None:
+    """Called after COMMIT only: the remote copy never holds a record the database rolled back."""
+    for a in appended:
+        e = a.entry
+        logger.info(
+            "audit seq=%d hash=%s at=%s event=%s outcome=%s actor=%s ip=%s serial=%s resource=%s detail=%s",
+            a.seq,
+            a.hash,
+            a.at,
+            e.event,
+            e.outcome,
+            e.actor,
+            e.ip,
+            e.cert_serial,
+            e.resource,
+            e.detail,
+        )
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(conn: sa.Connection, *, expect_head: tuple[int, str] | None = None, batch: int = 5000) -> Verification:
+    result = Verification()
+    expected_seq, prev = 1, GENESIS
+    last_seq = 0
+    while True:
+        chunk = conn.execute(
+            sa.select(audit_log).where(audit_log.c.seq > last_seq).order_by(audit_log.c.seq).limit(batch)
+        ).all()
+        if not chunk:
+            break
+        for row in chunk:
+            if row.seq != expected_seq:
+                result.problems.append(f"records {expected_seq}..{row.seq - 1} are missing (deleted)")
+            if row.prev_hash != prev:
+                result.problems.append(f"record {row.seq}: link to its predecessor is broken")
+            recomputed = record_hash(row.prev_hash, row.seq, row.at, {n: getattr(row, n) for n in _HASHED})
+            if recomputed != row.hash:
+                result.problems.append(f"record {row.seq}: contents do not match its hash (edited)")
+            prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
+            result.checked += 1
+    head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+    result.head_seq, result.head_hash = int(head.seq), str(head.hash)
+    if (result.head_seq, result.head_hash) != (last_seq, prev):
+        result.problems.append(
+            f"chain head says record {result.head_seq} but the log ends at {last_seq} (newest rows deleted?)"
+        )
+    if expect_head is not None:
+        seq, digest = expect_head
+        row = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).first()
+        if row is None or row.hash != digest:
+            result.problems.append(f"record {seq} does not match the externally anchored hash")
+    return result
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    actor: str | None = None
+    event: str | None = None
+    outcome: str | None = None
+    since: str | None = None  # audit timestamps compare as fixed-format text
+    until: str | None = None
+
+
+def search(conn: sa.Connection, flt: AuditFilter, *, limit: int, offset: int) -> list[sa.Row]:
+    q = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit).offset(offset)
+    if flt.actor:
+        q = q.where(audit_log.c.actor == flt.actor)
+    if flt.event:
+        q = q.where(audit_log.c.event == flt.event)
+    if flt.outcome:
+        q = q.where(audit_log.c.outcome == flt.outcome)
+    if flt.since:
+        q = q.where(audit_log.c.at >= flt.since)
+    if flt.until:
+        q = q.where(audit_log.c.at < flt.until)
+    return list(conn.execute(q).all())

@@ -1,0 +1,1 @@
+"""Two-factor login (client certificate, then password), server-side sessions, logout."""

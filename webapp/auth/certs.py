@@ -1,0 +1,96 @@
+"""Client certificates: where they come from, and how they are parsed.
+
+Two sources, never both:
+- TLS mode (gunicorn terminating TLS itself): the DER straight from the TLS socket.
+- Proxy mode (Apache in front, issue 6): a PEM in a request header that Apache sets. mod_headers
+  folds its newlines into spaces; the PEM is rebuilt strictly. The header is trusted only when the
+  app is configured to run behind the proxy AND the request arrived on a Unix socket (the app's
+  private socket, reachable only by Apache); anywhere else the header is ignored and an event raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+PEM_END = "-----END CERTIFICATE-----"
+MAX_PEM_HEADER = 16 * 1024
+_B64_CHUNK = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+class BadCertificate(Exception):
+    """The presented certificate cannot be parsed. One type: callers only ever refuse."""
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    der: bytes
+    fingerprint: str  # SHA-256 of the DER, lowercase hex
+    serial: str  # hex
+    subject: str
+    not_after: datetime
+
+    @classmethod
+    def from_der(cls, der: bytes) -> CertInfo:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            subject = cert.subject.rfc4514_string()
+        except ValueError as exc:
+            raise BadCertificate("not a DER X.509 certificate") from exc
+        return cls(
+            der=der,
+            fingerprint=hashlib.sha256(der).hexdigest(),
+            serial=format(cert.serial_number, "x"),
+            subject=subject[:512],
+            not_after=cert.not_valid_after_utc.astimezone(UTC),
+        )
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> CertInfo:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise BadCertificate("not a PEM X.509 certificate") from exc
+        return cls.from_der(cert.public_bytes(Encoding.DER))
+
+
+def der_from_folded_pem(value: str) -> bytes:
+    """Rebuild a PEM whose newlines a proxy folded into spaces; refuse anything else."""
+    if len(value) > MAX_PEM_HEADER:
+        raise BadCertificate("certificate header too long")
+    text = value.strip()
+    if not (text.startswith(PEM_BEGIN) and text.endswith(PEM_END)):
+        raise BadCertificate("certificate header is not one PEM certificate")
+    body = text[len(PEM_BEGIN) : -len(PEM_END)]
+    chunks = body.split()
+    if not chunks or any(not _B64_CHUNK.match(c) for c in chunks):
+        raise BadCertificate("certificate header has a malformed body")
+    try:
+        der = base64.b64decode("".join(chunks), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadCertificate("certificate header is not valid base64") from exc
+    return CertInfo.from_der(der).der
+
+
+def der_from_tls(environ: dict[str, Any]) -> bytes | None:
+    sock = environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    der = getpeercert(binary_form=True)
+    return der if isinstance(der, bytes) and der else None
+
+
+def came_over_unix_socket(environ: dict[str, Any]) -> bool:
+    sock = environ.get("gunicorn.socket")
+    return getattr(sock, "family", None) == socket.AF_UNIX

@@ -1,0 +1,124 @@
+"""Login: the certificate names the user, the password must be that user's.
+
+Lockout (PCI DSS 8.3.4): `LOCKOUT_THRESHOLD` consecutive failures lock the account for
+`LOCKOUT_MINUTES`; attempts during the lock fail whatever the password. Counters live in the users
+row, updated under its row lock, so every worker sees the same count.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import argon2
+import sqlalchemy as sa
+from flask_login import UserMixin
+
+from webapp.auth import passwords
+from webapp.clock import from_db, to_db
+from webapp.db.tables import cert_bindings, users
+from webapp.events import Event
+from webapp.unit import UnitOfWork
+
+
+@dataclass(frozen=True)
+class User(UserMixin):  # type: ignore[misc]  # flask-login ships no type information
+    id: int
+    username: str
+    role: str
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+@dataclass(frozen=True)
+class Binding:
+    binding_id: int
+    user_id: int
+    username: str
+    role: str
+    fingerprint: str
+
+
+def active_binding(conn: sa.Connection, fingerprint: str | None, *, now: datetime) -> Binding | None:
+    """The active binding of an active user for this exact certificate, or None."""
+    if not fingerprint:
+        return None
+    row = conn.execute(
+        sa.select(
+            cert_bindings.c.id,
+            cert_bindings.c.user_id,
+            cert_bindings.c.not_after,
+            users.c.username,
+            users.c.role,
+        )
+        .join(users, users.c.id == cert_bindings.c.user_id)
+        .where(
+            cert_bindings.c.fingerprint == fingerprint,
+            cert_bindings.c.status == "active",
+            users.c.active.is_(True),
+        )
+    ).first()
+    if row is None or from_db(row.not_after) <= now:
+        return None
+    return Binding(row.id, row.user_id, row.username, row.role, fingerprint)
+
+
+def load_user(conn: sa.Connection, user_id: str, fingerprint: str | None, *, now: datetime) -> User | None:
+    """Flask-Login's user loader: the session's user, still active, still holding this certificate."""
+    binding = active_binding(conn, fingerprint, now=now)
+    if binding is None or str(binding.user_id) != user_id:
+        return None
+    return User(binding.user_id, binding.username, binding.role)
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    threshold: int
+    lock_for: timedelta
+
+
+def attempt_login(
+    uow: UnitOfWork,
+    hasher: argon2.PasswordHasher,
+    *,
+    binding: Binding,
+    username: str,
+    password: str,
+    now: datetime,
+    policy: LoginPolicy,
+) -> User | None:
+    conn = uow.conn
+    resource = f"user:{binding.user_id}"
+    row = conn.execute(
+        sa.select(users.c.username, users.c.password_hash, users.c.failed_logins, users.c.locked_until)
+        .where(users.c.id == binding.user_id)
+        .with_for_update()
+    ).one()
+    # Verify even when the typed username is wrong, so the two failures cost the same time.
+    password_ok = passwords.verify(hasher, row.password_hash, password)
+    name_ok = hmac.compare_digest(username.encode("utf-8"), row.username.encode("utf-8"))
+    failed = row.failed_logins
+    if row.locked_until is not None:
+        if now < from_db(row.locked_until):
+            uow.record(Event.LOGIN_FAILURE, ok=False, resource=resource, detail="locked", actor=binding.username)
+            return None
+        failed = 0  # the lock has run out: start counting afresh
+    if not (password_ok and name_ok):
+        failed += 1
+        values: dict[str, object] = {"failed_logins": failed, "locked_until": None}
+        if failed >= policy.threshold:
+            values = {"failed_logins": 0, "locked_until": to_db(now + policy.lock_for)}
+            uow.record(Event.ACCOUNT_LOCKED, ok=False, resource=resource, actor=binding.username)
+        conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
+        detail = "wrong_password" if name_ok else "username_does_not_match_certificate"
+        uow.record(Event.LOGIN_FAILURE, ok=False, resource=resource, detail=detail, actor=binding.username)
+        return None
+    values = {"failed_logins": 0, "locked_until": None}
+    if hasher.check_needs_rehash(row.password_hash):
+        # Parameters were raised since this hash was made: upgrade it while we hold the password.
+        values["password_hash"] = hasher.hash(password)
+    conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
+    uow.record(Event.LOGIN_SUCCESS, ok=True, resource=resource, actor=binding.username)
+    return User(binding.user_id, binding.username, binding.role)

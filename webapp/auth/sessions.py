@@ -1,0 +1,168 @@
+"""Server-side sessions in the database: nothing lives in a worker's memory.
+
+The cookie holds a random 256-bit id; the table holds only its SHA-256, so reading the table does not
+yield live sessions. A session is bound at creation to the client IP (configurable off) and to the
+certificate fingerprint, and is refused once idle too long, too old, ended by logout, by an admin,
+by disabling the user or by revoking the certificate. Login rotates the id (`rotate()`), so an id
+planted before login (fixation) is dead afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import Flask, Request, g
+from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.datastructures import CallbackDict
+from werkzeug.wrappers import Response
+
+from webapp.clock import from_db, to_db
+from webapp.db.tables import sessions
+from webapp.events import Event
+
+if TYPE_CHECKING:
+    from webapp.app import Services
+
+_SID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode("ascii")).hexdigest()
+
+
+class ServerSession(CallbackDict[str, Any], SessionMixin):
+    def __init__(self, initial: dict[str, Any] | None = None, *, sid: str | None = None) -> None:
+        def on_update(_self: CallbackDict[str, Any]) -> None:
+            self.modified = True
+
+        super().__init__(initial or {}, on_update)
+        self.sid = sid
+        self.new = sid is None
+        self.modified = False
+        self.rotate_requested = False
+        self.end_reason: str | None = None
+
+    def rotate(self) -> None:
+        """Crossing an authentication boundary: the next save ends this id and issues a new one."""
+        self.rotate_requested = True
+        self.modified = True
+
+    def end(self, reason: str) -> None:
+        self.clear()
+        self.end_reason = reason
+        self.modified = True
+
+
+class DbSessionInterface(SessionInterface):
+    def _services(self, app: Flask) -> Services:
+        services: Services = app.extensions["strongroom"]
+        return services
+
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        # Errors here would bypass the request's failure handling (Flask calls this before
+        # dispatch): remember them and let the first before_request hook raise them.
+        try:
+            return self._open(app, request)
+        except sa.exc.SQLAlchemyError as exc:
+            g.startup_error = exc
+            return ServerSession()
+
+    def _open(self, app: Flask, request: Request) -> ServerSession:
+        from webapp.request import origin, unit
+
+        sid = request.cookies.get(app.config["SESSION_COOKIE_NAME"], "")
+        if not _SID.match(sid):
+            return ServerSession()
+        services = self._services(app)
+        uow = unit()
+        row = uow.conn.execute(
+            sa.select(sessions).where(sessions.c.id_hash == sid_hash(sid), sessions.c.ended_at.is_(None))
+        ).first()
+        if row is None:
+            return ServerSession()
+        now = services.clock.now()
+        who = origin()
+        reason, event = None, None
+        if now - from_db(row.last_seen_at) > timedelta(seconds=app.config["SESSION_IDLE_TIMEOUT"]):
+            reason, event = "idle", Event.SESSION_EXPIRED_IDLE
+        elif now - from_db(row.created_at) > timedelta(seconds=app.config["SESSION_ABSOLUTE_TIMEOUT"]):
+            reason, event = "absolute", Event.SESSION_EXPIRED_ABSOLUTE
+        elif row.cert_fingerprint != who.fingerprint:
+            reason, event = "cert_changed", Event.SESSION_CERT_CHANGED
+        elif app.config["SESSION_BIND_IP"] and row.ip != who.ip:
+            reason, event = "ip_changed", Event.SESSION_IP_CHANGED
+        if reason is not None and event is not None:
+            end_sessions(uow.conn, sessions.c.id_hash == row.id_hash, now=now, reason=reason)
+            if row.user_id is not None:
+                uow.record(event, ok=False, resource=f"user:{row.user_id}", detail=reason)
+            return ServerSession()
+        try:
+            data = json.loads(row.data)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return ServerSession()
+        return ServerSession(data, sid=sid)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        from webapp.request import origin, unit
+
+        assert isinstance(session, ServerSession)  # noqa: S101 - open_session only makes these
+        name = app.config["SESSION_COOKIE_NAME"]
+        services = self._services(app)
+        now = services.clock.now()
+        conn = unit().conn
+        if session.sid is not None and (session.end_reason or session.rotate_requested):
+            end_sessions(
+                conn,
+                sessions.c.id_hash == sid_hash(session.sid),
+                now=now,
+                reason=session.end_reason or "rotated",
+            )
+            if session.end_reason:
+                response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
+                return
+            session.sid = None
+        if session.end_reason or (session.sid is None and not session):
+            return  # nothing to keep: no row, no cookie
+        data = json.dumps(dict(session), separators=(",", ":"), sort_keys=True)
+        user_id = session.get("_user_id")
+        if session.sid is None:
+            session.sid = secrets.token_urlsafe(32)
+            who = origin()
+            conn.execute(
+                sa.insert(sessions).values(
+                    id_hash=sid_hash(session.sid),
+                    user_id=int(user_id) if user_id is not None else None,
+                    cert_fingerprint=who.fingerprint,
+                    ip=who.ip,
+                    created_at=to_db(now),
+                    last_seen_at=to_db(now),
+                    data=data,
+                )
+            )
+        else:
+            updated = conn.execute(
+                sa.update(sessions)
+                .where(sessions.c.id_hash == sid_hash(session.sid), sessions.c.ended_at.is_(None))
+                .values(last_seen_at=to_db(now), data=data)
+            ).rowcount
+            if updated != 1:
+                # Ended meanwhile (admin kill, revocation): do not resurrect it.
+                response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
+                return
+        response.set_cookie(name, session.sid, path="/", secure=True, httponly=True, samesite="Strict")
+
+
+def end_sessions(conn: sa.Connection, where: Any, *, now: datetime, reason: str) -> int:
+    return conn.execute(
+        sa.update(sessions)
+        .where(where, sessions.c.ended_at.is_(None))
+        .values(ended_at=to_db(now), end_reason=reason[:32])
+    ).rowcount

@@ -1,0 +1,94 @@
+"""Configuration defaults. Nothing here is a secret: SECRET_KEY has no default at all.
+
+Loaded in this order, later wins: these defaults, `<instance>/strongroom.cfg` (a Python file),
+environment variables `STRONGROOM_<NAME>` (values parsed as JSON when they parse, else strings), and
+the mapping passed to `create_app(config)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webapp.auth import passwords
+
+DEFAULTS: dict[str, Any] = {
+    # "production" (the default: fail closed) or "development".
+    "MODE": "production",
+    # None means SQLite in the instance folder (the embedded default).
+    "DATABASE_URL": None,
+    "KEYD_SOCKET": "/run/strongroom/keyd.sock",
+    "KEYD_TIMEOUT": 2.0,
+    # Behind Apache on the private Unix socket: trust the proxy's certificate and IP headers.
+    "BEHIND_PROXY": False,
+    "PROXY_CERT_HEADER": "X-Strongroom-Client-Cert",
+    "PROXY_IP_HEADER": "X-Strongroom-Client-IP",
+    # Sessions (PCI DSS 8.2.8: idle 15 minutes).
+    "SESSION_IDLE_TIMEOUT": 15 * 60,
+    "SESSION_ABSOLUTE_TIMEOUT": 8 * 3600,
+    "SESSION_BIND_IP": True,
+    "SESSION_COOKIE_NAME": "__Host-strongroom",
+    "SESSION_COOKIE_SECURE": True,
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Strict",
+    # Lockout (PCI DSS 8.3.4).
+    "LOCKOUT_THRESHOLD": 10,
+    "LOCKOUT_MINUTES": 30,
+    # Working hours: logins outside raise an off-hours event.
+    "WORKING_HOURS": "09:00-18:00",
+    "WORKING_DAYS": "mon-fri",
+    "WORKING_TIMEZONE": "UTC",
+    # "keyboard" or "keypad" (randomized on-screen keypad for the password).
+    "LOGIN_ENTRY": "keyboard",
+    "ARGON2_TIME_COST": passwords.PRODUCTION_TIME_COST,
+    "ARGON2_MEMORY_COST": passwords.PRODUCTION_MEMORY_COST_KIB,
+    "ARGON2_PARALLELISM": passwords.PRODUCTION_PARALLELISM,
+    "PASSWORD_MIN_SCORE": 3,
+    # Input limits: whole body, and each single parameter value.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    "MAX_FORM_MEMORY_SIZE": 64 * 1024,
+    "MAX_VALUE_LENGTH": 2048,
+    "MAX_PARAMETERS": 20,
+    # CSRF: tokens on every POST. The Referer check is off because Referrer-Policy is no-referrer
+    # (browsers then send none); SameSite=Strict cookies cover cross-site POSTs instead.
+    "WTF_CSRF_SSL_STRICT": False,
+    "WTF_CSRF_TIME_LIMIT": 3600,
+    "AUDIT_PAGE_SIZE": 50,
+}
+
+MODES = ("production", "development")
+LOGIN_ENTRIES = ("keyboard", "keypad")
+_INTS = (
+    "SESSION_IDLE_TIMEOUT",
+    "SESSION_ABSOLUTE_TIMEOUT",
+    "LOCKOUT_THRESHOLD",
+    "LOCKOUT_MINUTES",
+    "ARGON2_TIME_COST",
+    "ARGON2_MEMORY_COST",
+    "ARGON2_PARALLELISM",
+    "PASSWORD_MIN_SCORE",
+    "MAX_CONTENT_LENGTH",
+    "MAX_VALUE_LENGTH",
+    "MAX_PARAMETERS",
+)
+
+
+class ConfigError(RuntimeError):
+    """The app refuses to start with this configuration."""
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    if cfg["MODE"] not in MODES:
+        raise ConfigError(f"STRONGROOM_MODE must be one of {MODES}")
+    if cfg["LOGIN_ENTRY"] not in LOGIN_ENTRIES:
+        raise ConfigError(f"STRONGROOM_LOGIN_ENTRY must be one of {LOGIN_ENTRIES}")
+    for name in _INTS:
+        if not isinstance(cfg[name], int) or isinstance(cfg[name], bool) or cfg[name] <= 0:
+            raise ConfigError(f"STRONGROOM_{name} must be a positive integer")
+    for name in ("BEHIND_PROXY", "SESSION_BIND_IP"):
+        if not isinstance(cfg[name], bool):
+            raise ConfigError(f"STRONGROOM_{name} must be true or false")
+    secret = cfg.get("SECRET_KEY")
+    if not isinstance(secret, str) or len(secret) < 32:
+        raise ConfigError("SECRET_KEY must be set (STRONGROOM_SECRET_KEY or the instance file), 32+ characters")
+    if not cfg["SESSION_COOKIE_SECURE"] or cfg["SESSION_COOKIE_SAMESITE"] != "Strict":
+        raise ConfigError("session cookies must be Secure and SameSite=Strict")

@@ -1,0 +1,1 @@
+"""Database access: the engine factory, the schema and its migrations."""

@@ -1,0 +1,27 @@
+-- Production grants for the web app's database user. Run AFTER `flask --app webapp db upgrade`
+-- (MariaDB refuses table-level grants on tables that do not exist yet), as the database owner,
+-- with the app's database selected:
+--
+--   mariadb strongroom < webapp/db/grants.sql
+--
+-- The user must already exist (its password is set separately so it never lands in a file):
+--   CREATE USER 'strongroom'@'localhost' IDENTIFIED BY '...';
+-- With skip-name-resolve, 'strongroom'@'localhost' can only log in over the Unix socket.
+--
+-- Privileges add up and cannot be subtracted: a database-wide GRANT (ON strongroom.*) would let the
+-- app UPDATE and DELETE audit rows whatever this file says. So every grant here is per table, and
+-- the tests check that the user holds nothing database-wide.
+
+-- The audit trail: append and read, never change.
+GRANT SELECT, INSERT ON audit_log TO 'strongroom'@'localhost';
+-- The chain head is locked (SELECT ... FOR UPDATE) and advanced on every append.
+GRANT SELECT, UPDATE ON audit_head TO 'strongroom'@'localhost';
+-- Users are disabled, never deleted: their audit records keep naming them.
+GRANT SELECT, INSERT, UPDATE ON users TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT ON password_history TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT, UPDATE ON cert_bindings TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT, UPDATE, DELETE ON sessions TO 'strongroom'@'localhost';
+-- The mailer marks events sent; it never deletes them.
+GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
+-- The app may read the schema revision, never move it: migrations run as the database owner.
+GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';

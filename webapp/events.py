@@ -1,0 +1,81 @@
+"""Every audit and alert event has a name from this one enum: no free strings.
+
+`ALERTS` are the events that also go to the outbox for the alerting mailer (a later issue).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    # Authentication
+    LOGIN_PAGE = "auth.login_page"
+    LOGIN_SUCCESS = "auth.login_success"
+    LOGIN_FAILURE = "auth.login_failure"
+    LOGIN_OFF_HOURS = "auth.login_off_hours"
+    LOGOUT = "auth.logout"
+    ACCOUNT_LOCKED = "auth.account_locked"
+    CERT_REFUSED = "auth.cert_refused"
+    CERT_HEADER_UNTRUSTED = "auth.cert_header_untrusted"
+    # Sessions
+    SESSION_EXPIRED_IDLE = "session.expired_idle"
+    SESSION_EXPIRED_ABSOLUTE = "session.expired_absolute"
+    SESSION_IP_CHANGED = "session.ip_changed"
+    SESSION_CERT_CHANGED = "session.cert_changed"
+    SESSIONS_KILLED = "session.killed"
+    # Requests
+    PAGE_VIEW = "request.page_view"
+    ACCESS_DENIED = "request.access_denied"
+    NOT_FOUND = "request.not_found"
+    INPUT_REFUSED = "request.input_refused"
+    CSRF_REFUSED = "request.csrf_refused"
+    # Failures
+    ERROR_UNEXPECTED = "error.unexpected"
+    VAULT_SEALED = "error.vault_sealed"
+    VAULT_UNAVAILABLE = "error.vault_unavailable"
+    DB_UNAVAILABLE = "error.db_unavailable"
+    # Administration (flask --app webapp ...)
+    ADMIN_REFUSED = "admin.refused"
+    USER_ADDED = "admin.user_added"
+    USER_DISABLED = "admin.user_disabled"
+    USER_ENABLED = "admin.user_enabled"
+    USER_UNLOCKED = "admin.user_unlocked"
+    PASSWORD_RESET = "admin.password_reset"
+    PASSWORD_REFUSED = "admin.password_refused"
+    USERS_LISTED = "admin.users_listed"
+    CERT_BOUND = "admin.cert_bound"
+    CERT_BIND_REFUSED = "admin.cert_bind_refused"
+    CERT_UNBOUND = "admin.cert_unbound"
+    CERTS_LISTED = "admin.certs_listed"
+    AUDIT_VIEWED = "audit.viewed"
+    AUDIT_VERIFIED = "audit.verified"
+    AUDIT_VERIFY_FAILED = "audit.verify_failed"
+
+
+# Raised to the outbox (and so, later, mailed) in addition to being audited.
+ALERTS: frozenset[Event] = frozenset(
+    {
+        Event.LOGIN_OFF_HOURS,
+        Event.ACCOUNT_LOCKED,
+        Event.CERT_REFUSED,
+        Event.CERT_HEADER_UNTRUSTED,
+        Event.SESSION_IP_CHANGED,
+        Event.SESSION_CERT_CHANGED,
+        Event.SESSIONS_KILLED,
+        Event.INPUT_REFUSED,
+        Event.CSRF_REFUSED,
+        Event.ERROR_UNEXPECTED,
+        Event.VAULT_SEALED,
+        Event.VAULT_UNAVAILABLE,
+        Event.DB_UNAVAILABLE,
+        Event.USER_ADDED,
+        Event.USER_DISABLED,
+        Event.USER_ENABLED,
+        Event.USER_UNLOCKED,
+        Event.PASSWORD_RESET,
+        Event.CERT_BOUND,
+        Event.CERT_UNBOUND,
+        Event.AUDIT_VERIFY_FAILED,
+    }
+)
