@@ -15,12 +15,13 @@ import os
 import socket
 import struct
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from keyd.errors import BY_CODE, KeydError, Unavailable
+from keyd.errors import BY_CODE, ErrorCode, KeydError, Unavailable
 from keyd.protocol import (
     MAX_FRAME,
     ErrorResponse,
@@ -28,12 +29,25 @@ from keyd.protocol import (
     ProtocolError,
     ResponseError,
     encode_request,
+    item_error,
     parse_response,
 )
 
 __all__ = ["Context", "KeydAdminClient", "KeydClient", "Status"]
 
 _POOL_MAX = 8
+
+# Every live client forgets its pooled connections in a forked child (gunicorn forks workers): two
+# processes writing into one connection would interleave their frames.
+_CLIENTS: weakref.WeakSet[KeydClient] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @dataclass(frozen=True)
@@ -72,8 +86,16 @@ class KeydClient:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []
-        self._pid = os.getpid()
         self._closed = False
+        _CLIENTS.add(self)
+
+    def _forget_after_fork(self) -> None:
+        # The parent's connections are the parent's: close our copies of the descriptors only
+        # (close() never shuts the connection down for the parent).
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -95,19 +117,13 @@ class KeydClient:
         with self._lock:
             if self._closed:
                 raise Unavailable("client is closed")
-            if self._pid != os.getpid():
-                # Forked: the parent's connections are the parent's. Forget them without shutting down.
-                for sock in self._idle:
-                    sock.close()
-                self._idle.clear()
-                self._pid = os.getpid()
             if self._idle:
                 return self._idle.pop(), True
         return self._connect(), False
 
     def _give_back(self, sock: socket.socket) -> None:
         with self._lock:
-            if not self._closed and len(self._idle) < _POOL_MAX and self._pid == os.getpid():
+            if not self._closed and len(self._idle) < _POOL_MAX:
                 self._idle.append(sock)
                 return
         sock.close()
@@ -206,7 +222,18 @@ class KeydClient:
     ) -> list[bytes | KeydError]:
         if not items:
             return []
-        return self._items(op, [(c.record_id, c.field, bytes(d)) for c, d in items], actor, purpose)
+        # An item the server would refuse fails here, alone; the others still go.
+        out: list[bytes | KeydError | None] = []
+        send: list[tuple[str, str, bytes]] = []
+        for ctx, data in items:
+            reason = item_error(op, ctx.record_id, ctx.field, data)
+            if reason is None:
+                out.append(None)
+                send.append((ctx.record_id, ctx.field, bytes(data)))
+            else:
+                out.append(_error(ErrorResponse(ErrorCode.BAD_REQUEST, reason.value)))
+        results = iter(self._items(op, send, actor, purpose) if send else [])
+        return [next(results) if o is None else o for o in out]
 
     def status(self) -> Status:
         return self._status(encode_request(Op.STATUS, "keyd-client", "status"))

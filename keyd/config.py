@@ -92,10 +92,11 @@ def _convert(name: str, value: Any) -> Any:
     if name == "budgets":
         if not isinstance(value, dict) or set(value) - {"employee", "global"}:
             raise ConfigError("budgets has only [budgets.employee] and [budgets.global]")
+        # Given windows override the defaults; a window cannot be switched off (fail closed).
         try:
             return Limits(
-                employee=dict(value.get("employee", DEFAULT_EMPLOYEE_BUDGET)),
-                overall=dict(value.get("global", DEFAULT_GLOBAL_BUDGET)),
+                employee={**DEFAULT_EMPLOYEE_BUDGET, **value.get("employee", {})},
+                overall={**DEFAULT_GLOBAL_BUDGET, **value.get("global", {})},
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
