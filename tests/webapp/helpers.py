@@ -1,0 +1,35 @@
+"""Reading what the app wrote: audit records, outbox events, users, sessions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Flask
+
+from webapp.db.tables import audit_log, outbox, sessions, users
+
+
+def _conn(app: Flask) -> sa.Connection:
+    return app.extensions["strongroom"].engine.connect()
+
+
+def audit_rows(app: Flask, event: str | None = None) -> list[sa.Row]:
+    with _conn(app) as conn:
+        q = sa.select(audit_log).order_by(audit_log.c.seq)
+        if event:
+            q = q.where(audit_log.c.event == event)
+        return list(conn.execute(q))
+
+
+def events(app: Flask) -> list[str]:
+    with _conn(app) as conn:
+        return [r.event for r in conn.execute(sa.select(outbox.c.event).order_by(outbox.c.id))]
+
+
+def user_row(app: Flask, username: str) -> sa.Row:
+    with _conn(app) as conn:
+        return conn.execute(sa.select(users).where(users.c.username == username)).one()
+
+
+def live_sessions(app: Flask) -> list[sa.Row]:
+    with _conn(app) as conn:
+        return list(conn.execute(sa.select(sessions).where(sessions.c.ended_at.is_(None))))
