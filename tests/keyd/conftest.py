@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -185,25 +187,38 @@ def make_keyd(base: Path, **kwargs: object) -> Keyd:
     base.mkdir(parents=True, exist_ok=True)
     k = Keyd(base=base, **kwargs)  # type: ignore[arg-type]
     k.drop_dir.mkdir()
-    os.chmod(k.drop_dir, 0o1777)  # like /dev/shm
+    os.chmod(k.drop_dir, 0o1777)  # noqa: S103 - a sticky world-writable dir, like /dev/shm
     return k
 
 
+@contextlib.contextmanager
+def traversable_tmp() -> Iterator[Path]:
+    # pytest's tmp dirs are 0700: a setuid child acting as another user could not even reach the
+    # socket, and the test would prove nothing about keyd's own checks.
+    base = Path(tempfile.mkdtemp(prefix="keyd-test-"))
+    os.chmod(base, 0o711)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
-def keyd_factory(tmp_path: Path) -> Iterator[object]:
+def keyd_factory() -> Iterator[object]:
     """Build (and always clean up) keyd instances for one test."""
     need_root()
     made: list[Keyd] = []
+    with traversable_tmp() as tmp:
 
-    def factory(name: str = "k", **kwargs: object) -> Keyd:
-        k = make_keyd(tmp_path / name, **kwargs)
-        made.append(k)
-        return k
+        def factory(name: str = "k", **kwargs: object) -> Keyd:
+            k = make_keyd(tmp / name, **kwargs)
+            made.append(k)
+            return k
 
-    yield factory
-    for k in made:
-        if k.proc is not None:
-            k.kill()
+        yield factory
+        for k in made:
+            if k.proc is not None:
+                k.kill()
 
 
 @dataclass
@@ -213,17 +228,18 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def running() -> Iterator[Running]:
     """One unsealed file-mode keyd shared by a module's read-mostly tests."""
     need_root()
-    k = make_keyd(tmp_path_factory.mktemp("keyd"), extra=GENEROUS)
-    key = raw_key()
-    k.init(key, "--key-kind", "raw")
-    k.start()
-    k.unseal(key)
-    yield Running(k, key)
-    if k.proc is not None:
-        k.kill()
+    with traversable_tmp() as tmp:
+        k = make_keyd(tmp / "k", extra=GENEROUS)
+        key = raw_key()
+        k.init(key, "--key-kind", "raw")
+        k.start()
+        k.unseal(key)
+        yield Running(k, key)
+        if k.proc is not None:
+            k.kill()
 
 
 @pytest.fixture(scope="session")
