@@ -196,7 +196,7 @@ def traversable_tmp() -> Iterator[Path]:
     # pytest's tmp dirs are 0700: a setuid child acting as another user could not even reach the
     # socket, and the test would prove nothing about keyd's own checks.
     base = Path(tempfile.mkdtemp(prefix="keyd-test-"))
-    os.chmod(base, 0o711)
+    os.chmod(base, 0o711)  # noqa: S103 - traversable, not listable
     try:
         yield base
     finally:
