@@ -16,10 +16,11 @@ from keyd.keysource import (
     consume_drop,
     open_drop,
     raw_key,
-    strip_line,
     stretch,
+    strip_line,
 )
-from tests.keyd.conftest import NOBODY, Keyd, raw_key as new_raw_key, traversable_tmp, wait_for
+from tests.keyd.conftest import NOBODY, Keyd, traversable_tmp, wait_for
+from tests.keyd.conftest import raw_key as new_raw_key
 
 KEY = b"ab" * 32 + b"\n"
 
@@ -162,7 +163,7 @@ def test_one_trailing_newline_is_stripped(typed: bytes, kept: bytes) -> None:
 def test_raw_key_and_passphrase() -> None:
     assert raw_key(bytearray(KEY)) == bytes.fromhex(KEY.decode().strip())
     for bad in (b"ab" * 31 + b"\n", b"zz" * 32, b"ab" * 33):
-        with pytest.raises(ValueError, match="hex|non-hex"):
+        with pytest.raises(ValueError, match=r"hex"):
             raw_key(bytearray(bad))
     one = stretch(bytearray(b"a long passphrase\n"), salt=b"s" * 16, n=2**14, r=8, p=1)
     two = stretch(bytearray(b"a long passphrase"), salt=b"s" * 16, n=2**14, r=8, p=1)

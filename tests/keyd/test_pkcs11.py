@@ -26,7 +26,10 @@ lib = pkcs11.lib({SOFTHSM_MODULE!r})
 with lib.get_token(token_label="keyd-test").open(user_pin={USER_PIN!r}) as s:
     out = {{}}
     for k in s.get_objects({{Attribute.CLASS: ObjectClass.SECRET_KEY}}):
-        out[k.label] = {{"extractable": bool(k[Attribute.EXTRACTABLE]), "sensitive": bool(k[Attribute.SENSITIVE])}}
+        out[k.label] = {{
+            "extractable": bool(k[Attribute.EXTRACTABLE]),
+            "sensitive": bool(k[Attribute.SENSITIVE]),
+        }}
         try:
             k[Attribute.VALUE]
             out[k.label]["value_readable"] = True
