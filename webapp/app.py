@@ -131,7 +131,8 @@ def create_app(
             app.config["WORKING_HOURS"], app.config["WORKING_DAYS"], app.config["WORKING_TIMEZONE"]
         ),
         login_policy=LoginPolicy(
-            threshold=app.config["LOCKOUT_THRESHOLD"], lock_for=timedelta(minutes=app.config["LOCKOUT_MINUTES"])
+            threshold=app.config["LOCKOUT_THRESHOLD"],
+            lock_for=timedelta(minutes=app.config["LOCKOUT_MINUTES"]),
         ),
         audit_logger=syslog.audit_logger(),
         event_logger=syslog.event_logger(),
@@ -163,7 +164,9 @@ def create_app(
     def _identify() -> None:
         who = origin()
         if who.problem:
-            unit().record(Event.CERT_HEADER_UNTRUSTED, ok=False, resource=request.path[:200], detail=who.problem)
+            unit().record(
+                Event.CERT_HEADER_UNTRUSTED, ok=False, resource=request.path[:200], detail=who.problem
+            )
         if request.endpoint != "static" and current_user.is_authenticated:
             unit().origin.actor = current_user.username
             g.actor = current_user.username

@@ -49,4 +49,3 @@ def from_db(when: datetime) -> datetime:
 
 def audit_timestamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-

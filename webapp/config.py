@@ -89,6 +89,8 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"STRONGROOM_{name} must be true or false")
     secret = cfg.get("SECRET_KEY")
     if not isinstance(secret, str) or len(secret) < 32:
-        raise ConfigError("SECRET_KEY must be set (STRONGROOM_SECRET_KEY or the instance file), 32+ characters")
+        raise ConfigError(
+            "SECRET_KEY must be set (STRONGROOM_SECRET_KEY or the instance file), 32+ characters"
+        )
     if not cfg["SESSION_COOKIE_SECURE"] or cfg["SESSION_COOKIE_SAMESITE"] != "Strict":
         raise ConfigError("session cookies must be Secure and SameSite=Strict")

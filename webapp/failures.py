@@ -59,7 +59,9 @@ def handle(app: Flask, exc: Exception) -> Response:
     if app.config["MODE"] == "development":
         raise exc
     response = Response(render_template("safe_mode.html"), status=500, mimetype="text/html")
-    response.delete_cookie(app.config["SESSION_COOKIE_NAME"], path="/", secure=True, httponly=True, samesite="Strict")
+    response.delete_cookie(
+        app.config["SESSION_COOKIE_NAME"], path="/", secure=True, httponly=True, samesite="Strict"
+    )
     return response
 
 

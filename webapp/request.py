@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 from flask import current_app, g, request
 
-from webapp.auth.certs import BadCertificate, CertInfo, came_over_unix_socket, der_from_folded_pem, der_from_tls
+from webapp.auth.certs import (
+    BadCertificate,
+    CertInfo,
+    came_over_unix_socket,
+    der_from_folded_pem,
+    der_from_tls,
+)
 from webapp.unit import Origin, UnitOfWork
 
 if TYPE_CHECKING:
@@ -57,7 +63,9 @@ def _resolve_origin() -> RequestOrigin:
     if cfg["BEHIND_PROXY"]:
         # Only Apache can reach the private Unix socket; over anything else the headers are forgeable.
         if not came_over_unix_socket(environ):
-            return RequestOrigin(_valid_ip(request.remote_addr), None, "proxy headers on a non-private socket")
+            return RequestOrigin(
+                _valid_ip(request.remote_addr), None, "proxy headers on a non-private socket"
+            )
         ip = _valid_ip(request.headers.get(cfg["PROXY_IP_HEADER"]))
         raw = request.headers.get(header)
         if not raw:

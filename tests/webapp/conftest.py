@@ -110,7 +110,9 @@ class MariaBackend:
 
     @property
     def root_url(self) -> str:
-        return f"mysql+pymysql://root@localhost/{self.database}?unix_socket={self.server.socket}&charset=utf8mb4"
+        return (
+            f"mysql+pymysql://root@localhost/{self.database}?unix_socket={self.server.socket}&charset=utf8mb4"
+        )
 
     def reset(self) -> None:
         conn = self.server.root(self.database)
@@ -176,7 +178,9 @@ def vault() -> FakeVault:
 
 
 @pytest.fixture
-def make_app(db_url: str, clock: FakeClock, vault: FakeVault, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+def make_app(
+    db_url: str, clock: FakeClock, vault: FakeVault, tmp_path: Path
+) -> Iterator[Callable[..., Flask]]:
     apps: list[Flask] = []
 
     def build(**overrides: Any) -> Flask:
@@ -215,7 +219,9 @@ def people(app: Flask, ca: TestCA, tmp_path: Path) -> dict[str, Person]:
     found = {}
     runner = app.test_cli_runner()
     for name, role in roles.items():
-        result = runner.invoke(args=["users", "add", name, "--role", role, "--password-stdin"], input=PASSWORDS[name] + "\n")
+        result = runner.invoke(
+            args=["users", "add", name, "--role", role, "--password-stdin"], input=PASSWORDS[name] + "\n"
+        )
         assert result.exit_code == 0, result.output
         issued = ca.issue(name)
         pem, _ = issued.write(tmp_path, name)
@@ -227,7 +233,9 @@ def people(app: Flask, ca: TestCA, tmp_path: Path) -> dict[str, Person]:
 
 def client_for(app: Flask, cert: Issued | None, *, ip: str = "10.0.0.5") -> FlaskClient:
     client = app.test_client()
-    client.environ_base.update({"gunicorn.socket": FakeTlsSocket(cert.der if cert else None), "REMOTE_ADDR": ip})
+    client.environ_base.update(
+        {"gunicorn.socket": FakeTlsSocket(cert.der if cert else None), "REMOTE_ADDR": ip}
+    )
     return client
 
 

@@ -95,7 +95,9 @@ def test_wrong_credentials_fail_with_one_generic_message(
     assert password not in str([tuple(r) for r in audit_rows(app)])
 
 
-def test_ten_failures_lock_for_thirty_minutes(app: Flask, people: dict[str, Person], clock: FakeClock) -> None:
+def test_ten_failures_lock_for_thirty_minutes(
+    app: Flask, people: dict[str, Person], clock: FakeClock
+) -> None:
     alice = people["alice"]
     client = client_for(app, alice.cert)
     for _ in range(10):
@@ -180,7 +182,10 @@ def test_login_rehashes_when_parameters_change(
     old_hash = user_row(make_app(), "alice").password_hash
     assert "t=1" in old_hash
     stronger = make_app(ARGON2_TIME_COST=2, ARGON2_MEMORY_COST=16)
-    assert login(client_for(stronger, people["alice"].cert), "alice", people["alice"].password).status_code == 302
+    assert (
+        login(client_for(stronger, people["alice"].cert), "alice", people["alice"].password).status_code
+        == 302
+    )
     new_hash = user_row(stronger, "alice").password_hash
     assert new_hash != old_hash
     assert "m=16,t=2" in new_hash

@@ -86,7 +86,9 @@ def test_absolute_timeout(app: Flask, people: dict[str, Person], clock: FakeCloc
     assert audit_rows(app, Event.SESSION_EXPIRED_ABSOLUTE)
 
 
-def test_timeouts_are_configurable(make_app: Callable[..., Flask], people: dict[str, Person], clock: FakeClock) -> None:
+def test_timeouts_are_configurable(
+    make_app: Callable[..., Flask], people: dict[str, Person], clock: FakeClock
+) -> None:
     app = make_app(SESSION_IDLE_TIMEOUT=60)
     client = _logged_in(app, people["alice"])
     clock.advance(timedelta(seconds=61))

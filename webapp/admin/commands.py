@@ -76,7 +76,9 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
-_stdin_option = click.option("--password-stdin", is_flag=True, help="Read the password from stdin (one line).")
+_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from stdin (one line)."
+)
 
 
 @users_cli.command("add")
@@ -154,7 +156,9 @@ def certs_list() -> None:
     with _admin() as ctx:
         rows = service.list_certs(ctx)
     for r in rows:
-        click.echo(f"{r.username}\t{r.status}\t{r.fingerprint}\tserial={r.serial}\tnot_after={r.not_after:%Y-%m-%d}\t{r.subject}")
+        click.echo(
+            f"{r.username}\t{r.status}\t{r.fingerprint}\tserial={r.serial}\tnot_after={r.not_after:%Y-%m-%d}\t{r.subject}"
+        )
 
 
 @audit_cli.command("verify")

@@ -36,17 +36,23 @@ def _user(ctx: AdminContext, username: str, *, lock: bool = False) -> sa.Row:
     q = sa.select(users).where(users.c.username == username)
     row = ctx.uow.conn.execute(q.with_for_update() if lock else q).first()
     if row is None:
-        ctx.uow.record(Event.ADMIN_REFUSED, ok=False, resource=f"username:{username[:64]}", detail="unknown_user")
+        ctx.uow.record(
+            Event.ADMIN_REFUSED, ok=False, resource=f"username:{username[:64]}", detail="unknown_user"
+        )
         raise AdminError(f"no such user: {username}")
     return row
 
 
 def _valid_username(name: str) -> None:
-    if not (1 <= len(name) <= USERNAME_MAX) or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name):
+    if not (1 <= len(name) <= USERNAME_MAX) or not all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in name
+    ):
         raise AdminError("usernames are 1-64 characters of a-z, A-Z, 0-9, '.', '_' and '-'")
 
 
-def _check_password(ctx: AdminContext, password: str, username: str, recent: list[str], resource: str) -> None:
+def _check_password(
+    ctx: AdminContext, password: str, username: str, recent: list[str], resource: str
+) -> None:
     result = passwords.check_policy(
         ctx.hasher, password, username=username, recent_hashes=recent, min_score=ctx.min_score
     )
@@ -105,7 +111,9 @@ def reset_password(ctx: AdminContext, username: str, password: str) -> None:
     )
     conn.execute(sa.insert(password_history).values(user_id=user.id, password_hash=hashed, created_at=now))
     ended = end_sessions(conn, sessions.c.user_id == user.id, now=ctx.now, reason="password_reset")
-    ctx.uow.record(Event.PASSWORD_RESET, ok=True, resource=f"user:{user.id}", detail=f"sessions_ended={ended}")
+    ctx.uow.record(
+        Event.PASSWORD_RESET, ok=True, resource=f"user:{user.id}", detail=f"sessions_ended={ended}"
+    )
 
 
 def set_active(ctx: AdminContext, username: str, *, active: bool) -> int:
@@ -122,14 +130,18 @@ def set_active(ctx: AdminContext, username: str, *, active: bool) -> int:
 
 def unlock(ctx: AdminContext, username: str) -> None:
     user = _user(ctx, username, lock=True)
-    ctx.uow.conn.execute(sa.update(users).where(users.c.id == user.id).values(failed_logins=0, locked_until=None))
+    ctx.uow.conn.execute(
+        sa.update(users).where(users.c.id == user.id).values(failed_logins=0, locked_until=None)
+    )
     ctx.uow.record(Event.USER_UNLOCKED, ok=True, resource=f"user:{user.id}")
 
 
 def kill_sessions(ctx: AdminContext, username: str) -> int:
     user = _user(ctx, username)
     ended = end_sessions(ctx.uow.conn, sessions.c.user_id == user.id, now=ctx.now, reason="killed")
-    ctx.uow.record(Event.SESSIONS_KILLED, ok=True, resource=f"user:{user.id}", detail=f"sessions_ended={ended}")
+    ctx.uow.record(
+        Event.SESSIONS_KILLED, ok=True, resource=f"user:{user.id}", detail=f"sessions_ended={ended}"
+    )
     return ended
 
 
@@ -158,7 +170,9 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
     if user is None:
         ctx.uow.record(Event.CERT_BIND_REFUSED, ok=False, resource=resource, detail="unknown_user")
         raise AdminError(f"no such user: {username}")
-    if conn.execute(sa.select(cert_bindings.c.id).where(cert_bindings.c.fingerprint == cert.fingerprint)).first():
+    if conn.execute(
+        sa.select(cert_bindings.c.id).where(cert_bindings.c.fingerprint == cert.fingerprint)
+    ).first():
         ctx.uow.record(Event.CERT_BIND_REFUSED, ok=False, resource=resource, detail="already_bound")
         raise AdminError("certificate already bound (fingerprints are never reused)")
     if cert.not_after <= ctx.now:
@@ -177,7 +191,9 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
             .where(cert_bindings.c.fingerprint == prev.fingerprint)
             .values(status="replaced", ended_at=now, end_reason="replaced by a new binding")
         )
-        end_sessions(conn, sessions.c.cert_fingerprint == prev.fingerprint, now=ctx.now, reason="cert_replaced")
+        end_sessions(
+            conn, sessions.c.cert_fingerprint == prev.fingerprint, now=ctx.now, reason="cert_replaced"
+        )
     conn.execute(
         sa.insert(cert_bindings).values(
             user_id=user.id,
@@ -189,7 +205,9 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
             bound_at=now,
         )
     )
-    ctx.uow.record(Event.CERT_BOUND, ok=True, resource=resource, detail=f"user:{user.id} serial={cert.serial}")
+    ctx.uow.record(
+        Event.CERT_BOUND, ok=True, resource=resource, detail=f"user:{user.id} serial={cert.serial}"
+    )
 
 
 def unbind_cert(ctx: AdminContext, fingerprint: str, reason: str) -> int:

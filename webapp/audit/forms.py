@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import DateField, IntegerField, SelectField, StringField
+from wtforms import DateField, IntegerField, SelectChoice, SelectField, StringField
 from wtforms.validators import Length, NumberRange, Optional
 
 from webapp.events import Event
@@ -14,8 +14,14 @@ class AuditFilterForm(FlaskForm):  # type: ignore[misc]  # flask-wtf ships no ty
         csrf = False
 
     actor = StringField("User", validators=[Optional(), Length(max=64)])
-    event = SelectField("Event", choices=[("", "any"), *((e.value, e.value) for e in Event)], validate_choice=True)
-    outcome = SelectField("Outcome", choices=[("", "any"), ("success", "success"), ("failure", "failure")])
+    event = SelectField(
+        "Event", choices=[SelectChoice("", "any"), *(SelectChoice(e.value) for e in Event)], default=""
+    )
+    outcome = SelectField(
+        "Outcome",
+        choices=[SelectChoice("", "any"), SelectChoice("success"), SelectChoice("failure")],
+        default="",
+    )
     since = DateField("From (UTC)", validators=[Optional()])
     until = DateField("Until (UTC, exclusive)", validators=[Optional()])
     page = IntegerField("Page", validators=[Optional(), NumberRange(min=1, max=100000)])

@@ -133,7 +133,9 @@ class Verification:
         return not self.problems
 
 
-def verify(conn: sa.Connection, *, expect_head: tuple[int, str] | None = None, batch: int = 5000) -> Verification:
+def verify(
+    conn: sa.Connection, *, expect_head: tuple[int, str] | None = None, batch: int = 5000
+) -> Verification:
     result = Verification()
     expected_seq, prev = 1, GENESIS
     last_seq = 0

@@ -53,4 +53,6 @@ def index() -> ResponseReturnValue:
     page = form.page.data or 1
     rows = service.search(unit().conn, flt, limit=size, offset=(page - 1) * size)
     unit().record(Event.AUDIT_VIEWED, ok=True, resource="/audit", detail=f"page={page} rows={len(rows)}")
-    return render_template("audit.html", form=form, rows=rows, page=page, user=current_user, logout=LogoutForm())
+    return render_template(
+        "audit.html", form=form, rows=rows, page=page, user=current_user, logout=LogoutForm()
+    )

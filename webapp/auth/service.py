@@ -102,7 +102,9 @@ def attempt_login(
     failed = row.failed_logins
     if row.locked_until is not None:
         if now < from_db(row.locked_until):
-            uow.record(Event.LOGIN_FAILURE, ok=False, resource=resource, detail="locked", actor=binding.username)
+            uow.record(
+                Event.LOGIN_FAILURE, ok=False, resource=resource, detail="locked", actor=binding.username
+            )
             return None
         failed = 0  # the lock has run out: start counting afresh
     if not (password_ok and name_ok):

@@ -68,7 +68,10 @@ def login() -> ResponseReturnValue:
             )
         if not svc.hours.contains(now):
             uow.record(
-                Event.LOGIN_OFF_HOURS, ok=user is not None, resource=f"user:{binding.user_id}", actor=binding.username
+                Event.LOGIN_OFF_HOURS,
+                ok=user is not None,
+                resource=f"user:{binding.user_id}",
+                actor=binding.username,
             )
         if user is not None:
             # Crossing an authentication boundary: new session id, new CSRF token, nothing carried over.

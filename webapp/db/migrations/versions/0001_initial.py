@@ -117,5 +117,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("outbox", "audit_log", "audit_head", "sessions", "cert_bindings", "password_history", "users"):
+    for name in (
+        "outbox",
+        "audit_log",
+        "audit_head",
+        "sessions",
+        "cert_bindings",
+        "password_history",
+        "users",
+    ):
         op.drop_table(name)
