@@ -31,7 +31,7 @@ from ca.fsutil import (
     exclusive_lock,
     make_private_dir,
 )
-from ca.index import Entry, Index, Profile, Reason, dump_index, parse_index
+from ca.index import Entry, Index, Profile, Reason, RetiredCA, dump_index, parse_index
 from ca.oplog import Event, OpsLog
 
 Clock = Callable[[], datetime]
@@ -357,27 +357,110 @@ class Authority:
                 raise FollowUpFailed("; ".join(problems))
             return regenerated
 
+    def _sign_root_crl(
+        self, index: Index, root: x509.Certificate, key: pki.CAKey, now: datetime
+    ) -> tuple[Index, bytes]:
+        index = replace(index, root_crl_number=index.root_crl_number + 1)
+        crl = pki.build_crl(
+            [(r.serial_int, r.revoked_at, r.reason) for r in index.retired_issuing],
+            issuer=root,
+            issuer_key=key,
+            number=index.root_crl_number,
+            now=now,
+            days=self.config.root_crl_days,
+        )
+        return index, pki.pem(crl)
+
     def root_crl(self) -> None:
         """Re-sign the root's CRL with the (offline) root key and publish it."""
         with self._locked():
             now = self._clock()
             index = self.load_index()
             root, key = self._root()
-            index = replace(index, root_crl_number=index.root_crl_number + 1)
-            crl = pki.build_crl(
-                [],
-                issuer=root,
-                issuer_key=key,
-                number=index.root_crl_number,
-                now=now,
-                days=self.config.root_crl_days,
-            )
+            index, crl = self._sign_root_crl(index, root, key, now)
             atomic_write(self.layout.index, dump_index(index))
-            atomic_write(self.layout.root_crl, pki.pem(crl))
+            atomic_write(self.layout.root_crl, crl)
             self._write_published_crl()
             self.log().record(Event.ROOT_CRL, now, crl_number=index.root_crl_number)
             if problem := self._reload(now):
                 raise FollowUpFailed(problem)
+
+    def new_issuing(self, reason: Reason) -> tuple[x509.Certificate, list[Entry]]:
+        """Replace the issuing CA (planned rotation, or its key leaked). Needs the root key.
+
+        A clean cut: the old issuing CA is revoked in the root's CRL and leaves the chain file, so
+        every certificate it signed stops working at the next Apache reload; they are marked
+        revoked here and unbound in the web app, and employees get new ones from the new CA.
+        Returns the new issuing certificate and the certificates revoked with the old CA.
+        """
+        if reason not in (Reason.SUPERSEDED, Reason.CA_COMPROMISE, Reason.CESSATION_OF_OPERATION):
+            raise CAError(
+                "the reason for replacing the issuing CA must be superseded, cACompromise or "
+                "cessationOfOperation"
+            )
+        with self._locked():
+            now = self._clock()
+            index = self.load_index()
+            old = _load_cert(self.layout.issuing_cert)
+            root, root_key = self._root()
+            new_pass = self._passphrases("issuing")
+            if new_pass == self._passphrases("root"):
+                raise CAError("the root and issuing passphrases must differ (the root key lives offline)")
+            key = pki.new_ca_key()
+            new = pki.build_issuing(
+                key.public_key(),
+                root=root,
+                root_key=root_key,
+                org=self.config.organization,
+                now=now,
+                days=ISSUING_DAYS,
+            )
+            leaf_reason = Reason.CA_COMPROMISE if reason is Reason.CA_COMPROMISE else Reason.SUPERSEDED
+            revoked = [e.revoke(now, leaf_reason) for e in index.entries if e.state(now) == "valid"]
+            for entry in revoked:
+                index = index.with_entry(entry)
+            retired = RetiredCA(serial=format(old.serial_number, "x"), revoked_at=now, reason=reason)
+            index = replace(index, retired_issuing=(*index.retired_issuing, retired))
+            index, root_crl = self._sign_root_crl(index, root, root_key, now)
+            # The index first (the record of what is revoked), then the files derived from it. A crash
+            # in between leaves a key that does not match its certificate: every command then refuses
+            # (fail closed) until the CA directory is restored from backup.
+            retired_dir = self.layout.issuing_dir / "retired"
+            if not retired_dir.exists():
+                make_private_dir(retired_dir)
+            atomic_write(retired_dir / f"issuing-{retired.serial}.pem", pki.pem(old))
+            atomic_write(self.layout.root_crl, root_crl)
+            atomic_write(self.layout.issuing_key, pki.encrypt_key(key, new_pass))
+            atomic_write(self.layout.issuing_cert, pki.pem(new))
+            atomic_write(self.layout.chain, pki.pem(new) + pki.pem(root))
+            index = self._publish_crl(index, new, key, now)
+            self.log().record(
+                Event.NEW_ISSUING,
+                now,
+                reason=str(reason),
+                old_serial=retired.serial,
+                new_serial=format(new.serial_number, "x"),
+                revoked=[e.serial for e in revoked],
+            )
+            problems = []
+            if problem := self._reload(now):
+                problems.append(problem)
+            failed = []
+            for entry in revoked:
+                if entry.bound:
+                    try:
+                        index = self._unbind_in(index, entry, f"issuing CA replaced: {reason}", now)
+                    except BindError:
+                        failed.append(entry.serial)
+            if failed:
+                problems.append(
+                    "the web app did not unbind "
+                    + ", ".join(failed)
+                    + ": retry each with `python -m ca unbind SERIAL`"
+                )
+            if problems:
+                raise FollowUpFailed("replaced the issuing CA, but " + "; ".join(problems))
+            return new, revoked
 
     # -- issue ----------------------------------------------------------------------------------
 
@@ -566,17 +649,22 @@ class Authority:
             return Revoked(entry=entry)
 
     def _unbind(self, index: Index, entry: Entry, reason: str, now: datetime) -> Entry:
+        self._unbind_in(index, entry, reason, now)
+        return replace(entry, bound=False)
+
+    def _unbind_in(self, index: Index, entry: Entry, reason: str, now: datetime) -> Index:
+        """Unbind in the web app, then record it in the index; returns the updated index."""
         try:
             self.binder().unbind(entry.fingerprint, reason)
         except BindError as e:
             self.log().record(Event.UNBIND_FAILED, now, name=entry.name, serial=entry.serial, problem=str(e))
             raise
-        entry = replace(entry, bound=False)
-        atomic_write(self.layout.index, dump_index(index.with_entry(entry)))
+        index = index.with_entry(replace(entry, bound=False))
+        atomic_write(self.layout.index, dump_index(index))
         self.log().record(
             Event.UNBIND, now, name=entry.name, serial=entry.serial, fingerprint=entry.fingerprint
         )
-        return entry
+        return index
 
     def retry_unbind(self, target: str) -> Entry:
         """Retry the web app unbind of a revoked certificate after the web app was unreachable."""

@@ -26,7 +26,7 @@ from ca.binding import Binder
 from ca.config import Config
 from ca.errors import CAError
 from ca.fsutil import create_exclusive
-from ca.index import Entry, Profile, Reason
+from ca.index import LEAF_REASONS, Entry, Profile, Reason
 from ca.oplog import Event, OpsLog
 from ca.passwords import check_strength, generate_password, read_secret_file
 
@@ -45,17 +45,29 @@ def _err(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
-def _passphrase_source(opts: dict[str, Path | None], *, new: bool) -> Callable[[str], bytes]:
-    """Ask for the root/issuing CA passphrase: from its file if given, else a hidden prompt."""
+def _passphrase_source(opts: dict[str, Path | None], *, new: frozenset[str]) -> Callable[[str], bytes]:
+    """Ask for the root/issuing CA passphrase: from its file if given, else a hidden prompt.
+
+    Passphrases named in `new` are being set: asked twice and checked for strength. Each is asked
+    for at most once per run.
+    """
+    cache: dict[str, bytes] = {}
 
     def get(which: str) -> bytes:
+        if which not in cache:
+            cache[which] = _ask(which)
+        return cache[which]
+
+    def _ask(which: str) -> bytes:
+        is_new = which in new
         path = opts.get(f"{which}_file")
         what = f"{which} CA passphrase"
         if path is not None:
             secret = read_secret_file(path, what=what)
         else:
-            secret = click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=new).encode("utf-8")
-        if new:
+            prompt = f"New {what}" if is_new else what.capitalize()
+            secret = click.prompt(prompt, hide_input=True, confirmation_prompt=is_new).encode("utf-8")
+        if is_new:
             try:
                 text = secret.decode("utf-8")
             except UnicodeDecodeError:
@@ -66,7 +78,7 @@ def _passphrase_source(opts: dict[str, Path | None], *, new: bool) -> Callable[[
     return get
 
 
-def _authority(ctx: click.Context, *, new: bool = False) -> Authority:
+def _authority(ctx: click.Context, *, new: frozenset[str] = frozenset()) -> Authority:
     deps: Deps = ctx.obj
     opts = deps.options
     base = opts["ca_dir"]
@@ -179,7 +191,7 @@ def init(
     crl_days: int,
 ) -> None:
     """Create the root CA and the issuing CA (asks for two new passphrases)."""
-    auth = _authority(ctx, new=True)
+    auth = _authority(ctx, new=frozenset({"root", "issuing"}))
     config = Config(
         organization=organization,
         reload_command=shlex.split(reload_command),
@@ -372,7 +384,7 @@ def server(
 @click.argument("target")
 @click.option(
     "--reason",
-    type=click.Choice([r.value for r in Reason]),
+    type=click.Choice([r.value for r in LEAF_REASONS]),
     required=True,
     help="affiliationChanged when someone leaves; keyCompromise if the bundle or its password leaked.",
 )
@@ -413,6 +425,33 @@ def root_crl(ctx: click.Context) -> None:
     auth.root_crl()
     _, _, root_next = auth.crl_status()
     click.echo(f"published a new root CRL, valid until {root_next:%Y-%m-%d} UTC" if root_next else "done")
+
+
+@cli.command("new-issuing")
+@click.option(
+    "--reason",
+    type=click.Choice(
+        [Reason.SUPERSEDED.value, Reason.CA_COMPROMISE.value, Reason.CESSATION_OF_OPERATION.value]
+    ),
+    required=True,
+    help="superseded for a planned rotation; cACompromise if the issuing key may have leaked.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def new_issuing(ctx: click.Context, reason: str, yes: bool) -> None:
+    """Replace the issuing CA (needs the offline root key). Revokes EVERY certificate it signed."""
+    auth = _authority(ctx, new=frozenset({"issuing"}))
+    now = ctx.obj.clock()
+    valid = [e for e in auth.load_index().entries if e.state(now) == "valid"]
+    if not yes:
+        click.confirm(
+            f"This revokes all {len(valid)} valid certificates (employees, services, servers); "
+            "everyone needs a new one. Continue?",
+            abort=True,
+        )
+    new, revoked = auth.new_issuing(Reason(reason))
+    click.echo(f"new issuing CA: serial {new.serial_number:x}, expires {new.not_valid_after_utc:%Y-%m-%d}")
+    click.echo(f"revoked {len(revoked)} certificate(s): re-issue them (`python -m ca list --all`)")
 
 
 def _state(entry: Entry, now: datetime) -> str:

@@ -33,7 +33,24 @@ class Reason(StrEnum):
     AFFILIATION_CHANGED = "affiliationChanged"  # the employee left or changed role
     SUPERSEDED = "superseded"  # replaced by a new certificate
     CESSATION_OF_OPERATION = "cessationOfOperation"
-    CERTIFICATE_HOLD = "certificateHold"
+    CA_COMPROMISE = "cACompromise"  # the issuing CA's key leaked: everything it signed is revoked
+    # No certificateHold: this CA never un-revokes, so a "hold" would be a lie.
+
+
+LEAF_REASONS = [r for r in Reason if r is not Reason.CA_COMPROMISE]
+
+
+@dataclass(frozen=True)
+class RetiredCA:
+    """A replaced issuing CA: listed in the root's CRL for good."""
+
+    serial: str
+    revoked_at: datetime
+    reason: Reason
+
+    @property
+    def serial_int(self) -> int:
+        return int(self.serial, 16)
 
 
 _SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
@@ -72,6 +89,7 @@ class Index:
     entries: tuple[Entry, ...] = ()
     crl_number: int = 0  # of the last issuing-CA CRL published; strictly increasing
     root_crl_number: int = 0
+    retired_issuing: tuple[RetiredCA, ...] = ()
 
     def by_serial(self, serial: int) -> Entry | None:
         return next((e for e in self.entries if e.serial_int == serial), None)
@@ -152,7 +170,9 @@ def parse_index(data: bytes) -> Index:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptIndex(f"the index is not valid JSON ({type(e).__name__}); restore a backup") from None
-    d = _expect_keys(doc, {"version", "crl_number", "root_crl_number", "certificates"}, "index")
+    d = _expect_keys(
+        doc, {"version", "crl_number", "root_crl_number", "certificates", "retired_issuing"}, "index"
+    )
     if d["version"] != INDEX_VERSION:
         raise CorruptIndex(f"index: unsupported version {d['version']!r}")
     for key in ("crl_number", "root_crl_number"):
@@ -167,7 +187,27 @@ def parse_index(data: bytes) -> Index:
     fps = [e.fingerprint for e in entries]
     if len(set(fps)) != len(fps):
         raise CorruptIndex("index: a fingerprint appears twice")
-    return Index(entries=entries, crl_number=d["crl_number"], root_crl_number=d["root_crl_number"])
+    if not isinstance(d["retired_issuing"], list):
+        raise CorruptIndex("index: 'retired_issuing' must be a list")
+    retired = tuple(_retired(obj, i) for i, obj in enumerate(d["retired_issuing"]))
+    return Index(
+        entries=entries,
+        crl_number=d["crl_number"],
+        root_crl_number=d["root_crl_number"],
+        retired_issuing=retired,
+    )
+
+
+def _retired(obj: object, i: int) -> RetiredCA:
+    where = f"retired issuing CA #{i}"
+    d = _expect_keys(obj, {"serial", "revoked_at", "reason"}, where)
+    if not isinstance(d["serial"], str) or not _SERIAL.match(d["serial"]) or d["serial"].startswith("0"):
+        raise CorruptIndex(f"{where}: bad serial")
+    try:
+        reason = Reason(d["reason"])
+    except ValueError:
+        raise CorruptIndex(f"{where}: bad reason") from None
+    return RetiredCA(serial=d["serial"], revoked_at=_dt(d["revoked_at"], where), reason=reason)
 
 
 def dump_index(index: Index) -> bytes:
@@ -182,5 +222,9 @@ def dump_index(index: Index) -> bytes:
         "crl_number": index.crl_number,
         "root_crl_number": index.root_crl_number,
         "certificates": [entry(e) for e in index.entries],
+        "retired_issuing": [
+            {"serial": r.serial, "revoked_at": r.revoked_at.isoformat(), "reason": str(r.reason)}
+            for r in index.retired_issuing
+        ],
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")

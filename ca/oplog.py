@@ -23,6 +23,7 @@ class Event(StrEnum):
     REVOKE = "ca.revoke"
     CRL = "ca.crl"
     ROOT_CRL = "ca.root_crl"
+    NEW_ISSUING = "ca.new_issuing"
     UNBIND = "ca.unbind"
     UNBIND_FAILED = "ca.unbind_failed"
     RELOAD_FAILED = "ca.reload_failed"

@@ -199,7 +199,7 @@ _REASON_FLAGS = {
     Reason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
     Reason.SUPERSEDED: x509.ReasonFlags.superseded,
     Reason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    Reason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
+    Reason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
 }
 
 

@@ -129,7 +129,7 @@ CASES = [
          "Error: Missing option '--reason'. Choose from:"),
     Case("revoke with a made-up reason", ("revoke", "alice", "--reason", "fired"), 2,
          "Error: Invalid value for '--reason': 'fired' is not one of 'unspecified', 'keyCompromise', "
-         "'affiliationChanged', 'superseded', 'cessationOfOperation', 'certificateHold'."),
+         "'affiliationChanged', 'superseded', 'cessationOfOperation'."),
     Case("unbind a valid certificate", ("unbind", "alice"), 1,
          "error: alice's certificate {alice} is not revoked: revoke it instead"),
     Case("wrong issuing passphrase", ("issue", "carol", "--out", "carol.p12"), 1,
@@ -165,6 +165,12 @@ CASES = [
          "error: refusing to run: {ca}/index.json is a symbolic link", setup=_symlinked_index),
     Case("typo in config", ("crl",), 1,
          "error: {ca}/config.toml: unknown setting(s) crl_dayz", setup=_bad_config),
+    Case("wrong root passphrase", ("new-issuing", "--reason", "superseded", "--yes"), 1,
+         "error: wrong passphrase for the root CA key (nothing was changed)",
+         input="orbit-walnut-cascade-ferry-32\n"),
+    Case("new issuing CA with a made-up reason", ("new-issuing", "--reason", "keyCompromise", "--yes"), 2,
+         "Error: Invalid value for '--reason': 'keyCompromise' is not one of 'superseded', 'cACompromise', "
+         "'cessationOfOperation'."),
     Case("init over an existing CA", ("init",), 1,
          "error: {ca} already exists and is not empty: refusing to overwrite a CA"),
     Case("days out of range", ("issue", "carol", "--days", "0"), 2,

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from ca import authority, fsutil
 from ca.index import parse_index
-from tests.ca.conftest import CA, ISSUING_PASSPHRASE, ROOT_PASSPHRASE, snapshot
+from tests.ca.conftest import CA, ISSUING_PASSPHRASE, ROOT_PASSPHRASE, snapshot, write_secret
 from tests.ca.openssl_helpers import verify
 
 
@@ -224,3 +224,36 @@ def test_the_operations_log_says_who_did_what_and_holds_no_secrets(ca: CA) -> No
     text = (ca.dir / "ops.log").read_text()
     for secret in (password, ISSUING_PASSPHRASE, ROOT_PASSPHRASE, "password1", "PRIVATE KEY"):
         assert secret not in text
+
+
+def test_new_issuing_ca_is_a_clean_cut(ca: CA, tmp_path: Path) -> None:
+    bundle, _, old_serial = ca.issue("alice")
+    ca.ok("service", "crm", "--out", str(ca.work / "crm.p12"))
+    old_issuing = x509.load_pem_x509_certificate((ca.dir / "issuing" / "issuing.pem").read_bytes())
+    old_cert = ca.dir / "certs" / f"{old_serial}.pem"
+    new_pass = write_secret(tmp_path / "secrets" / "issuing-2.pass", "harbor-tulip-granite-violin-58")
+    result = ca.run(
+        "--root-passphrase-file", str(ca.root_pass), "--passphrase-file", str(new_pass),
+        "new-issuing", "--reason", "superseded", "--yes",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "revoked 2 certificate(s)" in result.output
+    new_issuing = x509.load_pem_x509_certificate((ca.dir / "issuing" / "issuing.pem").read_bytes())
+    assert new_issuing.serial_number != old_issuing.serial_number
+    root_crl = x509.load_pem_x509_crl((ca.dir / "root" / "root-crl.pem").read_bytes())
+    assert root_crl.get_revoked_certificate_by_serial_number(old_issuing.serial_number) is not None
+    assert (ca.dir / "issuing" / "retired" / f"issuing-{old_issuing.serial_number:x}.pem").exists()
+    # The old certificate no longer verifies: its CA left the chain and is revoked by the root.
+    assert verify(ca.dir, old_cert, crl=True).returncode != 0
+    assert ca.binder.bound == {}
+    assert all(e["revoked_at"] for e in _index(ca).values())
+    # The new CA issues with the new passphrase (the old one no longer opens the issuing key).
+    ca.issuing_pass = new_pass
+    _, _, new_serial = ca.issue("alice")
+    assert verify(ca.dir, ca.dir / "certs" / f"{new_serial}.pem", crl=True).returncode == 0
+    # The yearly root CRL renewal keeps the retired CA listed.
+    ca.clock.advance(days=1)
+    assert ca.run("--root-passphrase-file", str(ca.root_pass), "root-crl").exit_code == 0
+    root_crl = x509.load_pem_x509_crl((ca.dir / "root" / "root-crl.pem").read_bytes())
+    assert root_crl.get_revoked_certificate_by_serial_number(old_issuing.serial_number) is not None
+    assert bundle.exists()
