@@ -1,0 +1,53 @@
+"""Ciphertext format and key derivation, without the daemon."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from keyd import cipher
+
+
+def test_format_and_associated_data() -> None:
+    aead = cipher.FileAead(os.urandom(32))
+    blob = cipher.encrypt(aead, 7, b"hello", b"rec", b"pan")
+    version, head, nonce, body = cipher.split(blob)
+    assert (version, head, len(nonce), len(body)) == (7, b"\x01\x00\x00\x00\x07", 12, 5 + 16)
+    assert aead.open(nonce, body, cipher.associated_data(head, b"rec", b"pan")) == b"hello"
+    # The length prefixes keep ("re", "cpan") apart from ("rec", "pan").
+    with pytest.raises(cipher.AuthenticationFailed):
+        aead.open(nonce, body, cipher.associated_data(head, b"re", b"cpan"))
+    # The header is authenticated: relabelling the key version fails.
+    with pytest.raises(cipher.AuthenticationFailed):
+        aead.open(nonce, body, cipher.associated_data(cipher.header(8), b"rec", b"pan"))
+
+
+def test_version_keys_differ_and_are_deterministic() -> None:
+    master = os.urandom(32)
+    salt = os.urandom(32)
+    k1 = cipher.derive_version_key(master, salt=salt, version=1)
+    assert k1 == cipher.derive_version_key(master, salt=salt, version=1)
+    assert k1 != cipher.derive_version_key(master, salt=salt, version=2)
+    assert k1 != cipher.derive_version_key(master, salt=os.urandom(32), version=1)
+
+
+def test_key_check_value() -> None:
+    aead = cipher.FileAead(os.urandom(32))
+    nonce, kcv = cipher.make_kcv(aead, 1)
+    assert cipher.check_kcv(aead, 1, nonce, kcv)
+    assert not cipher.check_kcv(aead, 2, nonce, kcv)
+    assert not cipher.check_kcv(cipher.FileAead(os.urandom(32)), 1, nonce, kcv)
+
+
+@pytest.mark.parametrize(
+    "bad", [b"", b"\x01" * 32, b"\x00" + b"\x00\x00\x00\x01" + b"x" * 28, b"\x01\x00\x00\x00\x00" + b"x" * 28]
+)
+def test_malformed_ciphertexts(bad: bytes) -> None:
+    with pytest.raises(cipher.MalformedCiphertext):
+        cipher.split(bad)
+
+
+def test_key_length_is_checked() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        cipher.FileAead(b"short")

@@ -1,0 +1,133 @@
+"""The wire format in isolation: round trips, strictness, a fuzzed parser that only says bad_request."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyd.errors import ErrorCode
+from keyd.protocol import (
+    MAX_ITEMS,
+    ErrorResponse,
+    Op,
+    ProtocolError,
+    Reason,
+    encode_error,
+    encode_items,
+    encode_json,
+    encode_request,
+    parse_request,
+    parse_response,
+)
+
+IDENT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
+ITEM = st.tuples(IDENT, IDENT, st.binary(max_size=64))
+
+
+@settings(max_examples=300)
+@given(
+    op=st.sampled_from([Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH]),
+    actor=IDENT,
+    purpose=IDENT,
+    items=st.lists(ITEM, min_size=1, max_size=20),
+)
+def test_batch_requests_round_trip(
+    op: Op, actor: str, purpose: str, items: list[tuple[str, str, bytes]]
+) -> None:
+    req = parse_request(encode_request(op, actor, purpose, items)[4:])
+    assert (req.op, req.actor, req.purpose) == (op, actor, purpose)
+    assert [(i.record_id.decode(), i.field.decode(), i.data) for i in req.items] == items
+    assert all(i.error is None for i in req.items)
+
+
+@settings(max_examples=2000)
+@given(body=st.binary(max_size=200))
+def test_parser_only_ever_refuses_with_bad_request(body: bytes) -> None:
+    try:
+        req = parse_request(body)
+    except ProtocolError as exc:
+        refusal = exc
+    else:
+        refusal = None
+        # Whatever parses re-encodes to exactly the same bytes: one encoding per request.
+        items = [(i.record_id.decode(), i.field.decode(), i.data) for i in req.items]
+        if all(i.error is None for i in req.items):
+            assert encode_request(req.op, req.actor, req.purpose, items or None, req.arg)[4:] == body
+    if refusal is not None:
+        assert refusal.code is ErrorCode.BAD_REQUEST
+        assert refusal.refusal in Reason
+
+
+@settings(max_examples=500)
+@given(
+    prefix=st.binary(max_size=5),
+    items=st.lists(ITEM, min_size=1, max_size=3),
+    cut=st.integers(min_value=1, max_value=40),
+)
+def test_truncated_valid_requests_are_refused(
+    prefix: bytes, items: list[tuple[str, str, bytes]], cut: int
+) -> None:
+    body = encode_request(Op.DECRYPT_BATCH, "alice", "test", items)[4:]
+    with pytest.raises(ProtocolError) as info:
+        parse_request(body[: max(0, len(body) - cut)])
+    assert info.value.refusal in (Reason.TRUNCATED, Reason.TRAILING_BYTES, Reason.BAD_COUNT)
+
+
+def test_batch_limits() -> None:
+    items = [("r", "f", b"")] * MAX_ITEMS
+    assert len(parse_request(encode_request(Op.ENCRYPT_BATCH, "a", "p", items)[4:]).items) == MAX_ITEMS
+    body = encode_request(Op.ENCRYPT_BATCH, "a", "p", [*items, ("r", "f", b"")])[4:]
+    with pytest.raises(ProtocolError) as info:
+        parse_request(body)
+    assert info.value.refusal is Reason.BAD_COUNT
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"actor": "", "purpose": "p"}, Reason.BAD_ACTOR),
+        ({"actor": "a b", "purpose": "p"}, Reason.BAD_ACTOR),
+        ({"actor": "a", "purpose": "-p"}, Reason.BAD_PURPOSE),
+        ({"actor": 5, "purpose": "p"}, Reason.BAD_ACTOR),
+    ],
+)
+def test_encoder_refuses_what_the_server_would(kwargs: dict[str, object], reason: Reason) -> None:
+    with pytest.raises(ProtocolError) as info:
+        encode_request(Op.STATUS, **kwargs)  # type: ignore[arg-type]
+    assert info.value.refusal is reason
+
+
+def test_responses_round_trip() -> None:
+    assert parse_response(encode_error(ErrorCode.SEALED, Reason.SEALED)[4:]) == ErrorResponse(
+        ErrorCode.SEALED, "sealed"
+    )
+    outcomes = [b"abc", (ErrorCode.INTEGRITY_FAILURE, Reason.AUTHENTICATION_FAILED), b""]
+    assert parse_response(encode_items(outcomes)[4:]) == [  # type: ignore[arg-type]
+        b"abc",
+        ErrorResponse(ErrorCode.INTEGRITY_FAILURE, "authentication_failed"),
+        b"",
+    ]
+    assert parse_response(encode_json({"sealed": True})[4:]) == {"sealed": True}
+
+
+@settings(max_examples=1000)
+@given(body=st.binary(max_size=100))
+def test_client_response_parser_is_strict(body: bytes) -> None:
+    from keyd.protocol import ResponseError
+
+    # Anything but a parsed answer or ResponseError (IndexError, struct.error...) fails the test.
+    with contextlib.suppress(ResponseError):
+        parse_response(body)
+
+
+def test_response_with_unknown_reason_is_refused() -> None:
+    from keyd.protocol import ResponseError
+
+    with pytest.raises(ResponseError):
+        parse_response(b"\x01\x01\x04nope")
+    with pytest.raises(ResponseError):
+        parse_response(b"\x01\x00\x01" + struct.pack(">H", 1) + b"\x00" + struct.pack(">I", 9) + b"x")
