@@ -42,9 +42,10 @@ ROOT_DAYS = 3650
 ISSUING_DAYS = 3 * 365
 RELOAD_TIMEOUT = 60
 
-# Usernames as the web app knows them; service names alike. Deliberately narrow: the name ends up in
-# a certificate subject, a file name in logs and an argv for the web app.
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Usernames as the web app allows them (ASCII letters, digits, '.', '_', '-'; 1-64), except that the
+# first character must be a letter or digit: the name becomes an argv item of the web app's CLI,
+# where a leading '-' would read as an option. It also ends up in a subject and in the logs.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -55,7 +56,7 @@ def utcnow() -> datetime:
 def validate_name(name: str) -> str:
     if not _NAME.match(name):
         raise CAError(
-            f"invalid name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name

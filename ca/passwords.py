@@ -50,15 +50,17 @@ def read_secret_file(path: Path, *, what: str) -> bytes:
         raise CAError(f"the {what} file {path} does not exist") from None
     except OSError as e:
         raise CAError(f"cannot open the {what} file {path}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # checked before reading: a directory or FIFO is refused
             raise UnsafeEnvironment(f"the {what} file {path} is not a regular file")
         if st.st_uid not in (os.geteuid(), 0):
             raise UnsafeEnvironment(f"the {what} file {path} must be owned by you or by root")
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise UnsafeEnvironment(f"the {what} file {path} is readable by others: chmod 600 {path}")
-        data = f.read(4097)
+        data = os.read(fd, 4097)
+    finally:
+        os.close(fd)
     if len(data) > 4096:
         raise CAError(f"the {what} file {path} is too large to be a passphrase")
     data = data.removesuffix(b"\n")

@@ -102,16 +102,16 @@ CASES = [
     Case("replace across profiles", ("service", "alice", "--replace", "--out", "a2.p12"), 1,
          "error: alice's current certificate has the employee profile: --replace cannot change it"),
     Case("name with a space", ("issue", "alice smith"), 1,
-         "error: invalid name 'alice smith': use 1-64 lowercase letters, digits, '.', '_' or '-', "
+         "error: invalid name 'alice smith': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("name with a path", ("issue", "../../etc/x"), 1,
-         "error: invalid name '../../etc/x': use 1-64 lowercase letters, digits, '.', '_' or '-', "
+         "error: invalid name '../../etc/x': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("name like an option", ("issue", "--", "-rf"), 1,
-         "error: invalid name '-rf': use 1-64 lowercase letters, digits, '.', '_' or '-', "
+         "error: invalid name '-rf': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("empty name", ("issue", ""), 1,
-         "error: invalid name '': use 1-64 lowercase letters, digits, '.', '_' or '-', "
+         "error: invalid name '': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("bad host name", ("server", "exa mple.com"), 1,
          "error: invalid host name 'exa mple.com': give DNS names or IP addresses"),

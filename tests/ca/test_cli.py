@@ -257,3 +257,9 @@ def test_new_issuing_ca_is_a_clean_cut(ca: CA, tmp_path: Path) -> None:
     root_crl = x509.load_pem_x509_crl((ca.dir / "root" / "root-crl.pem").read_bytes())
     assert root_crl.get_revoked_certificate_by_serial_number(old_issuing.serial_number) is not None
     assert bundle.exists()
+
+
+def test_names_follow_the_web_app_usernames(ca: CA) -> None:
+    _, _, serial = ca.issue("Alice.Smith-2")
+    assert ca.binder.calls[0][1] == "Alice.Smith-2"
+    assert "UID=Alice.Smith-2" in ca.ok("show", serial).output
