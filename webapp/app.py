@@ -18,11 +18,11 @@ from typing import Any
 import argon2
 from flask import Flask, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask.wrappers import Response
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.wrappers import Response
 
 from webapp import config as config_module
 from webapp import failures, syslog, validation
@@ -39,7 +39,7 @@ from webapp.request import origin, services, unit
 from webapp.unit import Origin, UnitOfWork
 from webapp.vault import Vault, make_vault
 
-DEV_SECRET_FILE = "dev-secret-key"
+DEV_SECRET_FILE = "dev-secret-key"  # noqa: S105 - a file name, not a secret
 
 
 @dataclass
@@ -216,7 +216,7 @@ def _register_error_pages(app: Flask) -> None:
         return _refusal(
             Event.CSRF_REFUSED,
             400,
-            "Request refused: the form's security token is missing or expired. Reload the page and try again.",
+            "Request refused: the form's security token is missing or expired. Reload the page, try again.",
             str(exc.description or "csrf")[:100],
         )
 

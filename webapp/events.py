@@ -41,8 +41,8 @@ class Event(StrEnum):
     USER_DISABLED = "admin.user_disabled"
     USER_ENABLED = "admin.user_enabled"
     USER_UNLOCKED = "admin.user_unlocked"
-    PASSWORD_RESET = "admin.password_reset"
-    PASSWORD_REFUSED = "admin.password_refused"
+    PASSWORD_RESET = "admin.password_reset"  # noqa: S105 - an event name
+    PASSWORD_REFUSED = "admin.password_refused"  # noqa: S105 - an event name
     USERS_LISTED = "admin.users_listed"
     CERT_BOUND = "admin.cert_bound"
     CERT_BIND_REFUSED = "admin.cert_bind_refused"

@@ -16,7 +16,7 @@ import traceback
 
 import sqlalchemy as sa
 from flask import Flask, g, render_template, request, session
-from werkzeug.wrappers import Response
+from flask.wrappers import Response
 
 from keyd.errors import Sealed, Unavailable
 from webapp.auth.sessions import ServerSession, end_sessions, sid_hash

@@ -6,6 +6,7 @@ outbox events commit together or not at all: if the audit append fails, so does 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -111,20 +112,16 @@ class UnitOfWork:
         """Drop everything: the action's writes and its pending records."""
         self.entries.clear()
         if self._tx is not None and self._tx.is_active:
-            try:
+            # A broken connection (database gone) cannot roll back; nothing was committed anyway.
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self._tx.rollback()
-            except sa.exc.SQLAlchemyError:
-                # The connection is already broken (database gone): nothing was committed anyway.
-                pass
         self._tx = None
         self._close()
 
     def _close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self._conn.close()
-            except sa.exc.SQLAlchemyError:
-                pass
             self._conn = None
 
     def close(self) -> None:

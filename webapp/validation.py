@@ -79,7 +79,7 @@ def _parse(raw: bytes, allowed: frozenset[str], where: str) -> None:
 
 
 def guard() -> None:
-    if request.endpoint is None or request.endpoint == "static" and not request.query_string:
+    if request.endpoint is None or (request.endpoint == "static" and not request.query_string):
         return  # routing will 404; static files take no parameters
     view = current_app.view_functions.get(request.endpoint)
     query_ok, form_ok = getattr(view, "_strongroom_accepts", (frozenset(), frozenset({CSRF_FIELD})))

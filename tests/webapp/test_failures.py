@@ -37,7 +37,7 @@ def test_unexpected_error_enters_safe_mode(app: Flask, people: dict[str, Person]
     assert "this window will now close" in r.text
     assert "close.js" in r.text
     # No trace, no message, no secret.
-    for leak in ("Traceback", "RuntimeError", "boom", CARD, people["alice"].password, "File \""):
+    for leak in ("Traceback", "RuntimeError", "boom", CARD, people["alice"].password, 'File "'):
         assert leak not in r.text
     # Logged out, and the event is raised with no details.
     assert live_sessions(app) == []
@@ -146,7 +146,8 @@ def test_security_headers_on_every_response(app: Flask, people: dict[str, Person
     r = get(client_for(app, people["alice"].cert), path)
     r.close()  # static files are streamed from an open file
     csp = r.headers["Content-Security-Policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
     assert r.headers["X-Content-Type-Options"] == "nosniff"
@@ -169,13 +170,19 @@ def test_production_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
 
 
 def test_production_is_the_default_mode(tmp_path: Path) -> None:
-    app = create_app({"SECRET_KEY": SECRET, "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+    app = create_app(
+        {"SECRET_KEY": SECRET, "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    )
     assert app.config["MODE"] == "production"
     assert not app.debug
 
 
 def test_development_generates_a_labelled_secret_per_checkout(tmp_path: Path) -> None:
-    cfg = {"MODE": "development", "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    cfg = {
+        "MODE": "development",
+        "INSTANCE_PATH": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
     first = create_app(cfg).config["SECRET_KEY"]
     assert create_app(cfg).config["SECRET_KEY"] == first
     text = (tmp_path / "dev-secret-key").read_text()
@@ -204,7 +211,9 @@ def test_configuration_comes_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"SESSION_COOKIE_SECURE": False}, "Secure"),
     ],
 )
-def test_bad_configuration_refuses_to_start(tmp_path: Path, override: dict[str, object], message: str) -> None:
+def test_bad_configuration_refuses_to_start(
+    tmp_path: Path, override: dict[str, object], message: str
+) -> None:
     cfg = {"SECRET_KEY": SECRET, "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     with pytest.raises(ConfigError, match=message):
         create_app({**cfg, **override})

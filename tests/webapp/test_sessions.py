@@ -34,7 +34,8 @@ def test_cookie_is_secure_httponly_strict_and_256_bits(app: Flask, people: dict[
     assert header.startswith("__Host-strongroom=")
     for attribute in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/"):
         assert attribute in header
-    assert "Domain" not in header and "Expires" not in header
+    assert "Domain" not in header
+    assert "Expires" not in header
     assert len(session_cookie(client) or "") == 43  # 32 random bytes, base64url
 
 
@@ -55,7 +56,9 @@ def test_login_rotates_the_session_id_and_the_old_one_is_dead(app: Flask, people
     old_token = csrf_token(page.text)
     post(client, "/login", data={"csrf_token": old_token, "username": "alice", "password": alice.password})
     after = session_cookie(client)
-    assert before and after and before != after
+    assert before
+    assert after
+    assert before != after
     # An attacker who planted (or read) the pre-login id gets nothing from it.
     attacker = client_for(app, alice.cert)
     attacker.set_cookie("__Host-strongroom", before, domain="vault.example")
@@ -72,7 +75,8 @@ def test_idle_timeout(app: Flask, people: dict[str, Person], clock: FakeClock) -
     assert _home_ok(client)
     clock.advance(timedelta(minutes=15, seconds=1))
     r = get(client, "/")
-    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith("/login")
     assert [a.detail for a in audit_rows(app, Event.SESSION_EXPIRED_IDLE)] == ["idle"]
     assert live_sessions(app) == []
 

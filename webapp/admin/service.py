@@ -72,7 +72,7 @@ def add_user(ctx: AdminContext, username: str, role: str, password: str) -> int:
     _check_password(ctx, password, username, [], f"username:{username}")
     hashed = ctx.hasher.hash(password)
     now = to_db(ctx.now)
-    user_id = conn.execute(
+    inserted = conn.execute(
         sa.insert(users).values(
             username=username,
             role=role,
@@ -83,7 +83,9 @@ def add_user(ctx: AdminContext, username: str, role: str, password: str) -> int:
             created_at=now,
             password_changed_at=now,
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    user_id = inserted[0]
     conn.execute(sa.insert(password_history).values(user_id=user_id, password_hash=hashed, created_at=now))
     ctx.uow.record(Event.USER_ADDED, ok=True, resource=f"user:{user_id}", detail=f"role={role}")
     return int(user_id)

@@ -9,7 +9,7 @@ from wtforms.validators import Length, NumberRange, Optional
 from webapp.events import Event
 
 
-class AuditFilterForm(FlaskForm):  # type: ignore[misc]  # flask-wtf ships no type information
+class AuditFilterForm(FlaskForm):
     class Meta:
         csrf = False
 

@@ -163,8 +163,8 @@ def verify(
         )
     if expect_head is not None:
         seq, digest = expect_head
-        row = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).first()
-        if row is None or row.hash != digest:
+        anchored = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).scalar()
+        if anchored != digest:
             result.problems.append(f"record {seq} does not match the externally anchored hash")
     return result
 

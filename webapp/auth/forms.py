@@ -12,11 +12,11 @@ from webapp.auth.passwords import MAX_LENGTH
 KEYPAD_MAX = MAX_LENGTH * 9
 
 
-class LoginForm(FlaskForm):  # type: ignore[misc]  # flask-wtf ships no type information
+class LoginForm(FlaskForm):
     username = StringField("Username", validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[Optional(), Length(max=MAX_LENGTH)])
     keypad = StringField("Keypad", validators=[Optional(), Length(max=KEYPAD_MAX)])
 
 
-class LogoutForm(FlaskForm):  # type: ignore[misc]
+class LogoutForm(FlaskForm):
     pass

@@ -33,7 +33,7 @@ class WorkingHours:
             if first not in _DAYS or (last and last not in _DAYS):
                 raise ValueError("WORKING_DAYS must look like mon-fri or mon,tue")
             a, b = _DAYS.index(first), _DAYS.index(last or first)
-            picked.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)])
+            picked.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(b + 1)])
         return cls(start, end, frozenset(picked), ZoneInfo(zone))
 
     def contains(self, when: datetime) -> bool:

@@ -23,7 +23,7 @@ from webapp.unit import UnitOfWork
 
 
 @dataclass(frozen=True)
-class User(UserMixin):  # type: ignore[misc]  # flask-login ships no type information
+class User(UserMixin):
     id: int
     username: str
     role: str
