@@ -1,0 +1,215 @@
+"""Real gunicorn terminating TLS with a required client certificate and a CRL, and a real login
+through Python's ssl/http.client presenting the certificate."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.pki import Issued, TestCA
+from tests.support import component_missing
+from tests.webapp.conftest import CHEAP_ARGON2, PASSWORDS, SECRET
+from webapp import create_app
+from webapp.db import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+
+
+@dataclass
+class Server:
+    port: int
+    ca: TestCA
+    ca_file: Path
+    alice: tuple[Path, Path]
+    mallory: tuple[Path, Path]
+    stranger: tuple[Path, Path]
+
+    def context(self, client: tuple[Path, Path] | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if client:
+            ctx.load_cert_chain(str(client[0]), str(client[1]))
+        return ctx
+
+    def connection(self, client: tuple[Path, Path] | None) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(client), timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not GUNICORN.exists():
+        component_missing("gunicorn is not installed in .venv")
+    d = tmp_path_factory.mktemp("tls")
+    ca = TestCA("Gunicorn Test CA")
+    (d / "ca.pem").write_bytes(ca.pem)
+    server_cert = ca.issue("localhost", server=True)
+    alice, mallory, stranger = ca.issue("alice"), ca.issue("mallory"), ca.issue("stranger")
+    ca.revoke(mallory)
+    (d / "crl.pem").write_bytes(ca.crl_pem())
+    paths = {
+        name: cert.write(d, name)
+        for name, cert in {
+            "server": server_cert,
+            "alice": alice,
+            "mallory": mallory,
+            "stranger": stranger,
+        }.items()
+    }
+    env = {
+        "STRONGROOM_SECRET_KEY": SECRET,
+        "STRONGROOM_DATABASE_URL": f"sqlite:///{d / 'strongroom.db'}",
+        "STRONGROOM_INSTANCE_PATH": str(d / "instance"),
+        "STRONGROOM_WORKING_DAYS": "mon-sun",
+        "STRONGROOM_WORKING_HOURS": "00:00-23:59",
+        **{f"STRONGROOM_{k}": str(v) for k, v in CHEAP_ARGON2.items()},
+    }
+    app = create_app({k.removeprefix("STRONGROOM_"): _typed(v) for k, v in env.items()})
+    migrate.upgrade(app.extensions["strongroom"].engine)
+    runner = app.test_cli_runner()
+    for name, cert in (("alice", alice), ("mallory", mallory)):
+        assert (
+            runner.invoke(
+                args=["users", "add", name, "--role", "clerk", "--password-stdin"],
+                input=PASSWORDS.get(name, PASSWORDS["bob"]) + "\n",
+            ).exit_code
+            == 0
+        )
+        assert runner.invoke(args=["certs", "bind", name, str(paths[name][0])]).exit_code == 0
+    app.extensions["strongroom"].engine.dispose()
+    port = _free_port()
+    env |= {
+        "STRONGROOM_TLS_CERT": str(paths["server"][0]),
+        "STRONGROOM_TLS_KEY": str(paths["server"][1]),
+        "STRONGROOM_CLIENT_CA": str(d / "ca.pem"),
+        "STRONGROOM_CRL": str(d / "crl.pem"),
+        "STRONGROOM_BIND": f"127.0.0.1:{port}",
+        "STRONGROOM_WORKERS": "2",
+    }
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | env
+    log = (d / "gunicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [str(GUNICORN), "-c", str(ROOT / "webapp" / "gunicorn_conf.py")],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + (d / "gunicorn.log").read_text())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield Server(port, ca, d / "ca.pem", paths["alice"], paths["mallory"], paths["stranger"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def _typed(value: str) -> object:
+    return int(value) if value.isdigit() else value
+
+
+def _request(
+    conn: http.client.HTTPSConnection,
+    method: str,
+    path: str,
+    *,
+    cookie: str | None = None,
+    body: str | None = None,
+) -> tuple[int, dict[str, str], str]:
+    headers = {"Host": "127.0.0.1"}
+    if cookie:
+        headers["Cookie"] = cookie
+    if body is not None:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    conn.request(method, path, body=body, headers=headers)
+    r = conn.getresponse()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+
+
+def test_login_over_real_tls_with_a_client_certificate(server: Server) -> None:
+    from urllib.parse import urlencode
+
+    conn = server.connection(server.alice)
+    status, headers, page = _request(conn, "GET", "/login")
+    assert status == 200, page
+    assert "strict-transport-security" in headers
+    cookie = headers["set-cookie"].split(";")[0]
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token
+    form = urlencode({"csrf_token": token.group(1), "username": "alice", "password": PASSWORDS["alice"]})
+    status, headers, _ = _request(conn, "POST", "/login", cookie=cookie, body=form)
+    assert status == 302
+    new_cookie = headers["set-cookie"].split(";")[0]
+    assert new_cookie != cookie
+    # Home needs the vault: no keyd runs here, so the page is the clean 503, after a real login.
+    status, _, page = _request(conn, "GET", "/", cookie=new_cookie)
+    assert status == 503
+    assert "vault" in page.lower()
+    conn.close()
+
+
+def _handshake_refused(server: Server, client: tuple[Path, Path] | None) -> bool:
+    conn = server.connection(client)
+    try:
+        _request(conn, "GET", "/login")
+    except (ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError):
+        return True
+    finally:
+        conn.close()
+    return False
+
+
+def test_no_client_certificate_no_connection(server: Server) -> None:
+    assert _handshake_refused(server, None)
+
+
+def test_revoked_certificate_fails_the_handshake(server: Server) -> None:
+    assert _handshake_refused(server, server.mallory)
+
+
+def test_valid_but_unbound_certificate_gets_no_login_page(server: Server) -> None:
+    conn = server.connection(server.stranger)
+    status, _, page = _request(conn, "GET", "/login")
+    conn.close()
+    assert status == 403
+    assert "<form" not in page
+
+
+def test_the_conf_refuses_to_start_without_its_files(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    r = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('webapp/gunicorn_conf.py')"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    assert "STRONGROOM_TLS_CERT must be set" in r.stderr
