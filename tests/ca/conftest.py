@@ -129,7 +129,7 @@ def make_ca(tmp_path: Path) -> Callable[..., CA]:
         )
         result = ca.run("--root-passphrase-file", str(ca.root_pass), "init", *([] if bind else ["--no-bind"]))
         assert result.exit_code == 0, result.output
-        set_config(ca.dir, pkcs12_kdf_rounds=TEST_KDF_ROUNDS, syslog=False, **config)
+        set_config(ca.dir, **{"pkcs12_kdf_rounds": TEST_KDF_ROUNDS, "syslog": False, **config})
         return ca
 
     return make
