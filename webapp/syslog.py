@@ -24,6 +24,11 @@ def _attach_syslog(logger: logging.Logger) -> logging.Logger:
         )
         handler.setFormatter(logging.Formatter("strongroom: %(message)s"))
         logger.addHandler(handler)
+    if not logger.handlers:
+        # Without /dev/log the records still propagate to whatever the host process configured
+        # (gunicorn's error log), but never to logging's last-resort stderr handler: the admin
+        # commands' stderr is a one-line contract.
+        logger.addHandler(logging.NullHandler())
     logger.setLevel(logging.INFO)
     return logger
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pki import Issued, TestCA
+from tests.fixtures.pki import TestCA
 from tests.support import component_missing
 from tests.webapp.conftest import CHEAP_ARGON2, PASSWORDS, SECRET
 from webapp import create_app
@@ -83,7 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     app = create_app({k.removeprefix("STRONGROOM_"): _typed(v) for k, v in env.items()})
     migrate.upgrade(app.extensions["strongroom"].engine)
     runner = app.test_cli_runner()
-    for name, cert in (("alice", alice), ("mallory", mallory)):
+    for name in ("alice", "mallory"):
         assert (
             runner.invoke(
                 args=["users", "add", name, "--role", "clerk", "--password-stdin"],

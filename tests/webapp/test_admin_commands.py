@@ -1,0 +1,195 @@
+"""The admin commands: users and certificate bindings (the CA tool's contract), each audited."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from tests.fixtures.pki import TestCA
+from tests.webapp.conftest import PASSWORDS, SECRET, Person
+from tests.webapp.helpers import audit_rows, events, user_row
+from webapp.db.tables import cert_bindings
+from webapp.events import Event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(app: Flask, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = app.test_cli_runner().invoke(args=list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _bindings(app: Flask, username_id: int) -> list[sa.Row]:
+    with app.extensions["strongroom"].engine.connect() as conn:
+        return list(conn.execute(sa.select(cert_bindings).where(cert_bindings.c.user_id == username_id)))
+
+
+def test_bind_records_fingerprint_serial_subject_expiry(app: Flask, ca: TestCA, tmp_path: Path) -> None:
+    assert (
+        _run(app, "users", "add", "carol", "--role", "clerk", "--password-stdin", stdin=PASSWORDS["alice"])[0]
+        == 0
+    )
+    cert = ca.issue("carol")
+    pem, _ = cert.write(tmp_path, "carol")
+    code, out, _ = _run(app, "certs", "bind", "carol", str(pem))
+    assert code == 0
+    [row] = _bindings(app, user_row(app, "carol").id)
+    assert row.fingerprint == hashlib.sha256(cert.der).hexdigest()
+    assert row.serial == format(cert.cert.serial_number, "x")
+    assert row.subject == "CN=carol"
+    assert row.status == "active"
+    assert row.fingerprint in out
+    assert Event.CERT_BOUND in events(app)
+
+
+def test_a_new_binding_replaces_the_previous_one(
+    app: Flask, people: dict[str, Person], ca: TestCA, tmp_path: Path
+) -> None:
+    second = ca.issue("alice")
+    pem, _ = second.write(tmp_path, "alice2")
+    assert _run(app, "certs", "bind", "alice", str(pem))[0] == 0
+    rows = _bindings(app, user_row(app, "alice").id)
+    assert sorted(r.status for r in rows) == ["active", "replaced"]
+    code, out, _ = _run(app, "certs", "list")
+    assert code == 0
+    assert out.count("alice\t") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["certs", "bind", "nobody", "CERT"], "error: no such user: nobody"),
+        (["certs", "bind", "bob", "ALICE_CERT"], "error: certificate already bound"),
+        (["certs", "bind", "bob", "GARBAGE"], "error: cannot read a PEM certificate"),
+        (["certs", "bind", "bob", "MISSING"], "error: cannot read a PEM certificate"),
+        (
+            ["certs", "unbind", "ab" * 32, "--reason", "x"],
+            "error: no certificate with that fingerprint is bound",
+        ),
+        (["users", "disable", "nobody"], "error: no such user: nobody"),
+        (["users", "add", "bob", "--role", "clerk", "--password-stdin"], "error: user already exists: bob"),
+        (["users", "add", "eve", "--role", "clerk", "--password-stdin"], "error: password refused"),
+        (["users", "add", "eve vil", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+    ],
+)
+def test_refusals_exit_1_with_one_line_and_are_audited(
+    app: Flask, people: dict[str, Person], ca: TestCA, tmp_path: Path, args: list[str], reason: str
+) -> None:
+    fresh, _ = ca.issue("x").write(tmp_path, "fresh")
+    alice_pem, _ = people["alice"].cert.write(tmp_path, "alice-again")
+    (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    swap = {
+        "CERT": str(fresh),
+        "ALICE_CERT": str(alice_pem),
+        "GARBAGE": str(tmp_path / "garbage.pem"),
+        "MISSING": str(tmp_path / "missing.pem"),
+    }
+    before = len(audit_rows(app))
+    code, _, err = _run(app, *[swap.get(a, a) for a in args], stdin="short\n")
+    assert code == 1
+    assert err.startswith(reason)
+    assert err.count("\n") == 1
+    assert "short" not in err
+    if "PEM" not in reason and "usernames" not in reason:
+        assert len(audit_rows(app)) == before + 1
+        assert audit_rows(app)[-1].outcome == "failure"
+
+
+def test_reset_password_refuses_the_last_four(app: Flask, people: dict[str, Person]) -> None:
+    history = [PASSWORDS["alice"]] + [f"Fresh-Meadow-Lantern-{n}{n}7{n}" for n in range(4)]
+    for password in history[1:]:
+        assert (
+            _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=password + "\n")[0] == 0
+        )
+    for recent in history[1:]:
+        code, _, err = _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=recent + "\n")
+        assert code == 1
+        assert "last 4 passwords" in err
+    # The original is now five passwords back: allowed again.
+    assert _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=history[0] + "\n")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [
+        ("Short-1a", "at least 15 characters"),
+        ("no-digits-in-this-one-at-all", "a digit"),
+        ("1234567890123456789", "a letter"),
+        ("alice-Quartz-Lantern-4817", "the username"),
+        ("password12345678", "too common or too easy to guess"),
+        ("aaaaaaaaaaaaaaaa1", "too common or too easy to guess"),
+        ("Quartz\x00Lantern-Mosaic-4817", "control characters"),
+    ],
+)
+def test_password_policy(app: Flask, people: dict[str, Person], password: str, reason: str) -> None:
+    code, _, err = _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=password + "\n")
+    assert code == 1
+    assert reason in err
+    assert password not in err
+
+
+def test_users_list_and_enable(app: Flask, people: dict[str, Person]) -> None:
+    assert _run(app, "users", "disable", "bob")[0] == 0
+    code, out, _ = _run(app, "users", "list")
+    assert code == 0
+    assert "bob\tclerk\tdisabled" in out
+    assert "audrey\tauditor\tactive" in out
+    assert _run(app, "users", "enable", "bob")[0] == 0
+    assert user_row(app, "bob").active
+
+
+def test_the_ca_contract_as_a_subprocess(
+    make_app: Callable[..., Flask], people: dict[str, Person], ca: TestCA, tmp_path: Path, db_url: str
+) -> None:
+    """What ca/ runs: `flask --app webapp certs ...` with only STRONGROOM_* in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | {
+        "STRONGROOM_SECRET_KEY": SECRET,
+        "STRONGROOM_DATABASE_URL": db_url,
+        "STRONGROOM_INSTANCE_PATH": str(tmp_path / "instance"),
+    }
+    flask = [sys.executable, "-m", "flask", "--app", "webapp"]
+    cert = ca.issue("bob")
+    pem, _ = cert.write(tmp_path, "bob-new")
+    fp = hashlib.sha256(cert.der).hexdigest()
+    ok = subprocess.run(
+        [*flask, "certs", "bind", "bob", str(pem)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    again = subprocess.run(
+        [*flask, "certs", "bind", "bob", str(pem)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        "error: certificate already bound (fingerprints are never reused)"
+    ]
+    gone = subprocess.run(
+        [*flask, "certs", "unbind", fp, "--reason", "left the company"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode == 0, gone.stderr
+    listing = subprocess.run(
+        [*flask, "certs", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert f"bob\trevoked\t{fp}" in listing.stdout
