@@ -249,8 +249,9 @@ def _issue_bundle(
             generated.append(generate_password())
             password.append(generated[0].encode("utf-8"))
 
-    if bind and not cfg.bind:
-        click.echo("warning: web app binding is disabled in config.toml (bind = false)", err=True)
+    if profile is Profile.EMPLOYEE and not (bind and cfg.bind):
+        why = "--no-bind" if not bind else "bind = false in config.toml"
+        click.echo(f"warning: not bound in the web app ({why}): the web app will not accept it", err=True)
     issued = auth.issue(
         profile,
         name,
