@@ -17,6 +17,7 @@ from typing import Any
 
 import argon2
 from flask import Flask, g, redirect, render_template, request, url_for
+from flask.helpers import get_debug_flag
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
 from flask_login import LoginManager, current_user
@@ -111,6 +112,8 @@ def create_app(
     if app.config["MODE"] == "development" and not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _dev_secret(Path(app.instance_path))
     config_module.validate(app.config)
+    if app.config["MODE"] == "production" and get_debug_flag():
+        raise config_module.ConfigError("FLASK_DEBUG is set: the debugger must never run in production mode")
     # Never Flask's debugger in production, whatever FLASK_DEBUG says.
     app.config["PROPAGATE_EXCEPTIONS"] = app.config["MODE"] == "development"
     if app.config["MODE"] == "production":

@@ -217,3 +217,27 @@ def test_bad_configuration_refuses_to_start(
     cfg = {"SECRET_KEY": SECRET, "INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     with pytest.raises(ConfigError, match=message):
         create_app({**cfg, **override})
+
+
+def test_production_refuses_flask_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    with pytest.raises(ConfigError, match="FLASK_DEBUG"):
+        create_app(
+            {
+                "SECRET_KEY": SECRET,
+                "INSTANCE_PATH": str(tmp_path),
+                "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+            }
+        )
+
+
+def test_static_files_do_not_extend_the_idle_timeout(
+    app: Flask, people: dict[str, Person], clock: object
+) -> None:
+    from datetime import timedelta
+
+    client = _logged_in(app, people["alice"])
+    clock.advance(timedelta(minutes=10))  # type: ignore[attr-defined]
+    get(client, "/static/strongroom.css").close()  # type: ignore[arg-type]
+    clock.advance(timedelta(minutes=10))  # type: ignore[attr-defined]
+    assert get(client, "/").status_code == 302  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Flask, Request, g
+from flask import Flask, Request, g, request
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response
@@ -114,6 +114,8 @@ class DbSessionInterface(SessionInterface):
         from webapp.request import origin, unit
 
         assert isinstance(session, ServerSession)  # noqa: S101 - open_session only makes these
+        if request.endpoint == "static" and not session.modified:
+            return  # fetching a stylesheet is not activity: it must not extend the idle timeout
         name = app.config["SESSION_COOKIE_NAME"]
         services = self._services(app)
         now = services.clock.now()
