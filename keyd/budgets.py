@@ -48,15 +48,44 @@ class Exceeded:
     first: bool  # the first refusal in this window: raise the event once, not per request
 
 
-Key = tuple[str, str, str, int]  # (scope, actor or "*", window, window index)
-
-
 class BudgetWriteFailed(Exception):
     pass
 
 
 def _chunk(limit: int) -> int:
     return max(1, min(MAX_CHUNK, limit // 20))
+
+
+class _Counter:
+    """One window of one scope: decrypts used in the current window and the reservation on disk."""
+
+    __slots__ = (
+        "chunk",
+        "index",
+        "limit",
+        "name",
+        "period",
+        "refused",
+        "reserved",
+        "scope",
+        "used",
+        "window",
+    )
+
+    def __init__(self, scope: str, name: str, window: str, limit: int) -> None:
+        self.scope = scope
+        self.name = name
+        self.window = window
+        self.limit = limit
+        self.period = WINDOWS[window]
+        self.chunk = _chunk(limit)
+        self.index = -1
+        self.used = 0
+        self.reserved = 0
+        self.refused = False
+
+
+MAX_TRACKED_ACTORS = 10_000
 
 
 class Budgets:
@@ -67,10 +96,28 @@ class Budgets:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        self._used: dict[Key, int] = {}
-        self._reserved: dict[Key, int] = {}
-        self._refused: set[Key] = set()
+        self._global = [_Counter("global", "*", w, limit) for w, limit in limits.overall.items()]
+        self._actors: dict[str, list[_Counter]] = {}
         self._load()
+
+    def _counters(self, actor: str) -> list[_Counter]:
+        counters = self._actors.get(actor)
+        if counters is None:
+            if len(self._actors) >= MAX_TRACKED_ACTORS:
+                self._forget_idle()
+            counters = [_Counter("employee", actor, w, limit) for w, limit in self.limits.employee.items()]
+            counters += self._global
+            self._actors[actor] = counters
+        return counters
+
+    def _forget_idle(self) -> None:
+        # Only actors with nothing reserved in a current window may go; the others are evidence.
+        now = self._clock()
+        for actor, counters in list(self._actors.items()):
+            if all(
+                c.index != int(now // c.period) or not c.reserved for c in counters if c.scope == "employee"
+            ):
+                del self._actors[actor]
 
     def _load(self) -> None:
         try:
@@ -79,66 +126,69 @@ class Budgets:
             return
         now = self._clock()
         for scope, name, window, index, reserved in rows:
-            key: Key = (str(scope), str(name), str(window), int(index))
-            if window in WINDOWS and int(index) == int(now // WINDOWS[window]):
-                # Crash or restart: what was reserved counts as spent.
-                self._used[key] = self._reserved[key] = int(reserved)
+            counters = self._global if scope == "global" else self._counters(str(name))
+            for c in counters:
+                if c.scope == scope and c.window == window and int(index) == int(now // c.period):
+                    # Crash or restart: what was reserved counts as spent.
+                    c.index = int(index)
+                    c.used = c.reserved = int(reserved)
 
-    def _keys(self, actor: str, now: float) -> list[tuple[Key, int, str, str]]:
-        out = []
-        for scope, name, limits in (
-            ("employee", actor, self.limits.employee),
-            ("global", "*", self.limits.overall),
-        ):
-            for window, limit in limits.items():
-                out.append(((scope, name, window, int(now // WINDOWS[window])), limit, scope, window))
-        return out
-
-    def charge(self, actor: str) -> Exceeded | None:
-        """Count one decrypt for `actor`. None if allowed (and persisted), else the window that refused.
-
-        Raises BudgetWriteFailed when the reservation cannot be written: the caller must refuse.
+    def charge(self, actor: str, n: int = 1) -> tuple[int, Exceeded | None]:
+        """Count up to `n` decrypts for `actor`. Returns how many are granted and, if fewer than `n`,
+        the window that refused the rest. Raises BudgetWriteFailed when the reservation cannot be
+        written: the caller must refuse everything (the decrypts stay counted as spent).
         """
         with self._lock:
             now = self._clock()
-            keys = self._keys(actor, now)
-            used = self._used
-            for key, limit, scope, window in keys:
-                if used.get(key, 0) >= limit:
-                    first = key not in self._refused
-                    self._refused.add(key)
-                    return Exceeded(scope, window, limit, first)
-            dirty = False
-            for key, _, _, _ in keys:
-                used[key] = used.get(key, 0) + 1
-                if used[key] > self._reserved.get(key, 0):
-                    dirty = True
-            if dirty:
-                # Top up every counter this decrypt touched, so one write covers the next chunk.
-                for key, limit, _, _ in keys:
-                    self._reserved[key] = max(
-                        self._reserved.get(key, 0), min(limit, used[key] + _chunk(limit) - 1)
-                    )
-                self._prune(now)
-                try:
-                    atomic_write_json(
-                        self.path,
-                        {"reserved": [[*key, value] for key, value in sorted(self._reserved.items())]},
-                    )
-                except OSError as exc:
-                    raise BudgetWriteFailed(str(exc)) from exc
-            return None
+            counters = self._counters(actor)
+            granted = n
+            worst: _Counter | None = None
+            for c in counters:
+                index = int(now // c.period)
+                if c.index != index:
+                    c.index, c.used, c.reserved, c.refused = index, 0, 0, False
+                room = c.limit - c.used
+                if room < granted:
+                    granted = room
+                    worst = c
+            if granted > 0:
+                dirty = False
+                for c in counters:
+                    c.used += granted
+                    if c.used > c.reserved:
+                        dirty = True
+                if dirty:
+                    # Top up every counter this decrypt touched, so one write covers the next chunk.
+                    for c in counters:
+                        c.reserved = max(c.reserved, min(c.limit, c.used + c.chunk - 1))
+                    self._save()
+            exceeded = None
+            if worst is not None:
+                exceeded = Exceeded(worst.scope, worst.window, worst.limit, not worst.refused)
+                worst.refused = True
+            return granted, exceeded
 
-    def _prune(self, now: float) -> None:
-        for key in [k for k in self._reserved if k[3] != int(now // WINDOWS[k[2]])]:
-            self._reserved.pop(key, None)
-            self._used.pop(key, None)
-            self._refused.discard(key)
+    def _save(self) -> None:
+        rows = []
+        seen: set[int] = set()
+        now = self._clock()
+        for counters in self._actors.values():
+            for c in counters:
+                if id(c) not in seen and c.reserved and c.index == int(now // c.period):
+                    seen.add(id(c))
+                    rows.append([c.scope, c.name, c.window, c.index, c.reserved])
+        for c in self._global:
+            if id(c) not in seen and c.reserved:
+                rows.append([c.scope, c.name, c.window, c.index, c.reserved])
+        try:
+            atomic_write_json(self.path, {"reserved": sorted(rows)})
+        except OSError as exc:
+            raise BudgetWriteFailed(str(exc)) from exc
 
     def usage(self, actor: str) -> dict[str, int]:
         with self._lock:
             now = self._clock()
             return {
-                f"{scope}_{window}": self._used.get(key, 0)
-                for key, _, scope, window in self._keys(actor, now)
+                f"{c.scope}_{c.window}": c.used if c.index == int(now // c.period) else 0
+                for c in self._counters(actor)
             }

@@ -107,6 +107,23 @@ def encrypt(aead: Aead, version: int, plaintext: bytes, record_id: bytes, field:
     return head + nonce + aead.seal(nonce, plaintext, associated_data(head, record_id, field))
 
 
+_LENGTH_BYTES = [bytes((i,)) for i in range(256)]
+
+
+def encrypt_many(aead: Aead, version: int, items: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
+    """Encrypt (record id, field, plaintext) items under one version: one header, one urandom call."""
+    head = header(version)
+    nonces = os.urandom(NONCE_LEN * len(items))
+    seal = aead.seal
+    lens = _LENGTH_BYTES
+    out = []
+    for i, (record_id, field, plaintext) in enumerate(items):
+        nonce = nonces[i * NONCE_LEN : (i + 1) * NONCE_LEN]
+        aad = b"".join((head, lens[len(record_id)], record_id, lens[len(field)], field))
+        out.append(b"".join((head, nonce, seal(nonce, plaintext, aad))))
+    return out
+
+
 def kcv_aad(version: int) -> bytes:
     return b"strongroom keyd key check v%d" % version
 

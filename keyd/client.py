@@ -28,14 +28,16 @@ from keyd.protocol import (
     Op,
     ProtocolError,
     ResponseError,
+    encode_batch,
     encode_request,
-    item_error,
     parse_response,
 )
 
 __all__ = ["Context", "KeydAdminClient", "KeydClient", "Status"]
 
 _POOL_MAX = 8
+# Most answers fit; a 64 KiB buffer per recv costs more than a second recv for a large batch.
+_RECV_SIZE = 4096
 
 # Every live client forgets its pooled connections in a forked child (gunicorn forks workers): two
 # processes writing into one connection would interleave their frames.
@@ -138,7 +140,7 @@ class KeydClient:
     def _exchange(sock: socket.socket, request: bytes, reused: bool) -> bytes:
         try:
             sock.sendall(request)
-            data = sock.recv(65536)
+            data = sock.recv(_RECV_SIZE)
         except (BrokenPipeError, ConnectionResetError):
             if reused:
                 raise _StaleConnection from None
@@ -148,7 +150,7 @@ class KeydClient:
                 raise _StaleConnection
             raise ConnectionResetError("keyd closed the connection")
         while len(data) < 4:
-            more = sock.recv(65536)
+            more = sock.recv(_RECV_SIZE)
             if not more:
                 raise ConnectionResetError("keyd closed the connection mid-answer")
             data += more
@@ -160,7 +162,7 @@ class KeydClient:
             parts = [data]
             have = len(data)
             while have < end:
-                more = sock.recv(max(65536, end - have))
+                more = sock.recv(max(_RECV_SIZE, end - have))
                 if not more:
                     raise ConnectionResetError("keyd closed the connection mid-answer")
                 parts.append(more)
@@ -204,10 +206,13 @@ class KeydClient:
             request = encode_request(op, actor, purpose, items)
         except ProtocolError as exc:
             raise _error(ErrorResponse(exc.code, exc.refusal.value)) from None
+        return self._results(request, len(items))
+
+    def _results(self, request: bytes, expected: int) -> list[bytes | KeydError]:
         result = self._call(request)
         if isinstance(result, ErrorResponse):
             raise _error(result)
-        if not isinstance(result, list) or len(result) != len(items):
+        if not isinstance(result, list) or len(result) != expected:
             raise Unavailable("keyd answered with the wrong number of items")
         return [_error(r) if isinstance(r, ErrorResponse) else r for r in result]
 
@@ -223,17 +228,19 @@ class KeydClient:
         if not items:
             return []
         # An item the server would refuse fails here, alone; the others still go.
-        out: list[bytes | KeydError | None] = []
-        send: list[tuple[str, str, bytes]] = []
-        for ctx, data in items:
-            reason = item_error(op, ctx.record_id, ctx.field, data)
-            if reason is None:
-                out.append(None)
-                send.append((ctx.record_id, ctx.field, bytes(data)))
-            else:
-                out.append(_error(ErrorResponse(ErrorCode.BAD_REQUEST, reason.value)))
-        results = iter(self._items(op, send, actor, purpose) if send else [])
-        return [next(results) if o is None else o for o in out]
+        try:
+            request, errors = encode_batch(
+                op, actor, purpose, [(c.record_id, c.field, bytes(d)) for c, d in items]
+            )
+        except ProtocolError as exc:
+            raise _error(ErrorResponse(exc.code, exc.refusal.value)) from None
+        results = self._results(request, errors.count(None)) if request is not None else []
+        if len(results) == len(errors):
+            return results
+        sent = iter(results)
+        return [
+            next(sent) if e is None else _error(ErrorResponse(ErrorCode.BAD_REQUEST, e.value)) for e in errors
+        ]
 
     def status(self) -> Status:
         return self._status(encode_request(Op.STATUS, "keyd-client", "status"))

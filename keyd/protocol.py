@@ -149,17 +149,13 @@ class ProtocolError(BadRequest):
         self.reason = reason.value
 
 
-class Item(NamedTuple):
-    """One unit of work. `error` is set when this item alone failed validation."""
-
-    record_id: bytes
-    field: bytes
-    data: bytes
-    error: Reason | None = None
+# One unit of work: (record id, field, data, error). `error` is set when this item alone failed
+# validation. A plain tuple, not a class: a batch builds a thousand of them per request.
+Item = tuple[bytes, bytes, bytes, "Reason | None"]
 
 
 class Request(NamedTuple):
-    # NamedTuples, not frozen dataclasses: construction is on the per-request hot path.
+    # A NamedTuple, not a frozen dataclass: construction is on the per-request hot path.
     op: Op
     actor: str
     purpose: str
@@ -171,17 +167,31 @@ class Request(NamedTuple):
 Outcome = bytes | tuple[ErrorCode, Reason]
 
 
-def _ident(body: bytes, pos: int, pattern: re.Pattern[bytes], reason: Reason) -> tuple[bytes, int]:
+# Actors, purposes and field names repeat request after request: remember the ones that passed.
+_SEEN_ACTORS: dict[bytes, str] = {}
+_SEEN_PURPOSES: dict[bytes, str] = {}
+_SEEN_FIELDS: set[bytes] = set()
+_SEEN_MAX = 4096
+
+
+def _ident(
+    body: bytes, pos: int, pattern: re.Pattern[bytes], reason: Reason, seen: dict[bytes, str]
+) -> tuple[str, int]:
     if pos >= len(body):
         raise ProtocolError(Reason.TRUNCATED)
-    n = body[pos]
-    end = pos + 1 + n
+    end = pos + 1 + body[pos]
     if end > len(body):
         raise ProtocolError(Reason.TRUNCATED)
     value = body[pos + 1 : end]
-    if pattern.fullmatch(value) is None:
-        raise ProtocolError(reason)
-    return value, end
+    text = seen.get(value)
+    if text is None:
+        if pattern.fullmatch(value) is None:
+            raise ProtocolError(reason)
+        text = value.decode("ascii")
+        if len(seen) >= _SEEN_MAX:
+            seen.clear()
+        seen[value] = text
+    return text, end
 
 
 def parse_request(body: bytes) -> Request:
@@ -194,8 +204,8 @@ def parse_request(body: bytes) -> Request:
     op = _OPS.get(body[1])
     if op is None:
         raise ProtocolError(Reason.UNKNOWN_OP)
-    actor, pos = _ident(body, 2, ACTOR_RE, Reason.BAD_ACTOR)
-    purpose, pos = _ident(body, pos, PURPOSE_RE, Reason.BAD_PURPOSE)
+    actor, pos = _ident(body, 2, ACTOR_RE, Reason.BAD_ACTOR, _SEEN_ACTORS)
+    purpose, pos = _ident(body, pos, PURPOSE_RE, Reason.BAD_PURPOSE, _SEEN_PURPOSES)
     items: list[Item] = []
     arg: int | None = None
     if op in CRYPTO_OPS:
@@ -209,6 +219,11 @@ def parse_request(body: bytes) -> Request:
         elif count != 1:
             raise ProtocolError(Reason.BAD_COUNT)
         limit = MAX_PLAINTEXT if op in (Op.ENCRYPT, Op.ENCRYPT_BATCH) else MAX_CIPHERTEXT
+        record_ok = RECORD_RE.fullmatch
+        field_ok = FIELD_RE.fullmatch
+        seen_fields = _SEEN_FIELDS
+        u32 = _U32.unpack_from
+        append = items.append
         for _ in range(count):
             # Structure errors (lengths) break the whole frame; content errors fail one item.
             if pos >= size:
@@ -222,20 +237,23 @@ def parse_request(body: bytes) -> Request:
             if end + 4 > size:
                 raise ProtocolError(Reason.TRUNCATED)
             field = body[pos + 1 : end]
-            (dlen,) = _U32.unpack_from(body, end)
+            (dlen,) = u32(body, end)
             pos = end + 4
             if pos + dlen > size:
                 raise ProtocolError(Reason.TRUNCATED)
             data = body[pos : pos + dlen]
             pos += dlen
             error: Reason | None = None
-            if RECORD_RE.fullmatch(record_id) is None:
+            if record_ok(record_id) is None:
                 error = Reason.BAD_RECORD_ID
-            elif FIELD_RE.fullmatch(field) is None:
-                error = Reason.BAD_FIELD
-            elif dlen > limit:
+            elif field not in seen_fields:
+                if field_ok(field) is None:
+                    error = Reason.BAD_FIELD
+                elif len(seen_fields) < _SEEN_MAX:
+                    seen_fields.add(field)
+            if dlen > limit and error is None:
                 error = Reason.TOO_LARGE
-            items.append(Item(record_id, field, data, error))
+            append((record_id, field, data, error))
     elif op is Op.RETIRE:
         if pos + 4 > size:
             raise ProtocolError(Reason.TRUNCATED)
@@ -245,7 +263,7 @@ def parse_request(body: bytes) -> Request:
             raise ProtocolError(Reason.BAD_VERSION)
     if pos != size:
         raise ProtocolError(Reason.TRAILING_BYTES)
-    return Request(op, actor.decode("ascii"), purpose.decode("ascii"), items, arg)
+    return Request(op, actor, purpose, items, arg)
 
 
 def _check_ident(value: str, pattern: re.Pattern[bytes], reason: Reason) -> bytes:
@@ -253,6 +271,62 @@ def _check_ident(value: str, pattern: re.Pattern[bytes], reason: Reason) -> byte
     if pattern.fullmatch(raw) is None:
         raise ProtocolError(reason)
     return raw
+
+
+def encode_batch(
+    op: Op, actor: str, purpose: str, items: list[tuple[str, str, bytes]]
+) -> tuple[bytes | None, list[Reason | None]]:
+    """A batch frame of the items the server would accept, and per item the reason it was left out.
+
+    One pass, for the client: an item that would fail fails here, alone, and is not sent.
+    """
+    if not isinstance(actor, str) or not isinstance(purpose, str):
+        raise ProtocolError(Reason.BAD_ACTOR if not isinstance(actor, str) else Reason.BAD_PURPOSE)
+    limit = MAX_PLAINTEXT if op in (Op.ENCRYPT, Op.ENCRYPT_BATCH) else MAX_CIPHERTEXT
+    parts = [_prefix(op, actor, purpose), b""]
+    errors: list[Reason | None] = []
+    record_ok = RECORD_RE.fullmatch
+    pack = _U32.pack
+    lens = _LENGTH_BYTES
+    sent = 0
+    for record_id, field, data in items:
+        r = record_id.encode("ascii", "replace") if isinstance(record_id, str) else b""
+        f = _field_bytes(field)
+        if record_ok(r) is None:
+            errors.append(Reason.BAD_RECORD_ID)
+        elif f is None:
+            errors.append(Reason.BAD_FIELD)
+        elif len(data) > limit:
+            errors.append(Reason.TOO_LARGE)
+        else:
+            errors.append(None)
+            parts += [lens[len(r)], r, lens[len(f)], f, pack(len(data)), data]
+            sent += 1
+    if not sent:
+        return None, errors
+    if sent > MAX_ITEMS:
+        raise ProtocolError(Reason.BAD_COUNT)
+    parts[1] = _U16.pack(sent)
+    body = b"".join(parts)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(Reason.FRAME_TOO_LARGE)
+    return _U32.pack(len(body)) + body, errors
+
+
+_LENGTH_BYTES = [bytes((i,)) for i in range(256)]
+_FIELD_BYTES: dict[str, bytes] = {}
+
+
+def _field_bytes(field: str) -> bytes | None:
+    f = _FIELD_BYTES.get(field) if isinstance(field, str) else None
+    if f is None:
+        raw = field.encode("ascii", "replace") if isinstance(field, str) else b""
+        if FIELD_RE.fullmatch(raw) is None:
+            return None
+        if len(_FIELD_BYTES) < _SEEN_MAX:
+            _FIELD_BYTES[field] = raw
+        f = raw
+    return f
 
 
 def item_error(op: Op, record_id: str, field: str, data: bytes) -> Reason | None:
@@ -289,10 +363,11 @@ def encode_request(
         if items is None:
             raise ProtocolError(Reason.BAD_COUNT)
         parts.append(_U16.pack(len(items)))
+        pack = _U32.pack
         for record_id, field, data in items:
             r = _check_ident(record_id, RECORD_RE, Reason.BAD_RECORD_ID)
             f = _check_ident(field, FIELD_RE, Reason.BAD_FIELD)
-            parts += [bytes((len(r),)), r, bytes((len(f),)), f, _U32.pack(len(data)), data]
+            parts += [bytes((len(r),)), r, bytes((len(f),)), f, pack(len(data)), data]
     elif op is Op.RETIRE:
         if arg is None:
             raise ProtocolError(Reason.BAD_VERSION)

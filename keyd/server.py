@@ -27,7 +27,8 @@ from keyd.vault import Vault
 
 log = logging.getLogger("keyd")
 
-RECV_SIZE = 65536
+# Small first reads: a 64 KiB recv buffer costs more than a second recv for the rare large frame.
+RECV_SIZE = 4096
 _PEERCRED = struct.Struct("3i")
 
 

@@ -56,6 +56,10 @@ _BUDGET_REASONS = {
 }
 
 
+# A ciphertext ready to open: (aead, nonce, ciphertext+tag, associated data).
+_Opened = tuple[cipher.Aead, bytes, bytes, bytes]
+
+
 class WrongKey(Exception):
     """The dropped key, passphrase or PIN does not match the state's key check values."""
 
@@ -274,27 +278,29 @@ class Vault:
         return None
 
     def _encrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
-        v = self.state.current_version
-        aead = ring.aeads[v]
-        good = sum(1 for item in req.items if item.error is None)
-        refusal = self._reserve_encryptions(ring, v, good) if good else None
+        items = req.items
+        good = [(r, f, d) for r, f, d, err in items if err is None]
+        refusal = self._reserve_encryptions(ring, self.state.current_version, len(good)) if good else None
+        if refusal is None:
+            v = self.state.current_version
+            sealed = iter(cipher.encrypt_many(ring.aeads[v], v, good))
         out: list[Outcome] = []
-        for item in req.items:
-            if item.error is not None:
-                out.append((BAD_REQUEST, item.error))
+        for _, _, _, err in items:
+            if err is not None:
+                out.append((BAD_REQUEST, err))
             elif refusal is not None:
                 out.append((INTERNAL if refusal is Reason.STATE_WRITE_FAILED else FORBIDDEN, refusal))
             else:
-                out.append(cipher.encrypt(aead, v, item.data, item.record_id, item.field))
+                out.append(next(sealed))
         return out
 
-    def _open(
-        self, ring: Keyring, req: Request, item: Item, *, charge: bool
-    ) -> bytes | tuple[ErrorCode, Reason]:
-        if item.error is not None:
-            return (BAD_REQUEST, item.error)
+    def _check(self, ring: Keyring, req: Request, item: Item) -> _Opened | tuple[ErrorCode, Reason]:
+        """Everything about one ciphertext that can be refused before it is opened."""
+        record_id, field, data, err = item
+        if err is not None:
+            return (BAD_REQUEST, err)
         try:
-            v, head, nonce, body = cipher.split(item.data)
+            v, head, nonce, body = cipher.split(data)
         except cipher.MalformedCiphertext:
             return (BAD_REQUEST, Reason.BAD_CIPHERTEXT)
         aead = ring.aeads.get(v)
@@ -303,30 +309,48 @@ class Vault:
         if v < self.state.min_decrypt_version:
             self.events.emit(Event.RETIRED_VERSION_USED, key_version=v, actor=req.actor, purpose=req.purpose)
             return (FORBIDDEN, Reason.RETIRED_VERSION)
-        if charge:
-            try:
-                exceeded = self.budgets.charge(req.actor)
-            except BudgetWriteFailed:
-                log.exception("cannot write budgets.json: refusing decrypts")
-                self.events.emit(Event.STATE_WRITE_FAILED, file="budgets.json")
-                return (INTERNAL, Reason.STATE_WRITE_FAILED)
-            if exceeded is not None:
-                if exceeded.first:
-                    self.events.emit(
-                        Event.BUDGET_EXCEEDED,
-                        scope=exceeded.scope,
-                        window=exceeded.window,
-                        limit=exceeded.limit,
-                        actor=req.actor,
-                        purpose=req.purpose,
-                    )
-                return (QUOTA, _BUDGET_REASONS[(exceeded.scope, exceeded.window)])
-        try:
-            return aead.open(nonce, body, cipher.associated_data(head, item.record_id, item.field))
-        except cipher.AuthenticationFailed:
-            return (INTEGRITY, Reason.AUTHENTICATION_FAILED)
+        return (aead, nonce, body, cipher.associated_data(head, record_id, field))
 
-    def _report_integrity(self, req: Request, out: list[Outcome]) -> None:
+    def _charge(self, req: Request, n: int) -> tuple[int, tuple[ErrorCode, Reason] | None]:
+        """Charge up to `n` decrypts to the budgets: (granted, the refusal for the rest)."""
+        try:
+            granted, exceeded = self.budgets.charge(req.actor, n)
+        except BudgetWriteFailed:
+            log.exception("cannot write budgets.json: refusing decrypts")
+            self.events.emit(Event.STATE_WRITE_FAILED, file="budgets.json")
+            return 0, (INTERNAL, Reason.STATE_WRITE_FAILED)
+        if exceeded is None:
+            return granted, None
+        if exceeded.first:
+            self.events.emit(
+                Event.BUDGET_EXCEEDED,
+                scope=exceeded.scope,
+                window=exceeded.window,
+                limit=exceeded.limit,
+                actor=req.actor,
+                purpose=req.purpose,
+            )
+        return granted, (QUOTA, _BUDGET_REASONS[(exceeded.scope, exceeded.window)])
+
+    def _open_all(self, ring: Keyring, req: Request, *, charge: bool) -> list[Outcome]:
+        checked = [self._check(ring, req, item) for item in req.items]
+        # Every well-formed ciphertext is charged before it is opened, forged or not: probing costs budget.
+        candidates = sum(1 for c in checked if len(c) == 4)
+        granted, refusal = self._charge(req, candidates) if charge and candidates else (candidates, None)
+        out: list[Outcome] = []
+        for c in checked:
+            if len(c) != 4:
+                out.append(c)
+                continue
+            if granted <= 0:
+                out.append(refusal or (INTERNAL, Reason.INTERNAL))
+                continue
+            granted -= 1
+            aead, nonce, body, aad = c
+            try:
+                out.append(aead.open(nonce, body, aad))
+            except cipher.AuthenticationFailed:
+                out.append((INTEGRITY, Reason.AUTHENTICATION_FAILED))
         failed = sum(1 for o in out if isinstance(o, tuple) and o[0] is INTEGRITY)
         if failed:
             # One event per request, not per item: a flood of forged items must not flood the spool.
@@ -337,28 +361,31 @@ class Vault:
                 actor=req.actor,
                 purpose=req.purpose,
             )
+        return out
 
     def _decrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
-        out = [self._open(ring, req, item, charge=True) for item in req.items]
-        self._report_integrity(req, out)
-        return out
+        return self._open_all(ring, req, charge=True)
 
     def _rewrap(self, ring: Keyring, req: Request) -> list[Outcome]:
         # Rewrap never returns plaintext, so it is not charged to the decrypt budgets.
-        opened = [self._open(ring, req, item, charge=False) for item in req.items]
-        self._report_integrity(req, opened)
-        v = self.state.current_version
-        aead = ring.aeads[v]
-        good = sum(1 for o in opened if isinstance(o, bytes))
-        refusal = self._reserve_encryptions(ring, v, good) if good else None
+        opened = self._open_all(ring, req, charge=False)
+        good = [
+            (item[0], item[1], plain)
+            for item, plain in zip(req.items, opened, strict=True)
+            if isinstance(plain, bytes)
+        ]
+        refusal = self._reserve_encryptions(ring, self.state.current_version, len(good)) if good else None
+        if refusal is None:
+            v = self.state.current_version
+            sealed = iter(cipher.encrypt_many(ring.aeads[v], v, good))
         out: list[Outcome] = []
-        for item, result in zip(req.items, opened, strict=True):
+        for result in opened:
             if not isinstance(result, bytes):
                 out.append(result)
             elif refusal is not None:
                 out.append((INTERNAL if refusal is Reason.STATE_WRITE_FAILED else FORBIDDEN, refusal))
             else:
-                out.append(cipher.encrypt(aead, v, result, item.record_id, item.field))
+                out.append(next(sealed))
         return out
 
     # --- status and operator commands ----------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keyd.budgets import Budgets, BudgetWriteFailed, Limits
+from keyd.budgets import Budgets, BudgetWriteFailed, Exceeded, Limits
 from keyd.client import Context
 from keyd.errors import QuotaExceeded
 from tests.keyd.conftest import Keyd, raw_key
@@ -28,28 +28,44 @@ def _budgets(
     return Budgets(Limits(employee=employee, overall=overall or {}), path=path, clock=clock)
 
 
+def _one(b: Budgets, actor: str) -> Exceeded | None:
+    granted, exceeded = b.charge(actor)
+    assert granted == (0 if exceeded else 1)
+    return exceeded
+
+
+def test_a_batch_is_granted_up_to_the_threshold(tmp_path: Path) -> None:
+    b = _budgets(tmp_path / "b.json", Clock(), {"day": 10})
+    assert b.charge("alice", 4) == (4, None)
+    granted, exceeded = b.charge("alice", 10)
+    assert granted == 6
+    assert exceeded is not None
+    assert exceeded.window == "day"
+    assert b.charge("alice", 1)[0] == 0
+
+
 @pytest.mark.parametrize(("window", "seconds"), [("minute", 60), ("hour", 3600), ("day", 86400)])
 def test_refuses_at_exactly_the_threshold_then_rolls_over(tmp_path: Path, window: str, seconds: int) -> None:
     clock = Clock(1_800_000_000.0 - 1_800_000_000.0 % seconds)  # start of a window
     b = _budgets(tmp_path / "b.json", clock, {window: 3})
-    assert [b.charge("alice") for _ in range(3)] == [None, None, None]
-    refused = b.charge("alice")
+    assert [_one(b, "alice") for _ in range(3)] == [None, None, None]
+    refused = _one(b, "alice")
     assert refused is not None
     assert (refused.scope, refused.window, refused.limit, refused.first) == ("employee", window, 3, True)
-    again = b.charge("alice")
+    again = _one(b, "alice")
     assert again is not None
     assert again.first is False  # the event is raised once per window
-    assert b.charge("bob") is None  # employees are counted apart
+    assert _one(b, "bob") is None  # employees are counted apart
     clock.now += seconds - 1
-    assert b.charge("alice") is not None  # still the same window
+    assert _one(b, "alice") is not None  # still the same window
     clock.now += 1
-    assert b.charge("alice") is None  # a new window
+    assert _one(b, "alice") is None  # a new window
 
 
 def test_global_budget_counts_everyone(tmp_path: Path) -> None:
     b = _budgets(tmp_path / "b.json", Clock(), {"day": 100}, {"minute": 4})
-    assert [b.charge(who) for who in ("a", "b", "c", "d")] == [None] * 4
-    refused = b.charge("e")
+    assert [_one(b, who) for who in ("a", "b", "c", "d")] == [None] * 4
+    refused = _one(b, "e")
     assert refused is not None
     assert (refused.scope, refused.window) == ("global", "minute")
 
@@ -57,15 +73,15 @@ def test_global_budget_counts_everyone(tmp_path: Path) -> None:
 def test_a_refusal_is_not_counted(tmp_path: Path) -> None:
     b = _budgets(tmp_path / "b.json", Clock(), {"minute": 2}, {"minute": 3})
     for _ in range(5):
-        b.charge("alice")
-    assert b.charge("bob") is None  # alice's refused attempts did not eat the global budget
+        _one(b, "alice")
+    assert _one(b, "bob") is None  # alice's refused attempts did not eat the global budget
 
 
 def test_restart_loads_reservations_as_spent(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     clock = Clock()
     b = _budgets(path, clock, {"day": 100})  # chunk of 5
-    assert b.charge("alice") is None
+    assert _one(b, "alice") is None
     saved = json.loads(path.read_text())["reserved"]
     assert saved == [["employee", "alice", "day", int(clock.now // 86400), 5]]
     # A crash after one decrypt: the other four reserved ones count as spent.
@@ -73,23 +89,23 @@ def test_restart_loads_reservations_as_spent(tmp_path: Path) -> None:
     assert again.usage("alice") == {"employee_day": 5}
     # Reserving goes on from there.
     for _ in range(95):
-        assert again.charge("alice") is None
-    assert again.charge("alice") is not None
+        assert _one(again, "alice") is None
+    assert _one(again, "alice") is not None
 
 
 def test_restart_after_the_window_starts_fresh(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     clock = Clock()
     b = _budgets(path, clock, {"minute": 1})
-    b.charge("alice")
+    _one(b, "alice")
     clock.now += 60
-    assert _budgets(path, clock, {"minute": 1}).charge("alice") is None
+    assert _one(_budgets(path, clock, {"minute": 1}), "alice") is None
 
 
 def test_write_failure_fails_closed(tmp_path: Path) -> None:
     b = _budgets(tmp_path / "missing-dir" / "b.json", Clock(), {"minute": 10})
     with pytest.raises(BudgetWriteFailed):
-        b.charge("alice")
+        _one(b, "alice")
 
 
 @pytest.mark.parametrize("bad", [{"week": 1}, {"minute": 0}, {"minute": -1}, {"minute": "5"}])

@@ -40,8 +40,8 @@ def test_batch_requests_round_trip(
 ) -> None:
     req = parse_request(encode_request(op, actor, purpose, items)[4:])
     assert (req.op, req.actor, req.purpose) == (op, actor, purpose)
-    assert [(i.record_id.decode(), i.field.decode(), i.data) for i in req.items] == items
-    assert all(i.error is None for i in req.items)
+    assert [(i[0].decode(), i[1].decode(), i[2]) for i in req.items] == items
+    assert all(i[3] is None for i in req.items)
 
 
 @settings(max_examples=2000)
@@ -54,8 +54,8 @@ def test_parser_only_ever_refuses_with_bad_request(body: bytes) -> None:
     else:
         refusal = None
         # Whatever parses re-encodes to exactly the same bytes: one encoding per request.
-        items = [(i.record_id.decode(), i.field.decode(), i.data) for i in req.items]
-        if all(i.error is None for i in req.items):
+        items = [(i[0].decode(), i[1].decode(), i[2]) for i in req.items]
+        if all(i[3] is None for i in req.items):
             assert encode_request(req.op, req.actor, req.purpose, items or None, req.arg)[4:] == body
     if refusal is not None:
         assert refusal.code is ErrorCode.BAD_REQUEST
