@@ -102,6 +102,9 @@ class Issued:
     entry: Entry
     cert: x509.Certificate
     replaced: Entry | None
+    # A follow-up that failed after the certificate was issued (the Apache reload after --replace).
+    # Returned, not raised: the caller must still hand over the bundle and its password.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -581,9 +584,8 @@ class Authority:
                 bound=bind,
                 replaced=current.serial if current else None,
             )
-            if current is not None and (problem := self._reload(now)):
-                raise FollowUpFailed(f"issued {name} (serial {entry.serial}), but {problem}")
-            return Issued(entry=entry, cert=cert, replaced=current)
+            problem = self._reload(now) if current is not None else None
+            return Issued(entry=entry, cert=cert, replaced=current, problem=problem)
 
     # -- revoke ---------------------------------------------------------------------------------
 

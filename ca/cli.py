@@ -24,7 +24,7 @@ from ca import pki
 from ca.authority import Authority, Clock, utcnow, validate_host, validate_name
 from ca.binding import Binder
 from ca.config import Config
-from ca.errors import CAError
+from ca.errors import CAError, FollowUpFailed
 from ca.fsutil import create_exclusive
 from ca.index import LEAF_REASONS, Entry, Profile, Reason
 from ca.oplog import Event, OpsLog
@@ -273,6 +273,8 @@ def _issue_bundle(
         click.echo("")
         click.echo(f"  bundle password (shown ONCE, hand it over separately from the bundle): {generated[0]}")
         click.echo("")
+    if issued.problem:
+        raise FollowUpFailed(f"issued {name} (serial {e.serial}), but {issued.problem}")
 
 
 @cli.command()
@@ -379,6 +381,8 @@ def server(
     )
     click.echo(f"  SSLCertificateFile {cert_path}")
     click.echo(f"  SSLCertificateKeyFile {key_path}")
+    if issued.problem:
+        raise FollowUpFailed(f"issued {names[0]} (serial {e.serial}), but {issued.problem}")
 
 
 @cli.command()

@@ -111,3 +111,14 @@ def test_a_failed_reload_is_reported_but_the_crl_stands(make_ca: Callable[..., C
     assert "the reload command exited 7: Apache still serves the OLD CRL" in result.stderr
     assert _crl(ca).get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
     assert '"event": "ca.reload_failed"' in (ca.dir / "ops.log").read_text()
+
+
+def test_a_failed_reload_after_a_renewal_still_shows_the_bundle_password(make_ca: Callable[..., CA]) -> None:
+    ca = make_ca(reload_command=[sys.executable, "-c", "import sys; sys.exit(7)"])
+    ca.issue("alice")
+    out = ca.work / "renewed.p12"
+    result = ca.run("issue", "alice", "--replace", "--out", str(out))
+    assert result.exit_code == 3
+    assert "bundle password (shown ONCE" in result.stdout
+    assert "Apache still serves the OLD CRL" in result.stderr
+    assert out.exists()
