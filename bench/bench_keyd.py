@@ -193,6 +193,29 @@ def batch_rate(sock: Path, n_batches: int, size: int = 100) -> float:
         return n_batches * size / (time.perf_counter() - start)
 
 
+def _batch_worker(sock: str, seconds: float, q: Any) -> None:
+    items = [(Context(f"cust-{i}", "pan"), FIELD) for i in range(100)]
+    done = 0
+    with KeydClient(sock) as c:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            c.encrypt_batch(items, actor="bench", purpose="bench")
+            done += 100
+    q.put(done)
+
+
+def concurrent_batches(sock: Path, workers: int, seconds: float = 3.0) -> float:
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_batch_worker, args=(str(sock), seconds, q)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    total: int = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
 def pct(values: list[int], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] / 1000  # ns -> µs
@@ -294,7 +317,12 @@ def main() -> int:
         pin_process(filed.proc.pid, cpus)
         os.sched_setaffinity(0, cpus)
         two_core = batch_rate(filed.sock, 600)
-        for label, value in (("one core", one_core), ("2 cores", two_core)):
+        two_clients = concurrent_batches(filed.sock, 2)
+        for label, value in (
+            ("one connection, one core", one_core),
+            ("one connection, 2 cores", two_core),
+            ("2 client processes, 2 cores", two_clients),
+        ):
             ratio = value / fresh
             row(f"batch of 100, {label}", f"{value:,.0f} fields/s")
             row(
