@@ -227,3 +227,47 @@ def test_mariadb_grants_refuse_changing_the_audit_log(maria_backend: MariaBacken
         assert all("USAGE" in g for g in grants if "ON *.*" in g), grants
     finally:
         conn.close()
+
+
+def test_a_row_forged_beyond_the_head_is_detected(
+    app: Flask, people: dict[str, Person], owner_engine: sa.Engine
+) -> None:
+    last = audit_rows(app)[-1]
+    forged = {c: getattr(last, c) for c in last._fields} | {"seq": last.seq + 1, "prev_hash": last.hash}
+    with owner_engine.begin() as conn:
+        conn.execute(sa.insert(audit_log).values(**forged))
+    code, output = _verify(app)
+    assert code == 1
+    assert "beyond the chain head" in output
+
+
+def test_verification_runs_beside_live_writers(app: Flask, people: dict[str, Person]) -> None:
+    """No false alarm from rows appended while verifying, and (SQLite) no writer blocked by it."""
+    from webapp.db.engine import READ_ONLY
+
+    svc = app.extensions["strongroom"]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                uow = svc.unit(Origin(actor="w", ip="127.0.0.1"))
+                uow.record(Event.PAGE_VIEW, ok=True, resource="/")
+                uow.commit()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(10):
+            with svc.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+                result = service.verify(conn, batch=7)
+            assert result.ok, result.problems
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []

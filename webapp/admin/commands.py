@@ -23,6 +23,7 @@ from webapp.admin import service
 from webapp.audit import service as audit
 from webapp.auth.certs import BadCertificate, CertInfo
 from webapp.db import migrate
+from webapp.db.engine import READ_ONLY
 from webapp.db.tables import ROLES
 from webapp.events import Event
 from webapp.unit import Origin
@@ -171,14 +172,16 @@ def audit_verify(expect_head: str | None) -> None:
             _fail("--expect-head must be SEQ:HASH")
         anchor = (int(seq), digest.lower())
     svc = current_app.extensions["strongroom"]
-    with svc.engine.connect() as conn:
+    with svc.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
         result = audit.verify(conn, expect_head=anchor)
+    # Problems first: recording the verification can itself fail on a tampered chain (a forged row
+    # beyond the head collides with the next sequence number), and must not hide what was found.
+    for problem in result.problems[:50]:
+        click.echo(problem, err=True)
     with _admin() as ctx:
         event = Event.AUDIT_VERIFIED if result.ok else Event.AUDIT_VERIFY_FAILED
         ctx.uow.record(event, ok=result.ok, resource="audit_log", detail=f"checked={result.checked}")
     if not result.ok:
-        for problem in result.problems[:50]:
-            click.echo(problem, err=True)
         _fail(f"audit chain broken ({len(result.problems)} problem(s))")
     click.echo(f"audit chain intact: {result.checked} records, head {result.head_seq}:{result.head_hash}")
 

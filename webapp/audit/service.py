@@ -136,12 +136,24 @@ class Verification:
 def verify(
     conn: sa.Connection, *, expect_head: tuple[int, str] | None = None, batch: int = 5000
 ) -> Verification:
+    """Walk the chain up to the head as it was when verification started.
+
+    The app keeps appending meanwhile (on MariaDB this runs under READ COMMITTED, in batches): reading
+    the head first and stopping there keeps a concurrent append from looking like tampering. Rows
+    beyond the head are checked afterwards: only a forger writes past the head, since the head moves
+    in the same transaction as the rows it covers.
+    """
     result = Verification()
+    head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+    result.head_seq, result.head_hash = int(head.seq), str(head.hash)
     expected_seq, prev = 1, GENESIS
     last_seq = 0
     while True:
         chunk = conn.execute(
-            sa.select(audit_log).where(audit_log.c.seq > last_seq).order_by(audit_log.c.seq).limit(batch)
+            sa.select(audit_log)
+            .where(audit_log.c.seq > last_seq, audit_log.c.seq <= result.head_seq)
+            .order_by(audit_log.c.seq)
+            .limit(batch)
         ).all()
         if not chunk:
             break
@@ -155,12 +167,18 @@ def verify(
                 result.problems.append(f"record {row.seq}: contents do not match its hash (edited)")
             prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
             result.checked += 1
-    head = conn.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
-    result.head_seq, result.head_hash = int(head.seq), str(head.hash)
     if (result.head_seq, result.head_hash) != (last_seq, prev):
         result.problems.append(
             f"chain head says record {result.head_seq} but the log ends at {last_seq} (newest rows deleted?)"
         )
+    # One statement, so one snapshot even under READ COMMITTED: a concurrent append moves the head
+    # and its rows together.
+    current_head = sa.select(audit_head.c.seq).where(audit_head.c.id == 1).scalar_subquery()
+    beyond = conn.execute(
+        sa.select(sa.func.count()).select_from(audit_log).where(audit_log.c.seq > current_head)
+    ).scalar_one()
+    if beyond:
+        result.problems.append(f"{beyond} record(s) lie beyond the chain head (inserted outside the app?)")
     if expect_head is not None:
         seq, digest = expect_head
         anchored = conn.execute(sa.select(audit_log.c.hash).where(audit_log.c.seq == seq)).scalar()

@@ -20,7 +20,8 @@ GRANT SELECT, UPDATE ON audit_head TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON users TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT ON password_history TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON cert_bindings TO 'strongroom'@'localhost';
-GRANT SELECT, INSERT, UPDATE, DELETE ON sessions TO 'strongroom'@'localhost';
+-- Ended sessions are kept as evidence (ended_at, end_reason): no DELETE.
+GRANT SELECT, INSERT, UPDATE ON sessions TO 'strongroom'@'localhost';
 -- The mailer marks events sent; it never deletes them.
 GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
 -- The app may read the schema revision, never move it: migrations run as the database owner.
