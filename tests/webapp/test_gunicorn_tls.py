@@ -35,6 +35,7 @@ class Server:
     alice: tuple[Path, Path]
     mallory: tuple[Path, Path]
     stranger: tuple[Path, Path]
+    db_url: str
 
     def context(self, client: tuple[Path, Path] | None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -123,7 +124,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield Server(port, ca, d / "ca.pem", paths["alice"], paths["mallory"], paths["stranger"])
+        yield Server(
+            port,
+            ca,
+            d / "ca.pem",
+            paths["alice"],
+            paths["mallory"],
+            paths["stranger"],
+            env["STRONGROOM_DATABASE_URL"],
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -213,3 +222,52 @@ def test_the_conf_refuses_to_start_without_its_files(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert "STRONGROOM_TLS_CERT must be set" in r.stderr
+
+
+def test_parallel_requests_across_workers_keep_one_intact_chain(server: Server) -> None:
+    """Two gunicorn worker processes, many clients at once: the chain verifies, no record is lost."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from webapp.audit import service
+    from webapp.db.engine import make_engine
+    from webapp.db.tables import audit_log
+
+    engine = make_engine(server.db_url)
+
+    def pages() -> int:
+        with engine.connect() as conn:
+            q = (
+                sa.select(sa.func.count())
+                .select_from(audit_log)
+                .where(audit_log.c.event == "auth.login_page")
+            )
+            return int(conn.execute(q).scalar_one())
+
+    before = pages()
+    clients, each = 6, 8
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        for _ in range(each):
+            conn = server.connection(server.alice)
+            status, _, _ = _request(conn, "GET", "/login")
+            conn.close()
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=hammer) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert statuses == [200] * (clients * each)
+        assert pages() - before == clients * each
+        with engine.connect() as conn:
+            result = service.verify(conn)
+        assert result.ok, result.problems
+    finally:
+        engine.dispose()
