@@ -63,3 +63,18 @@ def pending(conn: sa.Connection, *, limit: int = 100) -> list[sa.Row]:
             sa.select(outbox).where(outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(limit)
         ).all()
     )
+
+
+def mark_sent(conn: sa.Connection, ids: Sequence[int], *, now: datetime) -> int:
+    """For the mailer: record delivery. Rows are never deleted (the grants give no DELETE)."""
+    if not ids:
+        return 0
+    return conn.execute(
+        sa.update(outbox).where(outbox.c.id.in_(ids), outbox.c.sent_at.is_(None)).values(sent_at=to_db(now))
+    ).rowcount
+
+
+def mark_failed(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """For the mailer: count a failed delivery attempt; the row stays pending."""
+    if ids:
+        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(attempts=outbox.c.attempts + 1))

@@ -33,3 +33,17 @@ def user_row(app: Flask, username: str) -> sa.Row:
 def live_sessions(app: Flask) -> list[sa.Row]:
     with _conn(app) as conn:
         return list(conn.execute(sa.select(sessions).where(sessions.c.ended_at.is_(None))))
+
+
+def refuse_audit_inserts(engine: sa.Engine) -> None:
+    """Make the database itself refuse audit inserts (a trigger): the audit write fails for real."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no'"
+            )

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from tests.webapp.conftest import MariaBackend, Person, client_for, csrf_token, get, login, post
-from tests.webapp.helpers import audit_rows, live_sessions, user_row
+from tests.webapp.helpers import audit_rows, live_sessions, refuse_audit_inserts, user_row
 from webapp.audit import service
 from webapp.db.tables import audit_log
 from webapp.events import Event
@@ -89,19 +89,6 @@ def test_the_external_anchor_catches_a_rewound_head(
     assert r.exit_code == 1  # ...the head last seen in the remote syslog copy can
 
 
-def _refuse_audit_inserts(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql(
-                "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'no'); END"
-            )
-        else:
-            conn.exec_driver_sql(
-                "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW "
-                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no'"
-            )
-
-
 def test_a_failing_audit_write_blocks_the_login(
     app: Flask, people: dict[str, Person], owner_engine: sa.Engine
 ) -> None:
@@ -109,7 +96,7 @@ def test_a_failing_audit_write_blocks_the_login(
     client = client_for(app, alice.cert)
     page = get(client, "/login")
     assert page.status_code == 200
-    _refuse_audit_inserts(owner_engine)
+    refuse_audit_inserts(owner_engine)
     r = post(
         client,
         "/login",
@@ -125,7 +112,7 @@ def test_a_failing_audit_write_blocks_the_login(
 def test_a_failing_audit_write_blocks_an_admin_command(
     app: Flask, people: dict[str, Person], owner_engine: sa.Engine
 ) -> None:
-    _refuse_audit_inserts(owner_engine)
+    refuse_audit_inserts(owner_engine)
     r = app.test_cli_runner().invoke(args=["users", "disable", "alice"])
     assert r.exit_code == 1
     assert user_row(app, "alice").active
