@@ -71,14 +71,14 @@ class FileAead:
             raise AuthenticationFailed from None
 
 
-def derive_version_key(master: bytes | bytearray, *, salt: bytes, version: int) -> bytearray:
+def derive_version_key(master: bytes | bytearray | memoryview, *, salt: bytes, version: int) -> bytearray:
     """The data key of one version, from the operator's master key (HKDF-SHA256, version in info).
 
     Rotation therefore needs no new operator secret, and every version stays recoverable from the
     one master until the operator retires it.
     """
     hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=b"strongroom keyd v%d" % version)
-    return bytearray(hkdf.derive(bytes(master)))
+    return bytearray(hkdf.derive(master))
 
 
 def header(version: int) -> bytes:

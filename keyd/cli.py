@@ -123,7 +123,8 @@ def _init(config: Config, args: argparse.Namespace) -> int:
         print("keyd: --scrypt-n must be a power of two >= 16384", file=sys.stderr)
         return 2
     kind = "pin" if config.mode == "pkcs11" else args.key_kind
-    print(f"keyd init: waiting up to {args.wait:.0f} s for the {kind} at {config.drop_path}", file=sys.stderr)
+    what = {"passphrase": "passphrase", "raw": "raw key (64 hex digits)", "pin": "token PIN"}[kind]
+    print(f"keyd init: waiting up to {args.wait:.0f} s for the {what} at {config.drop_path}", file=sys.stderr)
     deadline = time.monotonic() + args.wait
     drop_uids = config.drop_uids or frozenset({os.geteuid()})
     while True:

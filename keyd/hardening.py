@@ -7,9 +7,11 @@ docs/keyd.md, "What keyd cannot protect".
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import grp
+import mmap
 import os
 import pwd
 import resource
@@ -42,6 +44,35 @@ def lock_memory() -> list[str]:
     if _libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
         return [f"mlockall: {_errno_text()} (key pages may be swapped out)"]
     return []
+
+
+class LockedSecret:
+    """A secret in its own anonymous page: mlock'd (out of swap even when mlockall is not allowed),
+    excluded from core dumps (MADV_DONTDUMP), and overwritten before the page is unmapped."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        if len(data) > mmap.PAGESIZE:
+            raise ValueError("a locked secret fits in one page")
+        self._map = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        page = (ctypes.c_char * mmap.PAGESIZE).from_buffer(self._map)
+        # Pointer-sized arguments: ctypes would otherwise truncate the address to a C int.
+        self.locked = (
+            _libc.mlock(ctypes.c_void_p(ctypes.addressof(page)), ctypes.c_size_t(mmap.PAGESIZE)) == 0
+        )
+        del page  # an exported pointer would keep the map from closing
+        with contextlib.suppress(OSError):
+            self._map.madvise(mmap.MADV_DONTDUMP)
+        self._len = len(data)
+        self._map[: self._len] = data
+
+    def view(self) -> memoryview:
+        """Borrow the secret; release the view (use `with`) before `close`."""
+        return memoryview(self._map)[: self._len]
+
+    def close(self) -> None:
+        if not self._map.closed:
+            self._map[:] = bytes(mmap.PAGESIZE)
+            self._map.close()
 
 
 def harden() -> list[str]:

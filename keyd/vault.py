@@ -18,6 +18,7 @@ from keyd.budgets import Budgets, BudgetWriteFailed
 from keyd.config import Config
 from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink
+from keyd.hardening import LockedSecret
 from keyd.keysource import Token, TokenError, WrongPin, raw_key, stretch, strip_line, token_key_label, wipe
 from keyd.protocol import (
     ADMIN_OPS,
@@ -67,7 +68,7 @@ class WrongKey(Exception):
 @dataclass
 class Keyring:
     aeads: dict[int, cipher.Aead]
-    master: bytearray | None = None  # file mode: kept to derive new versions at rotation
+    master: LockedSecret | None = None  # file mode: kept to derive new versions at rotation
     token: Token | None = None  # pkcs11 mode: the logged-in session
     counts: dict[int, int] = field(default_factory=dict)
 
@@ -83,11 +84,10 @@ def _open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
                     master = stretch(secret, salt=state.kdf_salt, **state.kdf)
             except ValueError:
                 raise WrongKey("malformed key") from None
-            ring = Keyring(aeads={}, master=master)
+            ring = Keyring(aeads={}, master=LockedSecret(master))
+            wipe(master)
             for v in state.versions:
-                key = cipher.derive_version_key(master, salt=state.hkdf_salt, version=v)
-                ring.aeads[v] = cipher.FileAead(key)
-                wipe(key)
+                _add_file_aead(state, ring, v)
         else:
             line = strip_line(secret)
             try:
@@ -117,9 +117,19 @@ def _open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
     return ring
 
 
+def _add_file_aead(state: State, ring: Keyring, v: int) -> cipher.Aead:
+    if ring.master is None:
+        raise ValueError("no master key")
+    with ring.master.view() as master:
+        key = cipher.derive_version_key(master, salt=state.hkdf_salt, version=v)
+    aead = ring.aeads[v] = cipher.FileAead(key)
+    wipe(key)
+    return aead
+
+
 def _close_ring(ring: Keyring) -> None:
     if ring.master is not None:
-        wipe(ring.master)
+        ring.master.close()
     if ring.token is not None:
         ring.token.close()
     ring.aeads.clear()
@@ -147,7 +157,8 @@ def create_state(
             )
         finally:
             wipe(secret)
-        ring = Keyring(aeads={}, master=master)
+        ring = Keyring(aeads={}, master=LockedSecret(master))
+        wipe(master)
     else:
         line = strip_line(secret)
         wipe(secret)
@@ -163,9 +174,7 @@ def create_state(
 def _add_version(state: State, ring: Keyring, v: int) -> None:
     label = None
     if ring.master is not None:
-        key = cipher.derive_version_key(ring.master, salt=state.hkdf_salt, version=v)
-        aead: cipher.Aead = cipher.FileAead(key)
-        wipe(key)
+        aead: cipher.Aead = _add_file_aead(state, ring, v)
     else:
         if ring.token is None:
             raise TokenError("no master key and no token: cannot add a key version")
