@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from keyd.config import Config, ConfigError, load
-from keyd.errors import KeydError
+from keyd.errors import KeydError, Unavailable
 
 DESCRIPTION = """\
 keyd holds Strongroom's data key and encrypts/decrypts fields for the web app over a Unix socket.
@@ -168,6 +168,9 @@ def _remote(config: Config, args: argparse.Namespace) -> int:
                 status = client.retire(args.min_version, actor=actor)
             else:
                 status = client.status()
+        except Unavailable as exc:
+            print(f"keyd: unavailable: {exc}", file=sys.stderr)
+            return 1
         except KeydError as exc:
             print(f"keyd: {exc.code.value}: {exc.reason or exc}", file=sys.stderr)
             return 1
@@ -200,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         from keyd.server import serve
+        from keyd.state import StateError
 
-        return serve(config)
+        try:
+            return serve(config)
+        except (StateError, OSError, ValueError) as exc:
+            print(f"keyd: cannot serve: {exc}", file=sys.stderr)
+            return 1
     if args.command == "init":
         return _init(config, args)
     return _remote(config, args)

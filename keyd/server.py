@@ -272,6 +272,7 @@ def serve(config: Config) -> int:
     group = hardening.resolve_group(config.socket_group)
     sock_gid = group if group is not None else gid
     store = StateStore(config.state_dir)
+    store.load()  # refuse to start (and to bind) on a missing or broken state
     if os.geteuid() == 0 and uid != 0:
         for p in [config.state_dir, *config.state_dir.iterdir()]:
             os.lchown(p, uid, gid)
