@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from markupsafe import escape
 
 from tests.webapp.conftest import HTTPS, Person, client_for, csrf_token, get
 from tests.webapp.helpers import audit_rows, events, user_row
+from webapp.audit import service as audit_service
 from webapp.events import Event
 
 LONG = "x" * 3000
@@ -148,3 +151,25 @@ def test_a_valid_form_still_passes(app: Flask, people: dict[str, Person]) -> Non
         data={"csrf_token": csrf_token(page.text), "username": "alice", "password": people["alice"].password},
     )
     assert r.status_code == 302
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    # One app and database for all examples: each request is independent of the others.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(query=st.binary(max_size=200), body=st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_the_app(
+    app: Flask, people: dict[str, Person], query: bytes, body: bytes
+) -> None:
+    client = client_for(app, people["alice"].cert)
+    environ = {"QUERY_STRING": query.decode("latin-1")}
+    get_r = client.get("/login", base_url=HTTPS, environ_overrides=environ)
+    post_r = client.post(
+        "/login", base_url=HTTPS, data=body, content_type="application/x-www-form-urlencoded"
+    )
+    assert get_r.status_code in (200, 400)
+    assert post_r.status_code in (200, 400)  # refused, or a failed login: never an error page
+    with app.extensions["strongroom"].engine.connect() as conn:
+        assert audit_service.verify(conn).ok
