@@ -30,6 +30,7 @@ from keyd.protocol import (
     ResponseError,
     encode_batch,
     encode_request,
+    encode_single,
     parse_response,
 )
 
@@ -217,7 +218,11 @@ class KeydClient:
         return [_error(r) if isinstance(r, ErrorResponse) else r for r in result]
 
     def _single(self, op: Op, data: bytes, context: Context, actor: str, purpose: str) -> bytes:
-        (out,) = self._items(op, [(context.record_id, context.field, bytes(data))], actor, purpose)
+        try:
+            request = encode_single(op, actor, purpose, context.record_id, context.field, bytes(data))
+        except ProtocolError as exc:
+            raise _error(ErrorResponse(exc.code, exc.refusal.value)) from None
+        (out,) = self._results(request, 1)
         if isinstance(out, KeydError):
             raise out
         return out

@@ -399,6 +399,41 @@ def encode_items(outcomes: list[Outcome]) -> bytes:
     return frame(b"".join(parts))
 
 
+_ONE_OK = bytes((PROTOCOL_VERSION, 0, KIND_ITEMS)) + _U16.pack(1) + b"\x00"
+
+
+def encode_one(data: bytes) -> bytes:
+    """The answer to a single op that succeeded: what encode_items([data]) gives, built directly."""
+    return b"".join((_U32.pack(len(data) + 10), _ONE_OK, _U32.pack(len(data)), data))
+
+
+def encode_single(op: Op, actor: str, purpose: str, record_id: str, field: str, data: bytes) -> bytes:
+    """The request frame of a single-item op (the client's hot path; same bytes as encode_request)."""
+    if not isinstance(actor, str) or not isinstance(purpose, str):
+        raise ProtocolError(Reason.BAD_ACTOR if not isinstance(actor, str) else Reason.BAD_PURPOSE)
+    r = _check_ident(record_id, RECORD_RE, Reason.BAD_RECORD_ID)
+    f = _field_bytes(field)
+    if f is None:
+        raise ProtocolError(Reason.BAD_FIELD)
+    prefix = _prefix(op, actor, purpose)
+    size = len(prefix) + len(r) + len(f) + len(data) + 8
+    if size > MAX_FRAME:
+        raise ProtocolError(Reason.FRAME_TOO_LARGE)
+    return b"".join(
+        (
+            _U32.pack(size),
+            prefix,
+            b"\x00\x01",
+            _LENGTH_BYTES[len(r)],
+            r,
+            _LENGTH_BYTES[len(f)],
+            f,
+            _U32.pack(len(data)),
+            data,
+        )
+    )
+
+
 def encode_json(obj: dict[str, Any]) -> bytes:
     return frame(bytes((PROTOCOL_VERSION, 0, KIND_JSON)) + json.dumps(obj, separators=(",", ":")).encode())
 
@@ -422,6 +457,8 @@ def _reason(raw: bytes) -> str:
 
 def parse_response(body: bytes) -> ErrorResponse | list[bytes | ErrorResponse] | dict[str, Any]:
     """Parse a response body (client side). Raises ResponseError on anything malformed."""
+    if body.startswith(_ONE_OK) and len(body) >= 10 and _U32.unpack_from(body, 6)[0] == len(body) - 10:
+        return [body[10:]]  # the common answer: one item, ok
     try:
         if len(body) < 3 or body[0] != PROTOCOL_VERSION:
             raise ResponseError("bad header")

@@ -32,6 +32,7 @@ from keyd.protocol import (
     encode_error,
     encode_items,
     encode_json,
+    encode_one,
     parse_request,
 )
 from keyd.state import State, StateStore, Version
@@ -251,9 +252,13 @@ class Vault:
                 ring = self._ring
                 if ring is None:
                     return encode_error(ErrorCode.SEALED, Reason.SEALED)
-                if op is Op.ENCRYPT or op is Op.ENCRYPT_BATCH:
+                if op is Op.ENCRYPT:
+                    return self._encrypt_one(ring, req)
+                if op is Op.DECRYPT:
+                    return self._decrypt_one(ring, req)
+                if op is Op.ENCRYPT_BATCH:
                     return encode_items(self._encrypt(ring, req))
-                if op is Op.DECRYPT or op is Op.DECRYPT_BATCH:
+                if op is Op.DECRYPT_BATCH:
                     return encode_items(self._decrypt(ring, req))
                 return encode_items(self._rewrap(ring, req))
             if op is Op.STATUS:
@@ -285,6 +290,33 @@ class Vault:
                     return Reason.STATE_WRITE_FAILED
             ring.counts[v] = count
         return None
+
+    # Single-item fast paths: the same checks as the batch paths, without their lists.
+    def _encrypt_one(self, ring: Keyring, req: Request) -> bytes:
+        record_id, field, data, err = req.items[0]
+        if err is not None:
+            return encode_items([(BAD_REQUEST, err)])
+        v = self.state.current_version
+        refusal = self._reserve_encryptions(ring, v, 1)
+        if refusal is not None:
+            return encode_items([(INTERNAL if refusal is Reason.STATE_WRITE_FAILED else FORBIDDEN, refusal)])
+        return encode_one(cipher.encrypt(ring.aeads[v], v, data, record_id, field))
+
+    def _decrypt_one(self, ring: Keyring, req: Request) -> bytes:
+        checked = self._check(ring, req, req.items[0])
+        if len(checked) != 4:
+            return encode_items([checked])
+        granted, refusal = self._charge(req, 1)
+        if not granted:
+            return encode_items([refusal or (INTERNAL, Reason.INTERNAL)])
+        aead, nonce, body, aad = checked
+        try:
+            return encode_one(aead.open(nonce, body, aad))
+        except cipher.AuthenticationFailed:
+            self.events.emit(
+                Event.INTEGRITY_FAILURE, op=req.op.name.lower(), items=1, actor=req.actor, purpose=req.purpose
+            )
+            return encode_items([(INTEGRITY, Reason.AUTHENTICATION_FAILED)])
 
     def _encrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
         items = req.items

@@ -131,3 +131,15 @@ def test_response_with_unknown_reason_is_refused() -> None:
         parse_response(b"\x01\x01\x04nope")
     with pytest.raises(ResponseError):
         parse_response(b"\x01\x00\x01" + struct.pack(">H", 1) + b"\x00" + struct.pack(">I", 9) + b"x")
+
+
+@settings(max_examples=200)
+@given(op=st.sampled_from([Op.ENCRYPT, Op.DECRYPT, Op.REWRAP]), actor=IDENT, purpose=IDENT, item=ITEM)
+def test_single_fast_paths_match_the_general_ones(
+    op: Op, actor: str, purpose: str, item: tuple[str, str, bytes]
+) -> None:
+    from keyd.protocol import encode_one, encode_single
+
+    assert encode_single(op, actor, purpose, *item) == encode_request(op, actor, purpose, [item])
+    assert encode_one(item[2]) == encode_items([item[2]])
+    assert parse_response(encode_one(item[2])[4:]) == [item[2]]
