@@ -215,7 +215,9 @@ class KeydClient:
             raise _error(result)
         if not isinstance(result, list) or len(result) != expected:
             raise Unavailable("keyd answered with the wrong number of items")
-        return [_error(r) if isinstance(r, ErrorResponse) else r for r in result]
+        if any(type(r) is ErrorResponse for r in result):
+            return [_error(r) if isinstance(r, ErrorResponse) else r for r in result]
+        return result  # type: ignore[return-value] # all bytes: checked just above
 
     def _single(self, op: Op, data: bytes, context: Context, actor: str, purpose: str) -> bytes:
         try:
@@ -234,9 +236,7 @@ class KeydClient:
             return []
         # An item the server would refuse fails here, alone; the others still go.
         try:
-            request, errors = encode_batch(
-                op, actor, purpose, [(c.record_id, c.field, bytes(d)) for c, d in items]
-            )
+            request, errors = encode_batch(op, actor, purpose, items)
         except ProtocolError as exc:
             raise _error(ErrorResponse(exc.code, exc.refusal.value)) from None
         results = self._results(request, errors.count(None)) if request is not None else []

@@ -38,9 +38,10 @@ import functools
 import json
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from keyd.errors import BadRequest, ErrorCode
 
@@ -273,8 +274,18 @@ def _check_ident(value: str, pattern: re.Pattern[bytes], reason: Reason) -> byte
     return raw
 
 
+class HasContext(Protocol):
+    """What keyd.client.Context looks like, without importing the client here."""
+
+    @property
+    def record_id(self) -> str: ...
+
+    @property
+    def field(self) -> str: ...
+
+
 def encode_batch(
-    op: Op, actor: str, purpose: str, items: list[tuple[str, str, bytes]]
+    op: Op, actor: str, purpose: str, items: Sequence[tuple[HasContext, bytes]]
 ) -> tuple[bytes | None, list[Reason | None]]:
     """A batch frame of the items the server would accept, and per item the reason it was left out.
 
@@ -289,9 +300,12 @@ def encode_batch(
     pack = _U32.pack
     lens = _LENGTH_BYTES
     sent = 0
-    for record_id, field, data in items:
+    for context, data in items:
+        record_id = context.record_id
         r = record_id.encode("ascii", "replace") if isinstance(record_id, str) else b""
-        f = _field_bytes(field)
+        f = _field_bytes(context.field)
+        if type(data) is not bytes:
+            data = bytes(data)
         if record_ok(r) is None:
             errors.append(Reason.BAD_RECORD_ID)
         elif f is None:
@@ -389,9 +403,10 @@ def encode_error(code: ErrorCode, reason: Reason) -> bytes:
 
 def encode_items(outcomes: list[Outcome]) -> bytes:
     parts = [bytes((PROTOCOL_VERSION, 0, KIND_ITEMS)), _U16.pack(len(outcomes))]
+    pack = _U32.pack
     for out in outcomes:
         if isinstance(out, bytes):
-            parts += [b"\x00", _U32.pack(len(out)), out]
+            parts += [b"\x00", pack(len(out)), out]
         else:
             code, reason = out
             r = reason.value.encode("ascii")
@@ -478,16 +493,18 @@ def parse_response(body: bytes) -> ErrorResponse | list[bytes | ErrorResponse] |
             raise ResponseError("bad kind")
         (count,) = _U16.unpack_from(body, 3)
         pos = 5
+        size = len(body)
+        u32 = _U32.unpack_from
         out: list[bytes | ErrorResponse] = []
+        append = out.append
         for _ in range(count):
             st = body[pos]
             if st == 0:
-                (n,) = _U32.unpack_from(body, pos + 1)
                 start = pos + 5
-                if start + n > len(body):
+                pos = start + u32(body, pos + 1)[0]
+                if pos > size:
                     raise ResponseError("truncated item")
-                out.append(body[start : start + n])
-                pos = start + n
+                append(body[start:pos])
             else:
                 code = CODES_BY_NUMBER.get(st)
                 n = body[pos + 1]
