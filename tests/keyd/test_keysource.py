@@ -204,3 +204,23 @@ def test_daemon_refuses_hostile_drop_and_keeps_running(
     else:
         k.drop_path.unlink()
     k.unseal(key)
+
+
+def test_unprivileged_daemon_reports_a_drop_file_it_cannot_delete(keyd_factory: object) -> None:
+    """keyd as its own user (privileges dropped after binding) in a drop dir it cannot write."""
+    k: Keyd = keyd_factory(extra=["--user", str(NOBODY), "--drop-uid", str(NOBODY)])  # type: ignore[operator]
+    key = new_raw_key()
+    k.drop(key, uid=NOBODY)
+    k.cli("init", "--wait", "10", "--key-kind", "raw")
+    os.chmod(k.drop_dir, 0o755)  # noqa: S103 - root's, not writable by keyd's user
+    k.start()
+    assert os.stat(k.state_dir).st_uid == NOBODY
+    assert os.stat(k.socket.parent).st_uid == NOBODY
+    k.drop(key, uid=NOBODY)
+    wait_for(lambda: "drop_file_not_deleted" in k.event_names(), what="drop_file_not_deleted")
+    assert k.status()["sealed"] is True  # a secret it cannot remove is not used
+    # With a drop dir it can clean up, the same user unseals.
+    k.drop_path.unlink()
+    os.chmod(k.drop_dir, 0o1777)  # noqa: S103 - sticky and world-writable, like /dev/shm
+    k.drop(key, uid=NOBODY)
+    wait_for(lambda: not k.status()["sealed"], what="unseal as keyd's own user")
