@@ -39,6 +39,60 @@ AAD = b"\x01\x00\x00\x00\x01\x08cust-123\x03pan"
 BIG = [f"--budget={s}.{w}=1000000000" for s in ("employee", "global") for w in ("minute", "hour", "day")]
 
 
+# The transport floor: a plain threading Unix-socket server answering 4-byte-length + JSON/base64
+# requests with a canned answer, no crypto, no validation (what PLATFORM-NOTES.md measured).
+ECHO_SERVER = """
+import json, os, socket, struct, sys, threading
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(8)
+def serve(conn):
+    while True:
+        head = conn.recv(4)
+        if len(head) < 4:
+            return
+        body = conn.recv(struct.unpack(">I", head)[0])
+        req = json.loads(body)
+        out = json.dumps({"ok": True, "data": req["data"]}).encode()
+        conn.sendall(struct.pack(">I", len(out)) + out)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def json_floor(base: Path, cpus: set[int], n: int = 30_000) -> float:
+    import base64
+    import json
+    import socket
+    import struct
+
+    path = base / "echo.sock"
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(path)])
+    try:
+        while not path.exists():
+            time.sleep(0.01)
+        pin_process(proc.pid, cpus)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            data = base64.b64encode(FIELD).decode()
+
+            def one() -> object:
+                body = json.dumps({"op": "encrypt", "actor": "bench", "data": data}).encode()
+                s.sendall(struct.pack(">I", len(body)) + body)
+                head = s.recv(4)
+                return json.loads(s.recv(struct.unpack(">I", head)[0]))
+
+            for _ in range(2000):
+                one()
+            return rate(one, n)
+    finally:
+        proc.kill()
+        proc.wait()
+        path.unlink()
+
+
 def pin_process(pid: int, cpus: set[int]) -> None:
     """Pin every thread of `pid` (keyd's threads too, not just its main thread)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -278,6 +332,14 @@ def main() -> int:
         row("encrypt, fresh os.urandom(12) nonce per call", f"{fresh:,.0f} ops/s")
         row("encrypt, same nonce (unsafe; raw cipher speed only)", f"{bare:,.0f} ops/s")
 
+        os.sched_setaffinity(0, {0})
+        floor_one = json_floor(base, {0})
+        os.sched_setaffinity(0, cpus)
+        floor_two = json_floor(base, cpus)
+        print("\nTransport floor: plain Unix-socket round trip, 4-byte length + JSON/base64, no crypto")
+        row("one connection, server and client on one core", f"{floor_one:,.0f} req/s")
+        row("one connection, 2 cores", f"{floor_two:,.0f} req/s")
+
         env = dict(os.environ)
         filed = Daemon(base / "file", "file", env)
         daemons.append(filed)
@@ -285,13 +347,11 @@ def main() -> int:
         assert filed.proc is not None
 
         print("\nkeyd file mode, single-field round trips (one connection, sequential)")
-        results: dict[str, float] = {}
         for op in ("encrypt", "decrypt"):
             pin_process(filed.proc.pid, {0})
             os.sched_setaffinity(0, {0})
             ops, lat = latencies(filed.sock, op, 30_000)
             ok = ops >= 40_000 and pct(lat, 0.99) <= 250
-            results[f"one-core-{op}"] = ops
             row(
                 f"{op}, keyd and client on one core",
                 f"{ops:,.0f} ops/s",
@@ -299,10 +359,12 @@ def main() -> int:
                 "ok" if ok else "MISSED",
             )
             row("  latency p50 / p99", f"{pct(lat, 0.5):.0f} / {pct(lat, 0.99):.0f} µs", "p99 <= 250 µs")
+            row("  / transport floor, one core", f"{ops / floor_one:.0%}")
             pin_process(filed.proc.pid, cpus)
             os.sched_setaffinity(0, cpus)
             ops, lat = latencies(filed.sock, op, 20_000)
             row(f"{op}, 2 cores, default scheduling", f"{ops:,.0f} ops/s")
+            row("  / transport floor, 2 cores", f"{ops / floor_two:.0%}")
             row("  latency p50 / p99", f"{pct(lat, 0.5):.0f} / {pct(lat, 0.99):.0f} µs")
 
         print("\nkeyd file mode, single-field round trips, 4 client processes at once (2 cores)")
