@@ -364,8 +364,8 @@ def main() -> int:
             os.sched_setaffinity(0, cpus)
             ops, lat = latencies(filed.sock, op, 20_000)
             row(f"{op}, 2 cores, default scheduling", f"{ops:,.0f} ops/s")
-            row("  / transport floor, 2 cores", f"{ops / floor_two:.0%}")
             row("  latency p50 / p99", f"{pct(lat, 0.5):.0f} / {pct(lat, 0.99):.0f} µs")
+            row("  / transport floor, 2 cores", f"{ops / floor_two:.0%}")
 
         print("\nkeyd file mode, single-field round trips, 4 client processes at once (2 cores)")
         for op in ("encrypt", "decrypt"):
