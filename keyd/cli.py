@@ -111,7 +111,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _init(config: Config, args: argparse.Namespace) -> int:
     from keyd.keysource import DropRefused, consume_drop, open_drop
-    from keyd.state import StateStore, make_state_dir
+    from keyd.state import StateError, StateStore, make_state_dir
     from keyd.vault import create_state
 
     store = StateStore(config.state_dir)
@@ -122,6 +122,11 @@ def _init(config: Config, args: argparse.Namespace) -> int:
     if config.mode == "file" and args.key_kind == "passphrase" and (n < 2**14 or n & (n - 1)):
         print("keyd: --scrypt-n must be a power of two >= 16384", file=sys.stderr)
         return 2
+    try:
+        make_state_dir(config.state_dir)  # before the secret is consumed: refuse early
+    except (StateError, OSError) as exc:
+        print(f"keyd init: {exc}", file=sys.stderr)
+        return 1
     kind = "pin" if config.mode == "pkcs11" else args.key_kind
     what = {"passphrase": "passphrase", "raw": "raw key (64 hex digits)", "pin": "token PIN"}[kind]
     print(f"keyd init: waiting up to {args.wait:.0f} s for the {what} at {config.drop_path}", file=sys.stderr)
@@ -143,7 +148,6 @@ def _init(config: Config, args: argparse.Namespace) -> int:
     if kind == "passphrase" and len(secret.rstrip(b"\r\n")) < 16:
         print("keyd init: a passphrase must be at least 16 characters", file=sys.stderr)
         return 1
-    make_state_dir(config.state_dir)
     scrypt = {"n": n, "r": 8, "p": 1}
     state, _ring = create_state(config, secret, key_kind=kind, scrypt=scrypt)
     store.save(state)

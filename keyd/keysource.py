@@ -147,13 +147,30 @@ def strip_line(content: bytearray) -> bytearray:
     return content[:end]
 
 
+_HEX_DIGITS = {c: i for i, c in enumerate(b"0123456789abcdef")} | {c: i for i, c in enumerate(b"ABCDEF", 10)}
+
+
 def raw_key(content: bytearray) -> bytearray:
-    """A raw 256-bit key is given as 64 hex digits. Raises ValueError otherwise."""
+    """A raw 256-bit key is given as 64 hex digits. Raises ValueError otherwise.
+
+    Decoded digit by digit into a bytearray: bytes.fromhex would leave an immutable str and bytes
+    copy of the key behind.
+    """
     text = strip_line(content)
+    key = bytearray(KEY_LEN)
     try:
         if len(text) != 2 * KEY_LEN:
             raise ValueError("a raw key is 64 hex digits")
-        return bytearray(bytes.fromhex(text.decode("ascii")))
+        for i in range(KEY_LEN):
+            hi = _HEX_DIGITS.get(text[2 * i])
+            lo = _HEX_DIGITS.get(text[2 * i + 1])
+            if hi is None or lo is None:
+                raise ValueError("a raw key is 64 hex digits")
+            key[i] = hi << 4 | lo
+        return key
+    except ValueError:
+        wipe(key)
+        raise
     finally:
         wipe(text)
 

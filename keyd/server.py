@@ -22,7 +22,7 @@ from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink, FanoutSink, SpoolSink, SyslogSink
 from keyd.keysource import DropIdentity, DropRefusal, DropRefused, consume_drop, open_drop, wipe
 from keyd.protocol import MAX_FRAME, Reason, encode_error
-from keyd.state import StateStore
+from keyd.state import StateStore, make_state_dir
 from keyd.vault import Vault
 
 log = logging.getLogger("keyd")
@@ -92,6 +92,10 @@ def prepare_socket_dir(path: Path, *, uid: int, gid: int) -> None:
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{directory} is not a directory (a symlink?)")
+    others = [name for name in os.listdir(directory) if name != path.name]
+    if others:
+        # keyd sets this directory's owner and mode: it must never do that to /run or /tmp.
+        raise OSError(f"{directory} holds other files ({others[0]}...): give keyd a directory of its own")
     if os.geteuid() == 0:
         os.chown(directory, uid, gid)
     os.chmod(directory, 0o750)  # noqa: S103 - the web app's group must enter; others must not
@@ -212,7 +216,11 @@ class DropPoller:
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception:
+                # The poller is the only way in for the key: it must survive anything one poll meets.
+                log.exception("drop-file poll failed; keyd stays as it is and polls again")
 
     def stop(self) -> None:
         self._stop.set()
@@ -273,6 +281,7 @@ def serve(config: Config) -> int:
     sock_gid = group if group is not None else gid
     store = StateStore(config.state_dir)
     store.load()  # refuse to start (and to bind) on a missing or broken state
+    make_state_dir(config.state_dir)  # 0700, and refuse a directory that is not keyd's alone
     if os.geteuid() == 0 and uid != 0:
         for p in [config.state_dir, *config.state_dir.iterdir()]:
             os.lchown(p, uid, gid)

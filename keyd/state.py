@@ -163,10 +163,17 @@ class StateStore:
         atomic_write_json(self.path, state.to_json())
 
 
+KEYD_FILES = {"state.json", "budgets.json", "events.jsonl", ".state.json.tmp", ".budgets.json.tmp"}
+
+
 def make_state_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.lstat()
     if not path.is_dir() or path.is_symlink():
         raise StateError(f"{path} is not a directory")
+    others = sorted(set(os.listdir(path)) - KEYD_FILES)
+    if others:
+        # keyd chmods (and at serve, chowns) this directory: never /var/lib itself.
+        raise StateError(f"{path} holds other files ({others[0]}...): give keyd a directory of its own")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)

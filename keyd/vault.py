@@ -434,6 +434,10 @@ class Vault:
     # --- status and operator commands ----------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        with self._lock:  # rotation adds versions: never iterate them while it does
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         ring = self._ring
         state = self.state
         counts = (

@@ -44,3 +44,25 @@ def test_init_refusals(keyd_factory: object) -> None:
     again = k.cli("init", "--wait", "1", "--key-kind", "raw", check=False)
     assert again.returncode == 1
     assert "refusing to overwrite" in again.stderr
+
+
+def test_keyd_never_takes_over_a_shared_directory(keyd_factory: object) -> None:
+    """keyd sets owner and mode of its socket and state dirs: it refuses ones that hold other files."""
+    k: Keyd = keyd_factory()  # type: ignore[operator]
+    k.state_dir.mkdir(mode=0o755)
+    (k.state_dir / "someone-elses.db").write_text("x")
+    k.drop(raw_key())
+    refused = k.cli("init", "--wait", "5", "--key-kind", "raw", check=False)
+    assert refused.returncode == 1
+    assert "give keyd a directory of its own" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert k.drop_path.exists()  # the secret was not consumed for nothing
+    assert oct(k.state_dir.stat().st_mode & 0o777) == "0o755"
+    (k.state_dir / "someone-elses.db").unlink()
+    k.init(raw_key(), "--key-kind", "raw")
+    k.socket.parent.mkdir(mode=0o755)
+    (k.socket.parent / "other.sock").write_text("")
+    result = k.cli("serve", check=False)
+    assert result.returncode == 1
+    assert "give keyd a directory of its own" in result.stderr
+    assert oct(k.socket.parent.stat().st_mode & 0o777) == "0o755"

@@ -96,6 +96,11 @@ def test_pkcs11_mode_end_to_end(keyd_factory: object, softhsm: dict[str, str]) -
         new = c.rewrap(blob, context=CTX, actor="a", purpose="rotate")
         assert new[1:5] == b"\x00\x00\x00\x02"
         assert c.decrypt(new, context=CTX, actor="a", purpose="t") == b"4111111111111111"
+    # Seal and unseal again in the same process (the library is already loaded and initialised).
+    assert "sealed: true" in k.cli("seal").stdout
+    k.unseal(USER_PIN.encode() + b"\n")
+    with k.client() as c:
+        assert c.decrypt(new, context=CTX, actor="a", purpose="t") == b"4111111111111111"
     # Restart: the same PIN opens both versions.
     k.stop()
     k.start()
