@@ -305,3 +305,19 @@ def test_admin_commands_need_an_admin_uid(keyd_factory: object) -> None:
     assert "forbidden: not_admin" in result.stderr
     assert "admin_refused" in k.event_names()
     assert k.status()["key_version"] == 1
+
+
+def test_nothing_secret_reaches_the_log_or_the_events(running: Running) -> None:
+    with running.keyd.client() as c:
+        blob = c.encrypt(PAN, context=CTX, actor="alice", purpose="t")
+        c.decrypt(blob, context=CTX, actor="alice", purpose="t")
+        with pytest.raises(IntegrityFailure):
+            c.decrypt(blob, context=Context("other", "pan"), actor="alice", purpose="t")
+    key_hex = running.key.strip().decode()
+    for text in (running.keyd.log_text(), (running.keyd.state_dir / "events.jsonl").read_text()):
+        assert PAN.decode() not in text
+        assert key_hex not in text
+        assert key_hex.upper() not in text
+        assert blob.hex() not in text
+    state = (running.keyd.state_dir / "state.json").read_text()
+    assert key_hex not in state
