@@ -110,9 +110,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _init(config: Config, args: argparse.Namespace) -> int:
-    from keyd.keysource import DropRefused, consume_drop, open_drop
+    from keyd.keysource import DropRefused, TokenError, consume_drop, open_drop
     from keyd.state import StateError, StateStore, make_state_dir
-    from keyd.vault import create_state
+    from keyd.vault import close_ring, create_state
 
     store = StateStore(config.state_dir)
     if store.exists():
@@ -149,7 +149,12 @@ def _init(config: Config, args: argparse.Namespace) -> int:
         print("keyd init: a passphrase must be at least 16 characters", file=sys.stderr)
         return 1
     scrypt = {"n": n, "r": 8, "p": 1}
-    state, _ring = create_state(config, secret, key_kind=kind, scrypt=scrypt)
+    try:
+        state, ring = create_state(config, secret, key_kind=kind, scrypt=scrypt)
+    except (TokenError, ValueError) as exc:
+        print(f"keyd init: {exc}", file=sys.stderr)
+        return 1
+    close_ring(ring)
     store.save(state)
     print(
         f"keyd init: state created in {config.state_dir} (mode {config.mode}, key version 1)", file=sys.stderr

@@ -112,7 +112,7 @@ def _open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
         wipe(secret)
     for v, version in state.versions.items():
         if not cipher.check_kcv(ring.aeads[v], v, version.kcv_nonce, version.kcv):
-            _close_ring(ring)
+            close_ring(ring)
             raise WrongKey(f"key check value of version {v} does not match")
     ring.counts = {v: version.encryptions_reserved for v, version in state.versions.items()}
     return ring
@@ -128,7 +128,7 @@ def _add_file_aead(state: State, ring: Keyring, v: int) -> cipher.Aead:
     return aead
 
 
-def _close_ring(ring: Keyring) -> None:
+def close_ring(ring: Keyring) -> None:
     if ring.master is not None:
         ring.master.close()
     if ring.token is not None:
@@ -222,7 +222,7 @@ class Vault:
                 return False
             old, self._ring = self._ring, ring
             if old is not None:
-                _close_ring(old)
+                close_ring(old)
         log.info("unsealed (key version %d)", self.state.current_version)
         self.events.emit(Event.UNSEALED, mode=self.state.mode, key_version=self.state.current_version)
         return True
@@ -232,7 +232,7 @@ class Vault:
             ring, self._ring = self._ring, None
             if ring is None:
                 return
-            _close_ring(ring)
+            close_ring(ring)
         log.info("sealed (%s)", why)
         self.events.emit(Event.SEALED, why=why)
 

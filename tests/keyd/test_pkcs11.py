@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 
 import pytest
 
 from keyd.client import Context
 from keyd.errors import IntegrityFailure, KeydError, Sealed
-from tests.keyd.conftest import GENEROUS, SOFTHSM_MODULE, USER_PIN, Keyd, wait_for
+from tests.keyd.conftest import GENEROUS, SO_PIN, SOFTHSM_MODULE, USER_PIN, Keyd, wait_for
+from tests.support import need_binary
 
 CTX = Context("cust-7", "pan")
 
@@ -16,7 +19,6 @@ CTX = Context("cust-7", "pan")
 def _token_keys(env: dict[str, str]) -> dict[str, dict[str, bool]]:
     """Look at the token from outside keyd (a separate process, so keyd's SoftHSM is untouched)."""
     import json
-    import subprocess
     import sys
 
     script = f"""
@@ -110,3 +112,26 @@ def test_pkcs11_mode_end_to_end(keyd_factory: object, softhsm: dict[str, str]) -
         assert c.decrypt(new, context=CTX, actor="a", purpose="t") == b"4111111111111111"
     assert USER_PIN not in k.log_text()
     assert USER_PIN not in (k.state_dir / "events.jsonl").read_text()
+
+
+def test_init_refusals_in_pkcs11_mode(keyd_factory: object, softhsm: dict[str, str]) -> None:
+    util = need_binary("softhsm2-util")
+    subprocess.run(
+        [util, "--init-token", "--free", "--label", "keyd-test-2", "--so-pin", SO_PIN, "--pin", USER_PIN],
+        env=softhsm,
+        check=True,
+        capture_output=True,
+    )
+    k: Keyd = keyd_factory(mode="pkcs11", env=softhsm, extra=["--token-label", "keyd-test-2"])  # type: ignore[operator]
+    k.drop(b"wrong-pin\n")
+    wrong = k.cli("init", "--wait", "5", check=False)
+    assert wrong.returncode == 1
+    assert "the token refused the PIN" in wrong.stderr
+    assert not (k.state_dir / "state.json").exists()
+    k.init(USER_PIN.encode() + b"\n")
+    # An operator who lost the state but not the token: init will not silently add a second v1 key.
+    shutil.rmtree(k.state_dir)
+    k.drop(USER_PIN.encode() + b"\n")
+    again = k.cli("init", "--wait", "5", check=False)
+    assert again.returncode == 1
+    assert "already holds a key labelled 'strongroom-keyd-v1'" in again.stderr
