@@ -110,6 +110,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _init(config: Config, args: argparse.Namespace) -> int:
+    from keyd import hardening
     from keyd.keysource import DropRefused, TokenError, consume_drop, open_drop
     from keyd.state import StateError, StateStore, make_state_dir
     from keyd.vault import close_ring, create_state
@@ -131,7 +132,10 @@ def _init(config: Config, args: argparse.Namespace) -> int:
     what = {"passphrase": "passphrase", "raw": "raw key (64 hex digits)", "pin": "token PIN"}[kind]
     print(f"keyd init: waiting up to {args.wait:.0f} s for the {what} at {config.drop_path}", file=sys.stderr)
     deadline = time.monotonic() + args.wait
-    drop_uids = config.drop_uids or frozenset({os.geteuid()})
+    # init runs as root: accept the operator's drop as root or as keyd's user, like serve will.
+    drop_uids = config.drop_uids or frozenset(
+        {os.geteuid()} | ({hardening.resolve_user(config.user)[0]} if config.user else set())
+    )
     while True:
         try:
             fd = open_drop(config.drop_path)

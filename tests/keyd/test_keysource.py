@@ -208,9 +208,9 @@ def test_daemon_refuses_hostile_drop_and_keeps_running(
 
 def test_unprivileged_daemon_reports_a_drop_file_it_cannot_delete(keyd_factory: object) -> None:
     """keyd as its own user (privileges dropped after binding) in a drop dir it cannot write."""
-    k: Keyd = keyd_factory(extra=["--user", str(NOBODY), "--drop-uid", str(NOBODY)])  # type: ignore[operator]
+    k: Keyd = keyd_factory(extra=["--user", str(NOBODY)])  # type: ignore[operator]
     key = new_raw_key()
-    k.drop(key, uid=NOBODY)
+    k.drop(key, uid=NOBODY)  # init (as root) takes the drop from keyd's user too
     k.cli("init", "--wait", "10", "--key-kind", "raw")
     os.chmod(k.drop_dir, 0o755)  # noqa: S103 - root's, not writable by keyd's user
     k.start()
