@@ -343,17 +343,6 @@ def _field_bytes(field: str) -> bytes | None:
     return f
 
 
-def item_error(op: Op, record_id: str, field: str, data: bytes) -> Reason | None:
-    """What the server would refuse about one item, checked client side before sending."""
-    if not isinstance(record_id, str) or RECORD_RE.fullmatch(record_id.encode("ascii", "replace")) is None:
-        return Reason.BAD_RECORD_ID
-    if not isinstance(field, str) or FIELD_RE.fullmatch(field.encode("ascii", "replace")) is None:
-        return Reason.BAD_FIELD
-    if len(data) > (MAX_PLAINTEXT if op in (Op.ENCRYPT, Op.ENCRYPT_BATCH) else MAX_CIPHERTEXT):
-        return Reason.TOO_LARGE
-    return None
-
-
 @functools.lru_cache(maxsize=256)
 def _prefix(op: Op, actor: str, purpose: str) -> bytes:
     # The same employee and purpose repeat request after request: validate and encode them once.

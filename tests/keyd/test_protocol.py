@@ -143,3 +143,25 @@ def test_single_fast_paths_match_the_general_ones(
     assert encode_single(op, actor, purpose, *item) == encode_request(op, actor, purpose, [item])
     assert encode_one(item[2]) == encode_items([item[2]])
     assert parse_response(encode_one(item[2])[4:]) == [item[2]]
+
+
+@settings(max_examples=200)
+@given(
+    items=st.lists(
+        st.tuples(st.one_of(IDENT, st.just(""), st.just("bad id")), IDENT, st.binary(max_size=32)),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_client_batch_encoder_sends_only_what_the_server_accepts(items: list[tuple[str, str, bytes]]) -> None:
+    from keyd.client import Context
+    from keyd.protocol import encode_batch
+
+    request, errors = encode_batch(Op.ENCRYPT_BATCH, "a", "p", [(Context(r, f), d) for r, f, d in items])
+    expected_errors = [None if r not in ("", "bad id") else Reason.BAD_RECORD_ID for r, _, _ in items]
+    assert errors == expected_errors
+    sent = [(r, f, d) for (r, f, d), e in zip(items, errors, strict=True) if e is None]
+    if not sent:
+        assert request is None
+        return
+    assert request == encode_request(Op.ENCRYPT_BATCH, "a", "p", sent)
