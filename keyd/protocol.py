@@ -82,6 +82,7 @@ CRYPTO_OPS = frozenset(
 )
 BATCH_OPS = frozenset({Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH})
 ADMIN_OPS = frozenset({Op.SEAL, Op.ROTATE, Op.RETIRE})
+PLAINTEXT_OPS = frozenset({Op.ENCRYPT, Op.ENCRYPT_BATCH})  # the ops whose items carry plaintext
 _OPS = {int(op): op for op in Op}
 
 
@@ -219,7 +220,7 @@ def parse_request(body: bytes) -> Request:
                 raise ProtocolError(Reason.BAD_COUNT)
         elif count != 1:
             raise ProtocolError(Reason.BAD_COUNT)
-        limit = MAX_PLAINTEXT if op in (Op.ENCRYPT, Op.ENCRYPT_BATCH) else MAX_CIPHERTEXT
+        limit = MAX_PLAINTEXT if op in PLAINTEXT_OPS else MAX_CIPHERTEXT
         record_ok = RECORD_RE.fullmatch
         field_ok = FIELD_RE.fullmatch
         seen_fields = _SEEN_FIELDS
@@ -293,7 +294,7 @@ def encode_batch(
     """
     if not isinstance(actor, str) or not isinstance(purpose, str):
         raise ProtocolError(Reason.BAD_ACTOR if not isinstance(actor, str) else Reason.BAD_PURPOSE)
-    limit = MAX_PLAINTEXT if op in (Op.ENCRYPT, Op.ENCRYPT_BATCH) else MAX_CIPHERTEXT
+    limit = MAX_PLAINTEXT if op in PLAINTEXT_OPS else MAX_CIPHERTEXT
     parts = [_prefix(op, actor, purpose), b""]
     errors: list[Reason | None] = []
     record_ok = RECORD_RE.fullmatch

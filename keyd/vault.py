@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +201,16 @@ class Vault:
         self._lock = threading.Lock()  # state changes, rotation, encryption reservations
         self._allowed = config.allowed_uids
         self._admins = config.admin_uids
+        self._crypto: dict[Op, Callable[[Keyring, Request], bytes]] = {
+            Op.ENCRYPT: self._encrypt_one,
+            Op.DECRYPT: self._decrypt_one,
+            Op.REWRAP: lambda ring, req: encode_items(self._rewrap(ring, req)),
+            Op.ENCRYPT_BATCH: lambda ring, req: encode_items(self._encrypt(ring, req)),
+            Op.DECRYPT_BATCH: lambda ring, req: encode_items(self._decrypt(ring, req)),
+            Op.REWRAP_BATCH: lambda ring, req: encode_items(self._rewrap(ring, req)),
+        }
+        if set(self._crypto) != CRYPTO_OPS:
+            raise AssertionError("every crypto op needs a handler")
 
     # --- sealing ------------------------------------------------------------------------------
 
@@ -246,21 +257,14 @@ class Vault:
             return encode_error(BAD_REQUEST, exc.refusal)
         op = req.op
         try:
-            if op in CRYPTO_OPS:
+            crypto = self._crypto.get(op)
+            if crypto is not None:
                 if uid not in self._allowed:
                     return encode_error(FORBIDDEN, Reason.PEER_NOT_ALLOWED)
                 ring = self._ring
                 if ring is None:
                     return encode_error(ErrorCode.SEALED, Reason.SEALED)
-                if op is Op.ENCRYPT:
-                    return self._encrypt_one(ring, req)
-                if op is Op.DECRYPT:
-                    return self._decrypt_one(ring, req)
-                if op is Op.ENCRYPT_BATCH:
-                    return encode_items(self._encrypt(ring, req))
-                if op is Op.DECRYPT_BATCH:
-                    return encode_items(self._decrypt(ring, req))
-                return encode_items(self._rewrap(ring, req))
+                return crypto(ring, req)
             if op is Op.STATUS:
                 return encode_json(self.status())
             if op in ADMIN_OPS:
