@@ -140,7 +140,8 @@ class KeydClient:
     @staticmethod
     def _exchange(sock: socket.socket, request: bytes, reused: bool) -> bytes:
         try:
-            sock.sendall(request)
+            # MSG_NOSIGNAL: a keyd that went away is an EPIPE here, not a SIGPIPE in the web app.
+            sock.sendall(request, socket.MSG_NOSIGNAL)
             data = sock.recv(_RECV_SIZE)
         except (BrokenPipeError, ConnectionResetError):
             if reused:

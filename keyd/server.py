@@ -29,6 +29,8 @@ log = logging.getLogger("keyd")
 
 # Small first reads: a 64 KiB recv buffer costs more than a second recv for the rare large frame.
 RECV_SIZE = 4096
+# A peer that hangs up must cost an EPIPE, never a SIGPIPE, whatever the process's signal setup.
+NOSIGNAL = socket.MSG_NOSIGNAL
 _PEERCRED = struct.Struct("3i")
 
 
@@ -156,7 +158,7 @@ class Server:
             conn.settimeout(None)
             if not self._slots.acquire(blocking=False):
                 with contextlib.suppress(OSError):
-                    conn.sendall(encode_error(ErrorCode.FORBIDDEN, Reason.TOO_MANY_CONNECTIONS))
+                    conn.sendall(encode_error(ErrorCode.FORBIDDEN, Reason.TOO_MANY_CONNECTIONS), NOSIGNAL)
                 conn.close()
                 continue
             threading.Thread(target=self._connection, args=(conn,), daemon=True, name="keyd-conn").start()
@@ -180,11 +182,11 @@ class Server:
                 try:
                     body = reader.read()
                 except FrameError as exc:
-                    send(encode_error(ErrorCode.BAD_REQUEST, exc.reason))
+                    send(encode_error(ErrorCode.BAD_REQUEST, exc.reason), NOSIGNAL)
                     return
                 if body is None:
                     return
-                send(handle(body, uid))
+                send(handle(body, uid), NOSIGNAL)
         except OSError:
             return  # the peer went away or timed out: nothing to answer
         finally:
@@ -199,7 +201,7 @@ class Server:
         with contextlib.suppress(OSError, FrameError):
             FrameReader(conn).read()
         with contextlib.suppress(OSError):
-            conn.sendall(encode_error(ErrorCode.FORBIDDEN, Reason.PEER_NOT_ALLOWED))
+            conn.sendall(encode_error(ErrorCode.FORBIDDEN, Reason.PEER_NOT_ALLOWED), NOSIGNAL)
 
 
 class DropPoller:

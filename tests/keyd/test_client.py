@@ -77,3 +77,38 @@ def test_forked_child_gets_its_own_connection(running: Running) -> None:
             assert c.status().sealed is False
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_vanished_keyd_is_unavailable_not_sigpipe(tmp_path: Path) -> None:
+    """Even with SIGPIPE at its default (fatal) action, writing to a closed keyd raises Unavailable."""
+    path = tmp_path / "closing.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+
+    def close_everything() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.close()
+
+    threading.Thread(target=close_everything, daemon=True).start()
+    code = f"""
+import signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+from keyd.client import Context, KeydClient
+from keyd.errors import Unavailable
+items = [(Context("r%d" % i, "f"), b"x" * 16000) for i in range(60)]
+with KeydClient({str(path)!r}, timeout=2) as c:
+    try:
+        c.encrypt_batch(items, actor="a", purpose="p")
+    except Unavailable:
+        print("unavailable")
+"""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "unavailable"
