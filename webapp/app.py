@@ -7,6 +7,7 @@ all. The audit chain head is therefore locked only for the last moment of a requ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -86,10 +87,16 @@ def _dev_secret(instance: Path) -> str:
     path = instance / DEV_SECRET_FILE
     if not path.exists():
         instance.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written under a temporary name and linked into place: two gunicorn workers starting at
+        # once must not both generate one, nor read a half-written file.
+        tmp = instance / f".{DEV_SECRET_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("# an insecure DEVELOPMENT secret, generated for this checkout only\n")
             f.write(secrets.token_urlsafe(48) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # the first one wins
+        tmp.unlink()
     lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
     return lines[0]
 

@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKING_HOURS": "09:00-18:00",
     "WORKING_DAYS": "mon-fri",
     "WORKING_TIMEZONE": "UTC",
-    # "keyboard" or "keypad" (randomized on-screen keypad for the password).
+    # "keyboard"; "keypad" (the password is clicked on a randomized on-screen keypad); or
+    # "keypad-pin" (password typed, plus a second PIN clicked on a randomized digit keypad).
     "LOGIN_ENTRY": "keyboard",
     "ARGON2_TIME_COST": passwords.PRODUCTION_TIME_COST,
     "ARGON2_MEMORY_COST": passwords.PRODUCTION_MEMORY_COST_KIB,
@@ -56,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 MODES = ("production", "development")
-LOGIN_ENTRIES = ("keyboard", "keypad")
+LOGIN_ENTRIES = ("keyboard", "keypad", "keypad-pin")
 _INTS = (
     "SESSION_IDLE_TIMEOUT",
     "SESSION_ABSOLUTE_TIMEOUT",

@@ -43,6 +43,8 @@ class Event(StrEnum):
     USER_UNLOCKED = "admin.user_unlocked"
     PASSWORD_RESET = "admin.password_reset"  # noqa: S105 - an event name
     PASSWORD_REFUSED = "admin.password_refused"  # noqa: S105 - an event name
+    PIN_SET = "admin.pin_set"
+    PIN_REFUSED = "admin.pin_refused"
     USERS_LISTED = "admin.users_listed"
     CERT_BOUND = "admin.cert_bound"
     CERT_BIND_REFUSED = "admin.cert_bind_refused"
@@ -74,6 +76,7 @@ ALERTS: frozenset[Event] = frozenset(
         Event.USER_ENABLED,
         Event.USER_UNLOCKED,
         Event.PASSWORD_RESET,
+        Event.PIN_SET,
         Event.CERT_BOUND,
         Event.CERT_UNBOUND,
         Event.AUDIT_VERIFY_FAILED,

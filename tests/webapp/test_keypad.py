@@ -10,7 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.webapp.conftest import Person, client_for, csrf_token, get, post
+from tests.webapp.helpers import audit_rows, user_row
 from webapp.auth import keypad
+from webapp.events import Event
 
 _KEY = re.compile(r'data-token="([0-9a-f]{8})">([^<]+)</button>')
 
@@ -102,3 +104,70 @@ def test_decode_refuses_foreign_tokens() -> None:
     _, layout = keypad.new_layout()
     assert keypad.decode("deadbeef.cafebabe", layout) is None
     assert keypad.decode("", layout) is None
+
+
+PIN = "482915"
+
+
+@pytest.fixture
+def pin_app(make_app: Callable[..., Flask], people: dict[str, Person]) -> Flask:
+    app = make_app(LOGIN_ENTRY="keypad-pin")
+    result = app.test_cli_runner().invoke(args=["users", "set-pin", "alice", "--pin-stdin"], input=PIN + "\n")
+    assert result.exit_code == 0, result.output
+    return app
+
+
+def _pin_login(app: Flask, person: Person, password: str, pin: str) -> str:
+    client = client_for(app, person.cert)
+    page = get(client, "/login")
+    layout = _layout(page.text)
+    assert sorted(layout) == list("0123456789")  # a digit keypad, shuffled
+    assert 'type="password"' in page.text  # the password is typed; the PIN is clicked
+    data = {"csrf_token": csrf_token(page.text), "username": person.username, "password": password}
+    data["keypad"] = _spell(layout, pin)
+    r = post(client, "/login", data=data)
+    return "ok" if r.status_code == 302 else r.text
+
+
+def test_keypad_pin_login(pin_app: Flask, people: dict[str, Person]) -> None:
+    assert _pin_login(pin_app, people["alice"], people["alice"].password, PIN) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("who", "password_ok", "pin", "detail"),
+    [
+        ("alice", True, "482916", "wrong_pin"),
+        ("alice", False, PIN, "wrong_password"),
+        ("bob", True, PIN, "no_pin_set"),  # no PIN set: cannot log in where one is required
+    ],
+)
+def test_keypad_pin_failures(
+    pin_app: Flask, people: dict[str, Person], who: str, password_ok: bool, pin: str, detail: str
+) -> None:
+    person = people[who]
+    password = person.password if password_ok else "Wrong-Password-Attempt-99"
+    assert "Login failed." in _pin_login(pin_app, person, password, pin)
+    assert audit_rows(pin_app, Event.LOGIN_FAILURE)[-1].detail == detail
+    assert user_row(pin_app, who).failed_logins == 1  # a wrong PIN counts toward the lockout
+
+
+@pytest.mark.parametrize(
+    ("pin", "reason"),
+    [
+        ("48291", "must be 6-12 digits"),
+        ("4829150000000", "must be 6-12 digits"),
+        ("48291a", "must be 6-12 digits"),
+        ("４８２９１５", "must be 6-12 digits"),  # full-width digits are not ASCII digits
+        ("111111", "at least 3 different digits"),
+        ("121212", "at least 3 different digits"),
+        ("123456", "consecutive digits"),
+        ("890123", "consecutive digits"),
+        ("654321", "consecutive digits"),
+    ],
+)
+def test_pin_policy(app: Flask, people: dict[str, Person], pin: str, reason: str) -> None:
+    result = app.test_cli_runner().invoke(args=["users", "set-pin", "alice", "--pin-stdin"], input=pin + "\n")
+    assert result.exit_code == 1
+    assert reason in result.stderr
+    assert pin not in result.stderr
+    assert user_row(app, "alice").pin_hash is None

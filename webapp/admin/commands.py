@@ -103,6 +103,23 @@ def users_reset_password(username: str, password_stdin: bool) -> None:
     click.echo(f"password of {username} reset; their sessions were ended")
 
 
+@users_cli.command("set-pin")
+@click.argument("username")
+@click.option("--pin-stdin", is_flag=True, help="Read the PIN from stdin (one line).")
+def users_set_pin(username: str, pin_stdin: bool) -> None:
+    """Set the second PIN (needed where STRONGROOM_LOGIN_ENTRY is keypad-pin)."""
+    if pin_stdin:
+        line = sys.stdin.readline()
+        pin = line[:-1] if line.endswith("\n") else line
+    else:
+        pin = getpass.getpass("New PIN: ")
+        if getpass.getpass("Repeat it: ") != pin:
+            _fail("the two PINs differ")
+    with _admin() as ctx:
+        service.set_pin(ctx, username, pin)
+    click.echo(f"PIN of {username} set; their sessions were ended")
+
+
 def _simple(name: str, action: Callable[[service.AdminContext, str], Any], done: str) -> None:
     @users_cli.command(name)
     @click.argument("username")

@@ -118,6 +118,20 @@ def reset_password(ctx: AdminContext, username: str, password: str) -> None:
     )
 
 
+def set_pin(ctx: AdminContext, username: str, pin: str) -> None:
+    """The second PIN for keypad-pin deployments. Setting it ends the user's sessions, like a
+    password reset: whoever knew the old one is out."""
+    user = _user(ctx, username, lock=True)
+    result = passwords.check_pin(pin)
+    if not result.ok:
+        ctx.uow.record(Event.PIN_REFUSED, ok=False, resource=f"user:{user.id}", detail="policy")
+        raise AdminError("PIN refused: it " + "; it ".join(result.reasons))
+    conn = ctx.uow.conn
+    conn.execute(sa.update(users).where(users.c.id == user.id).values(pin_hash=ctx.hasher.hash(pin)))
+    ended = end_sessions(conn, sessions.c.user_id == user.id, now=ctx.now, reason="pin_set")
+    ctx.uow.record(Event.PIN_SET, ok=True, resource=f"user:{user.id}", detail=f"sessions_ended={ended}")
+
+
 def set_active(ctx: AdminContext, username: str, *, active: bool) -> int:
     user = _user(ctx, username, lock=True)
     conn = ctx.uow.conn

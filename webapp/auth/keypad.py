@@ -15,9 +15,12 @@ KEYS = string.ascii_letters + string.digits + string.punctuation
 TOKEN_HEX = 8
 
 
-def new_layout() -> tuple[list[tuple[str, str]], dict[str, str]]:
+DIGITS = string.digits
+
+
+def new_layout(alphabet: str = KEYS) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Shuffled (token, character) pairs to draw, and the token -> character map to keep."""
-    keys = list(KEYS)
+    keys = list(alphabet)
     secrets.SystemRandom().shuffle(keys)
     tokens: set[str] = set()
     while len(tokens) < len(keys):

@@ -8,6 +8,7 @@ upgraded on the next successful login (`needs_rehash`).
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -85,4 +86,21 @@ def check_policy(
         reasons.append("is too common or too easy to guess")
     if not reasons and any(verify(hasher, h, password) for h in recent_hashes):
         reasons.append(f"must not be one of the last {HISTORY} passwords")
+    return PolicyResult(tuple(reasons))
+
+
+PIN_MIN, PIN_MAX = 6, 12
+
+
+def check_pin(pin: str) -> PolicyResult:
+    """A second PIN: 6-12 digits, at least 3 different ones, not a straight run (123456, 987654)."""
+    reasons = []
+    if not (pin.isascii() and pin.isdigit()) or not PIN_MIN <= len(pin) <= PIN_MAX:
+        reasons.append(f"must be {PIN_MIN}-{PIN_MAX} digits")
+    else:
+        steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(pin)}
+        if len(set(pin)) < 3:
+            reasons.append("must use at least 3 different digits")
+        elif steps in ({1}, {9}):
+            reasons.append("must not be a run of consecutive digits")
     return PolicyResult(tuple(reasons))

@@ -88,17 +88,29 @@ def attempt_login(
     password: str,
     now: datetime,
     policy: LoginPolicy,
+    pin: str | None = None,
+    require_pin: bool = False,
 ) -> User | None:
     conn = uow.conn
     resource = f"user:{binding.user_id}"
     row = conn.execute(
-        sa.select(users.c.username, users.c.password_hash, users.c.failed_logins, users.c.locked_until)
+        sa.select(
+            users.c.username,
+            users.c.password_hash,
+            users.c.pin_hash,
+            users.c.failed_logins,
+            users.c.locked_until,
+        )
         .where(users.c.id == binding.user_id)
         .with_for_update()
     ).one()
     # Verify even when the typed username is wrong, so the two failures cost the same time.
     password_ok = passwords.verify(hasher, row.password_hash, password)
     name_ok = hmac.compare_digest(username.encode("utf-8"), row.username.encode("utf-8"))
+    pin_ok = True
+    if require_pin:
+        # A user without a PIN cannot log in where the deployment asks for one (fail closed).
+        pin_ok = bool(row.pin_hash and pin and passwords.verify(hasher, row.pin_hash, pin))
     failed = row.failed_logins
     if row.locked_until is not None:
         if now < from_db(row.locked_until):
@@ -107,20 +119,27 @@ def attempt_login(
             )
             return None
         failed = 0  # the lock has run out: start counting afresh
-    if not (password_ok and name_ok):
+    if not (password_ok and name_ok and pin_ok):
         failed += 1
         values: dict[str, object] = {"failed_logins": failed, "locked_until": None}
         if failed >= policy.threshold:
             values = {"failed_logins": 0, "locked_until": to_db(now + policy.lock_for)}
             uow.record(Event.ACCOUNT_LOCKED, ok=False, resource=resource, actor=binding.username)
         conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
-        detail = "wrong_password" if name_ok else "username_does_not_match_certificate"
+        if not name_ok:
+            detail = "username_does_not_match_certificate"
+        elif not password_ok:
+            detail = "wrong_password"
+        else:
+            detail = "wrong_pin" if row.pin_hash else "no_pin_set"
         uow.record(Event.LOGIN_FAILURE, ok=False, resource=resource, detail=detail, actor=binding.username)
         return None
     values = {"failed_logins": 0, "locked_until": None}
     if hasher.check_needs_rehash(row.password_hash):
         # Parameters were raised since this hash was made: upgrade it while we hold the password.
         values["password_hash"] = hasher.hash(password)
+    if require_pin and pin and hasher.check_needs_rehash(row.pin_hash):
+        values["pin_hash"] = hasher.hash(pin)
     conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
     uow.record(Event.LOGIN_SUCCESS, ok=True, resource=resource, actor=binding.username)
     return User(binding.user_id, binding.username, binding.role)

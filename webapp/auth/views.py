@@ -43,18 +43,14 @@ def login() -> ResponseReturnValue:
         uow.record(Event.PAGE_VIEW, ok=True, resource="/login", detail="already_logged_in")
         return redirect(url_for("auth.home"))
     form = LoginForm()
-    use_keypad = current_app.config["LOGIN_ENTRY"] == "keypad"
+    mode = current_app.config["LOGIN_ENTRY"]
     error = None
     if request.method == "POST":
+        # The layout is single-use: whatever happens next, this page's tokens are dead.
         layout = session.pop("keypad", None)
-        password: str | None = None
-        if form.validate():
-            if use_keypad and not form.password.data and isinstance(layout, dict):
-                password = keypad.decode(form.keypad.data or "", layout)
-            elif not use_keypad and not form.keypad.data:
-                password = form.password.data or None
+        password, pin = _entered(form, mode, layout if isinstance(layout, dict) else None)
         user = None
-        if password is None:
+        if password is None or (mode == "keypad-pin" and pin is None):
             uow.record(Event.LOGIN_FAILURE, ok=False, resource="/login", detail="incomplete_form")
         else:
             user = attempt_login(
@@ -65,6 +61,8 @@ def login() -> ResponseReturnValue:
                 password=password,
                 now=now,
                 policy=svc.login_policy,
+                pin=pin,
+                require_pin=mode == "keypad-pin",
             )
         if not svc.hours.contains(now):
             uow.record(
@@ -86,12 +84,31 @@ def login() -> ResponseReturnValue:
     else:
         uow.record(Event.LOGIN_PAGE, ok=True, resource="/login")
     pairs: list[tuple[str, str]] = []
-    if use_keypad:
-        pairs, layout_map = keypad.new_layout()
+    if mode != "keyboard":
+        pairs, layout_map = keypad.new_layout(keypad.DIGITS if mode == "keypad-pin" else keypad.KEYS)
         session["keypad"] = layout_map
     form.password.data = None
     form.keypad.data = None
-    return render_template("login.html", form=form, keypad=pairs, error=error, username=binding.username)
+    return render_template(
+        "login.html", form=form, mode=mode, keypad=pairs, error=error, username=binding.username
+    )
+
+
+def _entered(form: LoginForm, mode: str, layout: dict[str, str] | None) -> tuple[str | None, str | None]:
+    """(password, PIN) as this deployment's entry mode says they must arrive; None where they did not.
+
+    A secret sent the wrong way (typed where the keypad is required, or the reverse) counts as
+    missing: a keylogger-resistant deployment must not quietly accept typed passwords.
+    """
+    if not form.validate():
+        return None, None
+    typed, clicked = form.password.data or None, form.keypad.data or ""
+    if mode == "keyboard":
+        return (typed, None) if not clicked else (None, None)
+    decoded = keypad.decode(clicked, layout) if layout is not None else None
+    if mode == "keypad":
+        return (decoded, None) if typed is None else (None, None)
+    return typed, decoded  # keypad-pin: password typed, PIN clicked
 
 
 @bp.post("/logout")

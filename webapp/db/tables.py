@@ -32,6 +32,8 @@ users = sa.Table(
     sa.Column("username", sa.String(64), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
+    # argon2id of the second PIN, for deployments with LOGIN_ENTRY = "keypad-pin".
+    sa.Column("pin_hash", sa.String(255), nullable=True),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     # Lockout lives here, not in worker memory: every gunicorn worker sees the same count.
     sa.Column("failed_logins", sa.Integer, nullable=False, default=0),
