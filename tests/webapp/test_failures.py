@@ -87,6 +87,7 @@ def test_real_keyd_client_unreachable_gives_503(
     make_app: Callable[..., Flask], people: dict[str, Person], tmp_path: Path, clock: object
 ) -> None:
     from keyd.client import KeydClient  # the real client, pointed where nothing listens
+
     app = create_app(
         {
             "SECRET_KEY": SECRET,
