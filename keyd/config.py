@@ -5,10 +5,10 @@ Example (`/etc/strongroom/keyd.toml`)::
     socket = "/run/strongroom-keyd/keyd.sock"
     state_dir = "/var/lib/strongroom-keyd"
     drop_path = "/dev/shm/ekey"
-    allowed_uids = [33]          # the web app's uid
+    allowed_uids = [998]         # the web app's own user (strongroom-web), never Apache's www-data
     admin_uids = [0]             # who may seal, rotate and retire
     drop_uids = []               # owners a drop file may have; empty = keyd's own uid
-    socket_group = "www-data"    # the group that may enter the socket dir
+    socket_group = "strongroom-web"  # the web app's group: the only one that may enter the socket dir
     user = "strongroom-keyd"     # drop root privileges to this user after binding
     mode = "file"                # or "pkcs11"
     pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"

@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "MODE": "production",
     # None means SQLite in the instance folder (the embedded default).
     "DATABASE_URL": None,
-    "KEYD_SOCKET": "/run/strongroom/keyd.sock",
+    "KEYD_SOCKET": "/run/strongroom-keyd/keyd.sock",  # keyd's own default
     "KEYD_TIMEOUT": 2.0,
     # Behind Apache on the private Unix socket: trust the proxy's certificate and IP headers.
     "BEHIND_PROXY": False,

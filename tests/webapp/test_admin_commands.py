@@ -78,6 +78,9 @@ def test_a_new_binding_replaces_the_previous_one(
         (["users", "add", "bob", "--role", "clerk", "--password-stdin"], "error: user already exists: bob"),
         (["users", "add", "eve", "--role", "clerk", "--password-stdin"], "error: password refused"),
         (["users", "add", "eve vil", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+        # The CA refuses such names (and "-x" reads as an option): no user it could never certify.
+        (["users", "add", "_eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+        (["users", "add", ".eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
     ],
 )
 def test_refusals_exit_1_with_one_line_and_are_audited(

@@ -44,10 +44,17 @@ def _user(ctx: AdminContext, username: str, *, lock: bool = False) -> sa.Row:
 
 
 def _valid_username(name: str) -> None:
-    if not (1 <= len(name) <= USERNAME_MAX) or not all(
-        c.isascii() and (c.isalnum() or c in "._-") for c in name
+    # The first character is a letter or digit, as the CA requires: a name starting with '-' would
+    # read as an option on a command line, and every user must be able to get a certificate.
+    if (
+        not (1 <= len(name) <= USERNAME_MAX)
+        or not (name[0].isascii() and name[0].isalnum())
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
     ):
-        raise AdminError("usernames are 1-64 characters of a-z, A-Z, 0-9, '.', '_' and '-'")
+        raise AdminError(
+            "usernames are 1-64 characters of a-z, A-Z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
 
 
 def _check_password(
