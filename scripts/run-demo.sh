@@ -68,14 +68,11 @@ echo "== keyd serve (sealed until the key is dropped)"
 pids+=($!)
 for _ in $(seq 50); do [[ -S "$KEYD_SOCKET" ]] && break; sleep 0.1; done
 drop_key
-for _ in $(seq 100); do
-    "${KEYD[@]}" status "${KEYD_FLAGS[@]}" 2>/dev/null | grep -q 'sealed: *false' && break
-    sleep 0.1
-done
-"${KEYD[@]}" status "${KEYD_FLAGS[@]}" | grep -q 'sealed: *false' || {
-    echo "keyd did not unseal: see $DEMO_DIR/keyd.log" >&2
-    exit 1
-}
+# `keyd status` exits 0 sealed or not: read its answer. (Captured, not piped into `grep -q`, which
+# would close the pipe early and, under pipefail, fail the check.)
+unsealed() { [[ $("${KEYD[@]}" status "${KEYD_FLAGS[@]}" 2>/dev/null) == *"sealed: false"* ]]; }
+for _ in $(seq 100); do unsealed && break; sleep 0.1; done
+unsealed || { echo "keyd did not unseal: see $DEMO_DIR/keyd.log" >&2; exit 1; }
 
 # --- web app database and the demo admin -----------------------------------------------------
 export STRONGROOM_MODE=production
@@ -88,7 +85,8 @@ FLASK=("$PY" -m flask --app webapp)
 
 echo "== database migrations"
 "${FLASK[@]}" db upgrade
-if ! "${FLASK[@]}" users list | grep -qw -- "$ADMIN"; then
+users=$("${FLASK[@]}" users list)
+if ! grep -qw -- "$ADMIN" <<<"$users"; then
     "${FLASK[@]}" users add "$ADMIN" --role admin --password-stdin < "$SECRETS/admin.password"
 fi
 
@@ -106,8 +104,9 @@ BUNDLE=$DEMO_DIR/$ADMIN.p12
 if [[ ! -f "$BUNDLE" ]]; then
     echo "== issuing $ADMIN's certificate bundle (bound to the web app user)"
     # The CA shows a generated bundle password once; the demo keeps it for the banner below.
-    "${CA[@]}" issue "$ADMIN" --out "$BUNDLE" --replace 2>&1 | tee "$DEMO_DIR/issue.out" \
-        | grep -v 'bundle password'
+    "${CA[@]}" issue "$ADMIN" --out "$BUNDLE" --replace >"$DEMO_DIR/issue.out" 2>&1 \
+        || { cat "$DEMO_DIR/issue.out" >&2; rm -f "$DEMO_DIR/issue.out"; exit 1; }
+    grep -v 'bundle password' "$DEMO_DIR/issue.out" || true
     sed -n 's/.*bundle password[^:]*: *//p' "$DEMO_DIR/issue.out" > "$SECRETS/bundle.password"
     rm -f "$DEMO_DIR/issue.out"
 fi

@@ -93,6 +93,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     output = "".join(lines)
     if "demo ready" not in output:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
         pytest.fail(f"the demo did not start:\n{output}")
     # The bundle as a browser would import it: it opens only with the printed password.
     bundle = Path(_field(output, "bundle"))
