@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -87,7 +87,8 @@ def header(version: int) -> bytes:
 
 def associated_data(head: bytes, record_id: bytes, field: bytes) -> bytes:
     # Lengths are < 256 (see keyd.protocol); the prefixes make the encoding unambiguous.
-    return b"".join((head, bytes((len(record_id),)), record_id, bytes((len(field),)), field))
+    lens = _LENGTH_BYTES
+    return b"".join((head, lens[len(record_id)], record_id, lens[len(field)], field))
 
 
 def split(ciphertext: bytes) -> tuple[int, bytes, bytes, bytes]:
@@ -104,23 +105,35 @@ def split(ciphertext: bytes) -> tuple[int, bytes, bytes, bytes]:
 def encrypt(aead: Aead, version: int, plaintext: bytes, record_id: bytes, field: bytes) -> bytes:
     head = header(version)
     nonce = os.urandom(NONCE_LEN)
-    return head + nonce + aead.seal(nonce, plaintext, associated_data(head, record_id, field))
+    lens = _LENGTH_BYTES
+    aad = b"".join((head, lens[len(record_id)], record_id, lens[len(field)], field))
+    return b"".join((head, nonce, aead.seal(nonce, plaintext, aad)))
 
 
 _LENGTH_BYTES = [bytes((i,)) for i in range(256)]
 
 
-def encrypt_many(aead: Aead, version: int, items: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
-    """Encrypt (record id, field, plaintext) items under one version: one header, one urandom call."""
+def encrypt_many(
+    aead: Aead, version: int, items: Sequence[tuple[bytes, bytes, bytes, object]]
+) -> list[bytes]:
+    """Encrypt (record id, field, plaintext, error) items under one version: one header, one urandom
+    call. The items are keyd.protocol's parsed items, passed as they are; one that carries an error
+    must never get here, and if it does the whole call fails (closed) before anything is returned.
+    """
     head = header(version)
     nonces = os.urandom(NONCE_LEN * len(items))
     seal = aead.seal
     lens = _LENGTH_BYTES
     out: list[bytes] = []
-    for i, (record_id, field, plaintext) in enumerate(items):
-        nonce = nonces[i * NONCE_LEN : (i + 1) * NONCE_LEN]
+    add = out.append
+    pos = 0
+    for record_id, field, plaintext, error in items:
+        if error is not None:
+            raise ValueError("an item that failed validation reached encryption")
+        nonce = nonces[pos : pos + NONCE_LEN]
+        pos += NONCE_LEN
         aad = b"".join((head, lens[len(record_id)], record_id, lens[len(field)], field))
-        out.append(b"".join((head, nonce, seal(nonce, plaintext, aad))))
+        add(b"".join((head, nonce, seal(nonce, plaintext, aad))))
     return out
 
 

@@ -324,10 +324,11 @@ class Vault:
 
     def _encrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
         items = req.items
-        good = [(r, f, d) for r, f, d, err in items if err is None]
-        refusal = self._reserve_encryptions(ring, self.state.current_version, len(good)) if good else None
+        # One read of the version: the count reserved and the key used must be the same version's.
+        v = self.state.current_version
+        good = [item for item in items if item[3] is None] if req.failed else items
+        refusal = self._reserve_encryptions(ring, v, len(good)) if good else None
         if refusal is None:
-            v = self.state.current_version
             if len(good) == len(items):
                 return cipher.encrypt_many(ring.aeads[v], v, good)  # type: ignore[return-value] # all bytes
             sealed = iter(cipher.encrypt_many(ring.aeads[v], v, good))
@@ -417,13 +418,13 @@ class Vault:
         # Rewrap never returns plaintext, so it is not charged to the decrypt budgets.
         opened = self._open_all(ring, req, charge=False)
         good = [
-            (item[0], item[1], plain)
+            (item[0], item[1], plain, None)
             for item, plain in zip(req.items, opened, strict=True)
             if isinstance(plain, bytes)
         ]
-        refusal = self._reserve_encryptions(ring, self.state.current_version, len(good)) if good else None
+        v = self.state.current_version  # read once, as in _encrypt
+        refusal = self._reserve_encryptions(ring, v, len(good)) if good else None
         if refusal is None:
-            v = self.state.current_version
             sealed = iter(cipher.encrypt_many(ring.aeads[v], v, good))
         out: list[Outcome] = []
         for result in opened:

@@ -51,3 +51,9 @@ def test_malformed_ciphertexts(bad: bytes) -> None:
 def test_key_length_is_checked() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         cipher.FileAead(b"short")
+
+
+def test_encrypt_many_refuses_an_item_that_failed_validation() -> None:
+    aead = cipher.FileAead(os.urandom(32))
+    with pytest.raises(ValueError, match="failed validation"):
+        cipher.encrypt_many(aead, 1, [(b"r", b"f", b"ok", None), (b"r", b"f", b"bad", "bad_field")])

@@ -53,6 +53,7 @@ def test_parser_only_ever_refuses_with_bad_request(body: bytes) -> None:
         refusal = exc
     else:
         refusal = None
+        assert req.failed == sum(i[3] is not None for i in req.items)
         # Whatever parses re-encodes to exactly the same bytes: one encoding per request.
         items = [(i[0].decode(), i[1].decode(), i[2]) for i in req.items]
         if all(i[3] is None for i in req.items):
@@ -165,3 +166,41 @@ def test_client_batch_encoder_sends_only_what_the_server_accepts(items: list[tup
         assert request is None
         return
     assert request == encode_request(Op.ENCRYPT_BATCH, "a", "p", sent)
+
+
+@settings(max_examples=1000)
+@given(
+    records=st.lists(
+        st.one_of(
+            st.from_regex(rb"[A-Za-z0-9][A-Za-z0-9._:/-]{0,130}", fullmatch=True),
+            st.binary(max_size=8),
+            st.sampled_from([b"", b"\n", b"a\nb", b"a\n", b"\na", b"-a", b"a" * 128, b"a" * 129]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_batch_record_check_is_the_per_id_check(records: list[bytes]) -> None:
+    from keyd.protocol import RECORD_RE, all_records_ok
+
+    assert all_records_ok(records) == all(RECORD_RE.fullmatch(r) is not None for r in records)
+
+
+@settings(max_examples=300)
+@given(
+    items=st.lists(
+        st.tuples(st.sampled_from(["r1", "a\nb", "r2", ""]), IDENT, st.binary(max_size=8)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_server_marks_exactly_the_bad_record_ids(items: list[tuple[str, str, bytes]]) -> None:
+    # encode_request refuses bad ids, so build the body by hand: the server must judge each one.
+    body = b"\x01" + bytes((Op.ENCRYPT_BATCH,)) + b"\x01a\x01p" + struct.pack(">H", len(items))
+    for r, f, d in items:
+        body += bytes((len(r),)) + r.encode() + bytes((len(f),)) + f.encode() + struct.pack(">I", len(d)) + d
+    req = parse_request(body)
+    assert req.failed == sum(i[3] is not None for i in req.items)
+    assert [i[3] for i in req.items] == [
+        None if r in ("r1", "r2") else Reason.BAD_RECORD_ID for r, _, _ in items
+    ]
