@@ -37,6 +37,7 @@ from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.headers import SecurityHeaders
 from webapp.outbox import EventSink, OutboxSink
+from webapp.records import tables as _records_tables  # noqa: F401 - puts the records tables on the shared schema
 from webapp.request import origin, services, unit
 from webapp.unit import Origin, UnitOfWork
 from webapp.vault import Vault, make_vault
@@ -189,10 +190,12 @@ def create_app(
     from webapp.admin.views import bp as admin_bp
     from webapp.audit.views import bp as audit_bp
     from webapp.auth.views import bp as auth_bp
+    from webapp.records.views import bp as records_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(records_bp)
     register_commands(app)
 
     @app.teardown_request

@@ -53,6 +53,14 @@ class Event(StrEnum):
     AUDIT_VIEWED = "audit.viewed"
     AUDIT_VERIFIED = "audit.verified"
     AUDIT_VERIFY_FAILED = "audit.verify_failed"
+    # Customer records and cards (webapp/records)
+    RECORDS_LISTED = "records.listed"
+    RECORD_VIEWED = "records.viewed"
+    RECORD_ADDED = "records.added"
+    RECORD_RETIRED = "records.retired"
+    RECORD_REFUSED = "records.refused"
+    CARD_ADDED = "card.added"
+    CARD_REFUSED = "card.refused"
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.
@@ -80,5 +88,7 @@ ALERTS: frozenset[Event] = frozenset(
         Event.CERT_BOUND,
         Event.CERT_UNBOUND,
         Event.AUDIT_VERIFY_FAILED,
+        Event.RECORD_REFUSED,
+        Event.CARD_REFUSED,
     }
 )

@@ -26,3 +26,6 @@ GRANT SELECT, INSERT, UPDATE ON sessions TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
 -- The app may read the schema revision, never move it: migrations run as the database owner.
 GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';
+-- Customer records are retired (UPDATE), never deleted; cards are written once and never changed.
+GRANT SELECT, INSERT, UPDATE ON customer_records TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT ON cards TO 'strongroom'@'localhost';

@@ -1,0 +1,1 @@
+"""Customer records (keyed by CRM reference) and their cards: PAN and cardholder name only through keyd."""

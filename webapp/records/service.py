@@ -1,0 +1,156 @@
+"""Records and cards in the request's transaction; card secrets only through keyd.
+
+A card's id is random and generated before anything is encrypted, so each ciphertext is bound
+(keyd context = card id + field name) to the row it is written into, and the row is inserted only
+after every encryption succeeded: keyd sealed or unavailable leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from keyd.client import Context
+from keyd.errors import Unavailable
+from webapp.clock import to_db
+from webapp.records.cards import Pan
+from webapp.records.tables import cards, customer_records
+
+DEFAULT_CRM_REF_PATTERN = r"^C[0-9]{6,10}$"
+
+
+class CardCipher(Protocol):
+    def encrypt(self, plaintext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
+    def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
+
+
+def cipher(vault: object) -> CardCipher:
+    """The app's keyd client as a cipher; anything else (no client installed) is keyd unavailable."""
+    if not (hasattr(vault, "encrypt") and hasattr(vault, "decrypt")):
+        raise Unavailable("the keyd client cannot encrypt")
+    return vault
+
+
+class RecordRefused(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_crm_ref(value: str, pattern: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise RecordRefused("CRM reference: wrong format")
+    return value
+
+
+def add_record(conn: sa.Connection, crm_ref: str, *, actor: str, now: datetime) -> int:
+    result = conn.execute(
+        sa.insert(customer_records).values(crm_ref=crm_ref, created_at=to_db(now), created_by=actor)
+    )
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the database returned no record id")
+    return int(key[0])
+
+
+def find_records(conn: sa.Connection, crm_ref: str) -> list[sa.Row]:
+    return list(
+        conn.execute(
+            sa.select(customer_records)
+            .where(customer_records.c.crm_ref == crm_ref)
+            .order_by(customer_records.c.id)
+        )
+    )
+
+
+def get_record(conn: sa.Connection, record_id: int, *, for_update: bool = False) -> sa.Row | None:
+    q = sa.select(customer_records).where(customer_records.c.id == record_id)
+    if for_update:
+        q = q.with_for_update()
+    return conn.execute(q).one_or_none()
+
+
+def writable_record(conn: sa.Connection, record_id: int) -> sa.Row | None:
+    """The record, locked; RecordRefused when it is retired (retired records are read-only)."""
+    row = get_record(conn, record_id, for_update=True)
+    if row is not None and row.retired_at is not None:
+        raise RecordRefused("record is retired: it is read-only")
+    return row
+
+
+def retire_record(conn: sa.Connection, record_id: int, *, actor: str, now: datetime) -> None:
+    conn.execute(
+        sa.update(customer_records)
+        .where(customer_records.c.id == record_id, customer_records.c.retired_at.is_(None))
+        .values(retired_at=to_db(now), retired_by=actor)
+    )
+
+
+def masked_cards(conn: sa.Connection, record_id: int) -> list[sa.Row]:
+    """Brand and last four only: the ciphertexts are not even selected."""
+    return list(
+        conn.execute(
+            sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.created_at)
+            .where(cards.c.record_id == record_id)
+            .order_by(cards.c.created_at, cards.c.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class NewCard:
+    pan: Pan
+    cardholder: str
+    expiry: str  # MM/YYYY
+
+
+def add_card(
+    conn: sa.Connection, keyd: CardCipher, record_id: int, card: NewCard, *, actor: str, now: datetime
+) -> str:
+    card_id = secrets.token_hex(16)
+
+    def seal(field: str, value: str) -> bytes:
+        return keyd.encrypt(
+            value.encode("utf-8"), context=Context(card_id, field), actor=actor, purpose="card.add"
+        )
+
+    # All three first: Sealed/Unavailable raised here leaves the transaction without a card row.
+    pan_ct, name_ct, expiry_ct = (
+        seal("pan", card.pan.digits),
+        seal("cardholder", card.cardholder),
+        seal("expiry", card.expiry),
+    )
+    conn.execute(
+        sa.insert(cards).values(
+            id=card_id,
+            record_id=record_id,
+            brand=card.pan.brand,
+            last4=card.pan.last4,
+            pan_ct=pan_ct,
+            name_ct=name_ct,
+            expiry_ct=expiry_ct,
+            created_at=to_db(now),
+            created_by=actor,
+        )
+    )
+    return card_id
+
+
+_FIELDS = {"pan": cards.c.pan_ct, "cardholder": cards.c.name_ct, "expiry": cards.c.expiry_ct}
+
+
+def unchecked_decrypt(
+    conn: sa.Connection, keyd: CardCipher, card_id: str, field: str, *, actor: str, purpose: str
+) -> bytes:
+    """¡DANGER! Decrypts a card field with no permission, step-up or budget check of its own.
+
+    No route calls this yet: the reveal slice must wrap it in its checks and audit. The row's own id
+    is the keyd context, so a ciphertext copied from another row fails (IntegrityFailure).
+    """
+    blob = conn.execute(sa.select(_FIELDS[field]).where(cards.c.id == card_id)).scalar_one()
+    return keyd.decrypt(bytes(blob), context=Context(card_id, field), actor=actor, purpose=purpose)

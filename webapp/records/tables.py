@@ -1,0 +1,38 @@
+"""The records tables, on the shared schema metadata (webapp.db.tables.metadata).
+
+A card row holds ciphertexts (keyd, bound to the card's id and the field name) plus brand and last
+four digits in clear. Nothing else about a card is stored: never a CVV, never a PAN in clear.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from webapp.db.tables import UtcDateTime, metadata
+
+customer_records = sa.Table(
+    "customer_records",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("crm_ref", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    # Retired records stay (evidence, and their cards' ciphertexts) but are read-only.
+    sa.Column("retired_at", UtcDateTime, nullable=True),
+    sa.Column("retired_by", sa.String(64), nullable=True),
+)
+
+cards = sa.Table(
+    "cards",
+    metadata,
+    # Random, generated before encryption: keyd binds every ciphertext to it, so it must never change.
+    sa.Column("id", sa.String(32), primary_key=True, autoincrement=False),
+    sa.Column("record_id", sa.Integer, sa.ForeignKey("customer_records.id"), nullable=False, index=True),
+    sa.Column("brand", sa.String(16), nullable=False),
+    sa.Column("last4", sa.String(4), nullable=False),
+    sa.Column("pan_ct", sa.LargeBinary(128), nullable=False),
+    sa.Column("name_ct", sa.LargeBinary(256), nullable=False),
+    sa.Column("expiry_ct", sa.LargeBinary(64), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+)
