@@ -256,3 +256,23 @@ def test_auditors_and_admins_get_403_on_every_records_route(
         assert len(audit_rows(app, "request.access_denied")) == before + 6
     assert len(_rows(app, customer_records)) == 1
     assert _rows(app, cards) == []
+
+
+def test_keyd_down_mid_request_leaves_no_card(
+    app: Flask, people: dict[str, Person], keyd_running: tuple[Keyd, bytes]
+) -> None:
+    keyd, key = keyd_running
+    client = _logged_in(app, people["alice"])
+    record_id = _add_record(client)
+    data = _card_form(client, record_id)
+    keyd.stop()
+    try:
+        r = post(client, f"/records/{record_id}/cards", data=data)
+        assert r.status_code == 503
+        assert "unavailable" in r.text
+        assert _rows(app, cards) == []
+        assert audit_rows(app, "error.vault_unavailable")
+        assert not audit_rows(app, "card.added")
+    finally:
+        keyd.start()
+        keyd.unseal(key)
