@@ -227,9 +227,9 @@ class Running:
     key: bytes
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[Running]:
-    """One unsealed file-mode keyd shared by a module's read-mostly tests."""
+@contextlib.contextmanager
+def unsealed_keyd() -> Iterator[Running]:
+    """A real file-mode keyd, unsealed through its drop file, with budgets out of the way."""
     need_root()
     with traversable_tmp() as tmp:
         k = make_keyd(tmp / "k", extra=GENEROUS)
@@ -240,6 +240,13 @@ def running() -> Iterator[Running]:
         yield Running(k, key)
         if k.proc is not None:
             k.kill()
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    """One unsealed file-mode keyd shared by a module's read-mostly tests."""
+    with unsealed_keyd() as r:
+        yield r
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from flask.testing import FlaskClient
 from keyd.client import KeydClient
 from keyd.errors import IntegrityFailure
 from tests.fixtures.pki import TestCA
-from tests.keyd.conftest import GENEROUS, Keyd, make_keyd, raw_key, traversable_tmp
-from tests.support import need_root
+from tests.keyd.conftest import Keyd, unsealed_keyd
 from tests.webapp.conftest import PASSWORDS, Person, client_for, csrf_token, get, login, post
 from tests.webapp.helpers import audit_rows
 from webapp.config import ConfigError
@@ -27,16 +26,8 @@ CRM = "C1234567"
 
 @pytest.fixture(scope="module")
 def keyd_running() -> Iterator[tuple[Keyd, bytes]]:
-    need_root()
-    with traversable_tmp() as tmp:
-        k = make_keyd(tmp / "k", extra=GENEROUS)
-        key = raw_key()
-        k.init(key, "--key-kind", "raw")
-        k.start()
-        k.unseal(key)
-        yield k, key
-        if k.proc is not None:
-            k.kill()
+    with unsealed_keyd() as running:
+        yield running.keyd, running.key
 
 
 @pytest.fixture
