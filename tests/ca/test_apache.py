@@ -18,10 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.ca.conftest import CA
+from tests.fixtures.pki import unpack_bundle
 from tests.support import need_binary
 
 MODULES = Path("/usr/lib/apache2/modules")
@@ -150,20 +149,6 @@ def apache_for(tmp_path: Path) -> Iterator[Callable[[CA], Apache]]:
         apache.stop()
 
 
-def _client(bundle: Path, password: str, where: Path) -> tuple[Path, Path]:
-    key, cert, chain = pkcs12.load_key_and_certificates(bundle.read_bytes(), password.encode())
-    assert key is not None
-    assert cert is not None
-    key_path, cert_path = where / f"{bundle.stem}.key", where / f"{bundle.stem}.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain]))
-    return cert_path, key_path
-
-
 def _hook(ca: CA, apache: Apache) -> None:
     """Point the CA's reload hook at this Apache (the config is read on each run)."""
     text = (ca.dir / "config.toml").read_text()
@@ -176,8 +161,8 @@ def test_revocation_takes_effect_in_apache_at_once(
 ) -> None:
     ca = make_ca()
     ca.ok("server", "localhost", "127.0.0.1", "--out-dir", str(ca.work))
-    alice = _client(*ca.issue("alice")[:2], tmp_path)
-    bob = _client(*ca.issue("bob")[:2], tmp_path)
+    alice = unpack_bundle(*ca.issue("alice")[:2], tmp_path)
+    bob = unpack_bundle(*ca.issue("bob")[:2], tmp_path)
     apache = apache_for(ca)
     _hook(ca, apache)
     assert apache.get(alice, ca) == 200
@@ -200,7 +185,7 @@ def test_an_expired_crl_locks_everyone_out_and_the_timer_restores_access(
     ca.clock.now -= timedelta(days=10)
     ca.ok("crl")
     ca.ok("server", "localhost", "--out-dir", str(ca.work))
-    alice = _client(*ca.issue("alice")[:2], tmp_path)
+    alice = unpack_bundle(*ca.issue("alice")[:2], tmp_path)
     apache = apache_for(ca)
     _hook(ca, apache)
     assert str(apache.get(alice, ca)).startswith("refused")  # fail closed

@@ -12,10 +12,8 @@ import ssl
 import threading
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
-
 from tests.ca.conftest import CA
+from tests.fixtures.pki import unpack_bundle
 
 
 def _server_context(ca: CA) -> ssl.SSLContext:
@@ -26,20 +24,6 @@ def _server_context(ca: CA) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=ca.dir / "publish" / "crl.pem")  # SSLCARevocationFile
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN  # SSLCARevocationCheck chain
     return ctx
-
-
-def _client_files(bundle: Path, password: str, where: Path) -> tuple[Path, Path]:
-    key, cert, chain = pkcs12.load_key_and_certificates(bundle.read_bytes(), password.encode())
-    assert key is not None
-    assert cert is not None
-    key_path, cert_path = where / f"{bundle.stem}.key", where / f"{bundle.stem}.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain]))
-    return cert_path, key_path
 
 
 def _handshake(ca: CA, client_cert: tuple[Path, Path] | None) -> tuple[bytes | None, str | None]:
@@ -85,7 +69,7 @@ def _handshake(ca: CA, client_cert: tuple[Path, Path] | None) -> tuple[bytes | N
 def test_issued_certificate_gets_in_and_revoked_one_does_not(ca: CA, tmp_path: Path) -> None:
     ca.ok("server", "localhost", "127.0.0.1", "--out-dir", str(ca.work))
     bundle, password, _ = ca.issue("alice")
-    client = _client_files(bundle, password, tmp_path)
+    client = unpack_bundle(bundle, password, tmp_path)
 
     assert _handshake(ca, client) == (b"pong", None)
 
@@ -109,4 +93,4 @@ def test_a_service_certificate_also_passes_tls_but_is_marked_as_a_service(ca: CA
     ca.ok("server", "localhost", "--out-dir", str(ca.work))
     out = ca.ok("service", "crm", "--out", str(ca.work / "crm.p12")).output
     password = out.split("hand it over separately from the bundle): ")[1].split()[0]
-    assert _handshake(ca, _client_files(ca.work / "crm.p12", password, tmp_path)) == (b"pong", None)
+    assert _handshake(ca, unpack_bundle(ca.work / "crm.p12", password, tmp_path)) == (b"pong", None)

@@ -19,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+from tests.fixtures.pki import unpack_bundle
 from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,15 +101,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     bundle = Path(_field(output, "bundle"))
     with pytest.raises(ValueError, match="password"):
         pkcs12.load_key_and_certificates(bundle.read_bytes(), b"not the password")
-    key, cert, _ = pkcs12.load_key_and_certificates(
-        bundle.read_bytes(), _field(output, "bundle password").encode()
-    )
-    assert key is not None
-    assert cert is not None
-    cert_path, key_path = demo_dir / "client.crt", demo_dir / "client.key"
-    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    running = Demo(proc, demo_dir, port, output, (cert_path, key_path))
+    client = unpack_bundle(bundle, _field(output, "bundle password"), demo_dir)
+    running = Demo(proc, demo_dir, port, output, client)
     try:
         yield running
     finally:
