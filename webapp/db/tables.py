@@ -23,7 +23,7 @@ metadata = sa.MetaData(
 # DATETIME without a precision truncates to seconds on MariaDB: idle timeouts would drift.
 UtcDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-ROLES = ("admin", "auditor", "clerk")
+ROLES = ("admin", "auditor", "clerk", "supervisor")
 
 users = sa.Table(
     "users",
@@ -40,7 +40,7 @@ users = sa.Table(
     sa.Column("locked_until", UtcDateTime, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("password_changed_at", UtcDateTime, nullable=False),
-    sa.CheckConstraint("role IN ('admin', 'auditor', 'clerk')", name="role"),
+    sa.CheckConstraint("role IN ('admin', 'auditor', 'clerk', 'supervisor')", name="role"),
 )
 
 # Previous password hashes (PCI DSS 8.3.7: no reuse of the last four).

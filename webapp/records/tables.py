@@ -36,3 +36,11 @@ cards = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("created_by", sa.String(64), nullable=False),
 )
+
+
+# Every column that holds a keyd ciphertext, with the field name keyd binds it to (the row's id is the
+# other half of the context). Rewrap, backup verification and key-version counts walk this registry:
+# a new encrypted column that is not listed here would be missed by all three.
+ENCRYPTED_COLUMNS: dict[sa.Table, dict[str, sa.Column[bytes]]] = {
+    cards: {"pan": cards.c.pan_ct, "cardholder": cards.c.name_ct, "expiry": cards.c.expiry_ct},
+}
