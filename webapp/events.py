@@ -61,6 +61,9 @@ class Event(StrEnum):
     RECORD_REFUSED = "records.refused"
     CARD_ADDED = "card.added"
     CARD_REFUSED = "card.refused"
+    # Reveal, step-up, items, edits (webapp/records): add members here
+
+    # Request budgets and mail delivery (webapp/budgets, webapp/mail): add members here
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.
