@@ -225,4 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.command == "init":
         return _init(config, args)
-    return _remote(config, args)
+    try:
+        return _remote(config, args)
+    except BrokenPipeError:
+        # `keyd status | head -1`: the reader left. Python's documented remedy: point stdout at
+        # /dev/null so the interpreter's final flush does not raise again, and exit non-zero.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from keyd.client import Context, KeydAdminClient
 from keyd.errors import BadRequest, Forbidden, IntegrityFailure, KeydError, Sealed, Unavailable
-from tests.keyd.conftest import Keyd, Running, raw_key, wait_for
+from tests.keyd.conftest import ROOT, Keyd, Running, raw_key, wait_for
 
 CTX = Context("cust-42", "pan")
 PAN = b"4111111111111111"
@@ -321,3 +324,25 @@ def test_nothing_secret_reaches_the_log_or_the_events(running: Running) -> None:
         assert blob.hex() not in text
     state = (running.keyd.state_dir / "state.json").read_text()
     assert key_hex not in state
+
+
+def test_status_into_a_closed_pipe_exits_cleanly(running: Running) -> None:
+    """`keyd status | head -0`: the reader is gone before keyd writes. No traceback, exit 1."""
+    k = running.keyd
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyd", "status", *k.flags()],
+            cwd=ROOT,
+            env=k.env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
