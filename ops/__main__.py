@@ -1,0 +1,3 @@
+from ops.watch import main
+
+main()

@@ -1,0 +1,90 @@
+"""Alert names and the one place an alert leaves the watchdog: the web app's outbox table.
+
+Details are short facts (a count, a port, a process name), never log lines or command lines: those can
+carry secrets, and the mail is a bare notification anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+ACTOR = "ops.watch"
+_LIMITS = {"resource": 200, "detail": 200}
+
+
+class Alert(StrEnum):
+    PROCESS_UNKNOWN = "ops.process_unknown"
+    PORT_NEW = "ops.port_new"
+    PORT_GONE = "ops.port_gone"
+    LOG_NEW = "ops.log_new"
+    LOG_GAP = "ops.log_gap"
+    MODSECURITY_BLOCKED = "ops.modsecurity_blocked"
+    ACCESS_THRESHOLD = "ops.access_threshold"
+    ACCESS_REPORT = "ops.access_report"
+    UPDATES_PENDING = "ops.updates_pending"
+    SECURITY_UPDATES_PENDING = "ops.security_updates_pending"
+    KEYD_SEALED = "ops.keyd_sealed"
+    KEYD_UNREACHABLE = "ops.keyd_unreachable"
+    INTEGRITY_CHANGED = "ops.integrity_changed"
+    REMOTE_LOG_MISMATCH = "ops.remote_log_mismatch"
+    REMOTE_LOG_BEHIND = "ops.remote_log_behind"
+    AUDIT_HEAD_MISMATCH = "ops.audit_head_mismatch"
+    BASELINE_MISSING = "ops.baseline_missing"
+    CHECK_FAILED = "ops.check_failed"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the admin must look at.
+
+    `key` names a lasting condition (an unknown process, an open port): the runner alerts once when it
+    appears and stays quiet while it lasts. Findings without a key are events and always alert.
+    """
+
+    alert: Alert
+    resource: str = "-"
+    detail: str = "-"
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, limit in _LIMITS.items():
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value or "-")[:limit])
+
+
+def enqueue(conn: sa.Connection, findings: Sequence[Finding], *, now: datetime) -> int:
+    """Queue the findings in the caller's transaction; the web app's mailer delivers them."""
+    for f in findings:
+        _enqueue_one(conn, f, now=now)
+    return len(findings)
+
+
+def _enqueue_one(conn: sa.Connection, f: Finding, *, now: datetime) -> None:
+    try:
+        from webapp.outbox import enqueue as webapp_enqueue  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        webapp_enqueue = None
+    if webapp_enqueue is not None:
+        webapp_enqueue(conn, str(f.alert), now=now, actor=ACTOR, resource=f.resource, detail=f.detail)
+        return
+    # Until the web app's enqueue() lands: the same row its OutboxSink writes.
+    from webapp.clock import to_db
+    from webapp.db.tables import outbox
+
+    conn.execute(
+        sa.insert(outbox).values(
+            created_at=to_db(now),
+            event=str(f.alert),
+            actor=ACTOR,
+            ip="-",
+            resource=f.resource,
+            detail=f.detail,
+            attempts=0,
+            sent_at=None,
+        )
+    )

@@ -1,0 +1,73 @@
+"""Processes: every running program must match the approved baseline (name, user, command line).
+
+Kernel threads (children of kthreadd, pid 2) are skipped: user space cannot create them. Command lines
+are compared but never put in an alert: they can carry passwords.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any
+
+import psutil
+
+from ops.alerts import Alert, Finding
+from ops.checks import CheckFailed, Context, Result
+
+NAME = "processes"
+KTHREADD = 2
+
+
+def _running() -> list[dict[str, Any]]:
+    out = []
+    for p in psutil.process_iter(["pid", "ppid", "name", "username", "cmdline"]):
+        info = p.info
+        if info["pid"] == KTHREADD or info["ppid"] == KTHREADD or info["pid"] == os.getpid():
+            continue
+        if info["name"] is None or info["username"] is None:
+            # psutil could not read it (access denied): a process we cannot see is not a pass.
+            raise CheckFailed(f"cannot inspect pid {info['pid']}")
+        out.append(
+            {
+                "pid": info["pid"],
+                "name": info["name"],
+                "user": info["username"],
+                "cmdline": " ".join(info["cmdline"] or []),
+            }
+        )
+    return out
+
+
+def snapshot(ctx: Context) -> dict[str, Any]:
+    """The allowlist as it is now: the admin reviews it (and may widen a command line to a glob)."""
+    seen = {(p["name"], p["user"], p["cmdline"]) for p in _running()}
+    return {"allow": [{"name": n, "user": u, "cmdline": c} for n, u, c in sorted(seen)]}
+
+
+def _allowed(proc: dict[str, Any], allow: list[dict[str, str]]) -> bool:
+    # The name and user must match exactly; the command line may be a glob the admin wrote.
+    return any(
+        a["name"] == proc["name"]
+        and a["user"] == proc["user"]
+        and fnmatch.fnmatchcase(proc["cmdline"], a["cmdline"])
+        for a in allow
+    )
+
+
+def run(ctx: Context) -> Result:
+    if ctx.baseline is None:
+        return Result([Finding(Alert.BASELINE_MISSING, resource=NAME, key="baseline")])
+    allow = ctx.baseline["allow"]
+    findings = []
+    for proc in _running():
+        if not _allowed(proc, allow):
+            findings.append(
+                Finding(
+                    Alert.PROCESS_UNKNOWN,
+                    resource=f"{proc['name']} user={proc['user']}",
+                    detail=f"pid={proc['pid']}",
+                    key=f"{proc['name']}|{proc['user']}|{proc['cmdline']}",
+                )
+            )
+    return Result(findings)

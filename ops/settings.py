@@ -1,0 +1,111 @@
+"""Watchdog settings: one TOML file, parsed strictly (unknown keys are refused, types checked).
+
+The database URL is the web app's own (`STRONGROOM_DATABASE_URL`) unless the file names one: alerts
+go into the same outbox that the web app's mailer drains.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CHECKS = ("processes", "ports", "logs", "access", "updates", "keyd", "integrity", "remote")
+
+
+class SettingsError(ValueError):
+    """The settings file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    database_url: str
+    checks: tuple[str, ...] = CHECKS
+    # logs: name -> path of a file watched for any new data (syslog, Apache's error log)
+    logs: dict[str, Path] = field(default_factory=dict)
+    modsecurity_log: str = "apache_error"  # which of `logs` carries ModSecurity's denials
+    access_log: Path | None = None
+    access_per_cert: int = 50  # requests per certificate between two reviews (start low)
+    access_total: int = 200  # requests in total between two reviews
+    keyd_socket: Path = Path("/run/strongroom-keyd/keyd.sock")
+    keyd_timeout: float = 2.0
+    aide_binary: str = "aide"
+    aide_config: Path = Path("/etc/strongroom/aide.conf")
+    apt_binary: str = "apt-get"
+    remote_local_log: Path | None = None
+    remote_copy: Path | None = None
+    remote_grace_seconds: int = 120
+    max_read_bytes: int = 64 * 1024 * 1024  # per log per run; the rest is read next run
+
+
+_PATHS = {"state_dir", "access_log", "keyd_socket", "aide_config", "remote_local_log", "remote_copy"}
+_INTS = {"access_per_cert", "access_total", "remote_grace_seconds", "max_read_bytes"}
+_STRS = {"database_url", "modsecurity_log", "aide_binary", "apt_binary"}
+
+
+def load(path: Path, *, environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+    return parse(raw, environ=env)
+
+
+def parse(raw: dict[str, Any], *, environ: dict[str, str] | os._Environ[str]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in _PATHS:
+            values[name] = _path(name, value)
+        elif name in _INTS:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise SettingsError(f"{name} must be a positive integer")
+            values[name] = value
+        elif name in _STRS:
+            if not isinstance(value, str) or not value:
+                raise SettingsError(f"{name} must be a non-empty string")
+            values[name] = value
+        elif name == "keyd_timeout":
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise SettingsError("keyd_timeout must be a positive number")
+            values[name] = float(value)
+        elif name == "checks":
+            if (
+                not isinstance(value, list)
+                or not all(v in CHECKS for v in value)
+                or len(set(value)) != len(value)
+            ):
+                raise SettingsError(f"checks must be a list of distinct names from {CHECKS}")
+            values[name] = tuple(value)
+        elif name == "logs":
+            if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
+                raise SettingsError("logs must be a table of name = path")
+            values[name] = {k: _path(f"logs.{k}", v) for k, v in value.items()}
+    if "database_url" not in values:
+        url = environ.get("STRONGROOM_DATABASE_URL")
+        if not url:
+            raise SettingsError(
+                "database_url is not set (nor STRONGROOM_DATABASE_URL): alerts need the outbox"
+            )
+        values["database_url"] = url
+    if "state_dir" not in values:
+        raise SettingsError("state_dir must be set")
+    settings = Settings(**values)
+    if "remote" in settings.checks and (settings.remote_local_log is None) != (settings.remote_copy is None):
+        raise SettingsError("remote_local_log and remote_copy go together")
+    return settings
+
+
+def _path(name: str, value: Any) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise SettingsError(f"{name} must be an absolute path")
+    return Path(value)
