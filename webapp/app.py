@@ -197,6 +197,7 @@ def create_app(
     app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     register_commands(app)
+    app.cli.add_command(__import__("webapp.keys.commands", fromlist=["keys_cli"]).keys_cli)  # key rotation
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:

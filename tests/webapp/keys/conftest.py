@@ -1,0 +1,118 @@
+"""Fixtures for key rotation: a real unsealed keyd per test (rotation changes its state) and seeded cards."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from keyd.client import Context, KeydAdminClient, KeydClient
+from tests.keyd.conftest import Running, unsealed_keyd
+from webapp.records.tables import ENCRYPTED_COLUMNS, cards, customer_records
+
+NOW = datetime(2026, 11, 25, 10, 0)
+
+
+@pytest.fixture
+def daemon() -> Iterator[Running]:
+    with unsealed_keyd() as running:
+        yield running
+
+
+@pytest.fixture
+def keyd_client(daemon: Running) -> Iterator[KeydClient]:
+    with KeydClient(daemon.keyd.socket, timeout=10.0) as client:
+        yield client
+
+
+@pytest.fixture
+def vault(keyd_client: KeydClient) -> KeydClient:
+    """Replaces tests/webapp's FakeVault: the app talks to the real keyd."""
+    return keyd_client
+
+
+@pytest.fixture
+def keys_app(make_app: Callable[..., Flask], daemon: Running, owner_engine: sa.Engine) -> Flask:
+    # The rewrap job runs as the database owner (the app's own user may not UPDATE cards).
+    return make_app(
+        KEYD_SOCKET=str(daemon.keyd.socket), KEYS_DATABASE_URL=owner_engine.url.render_as_string(False)
+    )
+
+
+def rotate(daemon: Running) -> int:
+    with KeydAdminClient(daemon.keyd.socket, timeout=10.0) as admin:
+        version = admin.rotate(actor="tester").key_version
+    assert version is not None
+    return version
+
+
+@dataclass(frozen=True)
+class Seeded:
+    plaintexts: dict[tuple[str, str], bytes]  # (card id, field) -> plaintext
+
+
+def seed_cards(engine: sa.Engine, client: KeydClient, n: int, *, tag: str = "") -> Seeded:
+    """n cards with every registered encrypted field, encrypted by the real keyd under its current version."""
+    fields = ENCRYPTED_COLUMNS[cards]
+    plain: dict[tuple[str, str], bytes] = {}
+    rows: list[dict[str, Any]] = []
+    with engine.begin() as conn:
+        record_id = conn.execute(
+            sa.insert(customer_records).values(crm_ref="C1234567", created_at=NOW, created_by="seed")
+        ).inserted_primary_key[0]  # type: ignore[index]
+    for start in range(0, n, 300):
+        ids = [secrets.token_hex(16) for _ in range(min(300, n - start))]
+        items = [(Context(cid, f), f"{tag}{f}-{cid}".encode()) for cid in ids for f in fields]
+        out = client.encrypt_batch(items, actor="seed", purpose="seed")
+        by_id: dict[str, dict[str, Any]] = {}
+        for (ctx, data), ct in zip(items, out, strict=True):
+            assert isinstance(ct, bytes)
+            plain[(ctx.record_id, ctx.field)] = data
+            by_id.setdefault(ctx.record_id, {})[fields[ctx.field].name] = ct
+        rows += [
+            {
+                "id": cid,
+                "record_id": record_id,
+                "brand": "visa",
+                "last4": "1111",
+                "created_at": NOW,
+                "created_by": "seed",
+                **cols,
+            }
+            for cid, cols in by_id.items()
+        ]
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 500):
+            conn.execute(sa.insert(cards), rows[start : start + 500])
+    return Seeded(plain)
+
+
+def stored(engine: sa.Engine) -> dict[tuple[str, str], bytes]:
+    fields = ENCRYPTED_COLUMNS[cards]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(cards.c.id, *fields.values())).all()
+    return {(r[0], f): bytes(r[i]) for r in rows for i, f in enumerate(fields, start=1)}
+
+
+def decrypt_all(client: KeydClient, blobs: dict[tuple[str, str], bytes]) -> dict[tuple[str, str], bytes]:
+    keys = sorted(blobs)
+    out: dict[tuple[str, str], bytes] = {}
+    for start in range(0, len(keys), 900):
+        chunk = keys[start : start + 900]
+        res = client.decrypt_batch(
+            [(Context(cid, f), blobs[(cid, f)]) for cid, f in chunk], actor="check", purpose="check"
+        )
+        for k, r in zip(chunk, res, strict=True):
+            assert isinstance(r, bytes), f"{k} does not decrypt: {r!r}"
+            out[k] = r
+    return out
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

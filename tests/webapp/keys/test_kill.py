@@ -1,0 +1,81 @@
+"""`flask --app webapp keys rewrap` as a real process, SIGKILLed midway and resumed (SQLite file database)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from keyd.client import KeydClient, key_version
+from tests.keyd.conftest import ROOT, Running
+from tests.webapp.conftest import SECRET
+from tests.webapp.keys.conftest import decrypt_all, rotate, seed_cards, stored
+from webapp.db import migrate
+from webapp.db.engine import make_engine
+from webapp.keys.tables import key_rewrap_checkpoints
+
+
+def _flask(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "webapp", "keys", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_sigkill_midway_then_resume(tmp_path: Path, daemon: Running, keyd_client: KeydClient) -> None:
+    url = f"sqlite:///{tmp_path / 'vault.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    seeded = seed_cards(engine, keyd_client, 3000)
+    target = rotate(daemon)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | {
+        "STRONGROOM_SECRET_KEY": SECRET,
+        "STRONGROOM_DATABASE_URL": url,
+        "STRONGROOM_KEYD_SOCKET": str(daemon.keyd.socket),
+        "STRONGROOM_INSTANCE_PATH": str(tmp_path / "instance"),
+        "COLUMNS": "100",
+    }
+    job = _flask(env, "rewrap", "--batch-size", "12")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                mark = conn.execute(sa.select(key_rewrap_checkpoints.c.last_id)).scalar()
+            if mark is not None:
+                break
+            assert job.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.005)
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.wait(timeout=30)
+    assert job.returncode == -signal.SIGKILL
+    mid = [key_version(ct) for ct in stored(engine).values()]
+    assert 1 in mid, "the job finished before the kill: make it longer"
+    assert target in mid, "the job had not committed a batch before the kill"
+    with engine.connect() as conn:
+        resume_after = conn.execute(sa.select(key_rewrap_checkpoints.c.last_id)).scalar()
+    assert resume_after is not None
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "keys", "rewrap", "--batch-size", "500"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed cards after {resume_after}" in resumed.stdout
+    after = stored(engine)
+    assert {key_version(ct) for ct in after.values()} == {target}
+    assert decrypt_all(keyd_client, after) == seeded.plaintexts
+    engine.dispose()

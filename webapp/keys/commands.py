@@ -1,0 +1,214 @@
+"""`flask --app webapp keys versions|rewrap|retire`: the web app's half of a key rotation.
+
+    python -m keyd rotate                          # keyd: a new key version, used for new writes at once
+    flask --app webapp keys rewrap                 # every stored field re-encrypted under it (resumable)
+    flask --app webapp keys versions               # proves nothing old is left
+    flask --app webapp keys retire --min-version N # refused while any field still needs an older version
+
+Every command leaves an audit record (actor `cli:<os user>`), refused or not. Exit 0 on success,
+1 with a one-line reason on stderr otherwise.
+
+The rewrap job UPDATEs encrypted columns, which the web app's own database user may not do (cards
+are written once): in production point `STRONGROOM_KEYS_DATABASE_URL` at the maintenance user that
+docs/key-rotation.md sets up. The audit records still go through the app's own connection.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn, cast
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import AppGroup
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from keyd.client import KeydAdminClient, KeydClient
+from keyd.errors import KeydError, Unavailable
+from webapp.db.engine import READ_ONLY, make_engine
+from webapp.events import Event
+from webapp.keys import service
+from webapp.keys.events import KeyEvent
+from webapp.unit import Origin, UnitOfWork
+
+keys_cli = AppGroup("keys", help="Key rotation: counts per key version, rewrap, retire.")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _actor() -> str:
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli:?"
+
+
+@contextmanager
+def _audited() -> Iterator[UnitOfWork]:
+    svc = current_app.extensions["strongroom"]
+    uow: UnitOfWork = svc.unit(Origin(actor=_actor(), ip="local"))
+    try:
+        yield uow
+    finally:
+        uow.close()
+
+
+def _record(uow: UnitOfWork, event: KeyEvent, *, ok: bool, detail: str = "-") -> None:
+    # KeyEvent members belong in webapp.events.Event (see webapp/keys/events.py); the audit log
+    # stores the name as text either way.
+    uow.record(cast(Event, event), ok=ok, resource="keys", detail=detail[:200])
+    try:
+        uow.commit()
+    except sa.exc.SQLAlchemyError:
+        _fail("the database refused the audit record")
+
+
+def _keyd_client() -> KeydClient:
+    vault = current_app.extensions["strongroom"].vault
+    if not isinstance(vault, KeydClient):
+        raise Unavailable("the keyd client is not installed")
+    return vault
+
+
+def _maintenance_engine() -> sa.Engine:
+    url = current_app.config.get("KEYS_DATABASE_URL")
+    if url:
+        return make_engine(str(url))
+    engine: sa.Engine = current_app.extensions["strongroom"].engine
+    return engine
+
+
+@keys_cli.command("versions")
+def versions() -> None:
+    """Stored ciphertexts per table, field and key version, and keyd's current and minimum version."""
+    with _audited() as uow:
+        with (
+            current_app.extensions["strongroom"]
+            .engine.connect()
+            .execution_options(**{READ_ONLY: True}) as conn
+        ):
+            counts = service.count_versions(conn)
+        try:
+            status = _keyd_client().status()
+            keyd_line = (
+                f"keyd: current version {status.key_version}, "
+                f"minimum decrypt version {status.min_decrypt_version}"
+            )
+        except KeydError as exc:
+            keyd_line = f"keyd: {exc.reason or exc.code.value} (versions in keyd unknown)"
+        _record(uow, KeyEvent.VERSIONS_LISTED, ok=True)
+    click.echo(keyd_line)
+    click.echo("table\tfield\tversion\tcount")
+    for c in counts:
+        click.echo(
+            f"{c.table}\t{c.field}\t{'not-a-ciphertext' if c.version is None else c.version}\t{c.count}"
+        )
+    for v, n in sorted(service.totals(counts).items(), key=lambda kv: kv[0] or 0):
+        click.echo(f"total\t*\t{'not-a-ciphertext' if v is None else v}\t{n}")
+
+
+@keys_cli.command("rewrap")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, service.MAX_BATCH),
+    default=500,
+    show_default=True,
+    help="Fields per keyd call (and rows per transaction, divided by the fields per row).",
+)
+@click.option("--restart", is_flag=True, help="Forget a saved checkpoint and start from the first row.")
+def rewrap(batch_size: int, restart: bool) -> None:
+    """Re-encrypt every stored field under keyd's newest key version (resumes after a crash)."""
+    svc = current_app.extensions["strongroom"]
+    engine = _maintenance_engine()
+    with _audited() as uow:
+        try:
+            keyd = _keyd_client()
+            target = keyd.status().key_version
+            if target is None:
+                raise Unavailable("keyd reports no key version")
+        except KeydError as exc:
+            _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=exc.reason or exc.code.value)
+            _fail(f"keyd: {exc.reason or exc.code.value}")
+        err = Console(stderr=True)
+        with Progress(
+            TextColumn(f"rewrap to v{target}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("rewrap", total=None)
+            job = service.Rewrapper(
+                engine,
+                keyd=keyd,
+                actor=_actor()[:64].replace(":", "."),
+                now=svc.clock.now,
+                batch_size=batch_size,
+                progress=lambda n: bar.advance(task, n),
+            )
+            if restart:
+                job.forget_checkpoint()
+            bar.update(task, total=_total(engine))
+            try:
+                report = job.run(target)
+            except KeydError as exc:
+                _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
+                _fail(f"keyd: {exc.reason or exc.code.value}; the checkpoint is kept, run rewrap again")
+            except sa.exc.SQLAlchemyError as exc:
+                _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"db:{type(exc).__name__}")
+                _fail(f"database error ({type(exc).__name__}); the checkpoint is kept, run rewrap again")
+        detail = (
+            f"target=v{target} rewrapped={report.rewrapped} current={report.already_current} "
+            f"concurrent={report.changed_concurrently} failed={len(report.failures)}"
+        )
+        _record(uow, KeyEvent.REWRAPPED if report.ok else KeyEvent.REWRAP_FAILED, ok=report.ok, detail=detail)
+    for table, last in report.resumed.items():
+        click.echo(f"resumed {table} after {'the end' if last == 'done' else last or 'the start'}")
+    click.echo(detail.replace(" ", "\n"))
+    for f in report.failures[:50]:
+        click.echo(f"failed\t{f.table}\t{f.row_id}\t{f.field}\t{f.reason}", err=True)
+    if not report.ok:
+        _fail(f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost")
+
+
+def _total(engine: sa.Engine) -> int:
+    with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        return sum(c.count for c in service.count_versions(conn))
+
+
+@keys_cli.command("retire")
+@click.option("--min-version", type=int, required=True, help="The oldest key version keyd may still decrypt.")
+def retire(min_version: int) -> None:
+    """Make keyd refuse versions below N; refused while any stored field still uses one."""
+    with _audited() as uow:
+        try:
+            with (
+                current_app.extensions["strongroom"]
+                .engine.connect()
+                .execution_options(**{READ_ONLY: True}) as conn
+            ):
+                service.check_retire(conn, min_version)
+        except service.KeysRefused as exc:
+            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=str(exc))
+            _fail(str(exc))
+        try:
+            with KeydAdminClient(current_app.config["KEYD_SOCKET"], timeout=10.0) as admin:
+                status = admin.retire(min_version, actor=_actor()[:64].replace(":", "."))
+        except KeydError as exc:
+            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
+            _fail(f"keyd refused: {exc.reason or exc.code.value}")
+        _record(uow, KeyEvent.RETIRED, ok=True, detail=f"min_version={status.min_decrypt_version}")
+    click.echo(f"keyd now refuses versions below {status.min_decrypt_version}")
+
+
+def register(app: object) -> None:
+    app.cli.add_command(keys_cli)  # type: ignore[attr-defined]
