@@ -1,6 +1,7 @@
 """Processes: every running program must match the approved baseline (name, user, command line).
 
-Kernel threads (children of kthreadd, pid 2) are skipped: user space cannot create them. Command lines
+Kernel threads are skipped (by the kernel's PF_KTHREAD flag, which user space cannot set; a pid or a
+parent pid is no proof inside a PID namespace). Command lines
 are compared but never put in an alert: they can carry passwords.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -16,14 +18,23 @@ from ops.alerts import Alert, Finding
 from ops.checks import CheckFailed, Context, Result
 
 NAME = "processes"
-KTHREADD = 2
+PF_KTHREAD = 0x00200000
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False  # gone: psutil will not list it either
+    # Fields after the ")" that closes the command name: state ppid pgrp session tty tpgid flags ...
+    return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
 
 
 def _running() -> list[dict[str, Any]]:
     out = []
-    for p in psutil.process_iter(["pid", "ppid", "name", "username", "cmdline"]):
+    for p in psutil.process_iter(["pid", "name", "username", "cmdline"]):
         info = p.info
-        if info["pid"] == KTHREADD or info["ppid"] == KTHREADD or info["pid"] == os.getpid():
+        if info["pid"] == os.getpid() or _is_kernel_thread(info["pid"]):
             continue
         if info["name"] is None or info["username"] is None:
             # psutil could not read it (access denied): a process we cannot see is not a pass.

@@ -1,0 +1,61 @@
+"""Fixtures for ops: a real SQLite database with the web app's schema (the outbox), a private state dir
+and a settings builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ops.settings import Settings, parse
+from webapp.db import migrate
+from webapp.db.engine import make_engine
+from webapp.db.tables import outbox
+
+
+@pytest.fixture(scope="session")
+def schema_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ops-db") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, schema_template: Path) -> str:
+    path = tmp_path / "strongroom.db"
+    path.write_bytes(schema_template.read_bytes())
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    e = make_engine(db_url)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def make_settings(state_dir: Path, db_url: str) -> Callable[..., Settings]:
+    def build(**raw: Any) -> Settings:
+        raw.setdefault("state_dir", str(state_dir))
+        raw.setdefault("database_url", db_url)
+        return parse(raw, environ={})
+
+    return build
+
+
+def queued(engine: sa.Engine) -> list[tuple[str, str, str]]:
+    """(event, resource, detail) of every outbox row, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(outbox).order_by(outbox.c.id)).all()
+    return [(r.event, r.resource, r.detail) for r in rows]

@@ -1,0 +1,101 @@
+"""Processes and ports against a real system state: the driver runs in private PID, network and mount
+namespaces (unshare), so the baseline holds exactly what it started and nothing else can interfere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tests.ops.conftest import queued
+from tests.support import need_binary, need_root
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_process_and_new_port_alert_once(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    need_root()
+    unshare = need_binary("unshare")
+    proc = subprocess.run(
+        [
+            unshare,
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            sys.executable,
+            "-m",
+            "tests.ops.ns_driver",
+            str(tmp_path / "state"),
+            db_url,
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    before, during, still, after = out["passes"]
+    assert before == {"alerted": [], "ongoing": []}
+    alerted = {(a, r) for a, r, _ in during["alerted"]}
+    assert ("ops.process_unknown", "intruder user=root") in alerted
+    assert ("ops.port_new", f"tcp 0.0.0.0:{out['port']} python3") in alerted or (
+        "ops.port_new",
+        f"tcp 0.0.0.0:{out['port']} {Path(sys.executable).name}",
+    ) in alerted
+    assert len(during["alerted"]) == 2, during
+    # The command line never leaves the machine: only name, user and pid.
+    assert all("300" not in d for _, _, d in during["alerted"] if d != "-" and "pid=" not in d)
+    assert still["alerted"] == []
+    assert len(still["ongoing"]) == 2
+    # Gone again: nothing new to say (a vanished approved listener would alert: see below).
+    assert after == {"alerted": [], "ongoing": []}
+    events = [e for e, _, _ in queued(engine)]
+    assert sorted(events) == ["ops.port_new", "ops.process_unknown"]
+
+
+def test_a_vanished_approved_listener_alerts(tmp_path: Path, db_url: str, engine: sa.Engine) -> None:
+    need_root()
+    unshare = need_binary("unshare")
+    script = (
+        "import socket, sys\n"
+        "from datetime import UTC, datetime\n"
+        "from ops.runner import approve_baseline, record_baseline, run_pass\n"
+        "from ops.settings import parse\n"
+        "from ops.state import StateDir\n"
+        "from webapp.db.engine import make_engine\n"
+        "s = parse({'state_dir': sys.argv[1], 'database_url': sys.argv[2]}, environ={})\n"
+        "st, now = StateDir(s.state_dir), datetime.now(UTC)\n"
+        "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen()\n"
+        "approve_baseline(st, record_baseline(s, state=st, now=now))\n"
+        "srv.close()\n"
+        "out = run_pass(s, state=st, engine=make_engine(sys.argv[2]), now=now, only=('ports',))\n"
+        "print(*[f.alert for f in out.alerted])\n"
+    )
+    proc = subprocess.run(
+        [
+            unshare,
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "state"),
+            db_url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ops.port_gone"]
