@@ -1,0 +1,194 @@
+"""Strict parsing of the address file: each hostile or mistaken input gets its own precise refusal."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hardening.firewall import FirewallConfigError, load_config, parse_config
+from tests.support import need_binary
+
+REPO = Path(__file__).resolve().parents[2]
+KEY_A = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="  # 32 bytes of "a": shape only, not a real key
+KEY_B = "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI="
+GOOD = """
+admins = ["192.0.2.10", "2001:db8::10"]
+employees = ["198.51.100.0/24", "2001:db8:100::/64"]
+crm = ["203.0.113.7"]
+"""
+VPN = f"""
+[vpn]
+interface = "wg0"
+address = "10.77.0.1/24"
+address6 = "fd77::1/64"
+listen_port = 51820
+[[vpn.peers]]
+name = "alice"
+public_key = "{KEY_A}"
+address = "10.77.0.10"
+address6 = "fd77::10"
+"""
+
+
+def test_a_good_file_parses_into_networks() -> None:
+    config = parse_config(GOOD + VPN)
+    assert config.admins == (ipaddress.ip_network("192.0.2.10/32"), ipaddress.ip_network("2001:db8::10/128"))
+    assert [str(n) for n in config.https_clients] == [
+        "198.51.100.0/24",
+        "2001:db8:100::/64",
+        "203.0.113.7/32",
+    ]
+    assert config.vpn is not None
+    assert config.vpn.interface == "wg0"
+    assert str(config.vpn.address.ip) == "10.77.0.1"
+    assert [p.name for p in config.vpn.peers] == ["alice"]
+
+
+def test_employees_and_crm_may_be_empty_and_vpn_is_optional() -> None:
+    config = parse_config('admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n')
+    assert config.https_clients == ()
+    assert config.vpn is None
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("admins = [", "not valid TOML"),
+        ('admins = ["192.0.2.10"]\nemployees = []\n', "crm: missing"),
+        ("admins = []\nemployees = []\ncrm = []\n", "admins: at least one address is required"),
+        ('admins = "192.0.2.10"\nemployees = []\ncrm = []\n', "admins: must be a list"),
+        ('admins = ["192.0.2.10"]\nemployees = []\ncrm = []\nadmin = []\n', "unknown key 'admin'"),
+        ('admins = ["192.0.2.300"]\nemployees = []\ncrm = []\n', "admins[0]: '192.0.2.300' is not an IP"),
+        ('admins = ["192.0.2.10"]\nemployees = ["example.com"]\ncrm = []\n', "employees[0]: 'example.com'"),
+        ('admins = ["192.0.2.10"]\nemployees = [42]\ncrm = []\n', "employees[0]: must be a string, not int"),
+        ('admins = ["192.0.2.10/24"]\nemployees = []\ncrm = []\n', "has host bits set"),
+        ('admins = ["0.0.0.0/0"]\nemployees = []\ncrm = []\n', "too broad"),
+        ('admins = ["192.0.2.10"]\nemployees = ["::/0"]\ncrm = []\n', "too broad"),
+        ('admins = ["192.0.2.10"]\nemployees = ["2001::/16"]\ncrm = []\n', "too broad"),
+        ('admins = ["127.0.0.1"]\nemployees = []\ncrm = []\n', "not a routable host"),
+        ('admins = ["fe80::1"]\nemployees = []\ncrm = []\n', "not a routable host"),
+        ('admins = ["fe80::1%eth0"]\nemployees = []\ncrm = []\n', "is not an IPv4 or IPv6 address"),
+        ('admins = ["224.0.0.1"]\nemployees = []\ncrm = []\n', "not a routable host"),
+        ('admins = [" 192.0.2.10"]\nemployees = []\ncrm = []\n', "is not an IPv4 or IPv6 address"),
+        (
+            'admins = ["192.0.2.10", "192.0.2.10/32"]\nemployees = []\ncrm = []\n',
+            "admins[1]: '192.0.2.10/32' is listed twice",
+        ),
+        (
+            "admins = ["
+            + ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(257))
+            + "]\nemployees = []\ncrm = []\n",
+            "more than 256",
+        ),
+        (GOOD + "[vpn]\ninterface = 'wg0'\naddress = '10.77.0.1/24'\n", "vpn.listen_port: missing"),
+        (
+            GOOD + VPN.replace('"wg0"', '"wg0; drop"'),
+            "vpn.interface: 'wg0; drop' is not a valid interface name",
+        ),
+        (GOOD + VPN.replace('"wg0"', '"averyveryverylongname"'), "not a valid interface name"),
+        (GOOD + VPN.replace("10.77.0.1/24", "10.77.0.1"), "must be an IPv4 address with its prefix"),
+        (GOOD + VPN.replace("10.77.0.1/24", "10.77.0.0/24"), "the network's own or broadcast address"),
+        (
+            GOOD + VPN.replace("10.77.0.1/24", "fd77::2/64"),
+            "vpn.address: 'fd77::2/64' is not an IPv4 address",
+        ),
+        (GOOD + VPN.replace("51820", "70000"), "vpn.listen_port: 70000 is not a port number"),
+        (GOOD + VPN.replace("51820", "true"), "vpn.listen_port: True is not a port number"),
+        (GOOD + VPN.replace('"alice"', '"Alice Smith"'), "vpn.peers[0].name"),
+        (GOOD + VPN.replace(KEY_A, "not-a-key"), "vpn.peers[0].public_key: not a WireGuard public key"),
+        (GOOD + VPN.replace(KEY_A, KEY_A[:-2] + "!="), "bad base64"),
+        (
+            GOOD + VPN.replace('"10.77.0.10"', '"10.78.0.10"'),
+            "is not a host address inside the VPN's 10.77.0.0/24",
+        ),
+        (GOOD + VPN.replace('"10.77.0.10"', '"10.77.0.1"'), "10.77.0.1 is already taken"),
+        (
+            GOOD + VPN.replace('"fd77::10"', '"fd78::10"'),
+            "vpn.peers[0].address6: fd78::10 is not a host address",
+        ),
+        (GOOD + VPN + VPN.split("[[vpn.peers]]")[1].join(["[[vpn.peers]]", ""]), "'alice' is listed twice"),
+        (
+            GOOD + VPN + "[[vpn.peers]]" + VPN.split("[[vpn.peers]]")[1].replace("alice", "bob"),
+            "the same key is used by two peers",
+        ),
+        (
+            GOOD + VPN + f'[[vpn.peers]]\nname = "bob"\npublic_key = "{KEY_B}"\naddress = "10.77.0.10"\n',
+            "vpn.peers[1]: 10.77.0.10 is already taken",
+        ),
+        (GOOD + VPN.replace("name = ", "nmae = "), "vpn.peers[0]: unknown key 'nmae'"),
+    ],
+)
+def test_bad_input_is_refused_with_a_precise_reason(text: str, refusal: str) -> None:
+    with pytest.raises(FirewallConfigError) as caught:
+        parse_config(text)
+    assert refusal in str(caught.value)
+
+
+def test_an_oversized_or_binary_file_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * 70_000 + "\n" + GOOD)
+    with pytest.raises(FirewallConfigError, match="larger than 65536 bytes"):
+        load_config(big)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"admins = [\xff]")
+    with pytest.raises(FirewallConfigError, match="not UTF-8"):
+        load_config(binary)
+    with pytest.raises(FirewallConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hardening.firewall", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_render_writes_three_files_that_the_tools_accept(tmp_path: Path) -> None:
+    config = tmp_path / "network.toml"
+    config.write_text(GOOD + VPN)
+    for variant in ("plain", "vpn"):
+        out = tmp_path / variant
+        result = cli("render", str(config), "--out", str(out), "--variant", variant)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["rules.v4", "rules.v6", "strongroom.nft"]
+        # Check mode only: nft -c never touches the running ruleset (real loads: test_firewall_netns).
+        nft = subprocess.run(
+            [need_binary("nft"), "-c", "-f", str(out / "strongroom.nft")], capture_output=True, text=True
+        )
+        assert nft.returncode == 0, nft.stderr
+
+
+def test_render_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "network.toml"
+    config.write_text(GOOD.replace("203.0.113.7", "203.0.113.700"))
+    result = cli("render", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "crm[0]: '203.0.113.700' is not an IP address" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_vpn_variant_needs_a_vpn_section(tmp_path: Path) -> None:
+    config = tmp_path / "network.toml"
+    config.write_text(GOOD)
+    result = cli("render", str(config), "--out", str(tmp_path / "out"), "--variant", "vpn")
+    assert result.returncode == 1
+    assert "needs a [vpn] section" in result.stderr
+
+
+def test_check_summarises_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "network.toml"
+    config.write_text(GOOD + VPN)
+    result = cli("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "admins (tcp 22): 192.0.2.10/32, 2001:db8::10/128" in result.stdout
+    assert "vpn: wg0 10.77.0.1/24, 1 peer(s)" in result.stdout
