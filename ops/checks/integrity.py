@@ -6,6 +6,7 @@ above are AIDE's own errors, which are a failed check, not a clean one.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 
 from ops.alerts import Alert, Finding
@@ -14,6 +15,9 @@ from ops.checks import CheckFailed, Context, Result
 NAME = "integrity"
 TIMEOUT = 3600
 _CHANGES = {1: "added", 2: "removed", 4: "changed"}
+# Entry lines of the summary ("f+++++++++++++++++: /etc/x", "f > ...  H  : /etc/y"): what changed,
+# without AIDE's timestamps, so the same changes give the same key on every run.
+_ENTRY = re.compile(rb"^[a-z!][ +\-<>=.a-zA-Z]{0,40}: /.*$", re.MULTILINE)
 
 
 def run(ctx: Context) -> Result:
@@ -38,5 +42,5 @@ def run(ctx: Context) -> Result:
         raise CheckFailed(f"aide failed with exit code {rc}")
     what = ",".join(name for bit, name in _CHANGES.items() if rc & bit)
     # Same report, same alert: AIDE keeps reporting a change until the admin updates its database.
-    key = hashlib.sha256(proc.stdout).hexdigest()
+    key = hashlib.sha256(b"\n".join([str(rc).encode(), *_ENTRY.findall(proc.stdout)])).hexdigest()
     return Result([Finding(Alert.INTEGRITY_CHANGED, resource=str(s.aide_config), detail=what, key=key)])

@@ -15,8 +15,12 @@ from ops.checks import CheckFailed, Context, Result
 NAME = "updates"
 TIMEOUT = 300
 # Inst openssl [3.0.15-1~deb12u1] (3.0.17-1~deb12u2 Debian-Security:12/stable-security [amd64])
+# optionally followed by apt's ordering notes: [libpam-modules:amd64 on libpam-modules-bin:amd64] []
 _INST = re.compile(
-    r"^Inst (?P<pkg>[a-z0-9][a-z0-9+.-]{0,99})(?: \[(?P<old>[^\]\s]{1,100})\])? \((?P<rest>[^)]{1,500})\)"
+    r"^Inst (?P<pkg>[a-z0-9][a-z0-9+.-]{0,99})"
+    r"(?: \[(?P<old>[^\]\s]{1,100})\])?"
+    r" \((?P<rest>[^()]{1,500})\)"
+    r"(?: \[[^\[\]]{0,500}\]){0,8}$"
 )
 
 
@@ -31,7 +35,7 @@ def parse(output: str) -> list[Pending]:
     """`apt-get -s upgrade` output -> the packages it would install. Other lines are ignored."""
     out = []
     for line in output.splitlines():
-        if not line.startswith("Inst "):
+        if line.split(" ", 1)[0] != "Inst":
             continue
         m = _INST.match(line)
         if m is None:
