@@ -64,6 +64,11 @@ class Event(StrEnum):
     # Reveal, step-up, items, edits (webapp/records): add members here
 
     # Request budgets and mail delivery (webapp/budgets, webapp/mail): add members here
+    BUDGET_ALERT = "budget.alert"  # a request counter reached its alert threshold in this window
+    BUDGET_LIMIT_REACHED = "budget.limit_reached"  # the first request over a hard limit
+    BUDGET_REFUSED = "budget.refused"  # every request refused with 429 (audited, not mailed)
+    MAIL_SENT = "mail.sent"
+    MAIL_FAILED = "mail.failed"  # not an alert: it could not be mailed anyway; the audit log has it
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.
@@ -93,5 +98,7 @@ ALERTS: frozenset[Event] = frozenset(
         Event.AUDIT_VERIFY_FAILED,
         Event.RECORD_REFUSED,
         Event.CARD_REFUSED,
+        Event.BUDGET_ALERT,
+        Event.BUDGET_LIMIT_REACHED,
     }
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -50,3 +51,50 @@ def test_page_views_are_audited_but_not_alerts() -> None:
         Event.INPUT_REFUSED,
         Event.ERROR_UNEXPECTED,
     } <= ALERTS
+
+
+def test_enqueue_queues_an_alert_for_the_mailer(app: Flask, clock: FakeClock) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        outbox.enqueue(conn, "ops.port_new", now=clock.now(), actor="ops.watch", resource="tcp/2222")
+    with engine.begin() as conn:
+        rows = [r for r in outbox.pending(conn) if r.event == "ops.port_new"]
+        assert [(r.actor, r.ip, r.resource, r.detail, r.attempts) for r in rows] == [
+            ("ops.watch", "-", "tcp/2222", "-", 0)
+        ]
+        assert outbox.pending_kinds(conn) == ["ops.port_new"]
+
+
+def test_enqueue_clips_long_fields_to_their_columns(app: Flask, clock: FakeClock) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        outbox.enqueue(conn, "ops.log_gap", now=clock.now(), resource="r" * 500, detail="", actor="a" * 99)
+    with engine.begin() as conn:
+        (row,) = outbox.pending(conn)
+        assert (len(row.resource), row.detail, len(row.actor)) == (200, "-", 64)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "ops",  # not dotted
+        "OPS.port_new",  # upper case
+        "ops.port_new\r\nBcc: x@example.com",  # header injection
+        "ops.4111111111111111",  # digits could carry a card number into a mail
+        "ops." + "a" * 70,  # too long
+        "ops.port new",
+        "ops..port",
+        "a.b.c.d.e",  # too deep
+    ],
+)
+def test_enqueue_refuses_malformed_event_names(app: Flask, clock: FakeClock, name: str) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn, pytest.raises(outbox.BadEventName):
+        outbox.enqueue(conn, name, now=clock.now())
+    with engine.begin() as conn:
+        assert outbox.pending(conn) == []
+
+
+def test_every_event_name_is_a_valid_outbox_name() -> None:
+    assert all(outbox.valid_event_name(str(e)) for e in Event)
