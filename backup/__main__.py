@@ -1,0 +1,3 @@
+from backup.cli import main
+
+main()
