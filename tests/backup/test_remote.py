@@ -73,7 +73,8 @@ def test_wrong_host_key_is_refused_and_alerted(sshd: Sshd, backup_file: Path, al
     assert "Accepted publickey" not in sshd.log  # refused before authenticating
     ((event, detail),) = alerts(alert_db)
     assert event == "backup.failed"
-    assert detail.startswith("send:") and "pinned key" in detail
+    assert detail.startswith("send:")
+    assert "pinned key" in detail
 
 
 def test_unknown_host_is_refused(sshd: Sshd, backup_file: Path, tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_prune_keeps_the_newest_and_the_recent_and_ignores_foreign_files(sshd: S
 def test_retention_policy(keep_last: int, keep_days: int, ages: list[int], kept: list[int]) -> None:
     backups = [(f"b{d}", NOW - timedelta(days=d, minutes=1)) for d in ages]
     doomed = remote.to_prune(backups, keep_last=keep_last, keep_days=keep_days, now=NOW)
-    assert sorted(int(n[1:]) for n in set(f"b{d}" for d in ages) - set(doomed)) == kept
+    assert sorted(int(n[1:]) for n in {f"b{d}" for d in ages} - set(doomed)) == kept
 
 
 @pytest.mark.parametrize(("keep_last", "keep_days"), [(0, 10), (-1, 10), (1, -1)])
