@@ -13,6 +13,8 @@ from enum import StrEnum
 
 import sqlalchemy as sa
 
+from webapp import outbox
+
 ACTOR = "ops.watch"
 _LIMITS = {"resource": 200, "detail": 200}
 
@@ -60,31 +62,5 @@ class Finding:
 def enqueue(conn: sa.Connection, findings: Sequence[Finding], *, now: datetime) -> int:
     """Queue the findings in the caller's transaction; the web app's mailer delivers them."""
     for f in findings:
-        _enqueue_one(conn, f, now=now)
+        outbox.enqueue(conn, str(f.alert), now=now, actor=ACTOR, resource=f.resource, detail=f.detail)
     return len(findings)
-
-
-def _enqueue_one(conn: sa.Connection, f: Finding, *, now: datetime) -> None:
-    try:
-        from webapp.outbox import enqueue as webapp_enqueue  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        webapp_enqueue = None
-    if webapp_enqueue is not None:
-        webapp_enqueue(conn, str(f.alert), now=now, actor=ACTOR, resource=f.resource, detail=f.detail)
-        return
-    # Until the web app's enqueue() lands: the same row its OutboxSink writes.
-    from webapp.clock import to_db
-    from webapp.db.tables import outbox
-
-    conn.execute(
-        sa.insert(outbox).values(
-            created_at=to_db(now),
-            event=str(f.alert),
-            actor=ACTOR,
-            ip="-",
-            resource=f.resource,
-            detail=f.detail,
-            attempts=0,
-            sent_at=None,
-        )
-    )

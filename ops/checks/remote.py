@@ -6,7 +6,9 @@ message), so a line is byte-identical in both places. Within the compared window
 - a line at the remote but not here was deleted or changed here -> REMOTE_LOG_MISMATCH;
 - a line here but not at the remote, older than the grace period -> REMOTE_LOG_BEHIND (forwarding is
   stuck, or a line was inserted here).
-The window starts at the local file's first line and stays there until the local file is rotated, so
+Lines compare as sets: rsyslog delivers at least once, so after a reconnect the log host may hold a
+line twice, and that is not tampering. The window starts at the local file's first line and stays
+there until the local file is rotated, so
 deleting the oldest local lines does not quietly move the window.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,17 +52,17 @@ def compare(
 ) -> tuple[int, int]:
     """(lines at the remote missing here, lines here missing at the remote) within [start, until)."""
 
-    def window(lines: list[str]) -> Counter[str]:
-        out: Counter[str] = Counter()
+    def window(lines: list[str]) -> set[str]:
+        out = set()
         for line in lines:
             when = _stamp(line)
             if when is None or when >= until or (start is not None and when < start):
                 continue
-            out[line] += 1
+            out.add(line)
         return out
 
     here, there = window(local), window(remote)
-    return sum((there - here).values()), sum((here - there).values())
+    return len(there - here), len(here - there)
 
 
 def newest_audit_head(lines: list[str]) -> tuple[int, str] | None:
