@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ from webapp.records.tables import ENCRYPTED_COLUMNS
 
 # keyd refuses a batch of more than 1000 items (docs/keyd.md, bad_count).
 MAX_BATCH = 1000
+# keyd calls per database transaction (see Rewrapper._rows).
+COMMIT_BATCHES = 4
 PURPOSE = "key.rewrap"
 
 
@@ -208,10 +211,12 @@ class Rewrapper:
         self, table: sa.Table, columns: dict[str, sa.Column[bytes]], last: str | None
     ) -> Iterator[list[sa.Row]]:
         pk = _pk(table)
-        per_row = max(1, self._batch // len(columns))
+        # Rows per transaction: a few keyd calls' worth, so one durable commit covers thousands of
+        # fields; the write lock is held only for the UPDATEs (reads and keyd calls happen outside).
+        per_tx = max(1, (self._batch * COMMIT_BATCHES) // len(columns)) if self._batch > 1 else 1
         cursor = _id_value(pk, last) if last is not None else None
         while True:
-            q = sa.select(pk, *columns.values()).order_by(pk).limit(per_row)
+            q = sa.select(pk, *columns.values()).order_by(pk).limit(per_tx)
             if cursor is not None:
                 q = q.where(pk > cursor)
             with self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
@@ -221,58 +226,91 @@ class Rewrapper:
             yield rows
             cursor = rows[-1][0]
 
+    def _classify(
+        self, table: sa.Table, names: list[str], rows: list[sa.Row], report: RewrapReport
+    ) -> list[tuple[Any, str, bytes]]:
+        """The fields of `rows` below the target version; the others are counted or reported."""
+        target = report.target_version
+        todo: list[tuple[Any, str, bytes]] = []
+        for row in rows:
+            for i, name in enumerate(names, start=1):
+                blob = row[i]
+                if blob is None:
+                    continue
+                blob = bytes(blob)
+                try:
+                    version = key_version(blob)
+                except ValueError:
+                    report.failures.append(Failure(table.name, str(row[0]), name, "not_a_ciphertext"))
+                    continue
+                if version >= target:
+                    report.already_current += 1
+                else:
+                    todo.append((row[0], name, blob))
+        return todo
+
+    def _rewrap(self, todo: list[tuple[Any, str, bytes]]) -> list[bytes | KeydError]:
+        results: list[bytes | KeydError] = []
+        for start in range(0, len(todo), self._batch):
+            chunk = todo[start : start + self._batch]
+            results += self._keyd.rewrap_batch(
+                [(Context(str(rid), name), blob) for rid, name, blob in chunk],
+                actor=self._actor,
+                purpose=PURPOSE,
+            )
+        return results
+
     def _table(
         self, table: sa.Table, columns: dict[str, sa.Column[bytes]], last: str | None, report: RewrapReport
     ) -> None:
-        pk = _pk(table)
         names = list(columns)
-        target = report.target_version
-        for rows in self._rows(table, columns, last):
-            todo: list[tuple[Any, str, bytes]] = []
-            for row in rows:
-                for i, name in enumerate(names, start=1):
-                    blob = row[i]
-                    if blob is None:
-                        continue
-                    blob = bytes(blob)
-                    try:
-                        version = key_version(blob)
-                    except ValueError:
-                        report.failures.append(Failure(table.name, str(row[0]), name, "not_a_ciphertext"))
-                        continue
-                    if version >= target:
-                        report.already_current += 1
-                    else:
-                        todo.append((row[0], name, blob))
-            updates: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            for start in range(0, len(todo), self._batch):
-                chunk = todo[start : start + self._batch]
-                results = self._keyd.rewrap_batch(
-                    [(Context(str(rid), name), blob) for rid, name, blob in chunk],
-                    actor=self._actor,
-                    purpose=PURPOSE,
-                )
-                for (rid, name, blob), result in zip(chunk, results, strict=True):
-                    if isinstance(result, (Sealed, Unavailable)):
-                        raise result  # keyd went away mid-job: stop; the checkpoint holds
-                    if isinstance(result, KeydError):
-                        report.failures.append(
-                            Failure(table.name, str(rid), name, result.reason or result.code.value)
-                        )
-                    else:
-                        updates[name].append({"_id": rid, "_old": blob, "_new": result})
-            if self._between is not None:
-                self._between(table, [r[0] for r in rows])
-            with self._engine.begin() as conn:
-                for name, params in updates.items():
-                    if params:
-                        changed = self._swap(conn, table, pk, columns[name], params)
-                        report.rewrapped += changed
-                        report.changed_concurrently += len(params) - changed
-                self._checkpoint(conn, table, str(rows[-1][0]), target, done=False)
-            self._progress(sum(1 for row in rows for i in range(1, len(names) + 1) if row[i] is not None))
+        # A pipeline of two: keyd rewraps batch N+1 (in its own process) while this one writes batch N.
+        # Batches still commit strictly in order, so the checkpoint is always a committed prefix.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewrap") as pool:
+            pending: tuple[list[sa.Row], list[tuple[Any, str, bytes]], Future[list[bytes | KeydError]]] | None
+            pending = None
+            for rows in self._rows(table, columns, last):
+                todo = self._classify(table, names, rows, report)
+                future = pool.submit(self._rewrap, todo)
+                if pending is not None:
+                    self._apply(table, columns, *pending, report)
+                pending = (rows, todo, future)
+            if pending is not None:
+                self._apply(table, columns, *pending, report)
         with self._engine.begin() as conn:
-            self._checkpoint(conn, table, None, target, done=True)
+            self._checkpoint(conn, table, None, report.target_version, done=True)
+
+    def _apply(
+        self,
+        table: sa.Table,
+        columns: dict[str, sa.Column[bytes]],
+        rows: list[sa.Row],
+        todo: list[tuple[Any, str, bytes]],
+        future: Future[list[bytes | KeydError]],
+        report: RewrapReport,
+    ) -> None:
+        pk = _pk(table)
+        results = future.result()  # a keyd failure (Sealed, Unavailable) is raised here
+        updates: dict[str, list[tuple[Any, bytes, bytes]]] = {name: [] for name in columns}
+        for (rid, name, blob), result in zip(todo, results, strict=True):
+            if isinstance(result, (Sealed, Unavailable)):
+                raise result  # keyd went away mid-job: stop; the checkpoint holds
+            if isinstance(result, KeydError):
+                report.failures.append(
+                    Failure(table.name, str(rid), name, result.reason or result.code.value)
+                )
+            else:
+                updates[name].append((result, rid, blob))
+        if self._between is not None:
+            self._between(table, [r[0] for r in rows])
+        with self._engine.begin() as conn:
+            for name, params in updates.items():
+                if params:
+                    changed = self._swap(conn, table, pk, columns[name], params)
+                    report.rewrapped += changed
+                    report.changed_concurrently += len(params) - changed
+            self._checkpoint(conn, table, str(rows[-1][0]), report.target_version, done=False)
+        self._progress(sum(1 for row in rows for v in row[1:] if v is not None))
 
     @staticmethod
     def _swap(
@@ -280,17 +318,24 @@ class Rewrapper:
         table: sa.Table,
         pk: sa.Column[Any],
         column: sa.Column[bytes],
-        params: list[dict[str, Any]],
+        params: list[tuple[Any, bytes, bytes]],
     ) -> int:
-        """Compare-and-swap each field: only where it still holds the ciphertext that was rewrapped."""
-        stmt = (
-            sa.update(table)
-            .where(pk == sa.bindparam("_id"), column == sa.bindparam("_old"))
-            .values({column.name: sa.bindparam("_new")})
-        )
+        """Compare-and-swap each field: only where it still holds the ciphertext that was rewrapped.
+
+        One statement, executemany'd through the driver: SQLAlchemy's per-row parameter processing
+        cost more than the database itself (bench/bench_rewrap.py).
+        """
+        quote = conn.dialect.identifier_preparer.quote
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        if conn.dialect.paramstyle not in ("qmark", "format", "pyformat"):
+            raise KeysRefused(f"unsupported driver parameter style {conn.dialect.paramstyle}")
+        col = quote(column.name)
+        # Identifiers come from the schema registry and are quoted by the dialect; values are bound.
+        key = quote(pk.name)
+        sql = f"UPDATE {quote(table.name)} SET {col} = {mark} WHERE {key} = {mark} AND {col} = {mark}"  # noqa: S608
         if conn.dialect.supports_sane_multi_rowcount:
-            return int(conn.execute(stmt, params).rowcount)
-        return sum(int(conn.execute(stmt, p).rowcount) for p in params)
+            return int(conn.exec_driver_sql(sql, params).rowcount)
+        return sum(int(conn.exec_driver_sql(sql, p).rowcount) for p in params)
 
     def _checkpoint(
         self, conn: sa.Connection, table: sa.Table, last: str | None, target: int, *, done: bool

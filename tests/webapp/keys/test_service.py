@@ -109,7 +109,8 @@ def test_a_field_keyd_refuses_is_reported_and_left_alone(
     assert report.rewrapped == 11
     assert stored(owner_engine)[victim] == bytes(bad)
     with owner_engine.connect() as conn:  # the checkpoint stays: the pass did not complete cleanly
-        assert conn.execute(sa.select(sa.func.count()).select_from(key_rewrap_checkpoints)).scalar() == 1
+        kept = conn.execute(sa.select(key_rewrap_checkpoints.c.table_name)).scalars().all()
+    assert "cards" in kept
 
 
 @pytest.mark.parametrize(
