@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import secrets
 import tarfile
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from backup import snapshot
 from backup.archive import BackupRefused
+from tests.fixtures.mariadb import PrivateMariaDB
 from webapp.db import migrate
 from webapp.db.engine import make_engine
 from webapp.db.tables import users
@@ -159,3 +161,43 @@ def test_values_round_trip(value: Any) -> None:
 def test_bad_values_are_refused(encoded: Any) -> None:
     with pytest.raises(BackupRefused, match="cannot decode"):
         snapshot.decode_value(encoded)
+
+
+def test_mariadb_snapshot_is_one_point_in_time(mariadb: PrivateMariaDB) -> None:
+    """Rows committed by others while the dump runs (after its first table) are not in the backup."""
+    name = "snap_" + secrets.token_hex(4)
+    conn = mariadb.root()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    conn.close()
+    engine = make_engine(
+        f"mysql+pymysql://root@localhost/{name}?unix_socket={mariadb.socket}&charset=utf8mb4"
+    )
+    migrate.upgrade(engine)
+    writer = make_engine(engine.url)
+    late = {
+        "role": "clerk",
+        "password_hash": "x",
+        "active": True,
+        "failed_logins": 0,
+        "created_at": NOW.replace(tzinfo=None),
+        "password_changed_at": NOW.replace(tzinfo=None),
+    }
+    dumped: list[str] = []
+
+    def meanwhile(table: str, _rows: int) -> None:
+        # After the first table, another client commits users the dump has not read yet.
+        dumped.append(table)
+        if len(dumped) == 1:
+            with writer.begin() as w:
+                w.execute(sa.insert(users), [{"username": f"late{i}", **late} for i in range(3)])
+
+    snap = snapshot.create_snapshot(
+        engine, keyd_state_dir=None, encrypted=ENCRYPTED, now=NOW, progress=meanwhile
+    )
+    assert dumped.index("users") > 0  # users was read after the insert had committed
+    assert snap.manifest["tables"]["users"]["rows"] == 0
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 3
+    writer.dispose()
+    engine.dispose()
