@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from hardening.firewall.config import FirewallConfigError, load_config
 from hardening.firewall.probe import probe_many
-from hardening.firewall.render import Variant, render_iptables, render_nft
+from hardening.firewall.render import Variant, render_iptables, render_nft, write_atomic
 
 OUTPUTS = ("strongroom.nft", "rules.v4", "rules.v6")
-
-
-def _write(path: Path, text: str) -> None:
-    # Whole file or nothing: a half-written ruleset must never be loaded at boot.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 @click.group()
@@ -53,7 +38,7 @@ def render(config: Path, out: Path, variant: str) -> None:
         raise click.ClickException(f"{config}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
-        _write(out / name, texts[name])
+        write_atomic(out / name, texts[name], mode=0o644)
     click.echo(f"wrote {', '.join(OUTPUTS)} ({chosen} variant) to {out}")
 
 

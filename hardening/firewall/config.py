@@ -215,7 +215,7 @@ def _peers(
             raise FirewallConfigError(f"{where}.name: {name!r} must be 1-32 of a-z 0-9 _ . - (starting a-z)")
         if name in {peer.name for peer in peers}:
             raise FirewallConfigError(f"{where}.name: {name!r} is listed twice")
-        key = _check_wg_key(entry.get("public_key"), f"{where}.public_key")
+        key = check_wg_key(entry.get("public_key"), f"{where}.public_key")
         if key in {peer.public_key for peer in peers}:
             raise FirewallConfigError(f"{where}.public_key: the same key is used by two peers")
         ip = _peer_address(entry.get("address"), f"{where}.address", address)
@@ -244,7 +244,7 @@ def _peer_address(value: object, where: str, server: Any) -> Any:
     return ip
 
 
-def _check_wg_key(value: object, where: str) -> str:
+def check_wg_key(value: object, where: str) -> str:
     """A WireGuard key is 32 bytes in standard base64 (44 characters, one '=')."""
     if not isinstance(value, str) or len(value) != 44 or not value.endswith("="):
         raise FirewallConfigError(f"{where}: not a WireGuard public key (44 base64 characters)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -197,6 +198,13 @@ class Lan:
             _run(["ip", "-n", host.netns, "addr", "add", f"{host.v6}/64", "dev", "eth0", "nodad"])
             self.hosts[role] = host
 
+    def etc(self, role: str) -> Path:
+        """/etc/netns/<ns>/: `ip netns exec` mounts its subfolders over /etc/<name> for that host only (the
+        folder must exist in /etc too), so a host gets a private /etc/wireguard or /etc/resolv.conf."""
+        path = Path("/etc/netns") / self.hosts[role].netns
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def link(self, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
         """A veth pair with one end in each namespace, both up."""
         _run(["ip", "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
@@ -208,6 +216,7 @@ class Lan:
             host.stop()
         for name in reversed(self.namespaces):
             _run(["ip", "netns", "del", name], check=False)
+            shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
         self.namespaces.clear()
 
 
