@@ -8,7 +8,7 @@ message), so a line is byte-identical in both places. Within the compared window
   stuck, or a line was inserted here).
 Lines compare as sets: rsyslog delivers at least once, so after a reconnect the log host may hold a
 line twice, and that is not tampering. The window starts at the local file's first line and stays
-there until the local file is rotated, so
+there until the local file is rotated (or begins at the remote copy's first line, if later), so
 deleting the oldest local lines does not quietly move the window.
 """
 
@@ -89,7 +89,11 @@ def run(ctx: Context) -> Result:
         stamps = [w for w in map(_stamp, local) if w is not None]
         start = min(stamps) if stamps else None
     until = ctx.now - timedelta(seconds=s.remote_grace_seconds)
-    missing_here, missing_there = compare(local, remote, start=start, until=until)
+    # The log host rotates its copy on its own schedule: nothing older than its first line is there.
+    # (Its first line is out of this host's reach, so this does not let an intruder move the window.)
+    remote_stamps = [w for w in map(_stamp, remote[:50]) if w is not None]
+    window_start = max([start, min(remote_stamps)]) if start and remote_stamps else start
+    missing_here, missing_there = compare(local, remote, start=window_start, until=until)
     findings = []
     if missing_here:
         findings.append(
