@@ -174,7 +174,7 @@ def test_mariadb_snapshot_is_one_point_in_time(mariadb: PrivateMariaDB) -> None:
         f"mysql+pymysql://root@localhost/{name}?unix_socket={mariadb.socket}&charset=utf8mb4"
     )
     migrate.upgrade(engine)
-    writer = make_engine(engine.url)
+    writer = make_engine(engine.url.render_as_string(hide_password=False))
     late = {
         "role": "clerk",
         "password_hash": "x",
