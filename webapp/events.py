@@ -62,6 +62,21 @@ class Event(StrEnum):
     CARD_ADDED = "card.added"
     CARD_REFUSED = "card.refused"
     # Reveal, step-up, items, edits (webapp/records): add members here
+    CARD_VIEWED = "card.viewed"  # one card, masked
+    CARD_EDITED = "card.edited"
+    CARD_RETIRED = "card.retired"
+    ITEM_VIEWED = "item.viewed"  # one item, masked
+    ITEM_ADDED = "item.added"
+    ITEM_EDITED = "item.edited"
+    ITEM_RETIRED = "item.retired"
+    ITEM_REFUSED = "item.refused"
+    REVEAL_FORM = "reveal.form"  # a reveal form (and its one-time step-up token) was issued
+    REVEALED = "reveal.done"  # a secret field was shown; the detail carries the employee's reason
+    REVEAL_REFUSED = "reveal.refused"  # bad reason, bad or replayed step-up token, wrong password
+    REVEAL_BUDGET_EXCEEDED = "reveal.budget_exceeded"  # keyd refused: a decrypt budget is spent
+    REVEAL_INTEGRITY_FAILED = "reveal.integrity_failed"  # the stored ciphertext did not verify
+    STEPUP_SUCCESS = "stepup.success"
+    STEPUP_FAILURE = "stepup.failure"  # a wrong password at a reveal: counts toward the lockout
 
     # Request budgets and mail delivery (webapp/budgets, webapp/mail): add members here
     BUDGET_ALERT = "budget.alert"  # a request counter reached its alert threshold in this window
@@ -98,6 +113,11 @@ ALERTS: frozenset[Event] = frozenset(
         Event.AUDIT_VERIFY_FAILED,
         Event.RECORD_REFUSED,
         Event.CARD_REFUSED,
+        Event.ITEM_REFUSED,
+        Event.REVEAL_REFUSED,
+        Event.REVEAL_BUDGET_EXCEEDED,
+        Event.REVEAL_INTEGRITY_FAILED,
+        Event.STEPUP_FAILURE,
         Event.BUDGET_ALERT,
         Event.BUDGET_LIMIT_REACHED,
     }

@@ -1,6 +1,8 @@
 """What happens when a request cannot finish.
 
 - keyd sealed or unreachable: 503 "vault sealed / unavailable", the transaction rolled back.
+- keyd's decrypt budget spent: 429 "reveal limit reached", an alert event (the reveal view catches
+  it itself to keep its step-up token spent; this is the net for any other decrypting path).
 - Database unreachable: 503, the event goes to syslog (the outbox is in the database that is down),
   and the next request tries again: the pool pre-pings, so recovery needs no restart.
 - Anything else ("safe mode"): roll back, end the user's session, show a page that closes the window,
@@ -18,7 +20,7 @@ import sqlalchemy as sa
 from flask import Flask, g, render_template, request, session
 from flask.wrappers import Response
 
-from keyd.errors import Sealed, Unavailable
+from keyd.errors import QuotaExceeded, Sealed, Unavailable
 from webapp.auth.sessions import ServerSession, end_sessions, sid_hash
 from webapp.db.tables import sessions
 from webapp.events import Event
@@ -49,6 +51,9 @@ def handle(app: Flask, exc: Exception) -> Response:
         _record(app, event, end_session=False)
         page = render_template("vault_unavailable.html", sealed=isinstance(exc, Sealed))
         return Response(page, status=503, mimetype="text/html")
+    if isinstance(exc, QuotaExceeded):
+        _record(app, Event.REVEAL_BUDGET_EXCEEDED, end_session=False)
+        return Response(render_template("quota_exceeded.html"), status=429, mimetype="text/html")
     if is_db_outage(exc):
         svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, request.path)
         log.error("database unavailable: %s at %s", type(exc).__name__, _where(exc))

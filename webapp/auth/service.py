@@ -90,6 +90,10 @@ def attempt_login(
     policy: LoginPolicy,
     pin: str | None = None,
     require_pin: bool = False,
+    # A reveal's step-up re-checks the password through this same function (same lockout counter)
+    # and records its own event names, so the audit log does not show a reveal as a login.
+    success_event: Event = Event.LOGIN_SUCCESS,
+    failure_event: Event = Event.LOGIN_FAILURE,
 ) -> User | None:
     conn = uow.conn
     resource = f"user:{binding.user_id}"
@@ -114,9 +118,7 @@ def attempt_login(
     failed = row.failed_logins
     if row.locked_until is not None:
         if now < from_db(row.locked_until):
-            uow.record(
-                Event.LOGIN_FAILURE, ok=False, resource=resource, detail="locked", actor=binding.username
-            )
+            uow.record(failure_event, ok=False, resource=resource, detail="locked", actor=binding.username)
             return None
         failed = 0  # the lock has run out: start counting afresh
     if not (password_ok and name_ok and pin_ok):
@@ -132,7 +134,7 @@ def attempt_login(
             detail = "wrong_password"
         else:
             detail = "wrong_pin" if row.pin_hash else "no_pin_set"
-        uow.record(Event.LOGIN_FAILURE, ok=False, resource=resource, detail=detail, actor=binding.username)
+        uow.record(failure_event, ok=False, resource=resource, detail=detail, actor=binding.username)
         return None
     values = {"failed_logins": 0, "locked_until": None}
     if hasher.check_needs_rehash(row.password_hash):
@@ -141,5 +143,5 @@ def attempt_login(
     if require_pin and pin and hasher.check_needs_rehash(row.pin_hash):
         values["pin_hash"] = hasher.hash(pin)
     conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
-    uow.record(Event.LOGIN_SUCCESS, ok=True, resource=resource, actor=binding.username)
+    uow.record(success_event, ok=True, resource=resource, actor=binding.username)
     return User(binding.user_id, binding.username, binding.role)

@@ -4,10 +4,17 @@ view, which refuses the whole form with a specific message; they are never read 
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, StringField
-from wtforms.validators import DataRequired, Length, NumberRange
+from wtforms import IntegerField, PasswordField, StringField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from webapp.auth.forms import KEYPAD_MAX
+from webapp.auth.passwords import MAX_LENGTH
 from webapp.records.cards import CVV_FIELDS
+
+# Form-level ceilings, above the rules' own limits, so that an oversized value reaches the rule and
+# gets its specific message ("at most 2000 characters") rather than a generic one.
+NOTE_FIELD_MAX = 2048
+REASON_FIELD_MAX = 400
 
 
 class SearchForm(FlaskForm):
@@ -36,3 +43,30 @@ class CardForm(FlaskForm):
 # parameter".
 for _name in CVV_FIELDS:
     setattr(CardForm, _name, StringField(_name))
+
+
+class CardEditForm(FlaskForm):
+    """Cardholder and expiry only: a new card number is a new card."""
+
+    cardholder = StringField("Cardholder name", validators=[DataRequired(), Length(max=64)])
+    exp_month = IntegerField("Expiry month", validators=[DataRequired(), NumberRange(min=1, max=12)])
+    exp_year = IntegerField("Expiry year", validators=[DataRequired(), NumberRange(min=2000, max=9999)])
+
+
+for _name in CVV_FIELDS:
+    setattr(CardEditForm, _name, StringField(_name))
+
+
+class ItemForm(FlaskForm):
+    """Adding or editing a bank account, identity document or note (the kind is in the URL)."""
+
+    # Generous here; the item rules (items.py) give the specific limit per kind.
+    value = StringField("Value", validators=[DataRequired(), Length(max=NOTE_FIELD_MAX)])
+    doc_type = StringField("Document type", validators=[Optional(), Length(max=32)])
+
+
+class RevealForm(FlaskForm):
+    stepup = StringField("Step-up token", validators=[DataRequired(), Length(max=64)])
+    reason = StringField("Reason", validators=[Optional(), Length(max=REASON_FIELD_MAX)])
+    password = PasswordField("Password", validators=[Optional(), Length(max=MAX_LENGTH)])
+    keypad = StringField("Keypad", validators=[Optional(), Length(max=KEYPAD_MAX)])

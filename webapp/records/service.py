@@ -19,7 +19,7 @@ from keyd.client import Context
 from keyd.errors import Unavailable
 from webapp.clock import to_db
 from webapp.records.cards import Pan
-from webapp.records.tables import cards, customer_records
+from webapp.records.tables import cards, customer_records, items
 
 DEFAULT_CRM_REF_PATTERN = r"^C[0-9]{6,10}$"
 
@@ -92,14 +92,48 @@ def retire_record(conn: sa.Connection, record_id: int, *, actor: str, now: datet
 
 
 def masked_cards(conn: sa.Connection, record_id: int) -> list[sa.Row]:
-    """Brand and last four only: the ciphertexts are not even selected."""
+    """Brand and last four only: the ciphertexts are not even selected (index on record_id)."""
     return list(
         conn.execute(
-            sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.created_at)
+            sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.created_at, cards.c.retired_at)
             .where(cards.c.record_id == record_id)
             .order_by(cards.c.created_at, cards.c.id)
         )
     )
+
+
+def masked_items(conn: sa.Connection, record_id: int, kinds: tuple[str, ...]) -> list[sa.Row]:
+    """Kind and hint only, for the kinds the caller may see."""
+    if not kinds:
+        return []
+    return list(
+        conn.execute(
+            sa.select(items.c.id, items.c.kind, items.c.hint, items.c.created_at, items.c.retired_at)
+            .where(items.c.record_id == record_id, items.c.kind.in_(kinds))
+            .order_by(items.c.created_at, items.c.id)
+        )
+    )
+
+
+def get_card(conn: sa.Connection, record_id: int, card_id: str) -> sa.Row | None:
+    return conn.execute(
+        sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.retired_at, cards.c.created_at).where(
+            cards.c.id == card_id, cards.c.record_id == record_id
+        )
+    ).one_or_none()
+
+
+def get_item(conn: sa.Connection, record_id: int, item_id: str) -> sa.Row | None:
+    return conn.execute(
+        sa.select(items.c.id, items.c.kind, items.c.hint, items.c.retired_at, items.c.created_at).where(
+            items.c.id == item_id, items.c.record_id == record_id
+        )
+    ).one_or_none()
+
+
+def writable(row: sa.Row | None, what: str) -> None:
+    if row is not None and row.retired_at is not None:
+        raise RecordRefused(f"{what} is retired: it is read-only")
 
 
 @dataclass(frozen=True)
@@ -141,16 +175,112 @@ def add_card(
     return card_id
 
 
-_FIELDS = {"pan": cards.c.pan_ct, "cardholder": cards.c.name_ct, "expiry": cards.c.expiry_ct}
+def edit_card(
+    conn: sa.Connection,
+    keyd: CardCipher,
+    card_id: str,
+    *,
+    cardholder: str,
+    expiry: str,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Re-encrypt cardholder and expiry under the same id (same context); the PAN never changes:
+    a new number is a new card."""
+    name_ct, expiry_ct = (
+        keyd.encrypt(v.encode("utf-8"), context=Context(card_id, f), actor=actor, purpose="card.edit")
+        for f, v in (("cardholder", cardholder), ("expiry", expiry))
+    )
+    conn.execute(
+        sa.update(cards)
+        .where(cards.c.id == card_id, cards.c.retired_at.is_(None))
+        .values(name_ct=name_ct, expiry_ct=expiry_ct, updated_at=to_db(now), updated_by=actor)
+    )
+
+
+def retire_card(conn: sa.Connection, card_id: str, *, actor: str, now: datetime) -> None:
+    conn.execute(
+        sa.update(cards)
+        .where(cards.c.id == card_id, cards.c.retired_at.is_(None))
+        .values(retired_at=to_db(now), retired_by=actor)
+    )
+
+
+def add_item(
+    conn: sa.Connection,
+    keyd: CardCipher,
+    record_id: int,
+    kind: str,
+    value: str,
+    hint: str,
+    *,
+    actor: str,
+    now: datetime,
+) -> str:
+    item_id = secrets.token_hex(16)
+    value_ct = keyd.encrypt(
+        value.encode("utf-8"), context=Context(item_id, "value"), actor=actor, purpose=f"{kind}.add"
+    )
+    conn.execute(
+        sa.insert(items).values(
+            id=item_id,
+            record_id=record_id,
+            kind=kind,
+            hint=hint,
+            value_ct=value_ct,
+            created_at=to_db(now),
+            created_by=actor,
+        )
+    )
+    return item_id
+
+
+def edit_item(
+    conn: sa.Connection,
+    keyd: CardCipher,
+    item_id: str,
+    kind: str,
+    value: str,
+    hint: str,
+    *,
+    actor: str,
+    now: datetime,
+) -> None:
+    value_ct = keyd.encrypt(
+        value.encode("utf-8"), context=Context(item_id, "value"), actor=actor, purpose=f"{kind}.edit"
+    )
+    conn.execute(
+        sa.update(items)
+        .where(items.c.id == item_id, items.c.retired_at.is_(None))
+        .values(value_ct=value_ct, hint=hint, updated_at=to_db(now), updated_by=actor)
+    )
+
+
+def retire_item(conn: sa.Connection, item_id: str, *, actor: str, now: datetime) -> None:
+    conn.execute(
+        sa.update(items)
+        .where(items.c.id == item_id, items.c.retired_at.is_(None))
+        .values(retired_at=to_db(now), retired_by=actor)
+    )
+
+
+_FIELDS = {
+    "pan": cards.c.pan_ct,
+    "cardholder": cards.c.name_ct,
+    "expiry": cards.c.expiry_ct,
+    "value": items.c.value_ct,
+}
 
 
 def unchecked_decrypt(
     conn: sa.Connection, keyd: CardCipher, card_id: str, field: str, *, actor: str, purpose: str
 ) -> bytes:
-    """¡DANGER! Decrypts a card field with no permission, step-up or budget check of its own.
+    """¡DANGER! Decrypts a card or item field with no permission, step-up or budget check of its own.
 
-    No route calls this yet: the reveal slice must wrap it in its checks and audit. The row's own id
-    is the keyd context, so a ciphertext copied from another row fails (IntegrityFailure).
+    Only the reveal view calls this, after the matrix, the one-time step-up token, the password and
+    the reason have all passed. The row's own id is the keyd context, so a ciphertext copied from
+    another row fails (IntegrityFailure).
     """
-    blob = conn.execute(sa.select(_FIELDS[field]).where(cards.c.id == card_id)).scalar_one()
+    column = _FIELDS[field]
+    blob = conn.execute(sa.select(column).where(column.table.c.id == card_id)).scalar_one()
     return keyd.decrypt(bytes(blob), context=Context(card_id, field), actor=actor, purpose=purpose)

@@ -2,6 +2,7 @@
 
 A card row holds ciphertexts (keyd, bound to the card's id and the field name) plus brand and last
 four digits in clear. Nothing else about a card is stored: never a CVV, never a PAN in clear.
+An item row (bank account, identity document, note) holds one ciphertext and a short masked hint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,47 @@ cards = sa.Table(
     sa.Column("expiry_ct", sa.LargeBinary(64), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("created_by", sa.String(64), nullable=False),
+    # Edits re-encrypt cardholder and expiry in place (same id, same context); retired cards are kept.
+    sa.Column("updated_at", UtcDateTime, nullable=True),
+    sa.Column("updated_by", sa.String(64), nullable=True),
+    sa.Column("retired_at", UtcDateTime, nullable=True),
+    sa.Column("retired_by", sa.String(64), nullable=True),
+)
+
+ITEM_KINDS = ("bank", "identity", "note")
+# Notes are the longest item: 2000 characters of at most 4 UTF-8 bytes, plus keyd's 33 bytes.
+ITEM_CT_MAX = 8192 + 64
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True, autoincrement=False),  # random, as for cards
+    sa.Column("record_id", sa.Integer, sa.ForeignKey("customer_records.id"), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    # What list pages show: never the value (e.g. "DE •••• 3000", "passport •••• 89", "note, 42 chars").
+    sa.Column("hint", sa.String(40), nullable=False),
+    sa.Column("value_ct", sa.LargeBinary(ITEM_CT_MAX), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=True),
+    sa.Column("updated_by", sa.String(64), nullable=True),
+    sa.Column("retired_at", UtcDateTime, nullable=True),
+    sa.Column("retired_by", sa.String(64), nullable=True),
+    sa.CheckConstraint("kind IN ('bank', 'identity', 'note')", name="kind"),
+)
+
+# One-time step-up tokens for reveals: issued with the reveal form, consumed by a single conditional
+# UPDATE (used_at IS NULL), so two workers racing with one token cannot both win. Only the token's
+# SHA-256 is stored.
+stepup_tokens = sa.Table(
+    "stepup_tokens",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("target", sa.String(120), nullable=False),  # e.g. card:<id>:pan
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("used_at", UtcDateTime, nullable=True),
 )
 
 
@@ -43,4 +85,5 @@ cards = sa.Table(
 # a new encrypted column that is not listed here would be missed by all three.
 ENCRYPTED_COLUMNS: dict[sa.Table, dict[str, sa.Column[bytes]]] = {
     cards: {"pan": cards.c.pan_ct, "cardholder": cards.c.name_ct, "expiry": cards.c.expiry_ct},
+    items: {"value": items.c.value_ct},
 }

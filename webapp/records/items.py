@@ -1,0 +1,100 @@
+"""Input rules for the other sensitive items: bank accounts (IBAN), identity documents, notes.
+
+Pure functions, like cards.py. Every refusal is an `ItemRefused` whose reason names the rule, never
+the value. Each rule returns (value to encrypt, masked hint to store in clear).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from webapp.records.cards import luhn_ok
+
+NOTE_MAX = 2000
+DOC_TYPES = ("passport", "id_card", "driving_licence", "residence_permit")
+DOC_MIN, DOC_MAX = 5, 20
+# ISO 13616 IBAN lengths by country (the SEPA area and a few more); an unknown country is refused.
+IBAN_LENGTHS = {
+    "AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
+    "EE": 20, "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GI": 23, "GR": 27, "HR": 21, "HU": 28,
+    "IE": 22, "IS": 26, "IT": 27, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31,
+    "NL": 18, "NO": 15, "PL": 28, "PT": 25, "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
+    "VA": 22,
+}  # fmt: skip
+# 13-19 digits, each optionally followed by one space or dash: how a card number is written.
+_DIGIT_RUN = re.compile(r"(?:\d[ -]?){13,}")
+
+
+class ItemRefused(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def contains_pan(text: str) -> bool:
+    """True when a Luhn-valid run of 13-19 digits (spaces/dashes allowed) hides in `text`."""
+    for m in _DIGIT_RUN.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group())
+        for length in range(13, 20):
+            for start in range(len(digits) - length + 1):
+                if luhn_ok(digits[start : start + length]):
+                    return True
+    return False
+
+
+def clean_text(raw: str, what: str, *, max_len: int) -> str:
+    """NFC, stripped, bounded, and free of control, format (invisible) and unassigned characters."""
+    text = unicodedata.normalize("NFC", raw.strip())
+    if not text:
+        raise ItemRefused(f"{what}: required")
+    if len(text) > max_len:
+        raise ItemRefused(f"{what}: at most {max_len} characters")
+    if any(unicodedata.category(c).startswith("C") for c in text):
+        raise ItemRefused(f"{what}: control or invisible characters")
+    return text
+
+
+def iban(raw: str) -> tuple[str, str]:
+    value = re.sub(r"[ ]", "", raw).upper()
+    if not value.isascii() or not value.isalnum():
+        raise ItemRefused("IBAN: letters and digits only (spaces allowed)")
+    country = value[:2]
+    if country not in IBAN_LENGTHS:
+        raise ItemRefused("IBAN: unknown country code")
+    if len(value) != IBAN_LENGTHS[country] or not value[2:4].isdigit():
+        raise ItemRefused(f"IBAN: wrong length for {country}")
+    # ISO 7064 mod 97-10: move the first four characters to the end, letters become 10..35.
+    number = "".join(str(int(c, 36)) for c in value[4:] + value[:4])
+    if int(number) % 97 != 1:
+        raise ItemRefused("IBAN: check digits are wrong")
+    return value, f"{country} •••• {value[-4:]}"
+
+
+def identity(raw: str, doc_type: str) -> tuple[str, str]:
+    if doc_type not in DOC_TYPES:
+        raise ItemRefused("document type: unknown")
+    value = re.sub(r"[ -]", "", raw).upper()
+    if not value.isascii() or not value.isalnum():
+        raise ItemRefused("document number: letters and digits only")
+    if not DOC_MIN <= len(value) <= DOC_MAX:
+        raise ItemRefused(f"document number: {DOC_MIN} to {DOC_MAX} characters")
+    return value, f"{doc_type} •••• {value[-2:]}"
+
+
+def note(raw: str) -> tuple[str, str]:
+    text = clean_text(raw, "note", max_len=NOTE_MAX)
+    if contains_pan(text):
+        # A card number pasted into a note would escape every card control: masking, reveal, budgets.
+        raise ItemRefused("note: contains what looks like a card number; cards go in the card form")
+    return text, f"note, {len(text)} characters"
+
+
+def check(kind: str, raw: str, doc_type: str = "") -> tuple[str, str]:
+    if kind == "bank":
+        return iban(raw)
+    if kind == "identity":
+        return identity(raw, doc_type)
+    if kind == "note":
+        return note(raw)
+    raise ItemRefused("item kind: unknown")
