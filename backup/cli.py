@@ -361,8 +361,19 @@ def prune(keep_last: int, keep_days: int, local_dir: Path | None, **kw: Any) -> 
 @click.option(
     "--keyd-state-dir", type=click.Path(path_type=Path), default=None, help="A new, empty directory."
 )
+@click.option(
+    "--keyd-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A keyd already unsealed on this backup's state: check every field right after the restore.",
+)
 def restore(
-    file: Path, signing_pub: Path, identity: Path, database_url: str, keyd_state_dir: Path | None
+    file: Path,
+    signing_pub: Path,
+    identity: Path,
+    database_url: str,
+    keyd_state_dir: Path | None,
+    keyd_socket: Path | None,
 ) -> None:
     """Restore a verified backup into an empty database (and keyd's state into a new directory)."""
     from alembic.script import ScriptDirectory
@@ -396,7 +407,11 @@ def restore(
     click.echo(f"restored {sum(counts.values())} rows in {len(counts)} tables from {file.name}")
     if written:
         click.echo(f"keyd state restored to {keyd_state_dir}: {', '.join(written)}")
-    click.echo("next: start keyd on the restored state, unseal it, then `python -m backup check`")
+    click.echo(f"ciphertexts per key version in the backup: {opened.manifest['key_versions']}")
+    if keyd_socket is not None:
+        _check(database_url, keyd_socket)
+    else:
+        click.echo("next: start keyd on the restored state, unseal it, then `python -m backup check`")
 
 
 @main.command()
@@ -404,6 +419,10 @@ def restore(
 @click.option("--keyd-socket", type=click.Path(path_type=Path), required=True)
 def check(database_url: str, keyd_socket: Path) -> None:
     """Every encrypted field of the database must open through keyd (rewrap: no plaintext leaves keyd)."""
+    _check(database_url, keyd_socket)
+
+
+def _check(database_url: str, keyd_socket: Path) -> None:
     from backup.check import check_decryptable
     from keyd.client import KeydClient
     from keyd.errors import KeydError

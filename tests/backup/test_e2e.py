@@ -222,3 +222,62 @@ def alert_db(tmp_path: Path) -> str:
     migrate.upgrade(engine)
     engine.dispose()
     return url
+
+
+def _sqlite_backup(tmp_path: Path, daemon: Running, keys: Keys) -> tuple[str, Path]:
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    engine = make_engine(src)
+    migrate.upgrade(engine)
+    with KeydClient(daemon.keyd.socket, timeout=10.0) as client:
+        seed_cards(engine, client, 12)
+    engine.dispose()
+    out = tmp_path / "out"
+    out.mkdir()
+    made = run_backup(
+        "create", "--database-url", src, "--keyd-state-dir", str(daemon.keyd.state_dir),
+        "--recipient", str(keys.recipient), "--signing-key", str(keys.signing_key), "--out-dir", str(out),
+    )  # fmt: skip
+    return src, Path(made.stdout.splitlines()[0])
+
+
+def test_sqlite_restore_checks_through_a_running_keyd(
+    tmp_path: Path, daemon: Running, backup_keys: Keys
+) -> None:
+    src, path = _sqlite_backup(tmp_path, daemon, backup_keys)
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    result = run_backup(
+        "restore", str(path),
+        "--signing-pub", str(backup_keys.signing_pub), "--identity", str(backup_keys.identity),
+        "--database-url", target, "--keyd-socket", str(daemon.keyd.socket),
+    )  # fmt: skip
+    assert "records=12 fields=36 decryptable=36 failed=0" in result.stdout
+    assert "ciphertexts per key version in the backup: {'1': 36}" in result.stdout
+    assert dump(target) == dump(src)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: d[:-100], "signature does not verify"),
+        (lambda d: d[:30] + bytes([d[30] ^ 1]) + d[31:], "signature does not verify"),
+        (lambda d: b"", "truncated"),
+    ],
+    ids=["truncated", "flipped", "empty"],
+)
+def test_restore_refuses_a_damaged_backup_and_writes_nothing(
+    tmp_path: Path, daemon: Running, backup_keys: Keys, damage: object, reason: str
+) -> None:
+    _src, path = _sqlite_backup(tmp_path, daemon, backup_keys)
+    path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
+    target_file = tmp_path / "restored.db"
+    state = tmp_path / "restored-keyd"
+    result = run_backup(
+        "restore", str(path),
+        "--signing-pub", str(backup_keys.signing_pub), "--identity", str(backup_keys.identity),
+        "--database-url", f"sqlite:///{target_file}", "--keyd-state-dir", str(state),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert reason in result.stderr
+    assert not target_file.exists()
+    assert not state.exists()

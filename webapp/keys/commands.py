@@ -171,6 +171,8 @@ def rewrap(batch_size: int, restart: bool) -> None:
             f"concurrent={report.changed_concurrently} failed={len(report.failures)}"
         )
         _record(uow, KeyEvent.REWRAPPED if report.ok else KeyEvent.REWRAP_FAILED, ok=report.ok, detail=detail)
+    for table in report.restarted:
+        click.echo(f"restarted {table} from the first row: its checkpoint was for another key version")
     for table, last in report.resumed.items():
         click.echo(f"resumed {table} after {'the end' if last == 'done' else last or 'the start'}")
     click.echo(detail.replace(" ", "\n"))

@@ -131,6 +131,7 @@ class RewrapReport:
     changed_concurrently: int = 0
     failures: list[Failure] = field(default_factory=list)
     resumed: dict[str, str | None] = field(default_factory=dict)  # table -> last id it resumed after
+    restarted: list[str] = field(default_factory=list)  # checkpoints dropped: made for another version
 
     @property
     def ok(self) -> bool:
@@ -176,13 +177,6 @@ class Rewrapper:
         self._progress = progress or (lambda _n: None)
         self._between = between
 
-    def pending(self, target_version: int) -> int:
-        """Fields still below the target version (the progress bar's total)."""
-        with self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            return sum(
-                c.count for c in count_versions(conn) if c.version is not None and c.version < target_version
-            )
-
     def forget_checkpoint(self) -> None:
         with self._engine.begin() as conn:
             conn.execute(sa.delete(key_rewrap_checkpoints))
@@ -195,6 +189,11 @@ class Rewrapper:
             saved = {r.table_name: r for r in conn.execute(sa.select(key_rewrap_checkpoints))}
         for table, columns in ENCRYPTED_COLUMNS.items():
             mark = saved.get(table.name)
+            if mark is not None and mark.target_version != target_version:
+                # keyd was rotated again since the interrupted pass: the rows before its checkpoint
+                # are under the previous target, so this pass must start from the first row.
+                report.restarted.append(table.name)
+                mark = None
             if mark is not None and mark.done:
                 report.resumed[table.name] = "done"
                 continue

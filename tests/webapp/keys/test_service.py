@@ -238,3 +238,32 @@ def test_cli_refuses_bad_arguments(keys_app: Flask, args: list[str], message: st
     result = keys_app.test_cli_runner().invoke(args=args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_checkpoint_from_an_older_rotation_is_not_trusted(
+    owner_engine: sa.Engine, keyd_client: KeydClient, daemon: Running
+) -> None:
+    seeded = seed_cards(owner_engine, keyd_client, 30)
+    first = rotate(daemon)
+    calls: list[int] = []
+
+    def crash_after_one_batch(_table: sa.Table, _ids: list[object]) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+
+    job = service.Rewrapper(
+        owner_engine, keyd=keyd_client, actor="t", now=utcnow, batch_size=9, between=crash_after_one_batch
+    )
+    with pytest.raises(Interrupted):
+        job.run(first)
+    assert {key_version(ct) for ct in stored(owner_engine).values()} == {1, 2}  # one batch was committed
+    second = rotate(daemon)  # rotated again before anyone resumed
+    report = service.Rewrapper(owner_engine, keyd=keyd_client, actor="t", now=utcnow).run(second)
+    assert report.restarted == ["cards"]
+    assert {key_version(ct) for ct in stored(owner_engine).values()} == {3}
+    assert decrypt_all(keyd_client, stored(owner_engine)) == seeded.plaintexts
