@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import sqlalchemy as sa
 
 from ops import runner
 from ops.alerts import Alert, Finding, enqueue
 from ops.checks import access
 from ops.settings import CHECKS, Settings, SettingsError, load
 from ops.state import StateDir, StateError
+from webapp.db.engine import make_engine
 
 DEFAULT_CONFIG = "/etc/strongroom/watch.toml"
 
@@ -44,9 +46,7 @@ def _settings(ctx: click.Context) -> Settings:
         _fail(str(exc))
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
-    from webapp.db.engine import make_engine
-
+def _engine(settings: Settings) -> sa.Engine:
     return make_engine(settings.database_url)
 
 
