@@ -7,6 +7,7 @@ go into the same outbox that the web app's mailer drains.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,9 @@ class Settings:
     # logs: name -> path of a file watched for any new data (syslog, Apache's error log)
     logs: dict[str, Path] = field(default_factory=dict)
     modsecurity_log: str = "apache_error"  # which of `logs` carries ModSecurity's denials
+    # Regular expressions (searched in each line) for routine lines that are not news (cron, timers).
+    # Keep them narrow: every pattern is a blind spot the admin chose.
+    log_ignore: tuple[str, ...] = ()
     access_log: Path | None = None
     access_per_cert: int = 50  # requests per certificate between two reviews (start low)
     access_total: int = 200  # requests in total between two reviews
@@ -86,6 +90,8 @@ def parse(raw: dict[str, Any], *, environ: dict[str, str] | os._Environ[str]) ->
             ):
                 raise SettingsError(f"checks must be a list of distinct names from {CHECKS}")
             values[name] = tuple(value)
+        elif name == "log_ignore":
+            values[name] = _patterns(value)
         elif name == "logs":
             if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
                 raise SettingsError("logs must be a table of name = path")
@@ -103,6 +109,19 @@ def parse(raw: dict[str, Any], *, environ: dict[str, str] | os._Environ[str]) ->
     if "remote" in settings.checks and (settings.remote_local_log is None) != (settings.remote_copy is None):
         raise SettingsError("remote_local_log and remote_copy go together")
     return settings
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 100:
+        raise SettingsError("log_ignore must be a list of at most 100 regular expressions")
+    for pattern in value:
+        if not isinstance(pattern, str) or not 0 < len(pattern) <= 500:
+            raise SettingsError("log_ignore patterns must be strings of 1-500 characters")
+        try:
+            re.compile(pattern.encode())
+        except re.error:
+            raise SettingsError(f"log_ignore: not a regular expression: {pattern!r}") from None
+    return tuple(value)
 
 
 def _path(name: str, value: Any) -> Path:

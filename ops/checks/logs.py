@@ -1,11 +1,13 @@
 """Logs that should stay quiet (the system log, Apache's error log): any new data alerts.
 
-Only counts go into the alert: a log line can hold anything, including what an attacker typed.
+Routine lines the admin listed in `log_ignore` are not news. Only counts go into the alert: a log
+line can hold anything, including what an attacker typed.
 ModSecurity's denials in Apache's error log are counted and alerted on their own.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ops.alerts import Alert, Finding
@@ -22,6 +24,7 @@ def run(ctx: Context) -> Result:
     positions: dict[str, Any] = {}
     findings: list[Finding] = []
     failed: list[str] = []
+    ignore = [re.compile(p.encode()) for p in s.log_ignore]
     for name, path in sorted(s.logs.items()):
         try:
             got = read_new(path, Position.from_json(previous.get(name)), max_bytes=s.max_read_bytes)
@@ -33,8 +36,9 @@ def run(ctx: Context) -> Result:
         positions[name] = got.position.to_json()
         if got.gap:
             findings.append(Finding(Alert.LOG_GAP, resource=name, detail=got.gap))
-        if got.lines:
-            findings.append(Finding(Alert.LOG_NEW, resource=name, detail=f"lines={len(got.lines)}"))
+        news = [line for line in got.lines if not any(p.search(line) for p in ignore)]
+        if news:
+            findings.append(Finding(Alert.LOG_NEW, resource=name, detail=f"lines={len(news)}"))
         if name == s.modsecurity_log:
             blocked = sum(1 for line in got.lines if MODSEC_DENIED in line)
             if blocked:

@@ -82,3 +82,21 @@ def test_an_unreadable_log_is_an_alert_not_a_pass(
     s = make_settings(logs={"syslog": str(tmp_path / "missing")})
     _pass(s, engine)
     assert queued(engine) == [("ops.check_failed", "logs", "syslog: No such file or directory")]
+
+
+def test_routine_lines_the_admin_listed_are_not_news(
+    tmp_path: Path, make_settings: Callable[..., Settings], engine: sa.Engine
+) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("")
+    s = make_settings(logs={"syslog": str(log)}, log_ignore=[r" CRON\[\d+\]: \(root\) CMD "])
+    _pass(s, engine)
+    with log.open("a") as fh:
+        fh.write("Nov 28 10:00:01 vault CRON[123]: (root) CMD (run-parts /etc/cron.hourly)\n")
+    _pass(s, engine)
+    assert queued(engine) == []
+    with log.open("a") as fh:
+        fh.write("Nov 28 10:00:01 vault CRON[124]: (root) CMD (run-parts /etc/cron.hourly)\n")
+        fh.write("Nov 28 10:00:02 vault sshd[99]: Accepted publickey for root\n")
+    _pass(s, engine)
+    assert queued(engine) == [("ops.log_new", "syslog", "lines=1")]

@@ -32,6 +32,10 @@ GOOD = {"state_dir": "/var/lib/strongroom-watch", "database_url": "sqlite:////tm
         ({"keyd_timeout": -1}, "keyd_timeout must be a positive number"),
         ({"remote_copy": "/srv/remote.log"}, "remote_local_log and remote_copy go together"),
         ({"aide_config": "/etc/aide\x00.conf"}, "aide_config must be an absolute path"),
+        ({"log_ignore": "CRON"}, "log_ignore must be a list"),
+        ({"log_ignore": ["("]}, "log_ignore: not a regular expression"),
+        ({"log_ignore": [""]}, "log_ignore patterns must be strings of 1-500 characters"),
+        ({"log_ignore": ["x"] * 101}, "log_ignore must be a list of at most 100"),
     ],
 )
 def test_bad_settings_are_refused(extra: dict[str, object], message: str) -> None:
