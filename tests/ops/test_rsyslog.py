@@ -197,7 +197,8 @@ def test_a_receiver_outage_loses_nothing(pair: Pair) -> None:
     strict=True,
     reason="known loss, measured: rsyslog stopped while the log host is down drops the few messages its "
     "forwarding action holds in flight (2-3 here, also with a dequeue batch of 1); what waits in the disk "
-    "queue survives. The remote check reports the loss as ops.remote_log_behind.",
+    "queue survives. Upstream: rsyslog/rsyslog#3820 and #2710 (open). The remote check reports the loss "
+    "as ops.remote_log_behind.",
 )
 def test_a_sender_restart_during_an_outage_loses_nothing(pair: Pair) -> None:
     logger = pair.sender.logger("events")
