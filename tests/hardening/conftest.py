@@ -26,7 +26,8 @@ from tests.support import need_binary, need_root
 REPO = Path(__file__).resolve().parents[2]
 LAN_V4 = "192.0.2.{}"
 LAN_V6 = "2001:db8::{}"
-HOST_NUMBERS = {"server": 1, "admin": 10, "employee": 21, "crm": 30, "untrusted": 66}
+HOST_NUMBERS = {"server": 1, "admin": 10, "employee": 21, "crm": 30, "resolver": 53, "untrusted": 66}
+DEFAULT_ROLES = ("server", "admin", "employee", "crm", "untrusted")
 PROBE_TIMEOUT = 1.0
 
 # A TCP (and, with a "u" prefix, UDP echo) listener on every address of its namespace, v4 and v6 alike.
@@ -151,7 +152,7 @@ def probe_result(proc: subprocess.Popen[str]) -> dict[str, dict[str, str]]:
 class Lan:
     """Hosts on one bridged segment, each in its own network namespace (`with Lan(roles) as lan:`)."""
 
-    def __init__(self, roles: Sequence[str] = tuple(HOST_NUMBERS)) -> None:
+    def __init__(self, roles: Sequence[str] = DEFAULT_ROLES) -> None:
         need_root()
         for tool in ("ip", "nft"):
             need_binary(tool)
