@@ -24,7 +24,7 @@ PF_KTHREAD = 0x00200000
 def _is_kernel_thread(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False  # gone: psutil will not list it either
     # Fields after the ")" that closes the command name: state ppid pgrp session tty tpgid flags ...
     return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
@@ -51,17 +51,24 @@ def _running() -> list[dict[str, Any]]:
 
 
 def snapshot(ctx: Context) -> dict[str, Any]:
-    """The allowlist as it is now: the admin reviews it (and may widen a command line to a glob)."""
+    """The allowlist as it is now, exact command lines: the admin reviews it, and may replace a
+    `cmdline` by a `cmdline_glob` (for arguments that change, such as worker numbers)."""
     seen = {(p["name"], p["user"], p["cmdline"]) for p in _running()}
     return {"allow": [{"name": n, "user": u, "cmdline": c} for n, u, c in sorted(seen)]}
 
 
+def _cmdline_matches(entry: dict[str, str], cmdline: str) -> bool:
+    # Exact unless the admin wrote a glob on purpose: recorded command lines hold brackets
+    # ("sshd: ... [listener]") that a glob would read as character classes.
+    if "cmdline_glob" in entry:
+        return fnmatch.fnmatchcase(cmdline, entry["cmdline_glob"])
+    return entry["cmdline"] == cmdline
+
+
 def _allowed(proc: dict[str, Any], allow: list[dict[str, str]]) -> bool:
-    # The name and user must match exactly; the command line may be a glob the admin wrote.
+    # The name and user must match exactly.
     return any(
-        a["name"] == proc["name"]
-        and a["user"] == proc["user"]
-        and fnmatch.fnmatchcase(proc["cmdline"], a["cmdline"])
+        a["name"] == proc["name"] and a["user"] == proc["user"] and _cmdline_matches(a, proc["cmdline"])
         for a in allow
     )
 

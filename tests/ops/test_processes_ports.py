@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from ops.checks.processes import _allowed
 from tests.ops.conftest import queued
 from tests.support import need_binary, need_root
 
@@ -99,3 +101,27 @@ def test_a_vanished_approved_listener_alerts(tmp_path: Path, db_url: str, engine
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ops.port_gone"]
+
+
+VENV_PY = "/opt/strongroom/.venv/bin/python"
+ALLOW = [
+    {"name": "gunicorn", "user": "strongroom", "cmdline_glob": f"{VENV_PY} * gunicorn *"},
+    {"name": "sshd", "user": "root", "cmdline": "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"},
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "user", "cmdline", "allowed"),
+    [
+        ("gunicorn", "strongroom", f"{VENV_PY} -m gunicorn -c x", True),
+        ("gunicorn", "root", f"{VENV_PY} -m gunicorn -c x", False),
+        ("gunicorn", "strongroom", "/tmp/python -m gunicorn -c x", False),
+        ("gunicorn2", "strongroom", f"{VENV_PY} -m gunicorn -c x", False),
+        ("sshd", "root", "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups", True),
+        ("sshd", "root", "sshd: /usr/sbin/sshd -D l 0 of 10-100 startups", False),  # [listener] is no class
+        ("sshd", "root", "sshd: root@pts/0", False),
+        ("nc", "root", "nc -l 4444", False),
+    ],
+)
+def test_allowlist_matching(name: str, user: str, cmdline: str, allowed: bool) -> None:
+    assert _allowed({"name": name, "user": user, "cmdline": cmdline}, ALLOW) is allowed
