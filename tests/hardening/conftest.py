@@ -199,6 +199,22 @@ class Lan:
             _run(["ip", "-n", host.netns, "addr", "add", f"{host.v6}/64", "dev", "eth0", "nodad"])
             self.hosts[role] = host
 
+    def behind(self, role: str, *, via: str, v4: str, v6: str) -> Host:
+        """A host on its own segment behind `via` (veth `inside` there, `eth0` here), with routes back."""
+        host = Host(role, f"{self.prefix}-{role}", v4, v6)
+        self._netns(host.netns)
+        self.hosts[role] = host
+        gateway = self.hosts[via]
+        self.link(gateway.netns, "inside", host.netns, "eth0")
+        gw4, gw6 = v4.rsplit(".", 1)[0] + ".1", v6.rsplit(":", 1)[0] + ":1"
+        _run(["ip", "-n", gateway.netns, "addr", "add", f"{gw4}/24", "dev", "inside"])
+        _run(["ip", "-n", gateway.netns, "addr", "add", f"{gw6}/64", "dev", "inside", "nodad"])
+        _run(["ip", "-n", host.netns, "addr", "add", f"{v4}/24", "dev", "eth0"])
+        _run(["ip", "-n", host.netns, "addr", "add", f"{v6}/64", "dev", "eth0", "nodad"])
+        _run(["ip", "-n", host.netns, "route", "add", "default", "via", gw4])
+        _run(["ip", "-n", host.netns, "-6", "route", "add", "default", "via", gw6])
+        return host
+
     def etc(self, role: str) -> Path:
         """/etc/netns/<ns>/: `ip netns exec` mounts its subfolders over /etc/<name> for that host only (the
         folder must exist in /etc too), so a host gets a private /etc/wireguard or /etc/resolv.conf."""

@@ -115,3 +115,27 @@ def test_ipv4_rules_alone_would_leave_ipv6_open(lan: Lan, tmp_path: Path) -> Non
     finally:
         server.run("nft", "flush", "ruleset")
     assert result == {server.v4: {"22": "timeout"}, server.v6: {"22": "open"}}
+
+
+def test_the_server_forwards_nothing(lan: Lan, tmp_path: Path) -> None:
+    # forward policy DROP, for real: even with routing switched on, the untrusted host cannot use the
+    # server as a router to a host behind it. Without the firewall it can (the baseline half).
+    server, untrusted = lan["server"], lan["untrusted"]
+    inner = lan.behind("inner", via="server", v4="198.51.100.10", v6="2001:db8:1::10")
+    server.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+    untrusted.run("ip", "route", "add", "198.51.100.0/24", "via", server.v4)
+    untrusted.run("ip", "-6", "route", "add", "2001:db8:1::/64", "via", server.v6)
+    inner.listen("8080")
+    try:
+        server.run("nft", "flush", "ruleset")
+        routed = untrusted.probe([inner.v4, inner.v6], [8080])
+        for backend in ("nft", "iptables"):
+            load_firewall(server, backend, write_rules(tmp_path))
+            dropped = untrusted.probe([inner.v4, inner.v6], [8080])
+            assert dropped == {inner.v4: {"8080": "timeout"}, inner.v6: {"8080": "timeout"}}, backend
+    finally:
+        server.run("nft", "flush", "ruleset")
+        server.run("sysctl", "-qw", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
+        untrusted.run("ip", "route", "del", "198.51.100.0/24", check=False)
+        untrusted.run("ip", "-6", "route", "del", "2001:db8:1::/64", check=False)
+    assert routed == {inner.v4: {"8080": "open"}, inner.v6: {"8080": "open"}}
