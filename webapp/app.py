@@ -36,6 +36,7 @@ from webapp.clock import Clock, SystemClock
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.headers import SecurityHeaders
+from webapp.keys.commands import keys_cli  # also puts the rewrap checkpoint table on the shared schema
 from webapp.outbox import EventSink, OutboxSink
 from webapp.records import tables as _records_tables  # noqa: F401 - puts the records tables on the shared schema
 from webapp.request import origin, services, unit
@@ -197,7 +198,7 @@ def create_app(
     app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     register_commands(app)
-    app.cli.add_command(__import__("webapp.keys.commands", fromlist=["keys_cli"]).keys_cli)  # key rotation
+    app.cli.add_command(keys_cli)
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:

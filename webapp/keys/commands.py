@@ -79,23 +79,29 @@ def _keyd_client() -> KeydClient:
 
 
 def _maintenance_engine() -> sa.Engine:
+    """The engine of STRONGROOM_KEYS_DATABASE_URL (one per command), else the app's own."""
     url = current_app.config.get("KEYS_DATABASE_URL")
-    if url:
-        return make_engine(str(url))
-    engine: sa.Engine = current_app.extensions["strongroom"].engine
-    return engine
+    if not url:
+        engine: sa.Engine = current_app.extensions["strongroom"].engine
+        return engine
+    ctx = click.get_current_context()
+    made: sa.Engine | None = ctx.meta.get("strongroom_keys_engine")
+    if made is None:
+        made = make_engine(str(url))
+        ctx.meta["strongroom_keys_engine"] = made
+        ctx.call_on_close(made.dispose)  # the pooled connections go back when the command is done
+    return made
 
 
 @keys_cli.command("versions")
 def versions() -> None:
     """Stored ciphertexts per table, field and key version, and keyd's current and minimum version."""
     with _audited() as uow:
-        with (
-            current_app.extensions["strongroom"]
-            .engine.connect()
-            .execution_options(**{READ_ONLY: True}) as conn
-        ):
-            counts = service.count_versions(conn)
+        try:
+            counts = _counts()
+        except sa.exc.SQLAlchemyError as exc:
+            _record(uow, KeyEvent.VERSIONS_LISTED, ok=False, detail=f"db:{type(exc).__name__}")
+            _fail(f"database error ({type(exc).__name__})")
         try:
             status = _keyd_client().status()
             keyd_line = (
@@ -182,6 +188,12 @@ def rewrap(batch_size: int, restart: bool) -> None:
         _fail(f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost")
 
 
+def _counts() -> list[service.VersionCount]:
+    # The maintenance identity reads every encrypted table (the app's own user may not read them all).
+    with _maintenance_engine().connect().execution_options(**{READ_ONLY: True}) as conn:
+        return service.count_versions(conn)
+
+
 def _total(engine: sa.Engine) -> int:
     with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
         return sum(c.count for c in service.count_versions(conn))
@@ -193,15 +205,16 @@ def retire(min_version: int) -> None:
     """Make keyd refuse versions below N; refused while any stored field still uses one."""
     with _audited() as uow:
         try:
-            with (
-                current_app.extensions["strongroom"]
-                .engine.connect()
-                .execution_options(**{READ_ONLY: True}) as conn
-            ):
+            engine = _maintenance_engine()
+            with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
                 service.check_retire(conn, min_version)
         except service.KeysRefused as exc:
             _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=str(exc))
             _fail(str(exc))
+        except sa.exc.SQLAlchemyError as exc:
+            # Fail closed: fields that cannot be counted may be fields under the old version.
+            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"db:{type(exc).__name__}")
+            _fail(f"cannot count the stored fields (database error {type(exc).__name__}); nothing retired")
         try:
             with KeydAdminClient(current_app.config["KEYD_SOCKET"], timeout=10.0) as admin:
                 status = admin.retire(min_version, actor=_actor()[:64].replace(":", "."))
@@ -210,7 +223,3 @@ def retire(min_version: int) -> None:
             _fail(f"keyd refused: {exc.reason or exc.code.value}")
         _record(uow, KeyEvent.RETIRED, ok=True, detail=f"min_version={status.min_decrypt_version}")
     click.echo(f"keyd now refuses versions below {status.min_decrypt_version}")
-
-
-def register(app: object) -> None:
-    app.cli.add_command(keys_cli)  # type: ignore[attr-defined]
