@@ -107,31 +107,28 @@ def card_data(**fields: str | None) -> dict[str, str]:
 
 
 def add_card(client: FlaskClient, record_id: int, **fields: str | None) -> str:
-    r = post(
-        client, f"/records/{record_id}/cards", data={"csrf_token": token_of(client), **card_data(**fields)}
-    )
+    before = ids(client, "cards")
+    data = {"csrf_token": token_of(client), **card_data(**fields)}
+    r = post(client, f"/records/{record_id}/cards", data=data)
     assert r.status_code == 302, r.text
-    return newest(client, "cards", record_id)
+    (new,) = ids(client, "cards") - before
+    return new
 
 
 def add_item(client: FlaskClient, record_id: int, kind: str, value: str, doc_type: str | None = None) -> str:
+    before = ids(client, "items")
     data = {"csrf_token": token_of(client), "value": value}
     if doc_type:
         data["doc_type"] = doc_type
     r = post(client, f"/records/{record_id}/{kind}", data=data)
     assert r.status_code == 302, r.text
-    return newest(client, "items", record_id)
+    (new,) = ids(client, "items") - before
+    return new
 
 
-def newest(client: FlaskClient, table: str, record_id: int) -> str:
-    app = client.application
-    with app.extensions["strongroom"].engine.connect() as conn:
-        return str(
-            conn.execute(
-                sa.text(f"SELECT id FROM {table} WHERE record_id = :r ORDER BY created_at DESC, id LIMIT 1"),  # noqa: S608 - table is ours
-                {"r": record_id},
-            ).scalar_one()
-        )
+def ids(client: FlaskClient, table: str) -> set[str]:
+    with client.application.extensions["strongroom"].engine.connect() as conn:
+        return {str(i) for i in conn.execute(sa.text(f"SELECT id FROM {table}")).scalars()}  # noqa: S608 - ours
 
 
 _STEPUP = re.compile(r'name="stepup"[^>]*value="([^"]+)"')

@@ -377,8 +377,8 @@ def _item_or_404(record_id: int, kind: str, item_id: str) -> sa.Row:
 
 def _item_value(kind: str, form: ItemForm) -> tuple[str, str]:
     if not form.validate():
-        field, _errors = next(iter(form.errors.items()))
-        raise item_rules.ItemRefused(f"{field}: missing or too long")
+        field, errors = next(iter(form.errors.items()))
+        raise item_rules.ItemRefused(f"{field}: {errors[0].lower().rstrip('.')}")
     return item_rules.check(kind, form.value.data or "", form.doc_type.data or "")
 
 
