@@ -4,6 +4,7 @@ the approved baseline. New ones and vanished ones both alert: a vanished listene
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -16,6 +17,9 @@ NAME = "ports"
 
 
 def _listening() -> set[str]:
+    if os.geteuid() != 0:
+        # Unprivileged, psutil sees other users' sockets without their owners: a half view.
+        raise CheckFailed("listing sockets and their owners needs root")
     out = set()
     try:
         conns = psutil.net_connections(kind="inet")
@@ -47,10 +51,10 @@ def snapshot(ctx: Context) -> dict[str, Any]:
 
 
 def run(ctx: Context) -> Result:
+    now = _listening()  # first: a check that cannot look says so even without a baseline
     if ctx.baseline is None:
         return Result([Finding(Alert.BASELINE_MISSING, resource=NAME, key="baseline")])
     approved = set(ctx.baseline["listening"])
-    now = _listening()
     findings = [Finding(Alert.PORT_NEW, resource=s, key=f"new|{s}") for s in sorted(now - approved)]
     findings += [Finding(Alert.PORT_GONE, resource=s, key=f"gone|{s}") for s in sorted(approved - now)]
     return Result(findings)

@@ -74,11 +74,12 @@ def _allowed(proc: dict[str, Any], allow: list[dict[str, str]]) -> bool:
 
 
 def run(ctx: Context) -> Result:
+    running = _running()  # first: a check that cannot look says so even without a baseline
     if ctx.baseline is None:
         return Result([Finding(Alert.BASELINE_MISSING, resource=NAME, key="baseline")])
     allow = ctx.baseline["allow"]
     findings = []
-    for proc in _running():
+    for proc in running:
         if not _allowed(proc, allow):
             findings.append(
                 Finding(
