@@ -21,6 +21,7 @@ from types import TracebackType
 
 import pytest
 
+from hardening.firewall import Variant, parse_config, render_iptables, render_nft
 from tests.support import need_binary, need_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,6 +248,21 @@ def load_firewall(server: Host, backend: str, rules_dir: Path) -> None:
         server.run(need_binary("ip6tables-restore"), str(rules_dir / "rules.v6"))
     else:
         raise ValueError(backend)
+
+
+def write_rules(directory: Path, text: str, variant: Variant = Variant.PLAIN) -> Path:
+    config = parse_config(text)
+    (directory / "strongroom.nft").write_text(render_nft(config, variant))
+    (directory / "rules.v4").write_text(render_iptables(config, variant, family=4))
+    (directory / "rules.v6").write_text(render_iptables(config, variant, family=6))
+    return directory
+
+
+def keypair() -> tuple[str, str]:
+    wg = need_binary("wg")
+    private = subprocess.run([wg, "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    public = subprocess.run([wg, "pubkey"], input=private, capture_output=True, text=True, check=True)
+    return private, public.stdout.strip()
 
 
 @pytest.fixture(scope="module")

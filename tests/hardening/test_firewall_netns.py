@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hardening.firewall import Variant, parse_config, render_iptables, render_nft
-from tests.hardening.conftest import LAN_V4, LAN_V6, Lan, load_firewall, probe_result
+from tests.hardening.conftest import LAN_V4, LAN_V6, Lan, load_firewall, probe_result, write_rules
 
 ADDRESSES = f"""
 admins = ["{LAN_V4.format(10)}", "{LAN_V6.format(10)}"]
@@ -24,17 +23,9 @@ PORTS = (22, 443, 8080)  # 8080 listens too: a port nobody is allowed must time 
 ALLOWED = {"admin": {22}, "employee": {443}, "crm": {443}, "untrusted": set()}
 
 
-def write_rules(directory: Path, text: str = ADDRESSES, variant: Variant = Variant.PLAIN) -> Path:
-    config = parse_config(text)
-    (directory / "strongroom.nft").write_text(render_nft(config, variant))
-    (directory / "rules.v4").write_text(render_iptables(config, variant, family=4))
-    (directory / "rules.v6").write_text(render_iptables(config, variant, family=6))
-    return directory
-
-
 @pytest.fixture(params=["nft", "iptables"])
 def firewalled(request: pytest.FixtureRequest, lan: Lan, tmp_path: Path) -> Iterator[Lan]:
-    load_firewall(lan["server"], request.param, write_rules(tmp_path))
+    load_firewall(lan["server"], request.param, write_rules(tmp_path, ADDRESSES))
     try:
         yield lan
     finally:
@@ -107,7 +98,7 @@ def test_input_and_forward_policies_are_drop(firewalled: Lan) -> None:
 def test_ipv4_rules_alone_would_leave_ipv6_open(lan: Lan, tmp_path: Path) -> None:
     # Why rules.v6 ships beside rules.v4: loading only the v4 file lets the untrusted host in over IPv6.
     server = lan["server"]
-    rules = write_rules(tmp_path)
+    rules = write_rules(tmp_path, ADDRESSES)
     server.run("nft", "flush", "ruleset")
     try:
         server.run("iptables-restore", str(rules / "rules.v4"))
@@ -130,7 +121,7 @@ def test_the_server_forwards_nothing(lan: Lan, tmp_path: Path) -> None:
         server.run("nft", "flush", "ruleset")
         routed = untrusted.probe([inner.v4, inner.v6], [8080])
         for backend in ("nft", "iptables"):
-            load_firewall(server, backend, write_rules(tmp_path))
+            load_firewall(server, backend, write_rules(tmp_path, ADDRESSES))
             dropped = untrusted.probe([inner.v4, inner.v6], [8080])
             assert dropped == {inner.v4: {"8080": "timeout"}, inner.v6: {"8080": "timeout"}}, backend
     finally:

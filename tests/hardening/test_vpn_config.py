@@ -12,8 +12,7 @@ import pytest
 
 from hardening.firewall import FirewallConfigError, parse_config
 from hardening.vpn import render_client, render_server
-from tests.hardening.conftest import Lan
-from tests.hardening.test_vpn_netns import keypair
+from tests.hardening.conftest import Lan, keypair
 from tests.support import need_binary
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ namespaces do not separate.
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,12 @@ import pytest
 from hardening.firewall import Variant, parse_config
 from hardening.vpn import render_client, render_server
 from hardening.vpn.render import CLIENT_KEY_PLACEHOLDER
-from tests.hardening.conftest import LAN_V4, LAN_V6, Lan, load_firewall, probe_result
-from tests.hardening.test_firewall_netns import write_rules
+from tests.hardening.conftest import LAN_V4, LAN_V6, Lan, keypair, load_firewall, probe_result, write_rules
 from tests.support import need_binary
 
 LISTEN_PORT = 51820
 SERVER_VPN = ("10.77.0.1", "fd77::1")
 PORTS = (22, 443, 8080)
-
-
-def keypair() -> tuple[str, str]:
-    wg = need_binary("wg")
-    private = subprocess.run([wg, "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    public = subprocess.run([wg, "pubkey"], input=private, capture_output=True, text=True, check=True)
-    return private, public.stdout.strip()
 
 
 @dataclass
