@@ -1,5 +1,7 @@
 """A failed or unverifiable backup raises an alert: one row in the web app's outbox (the alerting mailer
-drains it) plus an audit record, in one transaction.
+drains it) plus an audit record, in one transaction. A successful create or send leaves an audit
+record with the file's SHA-256, which anchors each backup in the audit chain: a forged file signed
+with a stolen signing key still has a hash the chain never saw.
 
 The row says which step failed and a short reason code; never a path to a key, never content.
 """
@@ -33,6 +35,19 @@ def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, n
         )
         audit.append(conn, [entry], now=now)
         _enqueue(conn, event, now=now, detail=detail)
+
+
+def record_success(engine: sa.Engine, event: KeyEvent, *, detail: str, now: datetime) -> None:
+    with engine.begin() as conn:
+        entry = audit.AuditEntry(
+            event=cast(Event, event),
+            outcome=audit.SUCCESS,
+            actor="backup",
+            ip="local",
+            resource="backup",
+            detail=detail[:200],
+        )
+        audit.append(conn, [entry], now=now)
 
 
 def _enqueue(conn: sa.Connection, event: KeyEvent, *, now: datetime, detail: str) -> None:

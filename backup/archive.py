@@ -133,13 +133,17 @@ def seal(plaintext: bytes, *, recipient: object, signing_key: Ed25519PrivateKey,
     signature = signing_key.sign(_message(digest))
     tmp = out.with_name(f".{out.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(MAGIC)
-        f.write(body.getbuffer())
-        f.write(signature)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC)
+            f.write(body.getbuffer())
+            f.write(signature)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never half a backup left behind, even under a temporary name
+        raise
 
 
 def check_signature(f: BinaryIO, size: int, verify_key: Ed25519PublicKey) -> None:

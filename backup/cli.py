@@ -75,6 +75,30 @@ def _alert(url: str | None, event: str, step: str, reason: str) -> None:
         click.echo(f"error: the alert could not be written either ({type(exc).__name__})", err=True)
 
 
+def _audit_success(url: str | None, event: str, detail: str) -> None:
+    if not url:
+        return
+    from backup.alerts import record_success
+    from webapp.keys.events import KeyEvent
+
+    try:
+        engine = _engine(url)
+        record_success(engine, KeyEvent(event), detail=detail, now=_now().replace(tzinfo=None))
+        engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(f"the backup worked but its audit record could not be written ({type(exc).__name__})")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return text if isinstance(exc, BackupRefused) else type(exc).__name__
@@ -206,6 +230,7 @@ def create(
         _alert(alert_database_url or database_url, "backup.failed", "create", _reason(exc))
         _fail(f"backup not created: {_reason(exc)}")
     m = snap.manifest
+    _audit_success(alert_database_url or database_url, "backup.created", f"{out.name} sha256={_sha256(out)}")
     click.echo(str(out))
     click.echo(
         f"tables={len(m['tables'])} rows={sum(t['rows'] for t in m['tables'].values())} "
@@ -311,6 +336,7 @@ def send(file: Path, alert_database_url: str | None, **kw: Any) -> None:
     except (BackupRefused, OSError) as exc:
         _alert(alert_database_url, "backup.failed", "send", _reason(exc))
         _fail(f"not sent: {_reason(exc)}")
+    _audit_success(alert_database_url, "backup.sent", f"{file.name} sha256={sent.sha256}")
     resumed = f", resumed at byte {sent.resumed_at}" if sent.resumed_at else ""
     click.echo(f"sent {sent.remote_path} ({sent.sent} bytes{resumed}); remote sha256 {sent.sha256} matches")
 

@@ -3,6 +3,7 @@ byte-identical and every field decryptable through a keyd started on the restore
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from tests.webapp.keys.conftest import decrypt_all, rotate, seed_cards, stored
 from webapp import create_app
 from webapp.db import migrate
 from webapp.db.engine import make_engine
-from webapp.db.tables import outbox
+from webapp.db.tables import audit_log
 from webapp.records.tables import ENCRYPTED_COLUMNS, cards
 
 
@@ -121,6 +122,7 @@ def test_create_send_fetch_restore_verify(
     plaintexts = populate(source, daemon, tmp_path)
     out = tmp_path / "local-backups"
     out.mkdir()
+    before = dump(source)  # the database as the backup must capture it
     made = run_backup(
         "create",
         "--database-url", source,
@@ -132,6 +134,17 @@ def test_create_send_fetch_restore_verify(
     path = Path(made.stdout.splitlines()[0])
     assert "key_versions={'1': 180, '2': 75}" in made.stdout
     assert run_backup("verify", str(path), "--signing-pub", str(backup_keys.signing_pub)).returncode == 0
+
+    # The backup is anchored in the source's audit chain by its SHA-256.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    engine = make_engine(source)
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(audit_log.c.event, audit_log.c.detail).order_by(audit_log.c.seq.desc())
+        ).first()
+    engine.dispose()
+    assert last is not None
+    assert (last.event, last.detail) == ("backup.created", f"{path.name} sha256={digest}")
 
     sent = run_backup("send", str(path), *sshd.options())
     assert f"sent {sshd.remote_dir / path.name}" in sent.stdout
@@ -164,7 +177,7 @@ def test_create_send_fetch_restore_verify(
         )  # fmt: skip
         assert "keyd state restored" in restored.stdout
         # 100 % of the rows, byte for byte (ciphertexts, password hashes, the audit chain).
-        assert dump(target) == dump(source)
+        assert dump(target) == before
         # keyd on the restored state, unsealed with the same operator key, opens every field.
         restored_keyd.start()
         restored_keyd.unseal(daemon.key)
@@ -207,24 +220,7 @@ def test_check_reports_fields_that_do_not_decrypt(tmp_path: Path, daemon: Runnin
     assert f"failed\tcards\t{other}\t{field}\tauthentication_failed" in result.stderr
 
 
-def alerts(url: str) -> list[tuple[str, str]]:
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        rows = [(r.event, r.detail) for r in conn.execute(sa.select(outbox.c.event, outbox.c.detail))]
-    engine.dispose()
-    return rows
-
-
-@pytest.fixture
-def alert_db(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'alerts.db'}"
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return url
-
-
-def _sqlite_backup(tmp_path: Path, daemon: Running, keys: Keys) -> tuple[str, Path]:
+def _sqlite_backup(tmp_path: Path, daemon: Running, keys: Keys) -> tuple[dict[str, bytes], Path]:
     src = f"sqlite:///{tmp_path / 'src.db'}"
     engine = make_engine(src)
     migrate.upgrade(engine)
@@ -233,17 +229,18 @@ def _sqlite_backup(tmp_path: Path, daemon: Running, keys: Keys) -> tuple[str, Pa
     engine.dispose()
     out = tmp_path / "out"
     out.mkdir()
+    before = dump(src)
     made = run_backup(
         "create", "--database-url", src, "--keyd-state-dir", str(daemon.keyd.state_dir),
         "--recipient", str(keys.recipient), "--signing-key", str(keys.signing_key), "--out-dir", str(out),
     )  # fmt: skip
-    return src, Path(made.stdout.splitlines()[0])
+    return before, Path(made.stdout.splitlines()[0])
 
 
 def test_sqlite_restore_checks_through_a_running_keyd(
     tmp_path: Path, daemon: Running, backup_keys: Keys
 ) -> None:
-    src, path = _sqlite_backup(tmp_path, daemon, backup_keys)
+    before, path = _sqlite_backup(tmp_path, daemon, backup_keys)
     target = f"sqlite:///{tmp_path / 'restored.db'}"
     result = run_backup(
         "restore", str(path),
@@ -252,7 +249,7 @@ def test_sqlite_restore_checks_through_a_running_keyd(
     )  # fmt: skip
     assert "records=12 fields=36 decryptable=36 failed=0" in result.stdout
     assert "ciphertexts per key version in the backup: {'1': 36}" in result.stdout
-    assert dump(target) == dump(src)
+    assert dump(target) == before
 
 
 @pytest.mark.parametrize(

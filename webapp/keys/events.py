@@ -15,5 +15,7 @@ class KeyEvent(StrEnum):
     REWRAP_FAILED = "keys.rewrap_failed"
     RETIRED = "keys.retired"
     RETIRE_REFUSED = "keys.retire_refused"
+    BACKUP_CREATED = "backup.created"
+    BACKUP_SENT = "backup.sent"
     BACKUP_FAILED = "backup.failed"
     BACKUP_VERIFY_FAILED = "backup.verify_failed"
