@@ -246,6 +246,7 @@ def read_snapshot(archive: bytes) -> Opened:
         raise BackupRefused("the archive has no readable manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupRefused("the manifest is of an unknown format")
+    _check_manifest_shape(manifest)
     expected = {f"db/{t}.jsonl": m["sha256"] for t, m in manifest["tables"].items()}
     expected |= {f"keyd/{n}": h for n, h in manifest["keyd"]["files"].items()}
     if set(expected) != set(members):
@@ -263,10 +264,39 @@ def read_snapshot(archive: bytes) -> Opened:
     return Opened(manifest, members)
 
 
+def _check_manifest_shape(m: dict[str, Any]) -> None:
+    """Every field the restore reads, with its type: a bad manifest is refused, never a traceback."""
+    try:
+        ok = (
+            isinstance(m["schema"], list)
+            and all(isinstance(r, str) for r in m["schema"])
+            and isinstance(m["tables"], dict)
+            and all(
+                isinstance(t, dict)
+                and isinstance(t["rows"], int)
+                and isinstance(t["sha256"], str)
+                and isinstance(t["columns"], list)
+                and all(isinstance(c, str) for c in t["columns"])
+                for t in m["tables"].values()
+            )
+            and isinstance(m["keyd"], dict)
+            and isinstance(m["keyd"]["files"], dict)
+            and all(isinstance(h, str) for h in m["keyd"]["files"].values())
+            and isinstance(m["key_versions"], dict)
+        )
+    except (KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise BackupRefused("the manifest is malformed")
+
+
 def rows_of(opened: Opened, table: str) -> list[list[Any]]:
     out = []
     for line in opened.members[f"db/{table}.jsonl"].splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise BackupRefused(f"a row of {table} is not JSON") from None
         if not isinstance(row, list) or len(row) != len(opened.manifest["tables"][table]["columns"]):
             raise BackupRefused(f"a row of {table} has the wrong shape")
         out.append([decode_value(v) for v in row])

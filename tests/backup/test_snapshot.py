@@ -113,6 +113,14 @@ HOSTILE = [
     ("no manifest", lambda m: m.pop("manifest.json"), "no readable manifest"),
     ("manifest garbage", lambda m: m.__setitem__("manifest.json", b"{"), "no readable manifest"),
     ("future format", _set_manifest("format", 2), "unknown format"),
+    ("tables not a mapping", _set_manifest("tables", []), "manifest is malformed"),
+    ("schema not a list", _set_manifest("schema", "0001"), "manifest is malformed"),
+    ("no keyd section", _set_manifest("keyd", None), "manifest is malformed"),
+    (
+        "rows not a number",
+        _set_manifest("tables", {"users": {"rows": "1", "sha256": "x", "columns": []}}),
+        "malformed",
+    ),
 ]
 
 
