@@ -1,17 +1,20 @@
-"""`flask --app webapp keys rewrap` as a real process, SIGKILLed midway and resumed (SQLite file database)."""
+"""`flask --app webapp keys rewrap` as a real process, SIGKILLed midway and resumed (SQLite and MariaDB)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from keyd.client import KeydClient, key_version
+from tests.fixtures.mariadb import PrivateMariaDB
 from tests.keyd.conftest import ROOT, Running
 from tests.webapp.conftest import SECRET
 from tests.webapp.keys.conftest import decrypt_all, rotate, seed_cards, stored
@@ -30,8 +33,23 @@ def _flask(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def test_sigkill_midway_then_resume(tmp_path: Path, daemon: Running, keyd_client: KeydClient) -> None:
-    url = f"sqlite:///{tmp_path / 'vault.db'}"
+def _database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'vault.db'}"
+    server: PrivateMariaDB = request.getfixturevalue("mariadb")
+    name = "kill_" + secrets.token_hex(4)
+    conn = server.root()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    conn.close()
+    return f"mysql+pymysql://root@localhost/{name}?unix_socket={server.socket}&charset=utf8mb4"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_sigkill_midway_then_resume(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, daemon: Running, keyd_client: KeydClient
+) -> None:
+    url = _database(backend, request, tmp_path)
     engine = make_engine(url)
     migrate.upgrade(engine)
     seeded = seed_cards(engine, keyd_client, 3000)
