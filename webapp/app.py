@@ -37,6 +37,7 @@ from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.headers import SecurityHeaders
 from webapp.keys.commands import keys_cli  # also puts the rewrap checkpoint table on the shared schema
+from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
 from webapp.records import tables as _records_tables  # noqa: F401 - puts the records tables on the shared schema
 from webapp.request import origin, services, unit
@@ -199,6 +200,7 @@ def create_app(
     app.register_blueprint(records_bp)
     register_commands(app)
     app.cli.add_command(keys_cli)
+    app.cli.add_command(mail_cli)  # alert delivery (webapp/mail)
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:

@@ -54,6 +54,25 @@ DEFAULTS: dict[str, Any] = {
     "WTF_CSRF_SSL_STRICT": False,
     "WTF_CSRF_TIME_LIMIT": 3600,
     "AUDIT_PAGE_SIZE": 50,
+    # Alert mail (webapp/mail, docs/alerts.md): checked when the mailer starts, not by the web app.
+    # STARTTLS is always required for a non-loopback host; "required" forces it on loopback too.
+    "SMTP_HOST": "127.0.0.1",
+    "SMTP_PORT": 25,
+    "SMTP_STARTTLS": "auto",
+    "SMTP_CA_FILE": None,  # absolute path; None: the system CA store
+    "SMTP_USER": None,  # authentication only over TLS, password in SMTP_PASSWORD_FILE
+    "SMTP_PASSWORD_FILE": None,
+    "SMTP_TIMEOUT": 10,
+    "MAIL_FROM": None,
+    "ALERT_TO": None,  # comma-separated admin addresses
+    # Request budgets (webapp/budgets.py, docs/alerts.md): per employee and in total, per window.
+    # `alert`: raise budget.alert when the count reaches it; `limit` (or null): refuse above it (429).
+    "REQUEST_BUDGETS": [
+        {"scope": "employee", "window": 3600, "alert": 300, "limit": None},
+        {"scope": "employee", "window": 86400, "alert": 1500, "limit": None},
+        {"scope": "total", "window": 3600, "alert": 3000, "limit": None},
+        {"scope": "total", "window": 86400, "alert": 15000, "limit": None},
+    ],
 }
 
 MODES = ("production", "development")

@@ -1,0 +1,105 @@
+"""`flask --app webapp mail send` (one pass) and `mail run --interval N` (a loop for systemd).
+
+Exit status of `send`: 0 when everything pending was delivered (or nothing was pending), 1 when a
+mail failed, the settings are unusable or the database is unreachable. `run` ends cleanly (exit 0)
+on SIGTERM or SIGINT after the pass in progress.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import NoReturn
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import AppGroup
+
+from webapp.mail.delivery import Mailer, PassResult
+from webapp.mail.settings import MailConfigError, MailSettings
+
+mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
+MAX_PASSES = 100  # `send` drains at most this many passes of PASS_LIMIT rows per event name
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _mailer() -> Mailer:
+    try:
+        settings = MailSettings.from_config(current_app.config)
+    except MailConfigError as exc:
+        _fail(str(exc))
+    svc = current_app.extensions["strongroom"]
+    return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit)
+
+
+def _one_round(mailer: Mailer) -> PassResult | str:
+    """Passes until nothing more is pending; a database failure comes back as its reason."""
+    total = PassResult()
+    try:
+        for _ in range(MAX_PASSES):
+            result = mailer.deliver()
+            total.mails_sent += result.mails_sent
+            total.events_sent += result.events_sent
+            total.mails_failed += result.mails_failed
+            total.events_failed += result.events_failed
+            total.failures += result.failures
+            total.skipped = total.skipped or result.skipped
+            if not result.more or not result.ok:
+                break
+    except sa.exc.SQLAlchemyError as exc:
+        return f"database error ({type(exc).__name__}); pending events stay pending"
+    return total
+
+
+def _summary(result: PassResult) -> str:
+    if result.skipped:
+        return "another mailer is running on this database; skipped"
+    text = f"sent {result.mails_sent} mail(s) for {result.events_sent} event(s)"
+    if result.mails_failed:
+        text += f"; {result.mails_failed} mail(s) for {result.events_failed} event(s) failed, kept pending"
+    return text
+
+
+@mail_cli.command("send")
+def send() -> None:
+    """One delivery pass (repeated while more than one batch is pending)."""
+    result = _one_round(_mailer())
+    if isinstance(result, str):
+        _fail(result)
+    for failure in result.failures:
+        click.echo(f"failed: {failure}", err=True)
+    if not result.ok:
+        _fail(_summary(result))
+    click.echo(_summary(result))
+
+
+@mail_cli.command("run")
+@click.option("--interval", type=click.IntRange(1, 3600), default=60, show_default=True, help="Seconds.")
+def run(interval: int) -> None:
+    """Deliver every INTERVAL seconds until SIGTERM."""
+    mailer = _mailer()
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    click.echo(f"mailer running, a pass every {interval}s", err=True)
+    while not stop.is_set():
+        result = _one_round(mailer)
+        if isinstance(result, str):
+            click.echo(f"error: {result}", err=True)
+        elif result.mails_sent or not result.ok:
+            for failure in result.failures:
+                click.echo(f"failed: {failure}", err=True)
+            click.echo(_summary(result), err=True)
+        stop.wait(interval)
+    click.echo("mailer stopped", err=True)
