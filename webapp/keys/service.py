@@ -34,6 +34,8 @@ from webapp.records.tables import ENCRYPTED_COLUMNS
 MAX_BATCH = 1000
 # keyd calls per database transaction (see Rewrapper._rows).
 COMMIT_BATCHES = 4
+# Rows per MariaDB compare-and-swap statement (bounded so a statement stays far below max_allowed_packet).
+_JOIN_CHUNK = 500
 PURPOSE = "key.rewrap"
 
 
@@ -331,7 +333,23 @@ class Rewrapper:
         col = quote(column.name)
         # Identifiers come from the schema registry and are quoted by the dialect; values are bound.
         key = quote(pk.name)
-        sql = f"UPDATE {quote(table.name)} SET {col} = {mark} WHERE {key} = {mark} AND {col} = {mark}"  # noqa: S608
+        name = quote(table.name)
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # PyMySQL runs an UPDATE executemany as one round trip per row: instead, one UPDATE per
+            # chunk joined to its (id, old, new) rows. The engine's CLIENT_FOUND_ROWS makes rowcount
+            # the rows matched, i.e. the fields that still held the old ciphertext and were swapped.
+            changed = 0
+            for start in range(0, len(params), _JOIN_CHUNK):
+                chunk = params[start : start + _JOIN_CHUNK]
+                values = " UNION ALL ".join(["SELECT %s AS k, %s AS o, %s AS n"] * len(chunk))
+                sql = (
+                    f"UPDATE {name} AS t JOIN ({values}) AS v ON t.{key} = v.k AND t.{col} = v.o "  # noqa: S608
+                    f"SET t.{col} = v.n"
+                )
+                flat = tuple(x for new, rid, old in chunk for x in (rid, old, new))
+                changed += int(conn.exec_driver_sql(sql, flat).rowcount)
+            return changed
+        sql = f"UPDATE {name} SET {col} = {mark} WHERE {key} = {mark} AND {col} = {mark}"  # noqa: S608
         if conn.dialect.supports_sane_multi_rowcount:
             return int(conn.exec_driver_sql(sql, params).rowcount)
         return sum(int(conn.exec_driver_sql(sql, p).rowcount) for p in params)
