@@ -223,3 +223,34 @@ def test_an_expired_step_up_token_is_refused(app: Flask, staff: dict[str, Person
     r = reveal(sup, url, SUPERVISOR_PASSWORD, tokens=tokens)
     assert r.status_code == 400
     assert "expired" in r.text
+
+
+def test_one_token_raced_by_two_requests_reveals_once(app: Flask, staff: dict[str, Person]) -> None:
+    """The token is spent by one conditional UPDATE in the database: two requests racing with the
+    same token (as two gunicorn workers would) cannot both win, on SQLite or MariaDB."""
+    import threading
+
+    record_id, card_id = _setup(app, staff)
+    url = f"/records/{record_id}/reveal/card/{card_id}/pan"
+    first = logged_in(app, staff["supervisor"])
+    tokens = reveal_form(first, url)
+    second = app.test_client()  # the same session cookie, another client object (another "worker")
+    second.environ_base.update(first.environ_base)
+    cookie = first.get_cookie("__Host-strongroom", domain="vault.example")
+    assert cookie is not None
+    second.set_cookie("__Host-strongroom", cookie.value, domain="vault.example", secure=True)
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def go(client: object) -> None:
+        barrier.wait()
+        statuses.append(reveal(client, url, SUPERVISOR_PASSWORD, tokens=tokens).status_code)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(statuses) == [200, 400]
+    assert len(audit_rows(app, "reveal.done")) == 1
+    assert len(audit_rows(app, "reveal.refused")) == 1
