@@ -203,9 +203,9 @@ class Rewrapper:
             if mark is not None:
                 report.resumed[table.name] = last
             self._table(table, columns, last, report)
-        if report.ok:
-            # The whole pass is committed: a later run starts from the beginning again.
-            self.forget_checkpoint()
+        # The pass ran to its end (fields keyd refused are in the report, not in the checkpoint): a
+        # later run starts from the first row again, re-examines everything and reports them again.
+        self.forget_checkpoint()
         return report
 
     def _rows(
