@@ -5,7 +5,7 @@ event, and keyd raises its own budget_exceeded event. A fresh real keyd per test
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
@@ -80,3 +80,25 @@ def test_the_decrypt_budget_refuses_at_exactly_the_threshold(
     assert kevent["actor"] == "sam"
     assert kevent["purpose"] == stepup.purpose(REASON)
     assert f"tag={stepup.reason_tag(REASON)}" in audit_rows(app, "reveal.done")[0].detail
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_quota_exceeded_anywhere_else_is_the_same_clear_page(
+    make_app: Callable[..., Flask], staff: dict[str, Person]
+) -> None:
+    """The net in webapp/failures.py for any other path that decrypts: 429, audited, an alert.
+    A stand-in vault raises keyd's own exception (no route but reveal decrypts today)."""
+    from keyd.errors import QuotaExceeded
+
+    class SpentVault:
+        def status(self) -> object:
+            raise QuotaExceeded("global_day")
+
+    app = make_app()
+    client = logged_in(app, staff["clerk"])
+    app.extensions["strongroom"].vault = SpentVault()
+    r = client.get("/", base_url="https://vault.example")
+    assert r.status_code == 429
+    assert "Reveal limit reached" in r.text
+    assert audit_rows(app, "reveal.budget_exceeded")
+    assert "reveal.budget_exceeded" in events(app)
