@@ -337,6 +337,9 @@ def send(file: Path, alert_database_url: str | None, **kw: Any) -> None:
         _alert(alert_database_url, "backup.failed", "send", _reason(exc))
         _fail(f"not sent: {_reason(exc)}")
     _audit_success(alert_database_url, "backup.sent", f"{file.name} sha256={sent.sha256}")
+    if sent.sent == 0:
+        click.echo(f"{sent.remote_path} is already there with the same SHA-256; nothing sent")
+        return
     resumed = f", resumed at byte {sent.resumed_at}" if sent.resumed_at else ""
     click.echo(f"sent {sent.remote_path} ({sent.sent} bytes{resumed}); remote sha256 {sent.sha256} matches")
 

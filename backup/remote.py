@@ -54,6 +54,8 @@ def connect(target: Target, *, timeout: float = 15.0) -> Iterator[paramiko.SFTPC
         raise RemoteRefused(f"cannot read the pinned host keys in {target.known_hosts}: {exc}") from None
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
+        if target.key_file.stat().st_mode & 0o077:
+            raise RemoteRefused(f"{target.key_file} is readable by others: chmod 600 it")
         pkey = paramiko.PKey.from_path(str(target.key_file))
     except (OSError, paramiko.SSHException) as exc:
         raise RemoteRefused(f"cannot load the SSH key {target.key_file}: {type(exc).__name__}") from None
@@ -93,6 +95,10 @@ def connect(target: Target, *, timeout: float = 15.0) -> Iterator[paramiko.SFTPC
             channel.settimeout(timeout)
         yield sftp
         sftp.close()
+    except paramiko.SSHException as exc:
+        raise RemoteRefused(
+            f"the SSH session to {target.host}:{target.port} failed: {type(exc).__name__}"
+        ) from None
     finally:
         client.close()
 

@@ -181,3 +181,16 @@ def test_verify_failure_raises_an_alert(backup_file: Path, backup_keys: Keys, al
     assert result.returncode == 1
     assert "REFUSED" in result.stderr
     assert [e for e, _ in alerts(alert_db)] == ["backup.verify_failed"]
+
+
+def test_a_world_readable_ssh_key_is_refused(sshd: Sshd, backup_file: Path) -> None:
+    sshd.client_key.chmod(0o644)
+    with pytest.raises(RemoteRefused, match="readable by others"):
+        remote.send(backup_file, target(sshd))
+    assert "Accepted publickey" not in sshd.log
+
+
+def test_sending_the_same_backup_again_sends_nothing(sshd: Sshd, backup_file: Path) -> None:
+    run_backup("send", str(backup_file), *sshd.options())
+    again = run_backup("send", str(backup_file), *sshd.options())
+    assert "already there with the same SHA-256; nothing sent" in again.stdout
