@@ -1,0 +1,515 @@
+"""A REAL sshd on loopback, run from hardening/ssh/sshd_config.in (test port and private paths), and
+the real OpenSSH client.
+
+Throwaway system users and a group are created for the module and removed afterwards (sshd needs
+real accounts: it looks them up with getpwnam and drops to their uid). Everything lives in a
+private directory under /run, not /tmp: StrictModes refuses key files below a world-writable
+directory, and the production layout (root-owned /etc/ssh/authorized_keys) is what is tested.
+Alerts go to an aiosmtpd sink on 127.0.0.1 through the hook's "smtp" transport.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hardening.ssh import HOOK, SshdSettings, render
+from tests.support import need_binary, need_root
+from tests.webapp.smtpsink import Sink, free_port, smtp_server
+
+CLIENT_TIMEOUT = 20
+MARKER = "s3cret-c0mmand-marker"  # appears in commands; must never appear in a mail
+
+
+@dataclass
+class Server:
+    base: Path
+    port: int
+    sink: Sink
+    admin: str  # in the allowed group, two keys: one with KEYHOLDER, one without
+    outsider: str  # valid key, not in the allowed group
+    keys: dict[str, Path] = field(default_factory=dict)
+    log: Path = Path()
+    hook_config: Path = Path()
+
+    def ssh(
+        self,
+        user: str,
+        key: str | None,
+        *args: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        options: tuple[str, ...] = ("BatchMode=yes",),
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.ssh_argv(user, key, *args, options=options),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            env=env,
+            check=False,
+        )
+
+    def ssh_argv(
+        self, user: str, key: str | None, *args: str, options: tuple[str, ...] = ("BatchMode=yes",)
+    ) -> list[str]:
+        return [
+            need_binary("ssh"),
+            *self._common(key, options),
+            "-p",
+            str(self.port),
+            f"{user}@127.0.0.1",
+            *args,
+        ]
+
+    def sftp(self, user: str, key: str, batch: str) -> subprocess.CompletedProcess[str]:
+        argv = [need_binary("sftp"), *self._common(key, ("BatchMode=yes",)), "-P", str(self.port), "-b", "-"]
+        return subprocess.run(
+            [*argv, f"{user}@127.0.0.1"],
+            input=batch,
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            check=False,
+        )
+
+    def _common(self, key: str | None, options: tuple[str, ...]) -> list[str]:
+        argv = ["-F", "/dev/null"]
+        for option in options:  # first: in ssh the first value given wins
+            argv += ["-o", option]
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        argv += ["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
+        if key is not None:
+            argv += ["-i", str(self.keys[key]), "-o", "IdentitiesOnly=yes"]
+        return argv
+
+    def fingerprint(self, key: str) -> str:
+        out = subprocess.run(
+            ["ssh-keygen", "-lf", str(self.keys[key]) + ".pub"], capture_output=True, text=True, check=True
+        ).stdout
+        return out.split()[1]
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+def _keygen(path: Path) -> Path:
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path))
+    return path
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("sshd did not listen in time")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    need_root()
+    sshd = need_binary("sshd")
+    need_binary("ssh")
+    need_binary("sftp")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    tag = secrets.token_hex(3)
+    group, admin, outsider = f"srtg{tag}", f"srta{tag}", f"srto{tag}"
+    base = Path(tempfile.mkdtemp(prefix="strongroom-sshd-", dir="/run"))
+    base.chmod(0o755)
+    made_users: list[str] = []
+    made_group = False
+    proc: subprocess.Popen[bytes] | None = None
+    sink = Sink()
+    try:
+        _run("groupadd", "--system", group)
+        made_group = True
+        for user, extra in ((admin, ["-G", group]), (outsider, [])):
+            # /bin/sh (dash) as the login shell: sshd runs the ForceCommand through it, and unlike bash
+            # it reads no user file first (bash sources ~/.bashrc there: measured).
+            _run("useradd", "--system", "-M", "-d", str(base / "home" / user), "-s", "/bin/sh", *extra, user)
+            made_users.append(user)
+            _run("usermod", "-p", "*", user)  # not locked ("!"), no password either
+            home = base / "home" / user
+            home.mkdir(parents=True)
+            shutil.chown(home, user, user)
+        (base / "keys").mkdir(mode=0o755)
+        (base / "etc").mkdir(mode=0o755)
+        keys = {name: _keygen(base / "etc" / f"client-{name}") for name in ("alice", "unknown", "root")}
+        host_key = _keygen(base / "etc" / "host_ed25519")
+        pub = {name: (path.with_suffix(".pub")).read_text().strip() for name, path in keys.items()}
+        lines = {
+            admin: f'environment="KEYHOLDER=alice" {pub["alice"]}\n{pub["unknown"]}\n',
+            outsider: f'environment="KEYHOLDER=alice" {pub["alice"]}\n',
+            "root": f'environment="KEYHOLDER=alice" {pub["root"]}\n',
+        }
+        for user, text in lines.items():
+            path = base / "keys" / user
+            path.write_text(text)
+            path.chmod(0o644)
+        hook = base / "etc" / "ssh-session-hook"
+        shutil.copyfile(HOOK, hook)
+        hook.chmod(0o755)
+        with smtp_server(sink) as smtp_port:
+            hook_config = base / "etc" / "ssh-alert.toml"
+            hook_config.write_text(
+                f'authorized_keys = "{base}/keys/%u"\nsession_shell = "/bin/bash"\n'
+                f'[mail]\nfrom = "ssh@localhost"\nto = ["security@example.org"]\n'
+                f'transport = "smtp"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
+            )
+            hook_config.chmod(0o644)
+            port = free_port()
+            config = base / "etc" / "sshd_config"
+            config.write_text(
+                render(
+                    SshdSettings(
+                        port=port,
+                        listen=("127.0.0.1",),
+                        host_keys=(str(host_key),),
+                        pid_file=str(base / "sshd.pid"),
+                        allow_groups=(group,),
+                        authorized_keys=f"{base}/keys/%u",
+                        hook=(str(hook), "--config", str(hook_config)),
+                    )
+                )
+            )
+            _run(sshd, "-t", "-f", str(config))
+            log = base / "sshd.log"
+            with log.open("wb") as log_fh:
+                proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=log_fh)
+            _wait_for_port(port, proc, log)
+            yield Server(base, port, sink, admin, outsider, keys, log, hook_config)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        for user in made_users:
+            subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
+            subprocess.run(["userdel", user], check=False, capture_output=True)
+        if made_group:
+            subprocess.run(["groupdel", group], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sink(server: Server) -> Sink:
+    with server.sink.lock:
+        server.sink.messages.clear()
+    return server.sink
+
+
+def _bodies(sink: Sink) -> list[str]:
+    return [m.message.get_content() for m in sink.messages]
+
+
+def test_key_with_keyholder_gets_a_session_and_no_alert(server: Server, sink: Sink) -> None:
+    out = server.ssh(server.admin, "alice", f"echo hello-{MARKER}; echo holder=$KEYHOLDER")
+    assert out.returncode == 0, out.stderr
+    assert f"hello-{MARKER}" in out.stdout
+    assert "holder=alice" in out.stdout
+    assert sink.messages == []
+
+
+def test_key_without_keyholder_gets_a_session_and_an_alert(server: Server, sink: Sink) -> None:
+    out = server.ssh(server.admin, "unknown", f"echo hello-{MARKER}")
+    assert out.returncode == 0, out.stderr
+    assert f"hello-{MARKER}" in out.stdout
+    assert len(sink.messages) == 1
+    mail = sink.messages[0]
+    assert mail.rcpt_tos == ["security@example.org"]
+    body = mail.message.get_content()
+    assert server.fingerprint("unknown") in body
+    assert f"user: {server.admin}" in body
+    assert "session: command" in body
+    assert MARKER not in mail.raw.decode()  # the command line never leaves in a mail
+
+
+def test_interactive_shell_goes_through_the_hook(server: Server, sink: Sink) -> None:
+    out = server.ssh(server.admin, "unknown", "-tt", stdin="echo shell-$((6*7)) $0\nexit\n")
+    assert out.returncode == 0, out.stderr
+    assert "shell-42 -bash" in out.stdout  # a login bash, exec'd by the hook
+    assert len(sink.messages) == 1
+    assert "session: shell" in _bodies(sink)[0]
+
+
+@pytest.mark.parametrize(("key", "alerts"), [("alice", 0), ("unknown", 1)])
+def test_sftp_goes_through_the_hook(server: Server, sink: Sink, key: str, alerts: int) -> None:
+    out = server.sftp(server.admin, key, f"ls {server.base}/keys\n")
+    assert out.returncode == 0, out.stderr
+    assert server.admin in out.stdout
+    assert len(sink.messages) == alerts
+    if alerts:
+        assert "session: sftp" in _bodies(sink)[0]
+        assert server.fingerprint(key) in _bodies(sink)[0]
+
+
+# Files a user can write in their own home, each planted to silence or fool the hook. The .bashrc
+# still ends the command (the hook execs bash for it, which reads ~/.bashrc under sshd), but only
+# AFTER the hook has sent its alert: with bash as the login shell it would run before the hook.
+PLANTED = [
+    (".ssh/environment", "KEYHOLDER=alice\n", True),  # sshd reads it (PermitUserEnvironment KEYHOLDER)
+    (".bashrc", "exit 0\n", False),
+    (".profile", "exit 0\n", True),
+    (".pam_environment", "KEYHOLDER=alice\nLD_PRELOAD=/nonexistent/evil.so\n", True),  # PAM is off
+    (".ssh/rc", "exit 0\n", True),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "runs"), PLANTED, ids=[p[0] for p in PLANTED])
+def test_user_files_cannot_spoof_or_skip_the_hook(
+    server: Server, sink: Sink, name: str, content: str, runs: bool
+) -> None:
+    home = server.base / "home" / server.admin
+    path = home / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(content)
+    shutil.chown(path, server.admin, server.admin)
+    try:
+        out = server.ssh(server.admin, "unknown", "echo ran; echo holder=$KEYHOLDER; echo pre=$LD_PRELOAD")
+        assert len(sink.messages) == 1, out.stderr
+        if runs:
+            assert "ran\n" in out.stdout, out.stderr
+            assert "pre=\n" in out.stdout
+    finally:
+        path.unlink()
+
+
+def test_keyholder_spoofed_by_environment_file_is_named_in_the_alert(server: Server, sink: Sink) -> None:
+    ssh_dir = server.base / "home" / server.admin / ".ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    env_file = ssh_dir / "environment"
+    env_file.write_text("KEYHOLDER=mallory\n")
+    try:
+        # Even the right key: the session's KEYHOLDER no longer matches the key's line.
+        out = server.ssh(server.admin, "alice", "echo holder=$KEYHOLDER")
+        assert "holder=mallory" in out.stdout
+        assert len(sink.messages) == 1
+        assert "differs" in _bodies(sink)[0]
+    finally:
+        env_file.unlink()
+
+
+def test_login_without_a_session_is_in_sshd_log_for_the_watchdog(server: Server, sink: Sink) -> None:
+    # `ssh -N` opens no session, so no hook runs: the watchdog reads this line from sshd's log.
+    seen = len(server.log.read_text())
+    child = subprocess.Popen(
+        server.ssh_argv(server.admin, "unknown", "-N"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        expected = f"Accepted publickey for {server.admin} from 127.0.0.1"
+        deadline = time.monotonic() + 10
+        while expected not in server.log.read_text()[seen:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = next(ln for ln in server.log.read_text()[seen:].splitlines() if expected in ln)
+        assert server.fingerprint("unknown") in line
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+    assert sink.messages == []
+
+
+def _askpass(server: Server, password: str) -> dict[str, str]:
+    script = server.base / "etc" / f"askpass-{secrets.token_hex(3)}"
+    script.write_text(f"#!/bin/sh\necho '{password}'\n")
+    script.chmod(0o700)
+    return {**os.environ, "SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+
+
+@pytest.mark.parametrize("method", ["password", "keyboard-interactive"])
+def test_password_and_keyboard_interactive_are_refused(server: Server, sink: Sink, method: str) -> None:
+    password = "Correct-Horse-Battery-" + secrets.token_hex(4)
+    subprocess.run(["chpasswd"], input=f"{server.admin}:{password}", text=True, check=True)
+    try:
+        out = server.ssh(
+            server.admin,
+            None,
+            "-v",
+            "echo in",
+            env=_askpass(server, password),
+            options=(
+                f"PreferredAuthentications={method}",
+                "PubkeyAuthentication=no",
+                "NumberOfPasswordPrompts=1",
+            ),
+        )
+    finally:
+        _run("usermod", "-p", "*", server.admin)
+    assert out.returncode == 255
+    assert "in\n" not in out.stdout
+    assert "Permission denied (publickey)" in out.stderr
+    assert "Authentications that can continue: publickey\n" in out.stderr
+    assert sink.messages == []
+
+
+def test_password_probe_logs_in_when_a_config_allows_it(server: Server) -> None:
+    """Control for the test above: the same askpass probe DOES get in through an sshd whose config
+    allows passwords, so the refusal above is the config's doing, not a broken probe."""
+    sshd = need_binary("sshd")
+    weak = server.base / "etc" / "sshd_config.weak"
+    text = (server.base / "etc" / "sshd_config").read_text()
+    port = free_port()
+    text = text.replace(f"Port {server.port}", f"Port {port}")
+    text = text.replace("AuthenticationMethods publickey", "AuthenticationMethods any")
+    text = text.replace("PasswordAuthentication no", "PasswordAuthentication yes")
+    text = text.replace(f"PidFile {server.base}/sshd.pid", f"PidFile {server.base}/sshd-weak.pid")
+    weak.write_text(text)
+    password = "Correct-Horse-Battery-" + secrets.token_hex(4)
+    subprocess.run(["chpasswd"], input=f"{server.admin}:{password}", text=True, check=True)
+    log = server.base / "sshd-weak.log"
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(weak)], stderr=log_fh)
+    try:
+        _wait_for_port(port, proc, log)
+        probe = Server(server.base, port, server.sink, server.admin, server.outsider, server.keys)
+        out = probe.ssh(
+            server.admin,
+            None,
+            "echo in",
+            env=_askpass(server, password),
+            options=(
+                "PreferredAuthentications=password",
+                "PubkeyAuthentication=no",
+                "NumberOfPasswordPrompts=1",
+            ),
+        )
+        assert out.stdout == "in\n", out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        _run("usermod", "-p", "*", server.admin)
+
+
+@pytest.mark.parametrize(("user", "key"), [("root", "root"), ("outsider", "alice")])
+def test_root_and_users_outside_the_group_are_refused(
+    server: Server, sink: Sink, user: str, key: str
+) -> None:
+    name = server.outsider if user == "outsider" else "root"
+    out = server.ssh(name, key, "echo in")
+    assert out.returncode == 255
+    assert "in\n" not in out.stdout
+    assert "Permission denied" in out.stderr
+    assert sink.messages == []
+
+
+@pytest.fixture
+def target() -> Iterator[int]:
+    """A loopback TCP listener that forwarding would reach if sshd allowed it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+def test_stdio_forwarding_is_refused(server: Server, target: int) -> None:
+    out = server.ssh(server.admin, "alice", "-W", f"127.0.0.1:{target}")
+    assert out.returncode == 255
+    assert "stdio forwarding failed" in out.stderr
+
+
+def test_local_forwarding_is_refused(server: Server, target: int) -> None:
+    local = free_port()
+    child = subprocess.Popen(
+        server.ssh_argv(
+            server.admin,
+            "alice",
+            "-N",
+            "-L",
+            f"127.0.0.1:{local}:127.0.0.1:{target}",
+            options=("BatchMode=yes", "LogLevel=VERBOSE"),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                conn = socket.create_connection(("127.0.0.1", local), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("ssh -L did not listen locally")
+        with conn:
+            conn.settimeout(5)
+            # sshd refuses the channel, so ssh closes the local side: EOF, nothing relayed.
+            assert conn.recv(1) == b""
+    finally:
+        child.terminate()
+        _, err = child.communicate(timeout=10)
+    assert "administratively prohibited" in err
+
+
+@pytest.mark.parametrize("spec", ["0:127.0.0.1:22", "/tmp/strongroom-no-such-forward.sock:127.0.0.1:22"])
+def test_remote_forwarding_is_refused(server: Server, spec: str) -> None:
+    out = server.ssh(server.admin, "alice", "-o", "ExitOnForwardFailure=yes", "-R", spec, "echo in")
+    assert out.returncode == 255
+    assert "forwarding failed" in out.stderr
+
+
+def test_agent_forwarding_is_refused(server: Server) -> None:
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for part in agent.replace("\n", ";").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+            env[name] = value
+    try:
+        out = server.ssh(server.admin, "alice", "-A", "echo sock=$SSH_AUTH_SOCK", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "sock=\n" in out.stdout
+    finally:
+        subprocess.run(["ssh-agent", "-k"], env=env, capture_output=True, check=False)
+
+
+def test_unsafe_hook_config_refuses_every_session(server: Server, sink: Sink) -> None:
+    mode = server.hook_config.stat().st_mode
+    server.hook_config.chmod(stat.S_IMODE(mode) | 0o002)  # writable by anyone: not to be trusted
+    try:
+        out = server.ssh(server.admin, "alice", "echo in")
+    finally:
+        server.hook_config.chmod(stat.S_IMODE(mode))
+    assert "in\n" not in out.stdout
+    assert "misconfigured" in out.stderr
+    assert sink.messages == []
+
+
+def test_unknown_key_is_refused_when_the_alert_cannot_be_sent(server: Server, sink: Sink) -> None:
+    original = server.hook_config.read_text()
+    closed = free_port()  # nothing listens there
+    server.hook_config.write_text(
+        "\n".join(
+            f"smtp_port = {closed}" if line.startswith("smtp_port") else line
+            for line in original.splitlines()
+        )
+        + "\n"
+    )
+    try:
+        unknown = server.ssh(server.admin, "unknown", "echo in")
+        known = server.ssh(server.admin, "alice", "echo in")
+    finally:
+        server.hook_config.write_text(original)
+    assert "in\n" not in unknown.stdout
+    assert "could not report" in unknown.stderr
+    assert known.stdout == "in\n"  # a keyholder needs no mail to get in
