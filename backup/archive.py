@@ -55,10 +55,19 @@ def _read_secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def check_not_writable_by_others(path: Path) -> None:
+    """Public but trusted files (recipient, pinned host keys, verify key): whoever may rewrite one
+    could redirect backups to their own key or their own server."""
+    st = path.stat()
+    if st.st_mode & 0o022:
+        raise BackupRefused(f"{path} is writable by others (mode {st.st_mode & 0o777:o}): chmod go-w it")
+
+
 def load_recipient(text_or_path: str) -> object:
     """An age recipient (`age1...`), given inline or as a file holding one."""
     text = text_or_path
     if not text.startswith("age1") and Path(text).is_file():
+        check_not_writable_by_others(Path(text))
         text = Path(text).read_text().strip()
     try:
         return pyrage.x25519.Recipient.from_str(text)
@@ -88,6 +97,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_verify_key(path: Path) -> Ed25519PublicKey:
+    check_not_writable_by_others(path)
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except ValueError:

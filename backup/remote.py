@@ -25,7 +25,7 @@ from pathlib import Path
 
 import paramiko
 
-from backup.archive import BackupRefused
+from backup.archive import BackupRefused, check_not_writable_by_others
 
 NAME = re.compile(r"^strongroom-(\d{8}T\d{6}Z)\.sbk$")
 _CHUNK = 256 * 1024
@@ -47,6 +47,7 @@ class RemoteRefused(BackupRefused):
 
 @contextmanager
 def connect(target: Target, *, timeout: float = 15.0) -> Iterator[paramiko.SFTPClient]:
+    check_not_writable_by_others(target.known_hosts)
     client = paramiko.SSHClient()
     try:
         client.load_host_keys(str(target.known_hosts))

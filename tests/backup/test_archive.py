@@ -137,3 +137,13 @@ def test_bad_identity_files_are_refused(tmp_path: Path, content: str, mode: int,
 def test_bad_recipients_are_refused(text: str) -> None:
     with pytest.raises(BackupRefused, match="not an age X25519 public key"):
         archive.load_recipient(text)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o664])
+def test_a_recipient_file_others_may_rewrite_is_refused(backup_keys: Keys, mode: int) -> None:
+    backup_keys.recipient.chmod(mode)
+    with pytest.raises(BackupRefused, match="writable by others"):
+        archive.load_recipient(str(backup_keys.recipient))
+    backup_keys.signing_pub.chmod(mode)
+    with pytest.raises(BackupRefused, match="writable by others"):
+        archive.load_verify_key(backup_keys.signing_pub)

@@ -194,3 +194,9 @@ def test_sending_the_same_backup_again_sends_nothing(sshd: Sshd, backup_file: Pa
     run_backup("send", str(backup_file), *sshd.options())
     again = run_backup("send", str(backup_file), *sshd.options())
     assert "already there with the same SHA-256; nothing sent" in again.stdout
+
+
+def test_pinned_host_keys_others_may_rewrite_are_refused(sshd: Sshd, backup_file: Path) -> None:
+    sshd.known_hosts.chmod(0o666)
+    with pytest.raises(archive.BackupRefused, match="writable by others"):
+        remote.send(backup_file, target(sshd))
