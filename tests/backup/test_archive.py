@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from backup import archive
 from backup.archive import MAGIC, SIG_LEN, BackupRefused
 from tests.backup.conftest import Keys
+from tests.support import need_binary
 
 PLAIN = b"manifest customer_records C1234567 " * 200
 
@@ -147,3 +149,17 @@ def test_a_recipient_file_others_may_rewrite_is_refused(backup_keys: Keys, mode:
     backup_keys.signing_pub.chmod(mode)
     with pytest.raises(BackupRefused, match="writable by others"):
         archive.load_verify_key(backup_keys.signing_pub)
+
+
+def test_the_reference_age_tool_opens_the_body(sealed: Path, backup_keys: Keys, tmp_path: Path) -> None:
+    """docs/backup.md promises the offline side can also use Debian's `age` (the Go reference)."""
+    age = need_binary("age")
+    body = sealed.read_bytes()[len(MAGIC) : -SIG_LEN]
+    (tmp_path / "body.age").write_bytes(body)
+    out = subprocess.run(
+        [age, "-d", "-i", str(backup_keys.identity), str(tmp_path / "body.age")],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    assert out.stdout == PLAIN
