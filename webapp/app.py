@@ -26,8 +26,8 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from webapp import budgets, failures, syslog, validation
 from webapp import config as config_module
-from webapp import failures, syslog, validation
 from webapp.auth import passwords
 from webapp.auth.hours import WorkingHours
 from webapp.auth.service import LoginPolicy, User, load_user
@@ -184,6 +184,7 @@ def create_app(
             unit().origin.actor = current_user.username
             g.actor = current_user.username
 
+    budgets.init_app(app)  # request budgets: after identification, before input checks (docs/alerts.md)
     app.before_request(validation.guard)
     CSRFProtect(app)
     _register_error_pages(app)

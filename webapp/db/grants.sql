@@ -29,3 +29,6 @@ GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';
 -- Customer records are retired (UPDATE), never deleted; cards are written once and never changed.
 GRANT SELECT, INSERT, UPDATE ON customer_records TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT ON cards TO 'strongroom'@'localhost';
+-- Request budget counters (webapp/budgets.py): one row per scope and window length, reset in place
+-- when a window starts (INSERT ... ON DUPLICATE KEY UPDATE needs INSERT and UPDATE): no DELETE.
+GRANT SELECT, INSERT, UPDATE ON request_counters TO 'strongroom'@'localhost';
