@@ -14,6 +14,7 @@ and reported as a rate: at ~1 ms per durable SQLite commit, all 100k that way wo
 
 from __future__ import annotations
 
+import importlib
 import secrets
 import shutil
 import signal
@@ -23,6 +24,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -143,9 +145,10 @@ def maria(base: Path, client: KeydClient, admin: KeydAdminClient) -> None:
     if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
         row("rewrap job on MariaDB", "skipped", "", "mariadbd not installed")
         return
-    from tests.fixtures.mariadb import PrivateMariaDB
-
-    server = PrivateMariaDB(base / "maria")
+    # The tests' private-instance helper, reused as is (imported by name: it is type-checked, and
+    # its pymysql import typed, with the tests rather than with the benchmarks).
+    fixture: Any = importlib.import_module("tests.fixtures.mariadb")
+    server = fixture.PrivateMariaDB(base / "maria")
     server.install()
     server.start()
     try:
