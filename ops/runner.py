@@ -60,7 +60,18 @@ def run_pass(
     now: datetime,
     only: tuple[str, ...] | None = None,
 ) -> Outcome:
-    state.ensure()
+    with state.locked():
+        return _run_pass(settings, state=state, engine=engine, now=now, only=only)
+
+
+def _run_pass(
+    settings: Settings,
+    *,
+    state: StateDir,
+    engine: sa.Engine,
+    now: datetime,
+    only: tuple[str, ...] | None,
+) -> Outcome:
     mods = registry()
     names = only or settings.checks
     baseline = (state.load(BASELINE) or {}).get("checks", {})
@@ -121,6 +132,11 @@ def digest(state: StateDir, name: str) -> str:
 
 def approve_baseline(state: StateDir, expected_digest: str) -> None:
     """Approve the proposal the admin reviewed, and only that one: the digest binds the two."""
+    with state.locked():
+        _approve(state, expected_digest)
+
+
+def _approve(state: StateDir, expected_digest: str) -> None:
     raw = state.raw(PROPOSED)
     if raw is None:
         raise BaselineError("no proposed baseline: run `baseline record` first")

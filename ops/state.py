@@ -6,9 +6,12 @@ mid-write leaves the previous state, never half a file. Names are fixed identifi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,18 @@ class StateDir:
         if st.st_mode & 0o077:
             # Anyone who can write the baseline can approve their own backdoor.
             raise StateError(f"{self.path} must not be accessible to group or others")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One pass at a time: the frequent and the slow timer share this state (open findings,
+        offsets), and two writers would lose each other's updates. The second one waits."""
+        self.ensure()
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _file(self, name: str) -> Path:
         if not _NAME.match(name):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from ops.settings import SettingsError, parse
+from ops.state import StateDir
 from ops.watch import cli
 from tests.ops.conftest import queued
 
@@ -130,3 +134,24 @@ def test_bad_settings_file_fails(tmp_path: Path) -> None:
     code, out = _invoke(path, "run")
     assert code == 1
     assert out.startswith("error: ")
+
+
+def test_a_second_pass_waits_for_the_first(config: Path, tmp_path: Path, engine: sa.Engine) -> None:
+    # The frequent and the slow timer share the state: while one pass holds the lock, the other
+    # waits instead of overwriting its open findings and offsets.
+    state = StateDir(tmp_path / "state")
+    with state.locked():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ops.watch", "--config", str(config), "run"],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+        assert proc.returncode is None  # still waiting for the lock
+        assert queued(engine) == []
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "ops.baseline_missing" in out
