@@ -1,5 +1,6 @@
 """`python -m backup ...`: take, check, ship, prune and restore Strongroom backups (docs/backup.md).
 
+\b
     python -m backup keygen offline --out DIR     # on the OFFLINE machine: age identity + recipient
     python -m backup keygen signing --out DIR     # on the server: Ed25519 signing key + public half
     python -m backup create ...                   # snapshot -> encrypted, signed strongroom-*.sbk
