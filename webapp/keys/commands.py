@@ -127,7 +127,7 @@ def versions() -> None:
     type=click.IntRange(1, service.MAX_BATCH),
     default=500,
     show_default=True,
-    help="Fields per keyd call (and rows per transaction, divided by the fields per row).",
+    help="Fields per keyd call; four calls' worth of rows are committed per transaction.",
 )
 @click.option("--restart", is_flag=True, help="Forget a saved checkpoint and start from the first row.")
 def rewrap(batch_size: int, restart: bool) -> None:
