@@ -269,3 +269,29 @@ def test_compare_counts_within_the_window() -> None:
     assert compare([t0], [t0, t1, t1], start=start, until=until) == (1, 0)
     assert compare([t0, t1], [t0, t1, t1], start=start, until=until) == (0, 0)  # delivered twice
     assert compare(["not a log line"], [], start=start, until=until) == (0, 0)
+
+
+def test_the_renderer_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ops.rsyslog.__main__ import cli
+
+    args = ["sender", "--target", "logs.corp.example", "--permitted-peer", "logs.corp.example"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert (
+        res.output
+        == Sender(
+            "logs.corp.example",
+            PRODUCTION_SENDER.port,
+            "logs.corp.example",
+            PRODUCTION_SENDER.ca_file,
+            PRODUCTION_SENDER.cert_file,
+            PRODUCTION_SENDER.key_file,
+            PRODUCTION_SENDER.local_copy,
+        ).render()
+    )
+    hostile = 'x"]) action(type="omfile" file="/etc/passwd'
+    bad = CliRunner().invoke(cli, ["receiver", "--permitted-peer", hostile])
+    assert bad.exit_code == 1
+    assert "unsafe value" in bad.output
