@@ -20,6 +20,7 @@ from webapp.audit.service import AuditEntry
 from webapp.clock import to_db
 from webapp.db.tables import outbox
 from webapp.events import ALERTS
+from webapp.redact import mask_pans
 
 # Event names are dotted lowercase words without digits ("auth.account_locked", "ops.port_new"):
 # the mailer may put an unknown name into a mail, so it must never carry data (no digits: no PAN).
@@ -56,8 +57,8 @@ class OutboxSink:
                 "event": str(e.event),
                 "actor": e.actor,
                 "ip": e.ip,
-                "resource": e.resource,
-                "detail": e.detail,
+                "resource": mask_pans(e.resource),
+                "detail": mask_pans(e.detail),
                 "attempts": 0,
                 "sent_at": None,
             }
@@ -115,7 +116,7 @@ def enqueue(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     values = {"actor": actor, "ip": ip, "resource": resource, "detail": detail}
-    row = {name: (str(value) or "-")[: _COLUMN_LIMITS[name]] for name, value in values.items()}
+    row = {name: mask_pans(str(value) or "-")[: _COLUMN_LIMITS[name]] for name, value in values.items()}
     conn.execute(
         sa.insert(outbox).values(created_at=to_db(now), event=event, attempts=0, sent_at=None, **row)
     )

@@ -98,3 +98,14 @@ def test_enqueue_refuses_malformed_event_names(app: Flask, clock: FakeClock, nam
 
 def test_every_event_name_is_a_valid_outbox_name() -> None:
     assert all(outbox.valid_event_name(str(e)) for e in Event)
+
+
+def test_pan_shaped_strings_never_reach_the_outbox(app: Flask, clock: FakeClock) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        outbox.enqueue(
+            conn, "ops.log_new", now=clock.now(), resource="/x/4111111111111111", detail="4111 1111 1111 1111"
+        )
+    with engine.begin() as conn:
+        (row,) = outbox.pending(conn)
+        assert (row.resource, row.detail) == ("/x/************1111", "************1111")

@@ -1,0 +1,245 @@
+"""No PAN anywhere: a full scenario through the real app with a real keyd, then a scan of everything
+it left behind for PAN-shaped strings (Luhn-valid runs of 13-19 digits, also grouped with spaces or
+dashes): every log line captured from the app's loggers (the audit and event syslog copies, the
+error log), keyd's log file, every row of every table (audit log, outbox, sessions, cards, ...),
+every mail delivered to a real SMTP server, every response body. The one place a full PAN may appear
+is the body of a successful reveal, which the scenario checks it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from tests.keyd.conftest import Keyd
+from tests.webapp.conftest import Person, client_for, get, login, post
+from tests.webapp.smtpsink import Sink, smtp_server
+from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+    SUPERVISOR_PASSWORD,
+    add_card,
+    add_record,
+    keyd_running,
+    logged_in,
+    records_grants,
+    reveal,
+    staff,
+    token_of,
+    vault,
+)
+from webapp.db.tables import metadata
+
+# Test cards from the brands' published test ranges.
+VISA, MASTERCARD, AMEX = "4111111111111111", "5555555555554444", "378282246310005"
+_CANDIDATE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+_HEX = frozenset("0123456789abcdefABCDEF")
+# A 64-hex hash holding a Luhn-valid 14-digit run (the shape that made this scan flaky once).
+HASH_WITH_DIGITS = "a" * 20 + "30218282104860" + "f" * 30
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _inside_hex_token(text: str, start: int, end: int) -> bool:
+    """Part of a hash, fingerprint or serial (32+ hex characters): random hex holds long digit runs
+    by chance (a 64-character hash has a 14-digit run about one time in fifteen), and no leak
+    takes that form."""
+    while start > 0 and text[start - 1] in _HEX:
+        start -= 1
+    while end < len(text) and text[end] in _HEX:
+        end += 1
+    return end - start >= 32 and all(c in _HEX for c in text[start:end])
+
+
+def pan_like(text: str) -> list[str]:
+    """Every Luhn-valid run of 13-19 digits (single spaces or dashes between digits allowed)."""
+    found = []
+    for m in _CANDIDATE.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group(0))
+        if not (13 <= len(digits) <= 19 and luhn_ok(digits)):
+            continue
+        if digits == m.group(0) and _inside_hex_token(text, m.start(), m.end()):
+            continue
+        found.append(m.group(0))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "hits"),
+    [
+        (f"pan={VISA};", [VISA]),
+        ("card 4111 1111 1111 1111 ok", ["4111 1111 1111 1111"]),
+        ("card 4111-1111-1111-1111 ok", ["4111-1111-1111-1111"]),
+        (f"<td>{AMEX}</td>", [AMEX]),
+        ("3782 822463 10005", ["3782 822463 10005"]),
+        (f"x{MASTERCARD}y", [MASTERCARD]),
+        (f"card{VISA}", [VISA]),
+        (f"hash={HASH_WITH_DIGITS} ok", []),
+        (f"short=ab{VISA}cd", [VISA]),  # a hex-ish token, but too short to be a hash
+        ("4111 1111 1111 1112", []),  # Luhn fails
+        ("411111111111", []),  # 12 digits
+        ("2026-11-28T10:00:00.000000Z seq=1234", []),
+        ("a3f9c2e1b4d5", []),
+    ],
+)
+def test_the_scanner_finds_planted_pans_and_only_those(text: str, hits: list[str]) -> None:
+    assert pan_like(text) == hits
+
+
+class Recorder:
+    """WSGI middleware keeping every response body (error pages included) with its request."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.bodies: list[tuple[str, str, int, str]] = []
+
+    def __call__(self, environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
+        status: list[int] = []
+
+        def start(s: str, headers: list[tuple[str, str]], exc_info: object = None) -> object:
+            status.append(int(s.split()[0]))
+            return start_response(s, headers, exc_info) if exc_info else start_response(s, headers)
+
+        chunks = list(self.app(environ, start))
+        body = b"".join(chunks).decode("utf-8", errors="replace")
+        self.bodies.append((str(environ["REQUEST_METHOD"]), str(environ["PATH_INFO"]), status[0], body))
+        yield from chunks
+
+
+def _dump_database(engine: sa.Engine) -> Iterator[tuple[str, str]]:
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                for value in row:
+                    if isinstance(value, bytes | bytearray | memoryview):
+                        yield table.name, bytes(value).decode("latin-1")
+                    elif value is not None:
+                        yield table.name, str(value)
+
+
+def test_a_full_run_leaves_no_pan_anywhere(
+    make_app: Callable[..., Flask],
+    app: Flask,
+    staff: dict[str, Person],  # noqa: F811 - the shared fixture
+    keyd_running: tuple[Keyd, bytes],  # noqa: F811 - the shared fixture
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    owner_engine: sa.Engine,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink = Sink()
+    with smtp_server(sink) as port:
+        mail = {"SMTP_PORT": port, "MAIL_FROM": "strongroom@vault.example", "ALERT_TO": "admin@example.com"}
+        tight = [{"scope": "employee", "window": 3600, "alert": 2, "limit": 4}]
+        main = make_app(**mail)
+        main.wsgi_app = recorder = Recorder(main.wsgi_app)  # type: ignore[method-assign]
+        budgeted = make_app(REQUEST_BUDGETS=tight)
+        budgeted.wsgi_app = recorder_b = Recorder(budgeted.wsgi_app)  # type: ignore[method-assign]
+
+        # A clerk stores cards (grouped three ways) and views them masked.
+        clerk = logged_in(main, staff["clerk"])
+        record_id = add_record(clerk)
+        visa = add_card(clerk, record_id, pan="4111 1111 1111 1111")
+        add_card(clerk, record_id, pan="5555-5555-5555-4444")
+        add_card(clerk, record_id, pan=AMEX, cardholder="Grace Hopper")
+        assert get(clerk, f"/records/{record_id}").status_code == 200
+        assert get(clerk, f"/records/{record_id}/cards/{visa}").status_code == 200
+        assert get(clerk, "/records/", query_string={"crm_ref": "C1234567"}).status_code == 200
+
+        # Refusals that carry a PAN in: a CVV, an expired card, a PAN where a name goes, a PAN as
+        # the CRM reference, a form without a CSRF token, a forged field.
+        form = {"pan": VISA, "cardholder": "Ada Lovelace", "exp_month": "12", "exp_year": "2028"}
+        for extra in (
+            {"cvv": "123"},
+            {"exp_year": "2020"},
+            {"cardholder": VISA},
+            {"pan": "4111 1111 1111 1112"},
+            {"unexpected": VISA},
+        ):
+            r = post(
+                clerk, f"/records/{record_id}/cards", data={"csrf_token": token_of(clerk), **form, **extra}
+            )
+            assert r.status_code in (400, 403), (extra, r.status_code)
+        assert post(clerk, f"/records/{record_id}/cards", data=form).status_code == 400  # no CSRF token
+        assert get(clerk, "/records/", query_string={"crm_ref": VISA}).status_code == 400
+        assert get(clerk, "/records/", query_string={"crm_ref": "4111-1111-1111-1111"}).status_code == 400
+        r = post(clerk, "/records/", data={"csrf_token": token_of(clerk), "crm_ref": MASTERCARD})
+        assert r.status_code == 400
+        # A clerk calling a reveal URL directly.
+        url = f"/records/{record_id}/reveal/card/{visa}/pan"
+        assert get(clerk, url).status_code == 403
+
+        # A supervisor reveals once (the only place a PAN may show), and fails once.
+        sup = logged_in(main, staff["supervisor"])
+        shown = reveal(sup, url, SUPERVISOR_PASSWORD)
+        assert shown.status_code == 200
+        assert "4111 1111 1111 1111" in shown.text
+        assert reveal(sup, url, "Wrong-Password-For-Reveal-1").status_code in (400, 403)
+
+        # Failed logins up to a lockout, and an employee over a request budget (429 pages).
+        stranger = client_for(main, staff["auditor"].cert)
+        for _ in range(10):
+            login(stranger, "audrey", VISA)  # a PAN typed as a password
+        over = logged_in(budgeted, staff["supervisor"])
+        statuses = [get(over, "/").status_code for _ in range(6)]
+        assert statuses[-1] == 429
+
+        # The mailer delivers whatever the outbox holds.
+        result = main.test_cli_runner().invoke(args=["mail", "send"])
+        assert result.exit_code == 0, result.output
+
+    assert sink.messages, "the scenario raised no alerts: the mail part of the scan would be empty"
+
+    # The scan.
+    leaks: list[str] = []
+
+    def scan(where: str, text: str) -> None:
+        leaks.extend(f"{where}: {hit}" for hit in pan_like(text))
+
+    for method, path, status, body in recorder.bodies + recorder_b.bodies:
+        if method == "POST" and "/reveal/" in path and status == 200:
+            continue  # the reveal page itself: showing the PAN is its purpose
+        scan(f"response {method} {path} {status}", body)
+    for record in caplog.records:
+        scan(f"log {record.name}", record.getMessage())
+    scan("keyd log", keyd_running[0].log_text())
+    for log_file in tmp_path.rglob("*.log"):
+        scan(f"file {log_file.name}", log_file.read_text(errors="replace"))
+    for table, text in _dump_database(owner_engine):  # as the owner: every table, every column
+        scan(f"table {table}", text)
+    for message in sink.messages:
+        scan("mail", message.raw.decode(errors="replace"))
+        scan("mail (decoded)", str(message.message.get_content()))  # quoted-printable splits lines
+    scan("mailer output", result.output)
+    assert leaks == [], "\n".join(leaks)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the audit log stores request paths verbatim (webapp/app.py _finish/_refusal, records' _page): "
+    "needs webapp.redact.mask_pans in webapp/audit/service.py (owned elsewhere, see docs/alerts.md)",
+)
+def test_a_pan_pasted_into_the_address_bar_leaves_no_trace(
+    app: Flask, people: dict[str, Person], caplog: pytest.LogCaptureFixture, owner_engine: sa.Engine
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = logged_in(app, people["alice"])
+    bodies = [
+        get(client, path).text for path in (f"/records/{VISA}", f"/{VISA}", f"/records/?crm_ref={VISA}")
+    ]
+    leaks = [hit for body in bodies for hit in pan_like(body)]
+    leaks += [hit for r in caplog.records for hit in pan_like(r.getMessage())]
+    leaks += [hit for _, text in _dump_database(owner_engine) for hit in pan_like(text)]
+    assert leaks == []
