@@ -229,7 +229,7 @@ def test_a_full_run_leaves_no_pan_anywhere(
 @pytest.mark.xfail(
     strict=True,
     reason="the audit log stores request paths verbatim (webapp/app.py _finish/_refusal, records' _page): "
-    "needs webapp.redact.mask_pans in webapp/audit/service.py (owned elsewhere, see docs/alerts.md)",
+    "needs mask_pans(resource), mask_pans(detail) in webapp/unit.py UnitOfWork.record (see docs/alerts.md)",
 )
 def test_a_pan_pasted_into_the_address_bar_leaves_no_trace(
     app: Flask, people: dict[str, Person], caplog: pytest.LogCaptureFixture, owner_engine: sa.Engine
