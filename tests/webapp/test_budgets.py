@@ -19,9 +19,7 @@ from webapp.config import DEFAULTS, ConfigError
 from webapp.events import ALERTS, Event
 
 
-def rule(
-    scope: str = "employee", window: int = 3600, alert: int = 5, limit: int | None = None
-) -> dict[str, Any]:
+def rule(scope: Any = "employee", window: Any = 3600, alert: Any = 5, limit: Any = None) -> dict[str, Any]:
     return {"scope": scope, "window": window, "alert": alert, "limit": limit}
 
 
