@@ -16,6 +16,7 @@ production parameters, keyd decrypt); it is expensive on purpose.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import re
@@ -36,10 +37,6 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from keyd.client import KeydClient  # noqa: E402
-from tests.fixtures.pki import TestCA  # noqa: E402
-from tests.keyd.conftest import GENEROUS, make_keyd, raw_key, traversable_tmp  # noqa: E402
-from tests.webapp.conftest import FakeTlsSocket  # noqa: E402
-from tests.webapp.tls_server import serve  # noqa: E402
 from webapp import create_app  # noqa: E402
 from webapp.auth import passwords  # noqa: E402
 from webapp.clock import to_db  # noqa: E402
@@ -47,6 +44,20 @@ from webapp.db import migrate  # noqa: E402
 from webapp.records import service  # noqa: E402
 from webapp.records.cards import parse_pan  # noqa: E402
 from webapp.records.tables import cards, customer_records  # noqa: E402
+
+# The test suite's own fixtures (real keyd daemons, a throwaway PKI, gunicorn over TLS), loaded by
+# name: mypy checks bench/, and the test packages are not part of its file list.
+_pki = importlib.import_module("tests.fixtures.pki")
+_keyd = importlib.import_module("tests.keyd.conftest")
+_web = importlib.import_module("tests.webapp.conftest")
+_tls = importlib.import_module("tests.webapp.tls_server")
+TestCA, FakeTlsSocket, serve = _pki.TestCA, _web.FakeTlsSocket, _tls.serve
+GENEROUS, make_keyd, raw_key, traversable_tmp = (
+    _keyd.GENEROUS,
+    _keyd.make_keyd,
+    _keyd.raw_key,
+    _keyd.traversable_tmp,
+)
 
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "Saffron-Beacon-Walnut-7351"  # noqa: S105 - a throwaway benchmark user
@@ -59,6 +70,13 @@ PRODUCTION_ARGON2 = {
 HOURS = {"WORKING_DAYS": "mon-sun", "WORKING_HOURS": "00:00-23:59"}
 _CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 _STEPUP = re.compile(r'name="stepup"[^>]*value="([^"]+)"')
+
+
+def find(pattern: re.Pattern[str], text: str) -> str:
+    m = pattern.search(text)
+    if m is None:
+        raise RuntimeError(f"{pattern.pattern!r} not on the page")
+    return m.group(1)
 
 
 def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
@@ -79,7 +97,7 @@ def row(name: str, median: float, p95: float, base: float | None = None) -> None
     print(f"  {name:<46} median {median:8.2f} ms   p95 {p95:8.2f} ms   {ratio}")
 
 
-def add_user(app: Any, ca: TestCA, d: Path, name: str, role: str) -> Any:
+def add_user(app: Any, ca: Any, d: Path, name: str, role: str) -> Any:
     runner = app.test_cli_runner()
     out = runner.invoke(
         args=["users", "add", name, "--role", role, "--password-stdin"], input=PASSWORD + "\n"
@@ -153,18 +171,16 @@ class TestClientSession:
             {"gunicorn.socket": FakeTlsSocket(issued.der), "REMOTE_ADDR": "10.0.0.5"}
         )
         page = self.get("/login")
-        r = self.post(
-            "/login", {"csrf_token": _CSRF.search(page)[1], "username": username, "password": PASSWORD}
-        )  # type: ignore[index]
+        r = self.post("/login", {"csrf_token": find(_CSRF, page), "username": username, "password": PASSWORD})
         assert r == 302, r
 
     def get(self, path: str) -> str:
         r = self.client.get(path, base_url="https://vault.example")
         assert r.status_code in (200, 302), (path, r.status_code)
-        return r.text
+        return str(r.text)
 
     def post(self, path: str, data: dict[str, str]) -> int:
-        return self.client.post(path, data=data, base_url="https://vault.example").status_code
+        return int(self.client.post(path, data=data, base_url="https://vault.example").status_code)
 
 
 class TlsSession:
@@ -174,8 +190,8 @@ class TlsSession:
         self.server, self.cert, self.cookie = server, cert, ""
         page = self.get("/login")
         status = self.post(
-            "/login", {"csrf_token": _CSRF.search(page)[1], "username": username, "password": PASSWORD}
-        )  # type: ignore[index]
+            "/login", {"csrf_token": find(_CSRF, page), "username": username, "password": PASSWORD}
+        )
         assert status == 302, status
 
     def _do(self, method: str, path: str, body: str | None = None) -> tuple[int, str]:
@@ -206,11 +222,11 @@ class TlsSession:
 def reveal_once(s: TestClientSession | TlsSession, url: str) -> None:
     page = s.get(url)
     data = {
-        "csrf_token": _CSRF.search(page)[1],
-        "stepup": _STEPUP.search(page)[1],
+        "csrf_token": find(_CSRF, page),
+        "stepup": find(_STEPUP, page),
         "reason": REASON,
         "password": PASSWORD,
-    }  # type: ignore[index]
+    }
     assert s.post(url, data) == 200
 
 
