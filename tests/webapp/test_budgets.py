@@ -198,3 +198,31 @@ def test_two_workers_at_once_cross_exactly_once_and_refuse_exactly_above_the_lim
 def test_rule_names_are_what_the_audit_shows() -> None:
     assert Rule("total", 86400, 10, None).name == "total/86400s"
     assert Rule("employee", 3600, 10, None).key(7) == "user:7"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM request_counters",
+        "TRUNCATE TABLE request_counters",
+        "DROP TABLE request_counters",
+        "DELETE FROM outbox",
+        "TRUNCATE TABLE outbox",
+    ],
+)
+def test_mariadb_grants_refuse_deleting_counters_and_events(maria_backend: Any, statement: str) -> None:
+    """Least privilege: counters are reset in place and events marked sent, never deleted."""
+    import pymysql
+
+    conn = pymysql.connect(
+        unix_socket=str(maria_backend.server.socket),
+        user="strongroom",
+        password=maria_backend.password,
+        database="strongroom",
+    )
+    try:
+        with conn.cursor() as cur, pytest.raises(pymysql.err.OperationalError) as refused:
+            cur.execute(statement)
+        assert refused.value.args[0] == 1142
+    finally:
+        conn.close()
