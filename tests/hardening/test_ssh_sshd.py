@@ -513,3 +513,92 @@ def test_unknown_key_is_refused_when_the_alert_cannot_be_sent(server: Server, si
     assert "in\n" not in unknown.stdout
     assert "could not report" in unknown.stderr
     assert known.stdout == "in\n"  # a keyholder needs no mail to get in
+
+
+@pytest.fixture
+def local_postfix(server: Server) -> Iterator[tuple[Path, Sink]]:
+    """A real private postfix (the shipped ops/postfix config, paths and relay overridden) relaying to
+    its own aiosmtpd sink. Yields a sendmail wrapper that adds `-C <private config>` (the hook's
+    environment carries no MAIL_CONFIG), and the sink."""
+    postfix, postconf, postmap, sendmail = (
+        need_binary(b) for b in ("postfix", "postconf", "postmap", "sendmail")
+    )
+    base = Path(tempfile.mkdtemp(prefix="postfix-", dir=server.base))
+    base.chmod(0o755)
+    conf, queue, data = base / "etc", base / "spool", base / "lib"
+    for d in (conf, queue, data):
+        d.mkdir()
+    for name in ("main.cf", "master.cf", "virtual"):
+        shutil.copy(Path(__file__).resolve().parents[2] / "ops" / "postfix" / name, conf / name)
+    shutil.chown(data, "postfix", "postfix")
+    relay_sink = Sink()
+    with smtp_server(relay_sink) as relay_port:
+        subprocess.run(
+            [
+                postconf,
+                "-c",
+                str(conf),
+                "-e",
+                f"queue_directory={queue}",
+                f"data_directory={data}",
+                f"maillog_file={base / 'postfix.log'}",
+                f"maillog_file_prefixes={base}",
+                f"virtual_alias_maps=hash:{conf / 'virtual'}",
+                f"relayhost=[127.0.0.1]:{relay_port}",
+                "smtp_tls_security_level=none",
+                "import_environment=MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run([postmap, f"hash:{conf / 'virtual'}"], check=True)
+        env = {"MAIL_CONFIG": str(conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        subprocess.run([postfix, "-c", str(conf), "set-permissions", "create-missing"], check=True, env=env)
+        started = subprocess.run([postfix, "-c", str(conf), "start"], capture_output=True, text=True, env=env)
+        assert started.returncode == 0, started.stderr
+        wrapper = base / "sendmail"
+        wrapper.write_text(f'#!/bin/sh\nexec {sendmail} -C {conf} "$@"\n')
+        wrapper.chmod(0o755)
+        try:
+            yield wrapper, relay_sink
+        finally:
+            subprocess.run([postfix, "-c", str(conf), "stop"], capture_output=True, env=env)
+            time.sleep(0.2)
+
+
+def test_alert_through_the_local_mta(server: Server, local_postfix: tuple[Path, Sink]) -> None:
+    """The "sendmail" transport through a real postfix. Postfix lets only root pick a private config
+    (`sendmail -C`), so this runs the installed hook directly as root, with the environment sshd gives
+    it (SSH_USER_AUTH, SSH_ORIGINAL_COMMAND, SSH_CONNECTION), instead of through sshd."""
+    wrapper, relay_sink = local_postfix
+    config = server.base / "etc" / "ssh-alert-sendmail.toml"
+    config.write_text(
+        f'authorized_keys = "{server.base}/keys/%u"\n'
+        '[mail]\nfrom = "ssh@localhost"\nto = ["security@example.org"]\n'
+        f'transport = "sendmail"\nsendmail = "{wrapper}"\n'
+    )
+    config.chmod(0o644)
+    auth = server.base / "etc" / "auth-info"
+    key_type, blob = server.keys["unknown"].with_suffix(".pub").read_text().split()[:2]
+    auth.write_text(f"publickey {key_type} {blob}\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SSH_USER_AUTH": str(auth),
+        "SSH_ORIGINAL_COMMAND": f"echo via-mta-{MARKER}",
+        "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22",
+    }
+    hook = server.base / "etc" / "ssh-session-hook"
+    out = subprocess.run(
+        [str(hook), "--config", str(config)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.stdout == f"via-mta-{MARKER}\n", out.stderr
+    deadline = time.monotonic() + 30
+    while not relay_sink.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(relay_sink.messages) == 1
+    received = relay_sink.messages[0]
+    assert received.rcpt_tos == ["security@example.org"]
+    body = received.message.get_content()
+    assert server.fingerprint("unknown") in body
+    assert "user: root" in body
+    assert MARKER not in received.raw.decode()
