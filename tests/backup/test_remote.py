@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from backup import archive, remote
 from backup.remote import RemoteRefused
 from tests.backup.conftest import Keys, Sshd
 from tests.backup.test_e2e import run_backup
+from tests.keyd.conftest import ROOT
 from webapp.db import migrate
 from webapp.db.engine import make_engine
 from webapp.db.tables import audit_log, outbox
@@ -200,3 +206,41 @@ def test_pinned_host_keys_others_may_rewrite_are_refused(sshd: Sshd, backup_file
     sshd.known_hosts.chmod(0o666)
     with pytest.raises(archive.BackupRefused, match="writable by others"):
         remote.send(backup_file, target(sshd))
+
+
+def test_a_killed_upload_resumes_where_it_stopped(sshd: Sshd, backup_keys: Keys, tmp_path: Path) -> None:
+    """A real interruption: `backup send` SIGKILLed mid-transfer, then run again."""
+    big = tmp_path / "big" / remote.backup_name(NOW)
+    big.parent.mkdir()
+    archive.seal(
+        os.urandom(40 * 1024 * 1024),
+        recipient=archive.load_recipient(str(backup_keys.recipient)),
+        signing_key=archive.load_signing_key(backup_keys.signing_key),
+        out=big,
+    )
+    partial = sshd.remote_dir / f"{big.name}.partial"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "backup", "send", str(big), *sshd.options()],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 1024 * 1024):
+            assert job.poll() is None, "the upload ended before it could be killed"
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.005)
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.wait(timeout=30)
+    assert not (sshd.remote_dir / big.name).exists()  # never published half a backup
+    have = partial.stat().st_size
+    assert 0 < have < big.stat().st_size
+    resumed = run_backup("send", str(big), *sshd.options())
+    assert "resumed at byte" in resumed.stdout
+    at = int(resumed.stdout.split("resumed at byte ")[1].split(")")[0])
+    # What reached the server was kept, not sent again (sftp-server may still have been writing
+    # pipelined chunks when `have` was measured).
+    assert at >= have
+    assert (sshd.remote_dir / big.name).read_bytes() == big.read_bytes()
