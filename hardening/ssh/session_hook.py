@@ -341,7 +341,7 @@ def identify(config: HookConfig, env: dict[str, str], user: str) -> tuple[str | 
     except (OSError, UnicodeDecodeError):
         used = None
     if used is None:
-        return None, "the key used could not be read", "-"
+        return None, "not a login with exactly one public key", "-"
     keys_path = Path(config.authorized_keys.replace("%u", user))
     try:
         keyholder = keyholder_for(read_root_owned(keys_path, MAX_KEYS_BYTES), used)

@@ -361,9 +361,10 @@ def test_password_and_keyboard_interactive_are_refused(server: Server, sink: Sin
     assert sink.messages == []
 
 
-def test_password_probe_logs_in_when_a_config_allows_it(server: Server) -> None:
+def test_password_probe_logs_in_when_a_config_allows_it(server: Server, sink: Sink) -> None:
     """Control for the test above: the same askpass probe DOES get in through an sshd whose config
-    allows passwords, so the refusal above is the config's doing, not a broken probe."""
+    allows passwords, so the refusal above is the config's doing, not a broken probe. (Should
+    passwords ever be switched on, the hook still reports such a login: no key, no KEYHOLDER.)"""
     sshd = need_binary("sshd")
     weak = server.base / "etc" / "sshd_config.weak"
     text = (server.base / "etc" / "sshd_config").read_text()
@@ -393,6 +394,8 @@ def test_password_probe_logs_in_when_a_config_allows_it(server: Server) -> None:
             ),
         )
         assert out.stdout == "in\n", out.stderr
+        assert len(sink.messages) == 1
+        assert "not a login with exactly one public key" in _bodies(sink)[0]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
