@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from backup.archive import BackupRefused
 from keyd.client import key_version
 from keyd.state import State, StateError
+from webapp.db.engine import READ_ONLY
 
 FORMAT = 1
 # keyd's state dir minus anything that is not its own known, non-secret file (keyd/state.py).
@@ -104,7 +105,7 @@ def _reflect(engine: sa.Engine) -> sa.MetaData:
 def _snapshot_conn(engine: sa.Engine) -> sa.Connection:
     if engine.dialect.name == "sqlite":
         # webapp's engine turns this option into BEGIN DEFERRED: one WAL snapshot, no write lock.
-        conn = engine.connect().execution_options(strongroom_read_only=True)
+        conn = engine.connect().execution_options(**{READ_ONLY: True})
         conn.exec_driver_sql("SELECT 1")  # starts the transaction
         return conn
     if engine.dialect.name in ("mysql", "mariadb"):
