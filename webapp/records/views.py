@@ -73,6 +73,18 @@ def _configure(state: BlueprintSetupState) -> None:
     state.app.extensions[MATRIX] = permissions.load(cfg["RECORDS_PERMISSIONS"])
 
 
+_ROW_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@bp.url_value_preprocessor
+def _ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Card and item ids are 32 lowercase hex (random, see service.py): anything else is 404 before
+    any view runs, so no audit resource or refusal ever carries a client-typed id."""
+    for name in ("card_id", "item_id", "obj_id"):
+        if values and name in values and not _ROW_ID.fullmatch(str(values[name])):
+            abort(404)
+
+
 def matrix() -> Matrix:
     found: Matrix = current_app.extensions[MATRIX]
     return found
@@ -85,8 +97,12 @@ def may(field_class: FieldClass, action: Act) -> bool:
 def _denied(field_class: FieldClass, action: Act) -> Response:
     uow = unit()
     uow.discard_writes()
+    # The route's name and record, not the raw path: a path segment is whatever the client typed
+    # (a PAN typed into an id would otherwise land in the audit log).
+    record_id = (request.view_args or {}).get("record_id")
+    resource = f"{request.endpoint}:{record_id}" if record_id is not None else str(request.endpoint)
     uow.record(
-        Event.ACCESS_DENIED, ok=False, resource=request.path[:200], detail=f"matrix:{field_class}:{action}"
+        Event.ACCESS_DENIED, ok=False, resource=resource[:200], detail=f"matrix:{field_class}:{action}"
     )
     body = render_template("error.html", status=403, message="You are not allowed to do this.")
     return Response(body, status=403, mimetype="text/html")
@@ -287,8 +303,6 @@ def add_card(record_id: int) -> ResponseReturnValue:
 
 
 def _card_or_404(record_id: int, card_id: str) -> sa.Row:
-    if not re.fullmatch(r"[0-9a-f]{32}", card_id):
-        abort(404)
     card = service.get_card(unit().conn, record_id, card_id)
     if card is None:
         abort(404)
@@ -367,8 +381,6 @@ def retire_card(record_id: int, card_id: str) -> ResponseReturnValue:
 
 
 def _item_or_404(record_id: int, kind: str, item_id: str) -> sa.Row:
-    if not re.fullmatch(r"[0-9a-f]{32}", item_id):
-        abort(404)
     item = service.get_item(unit().conn, record_id, item_id)
     if item is None or item.kind != kind:  # the URL's kind is what the matrix checked
         abort(404)
