@@ -236,6 +236,9 @@ def test_each_field_class_is_granted_on_its_own(
     assert reveal(client, bank, staff["clerk"].password).status_code == 200
     assert get(client, f"/records/{fixture.record_id}/reveal/card/{fixture.card_id}/pan").status_code == 403
     assert get(client, f"/records/?crm_ref={CRM}").status_code == 403  # record.list not granted
+    assert "Add a card" not in page.text
+    assert "Add a bank account" not in page.text  # bank: view and reveal only
+    assert "Retire this record" not in page.text
     assert get(client, f"/records/{fixture.record_id}/note/{fixture.item_ids['note']}").status_code == 403
 
 
