@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 @dataclass
@@ -66,12 +67,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def smtp_server(sink: Sink, *, port: int | None = None, tls: ssl.SSLContext | None = None) -> Iterator[int]:
-    """Serve on 127.0.0.1:`port` (a free one by default); yields the port; stops on exit."""
+def smtp_server(
+    sink: Sink,
+    *,
+    port: int | None = None,
+    tls: ssl.SSLContext | None = None,
+    login: tuple[str, str] | None = None,
+) -> Iterator[int]:
+    """Serve on 127.0.0.1:`port` (a free one by default); yields the port; stops on exit. With
+    `login`, AUTH (only after STARTTLS) is required and only that user and password pass."""
     port = port or free_port()
     kwargs: dict[str, Any] = {}
     if tls is not None:
         kwargs = {"tls_context": tls, "require_starttls": True}
+    if login is not None:
+
+        def authenticator(
+            _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
+        ) -> AuthResult:
+            given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
+            return AuthResult(success=given == login)
+
+        kwargs |= {"authenticator": authenticator, "auth_required": True, "auth_require_tls": True}
     controller = Controller(sink, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     try:

@@ -331,3 +331,46 @@ def test_mail_run_loops_and_stops_cleanly_on_sigterm(
         "Strongroom: user unlocked",
     ]
     assert pending(app) == []
+
+
+@pytest.mark.parametrize(
+    ("password", "delivered"), [("Smtp-Relay-Secret-42", True), ("wrong-password", False)]
+)
+def test_smtp_authentication_over_starttls(
+    make_app: Callable[..., Flask],
+    clock: FakeClock,
+    ca: TestCA,
+    tmp_path: Path,
+    password: str,
+    delivered: bool,
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.pem)
+    secret = tmp_path / "smtp-password"
+    secret.write_text(password + "\n")
+    sink = Sink()
+    server = smtp_server(
+        sink, tls=_tls_server_context(ca, tmp_path), login=("alerts", "Smtp-Relay-Secret-42")
+    )
+    with server as port:
+        app = make_app(
+            **mail_config(
+                port,
+                SMTP_STARTTLS="required",
+                SMTP_CA_FILE=str(ca_file),
+                SMTP_USER="alerts",
+                SMTP_PASSWORD_FILE=str(secret),
+            )
+        )
+        plant(app, clock, str(Event.USER_DISABLED))
+        code, output = send(app)
+    assert (code == 0) is delivered, output
+    assert len(sink.messages) == (1 if delivered else 0)
+    assert password not in output
+    for row in audit_rows(app):
+        assert password not in row.detail
+    if not delivered:
+        (failed,) = audit_rows(app, Event.MAIL_FAILED)
+        # smtplib tries each mechanism; aiosmtpd may hang up after the refusals.
+        assert re.search(r"error=(SMTPAuthenticationError:535|SMTPServerDisconnected)$", failed.detail)
+        assert len(pending(app)) == 1
