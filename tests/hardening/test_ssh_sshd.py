@@ -151,6 +151,9 @@ def server() -> Iterator[Server]:
             home = base / "home" / user
             home.mkdir(parents=True)
             shutil.chown(home, user, user)
+        # root joins the throwaway group (gone with it at the end), so that only PermitRootLogin, not
+        # AllowGroups, stands between root's valid key and a session.
+        _run("gpasswd", "-a", "root", group)
         (base / "keys").mkdir(mode=0o755)
         (base / "etc").mkdir(mode=0o755)
         keys = {name: _keygen(base / "etc" / f"client-{name}") for name in ("alice", "unknown", "root")}
@@ -402,15 +405,23 @@ def test_password_probe_logs_in_when_a_config_allows_it(server: Server, sink: Si
         _run("usermod", "-p", "*", server.admin)
 
 
-@pytest.mark.parametrize(("user", "key"), [("root", "root"), ("outsider", "alice")])
+@pytest.mark.parametrize(
+    ("user", "key", "logged"),
+    [
+        ("root", "root", "ROOT LOGIN REFUSED"),
+        ("outsider", "alice", "not allowed because none of user's groups"),
+    ],
+)
 def test_root_and_users_outside_the_group_are_refused(
-    server: Server, sink: Sink, user: str, key: str
+    server: Server, sink: Sink, user: str, key: str, logged: str
 ) -> None:
     name = server.outsider if user == "outsider" else "root"
+    seen = len(server.log.read_text())
     out = server.ssh(name, key, "echo in")
     assert out.returncode == 255
     assert "in\n" not in out.stdout
     assert "Permission denied" in out.stderr
+    assert logged in server.log.read_text()[seen:]  # refused for this reason, not another
     assert sink.messages == []
 
 
