@@ -180,14 +180,18 @@ def test_create_send_fetch_restore_verify(
         assert dump(target) == before
         # keyd on the restored state, unsealed with the same operator key, opens every field.
         restored_keyd.start()
-        restored_keyd.unseal(daemon.key)
-        checked = run_backup("check", "--database-url", target, "--keyd-socket", str(restored_keyd.socket))
-        assert "records=85 fields=255 decryptable=255 failed=0" in checked.stdout
-        with KeydClient(restored_keyd.socket, timeout=10.0) as client:
-            restored_engine = make_engine(target)
-            assert decrypt_all(client, stored(restored_engine)) == plaintexts
-            restored_engine.dispose()
-        restored_keyd.kill()
+        try:
+            restored_keyd.unseal(daemon.key)
+            checked = run_backup(
+                "check", "--database-url", target, "--keyd-socket", str(restored_keyd.socket)
+            )
+            assert "records=85 fields=255 decryptable=255 failed=0" in checked.stdout
+            with KeydClient(restored_keyd.socket, timeout=10.0) as client:
+                restored_engine = make_engine(target)
+                assert decrypt_all(client, stored(restored_engine)) == plaintexts
+                restored_engine.dispose()
+        finally:
+            restored_keyd.kill()  # even when an assertion failed: never leave a daemon behind
 
     # A second restore into the now non-empty database is refused and changes nothing.
     again = run_backup(
