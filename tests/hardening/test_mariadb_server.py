@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ import pytest
 from hardening.mariadb import MariaDBConfigError, render
 from tests.fixtures.mariadb import PrivateMariaDB
 from tests.support import need_binary
+from webapp.audit.service import FAILURE, AuditEntry, append, verify
 from webapp.db import migrate
 from webapp.db.engine import make_engine
+from webapp.events import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 GRANTS = ROOT / "webapp" / "db" / "grants.sql"
@@ -219,6 +222,29 @@ def test_app_user_works_on_its_own_tables(server: HardenedMariaDB, app_password:
             assert cur.fetchone() == (DATABASE, f"{APP_USER}@localhost")
     finally:
         conn.close()
+
+
+def test_the_app_appends_audit_records_under_this_config(server: HardenedMariaDB, app_password: str) -> None:
+    """The web app's own audit code, through its own engine (READ COMMITTED), as the app user: the
+    strict sql-mode and the grants leave its normal work intact, and the chain verifies."""
+    engine = make_engine(
+        f"mysql+pymysql://{APP_USER}:{app_password}@localhost/{DATABASE}"
+        f"?unix_socket={server.socket}&charset=utf8mb4"
+    )
+    try:
+        with engine.begin() as conn:
+            done = append(
+                conn,
+                [AuditEntry(Event.LOGIN_FAILURE, FAILURE, actor="alice", detail="bad_password")],
+                now=datetime.now(UTC),
+            )
+        with engine.connect() as conn:
+            result = verify(conn)
+    finally:
+        engine.dispose()
+    assert len(done) == 1
+    assert result.ok, result.problems
+    assert result.head_seq == done[0].seq
 
 
 HOSTILE = [
