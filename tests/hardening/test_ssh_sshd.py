@@ -616,3 +616,17 @@ def test_alert_through_the_local_mta(server: Server, local_postfix: tuple[Path, 
     assert server.fingerprint("unknown") in body
     assert "user: root" in body
     assert MARKER not in received.raw.decode()
+
+
+def test_key_file_owned_by_the_user_is_reported(server: Server, sink: Sink) -> None:
+    """sshd's StrictModes accepts a key file owned by its user; the convention does not: a user who
+    can edit the file can write any KEYHOLDER on any key."""
+    keys = server.base / "keys" / server.admin
+    shutil.chown(keys, server.admin, server.admin)
+    try:
+        out = server.ssh(server.admin, "alice", "echo in")
+    finally:
+        shutil.chown(keys, "root", "root")
+    assert out.stdout == "in\n", out.stderr
+    assert len(sink.messages) == 1
+    assert "not root-owned" in _bodies(sink)[0]
