@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from keyd.client import KeydClient
 from tests.keyd.conftest import Keyd
-from tests.webapp.conftest import Person, client_for, get, login, post
+from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
 from tests.webapp.smtpsink import Sink, smtp_server
 from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     SUPERVISOR_PASSWORD,
@@ -32,6 +33,7 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     token_of,
     vault,
 )
+from webapp import create_app
 from webapp.db.tables import metadata
 
 # Test cards from the brands' published test ranges.
@@ -196,6 +198,20 @@ def test_a_full_run_leaves_no_pan_anywhere(
         statuses = [get(over, "/").status_code for _ in range(6)]
         assert statuses[-1] == 429
 
+        # keyd unreachable mid-session: 503 pages while a card with a PAN is being stored.
+        cut_off = create_app(
+            dict(main.config),
+            clock=main.extensions["strongroom"].clock,
+            vault=KeydClient(tmp_path / "no-keyd.sock", timeout=1.0),
+        )
+        cut_off.wsgi_app = recorder_c = Recorder(cut_off.wsgi_app)  # type: ignore[method-assign]
+        lost = logged_in(cut_off, staff["clerk"])
+        token = csrf_token(get(lost, "/records/").text)  # the home page needs keyd; the list does not
+        r = post(lost, f"/records/{record_id}/cards", data={"csrf_token": token, **form})
+        assert r.status_code == 503
+        assert get(lost, "/").status_code == 503
+        cut_off.extensions["strongroom"].engine.dispose()
+
         # The mailer delivers whatever the outbox holds.
         result = main.test_cli_runner().invoke(args=["mail", "send"])
         assert result.exit_code == 0, result.output
@@ -208,7 +224,7 @@ def test_a_full_run_leaves_no_pan_anywhere(
     def scan(where: str, text: str) -> None:
         leaks.extend(f"{where}: {hit}" for hit in pan_like(text))
 
-    for method, path, status, body in recorder.bodies + recorder_b.bodies:
+    for method, path, status, body in recorder.bodies + recorder_b.bodies + recorder_c.bodies:
         if method == "POST" and "/reveal/" in path and status == 200:
             continue  # the reveal page itself: showing the PAN is its purpose
         scan(f"response {method} {path} {status}", body)

@@ -26,9 +26,12 @@ GRANT SELECT, INSERT, UPDATE ON sessions TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
 -- The app may read the schema revision, never move it: migrations run as the database owner.
 GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';
--- Customer records are retired (UPDATE), never deleted; cards are written once and never changed.
+-- Customer records, cards and items are edited and retired (UPDATE), never deleted (migration 0005).
 GRANT SELECT, INSERT, UPDATE ON customer_records TO 'strongroom'@'localhost';
-GRANT SELECT, INSERT ON cards TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT, UPDATE ON cards TO 'strongroom'@'localhost';
+GRANT SELECT, INSERT, UPDATE ON items TO 'strongroom'@'localhost';
+-- A step-up token is spent by UPDATE (atomically, once); spent tokens stay as evidence.
+GRANT SELECT, INSERT, UPDATE ON stepup_tokens TO 'strongroom'@'localhost';
 -- Request budget counters (webapp/budgets.py): one row per scope and window length, reset in place
 -- when a window starts (INSERT ... ON DUPLICATE KEY UPDATE needs INSERT and UPDATE): no DELETE.
 GRANT SELECT, INSERT, UPDATE ON request_counters TO 'strongroom'@'localhost';
