@@ -374,3 +374,28 @@ def test_smtp_authentication_over_starttls(
         # smtplib tries each mechanism; aiosmtpd may hang up after the refusals.
         assert re.search(r"error=(SMTPAuthenticationError:535|SMTPServerDisconnected)$", failed.detail)
         assert len(pending(app)) == 1
+
+
+def test_a_commit_lost_after_smtp_accepted_resends_with_the_same_message_id(
+    make_app: Callable[..., Flask], clock: FakeClock, owner_engine: sa.Engine
+) -> None:
+    """The documented window: the server accepted the mail, then our COMMIT failed (here the audit
+    insert is refused by the database). The rows stay pending and are sent again, as the same mail."""
+    from tests.webapp.helpers import refuse_audit_inserts
+
+    sink = Sink()
+    with smtp_server(sink) as port:
+        app = make_app(**mail_config(port))
+        plant(app, clock, str(Event.SESSIONS_KILLED), n=2)
+        refuse_audit_inserts(owner_engine)
+        code, output = send(app)
+        assert code == 1
+        assert "database error" in output
+        assert len(pending(app)) == 2  # nothing marked: the mark and its audit record commit together
+        with owner_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER audit_refuses")
+        assert send(app)[0] == 0
+    first, second = sink.messages
+    assert first.message["Message-ID"] == second.message["Message-ID"]
+    assert pending(app) == []
+    assert len(audit_rows(app, Event.MAIL_SENT)) == 1
