@@ -91,7 +91,7 @@ def test_windows_are_aligned_to_utc(now: datetime, window: int, start: datetime)
 
 
 def test_alert_exactly_once_at_exactly_the_threshold(
-    make_app: Callable[..., Flask], people: dict[str, Person]
+    make_app: Callable[..., Flask], people: dict[str, Person], clock: FakeClock
 ) -> None:
     app = make_app(REQUEST_BUDGETS=[rule(alert=5)])
     client = logged_in(app, people["alice"])  # the login requests are not authenticated: not counted
@@ -106,6 +106,17 @@ def test_alert_exactly_once_at_exactly_the_threshold(
     (alert,) = audit_rows(app, Event.BUDGET_ALERT)
     assert (alert.actor, alert.resource) == ("alice", "budget:employee/3600s")
     assert alert.detail.startswith("count=5 ")
+
+    clock.advance(timedelta(minutes=59))  # 10:59: still the same window (sessions idle 15 min)
+    client = logged_in(app, people["alice"])
+    assert get(client, "/").status_code == 200
+    assert count(app, Event.BUDGET_ALERT) == 1
+    clock.advance(timedelta(minutes=1))  # 11:00: a new window, counting from 0 again
+    for _ in range(4):
+        get(client, "/")
+    assert count(app, Event.BUDGET_ALERT) == 1
+    get(client, "/")
+    assert count(app, Event.BUDGET_ALERT) == 2
 
 
 def test_hard_limit_refuses_above_it_with_429_and_renews_with_the_window(
