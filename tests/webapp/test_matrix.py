@@ -28,7 +28,6 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     card_data,
     keyd_running,
     logged_in,
-    records_grants,
     reveal,
     staff,
     token_of,

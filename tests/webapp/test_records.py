@@ -16,7 +16,6 @@ from tests.fixtures.pki import TestCA
 from tests.keyd.conftest import Keyd, unsealed_keyd
 from tests.webapp.conftest import PASSWORDS, Person, client_for, csrf_token, get, login, post
 from tests.webapp.helpers import audit_rows
-from tests.webapp.test_records_support import records_grants  # noqa: F401 - autouse: grants for 0005
 from webapp.config import ConfigError
 from webapp.records import service
 from webapp.records.tables import cards, customer_records

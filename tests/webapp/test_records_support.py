@@ -25,24 +25,11 @@ REASON = "customer called about a disputed charge"
 SUPERVISOR_PASSWORD = "Saffron-Beacon-Walnut-7351"
 ADMIN_PASSWORD = "Marble-Tundra-Whistle-6142"
 
-# What webapp/db/grants.sql must also grant for issue 5's records (migration 0005): cards are edited
-# and retired (UPDATE), items likewise, step-up tokens are spent by UPDATE. Applied here until the
-# lead appends these lines to grants.sql.
-RECORDS_GRANTS = """
-GRANT SELECT, INSERT, UPDATE ON cards TO 'strongroom'@'localhost';
-GRANT SELECT, INSERT, UPDATE ON items TO 'strongroom'@'localhost';
-GRANT SELECT, INSERT, UPDATE ON stepup_tokens TO 'strongroom'@'localhost';
-"""
 
-
-@pytest.fixture(autouse=True)
-def records_grants(request: pytest.FixtureRequest) -> None:
-    if "db_url" not in request.fixturenames:
-        return  # a test without a database is not run once per backend
-    db_url = request.getfixturevalue("db_url")
-    if db_url.startswith("mysql"):
-        backend = request.getfixturevalue("maria_backend")
-        backend.server.client(backend.database, RECORDS_GRANTS)
+@pytest.fixture
+def records_grants() -> None:
+    """Nothing left to do: webapp/db/grants.sql now grants what migration 0005 needs. Kept only
+    because tests/webapp/test_no_pan_leak.py imports it; remove both together."""
 
 
 @pytest.fixture(scope="module")

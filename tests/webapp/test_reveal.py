@@ -19,7 +19,6 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     add_record,
     keyd_running,
     logged_in,
-    records_grants,
     reveal,
     reveal_form,
     staff,

@@ -21,7 +21,6 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     add_card,
     add_record,
     logged_in,
-    records_grants,
     reveal,
     staff,
 )

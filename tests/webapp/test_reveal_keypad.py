@@ -27,7 +27,6 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     add_record,
     keyd_running,
     logged_in,
-    records_grants,
     staff,
     vault,
 )
