@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from tests.webapp.conftest import Person, post
+from tests.webapp.conftest import Person, csrf_token, get, post
 from tests.webapp.helpers import audit_rows, events, user_row
 from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     IBAN,
@@ -261,6 +261,8 @@ def test_one_token_raced_by_two_requests_reveals_once(app: Flask, staff: dict[st
         "/records/{r}/reveal/card/4111111111111111/pan",
         "/records/{r}/cards/4111111111111111",
         "/records/{r}/note/4111111111111111",
+        "/records/4111111111111111",
+        "/records/4111111111111111/cards/00000000000000000000000000000000",
     ],
 )
 def test_a_card_number_typed_as_an_id_reaches_no_view(
@@ -271,6 +273,16 @@ def test_a_card_number_typed_as_an_id_reaches_no_view(
     assert clerk.get(path.format(r=record_id), base_url="https://vault.example").status_code == 404
     # Only the app's generic not-found record names the path (see the no-PAN scan's known leak);
     # no records event, refusal or matrix denial carries it.
+    for row in audit_rows(app):
+        if row.event != "request.not_found":
+            assert "4111111111111111" not in row.resource + row.detail
+
+
+def test_a_card_number_as_record_id_in_a_post_reaches_no_view(app: Flask, staff: dict[str, Person]) -> None:
+    clerk = logged_in(app, staff["clerk"])
+    token = csrf_token(get(clerk, "/").text)
+    r = post(clerk, "/records/4111111111111111/cards", data={"csrf_token": token, "cvv": "123"})
+    assert r.status_code == 404
     for row in audit_rows(app):
         if row.event != "request.not_found":
             assert "4111111111111111" not in row.resource + row.detail

@@ -78,11 +78,15 @@ _ROW_ID = re.compile(r"[0-9a-f]{32}")
 
 @bp.url_value_preprocessor
 def _ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """Card and item ids are 32 lowercase hex (random, see service.py): anything else is 404 before
-    any view runs, so no audit resource or refusal ever carries a client-typed id."""
+    """Card and item ids are 32 lowercase hex (random, see service.py) and record ids fit their
+    column: anything else is 404 before any view runs, so no records audit row carries it."""
     for name in ("card_id", "item_id", "obj_id"):
         if values and name in values and not _ROW_ID.fullmatch(str(values[name])):
             abort(404)
+    # Record ids are INTEGER (at most 10 digits): a 13-19 digit number in their place is never an id
+    # (and could be a card number, which must not reach a records audit row as "record:<n>").
+    if values and not 0 < int(values.get("record_id", 1)) <= 2**31 - 1:
+        abort(404)
 
 
 def matrix() -> Matrix:
