@@ -244,11 +244,6 @@ def test_a_full_run_leaves_no_pan_anywhere(
     assert leaks == [], "\n".join(leaks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the audit log stores request paths verbatim (webapp/app.py _finish/_refusal, records' _page): "
-    "needs mask_pans(resource), mask_pans(detail) in webapp/unit.py UnitOfWork.record (see docs/alerts.md)",
-)
 def test_a_pan_pasted_into_the_address_bar_leaves_no_trace(
     app: Flask, people: dict[str, Person], caplog: pytest.LogCaptureFixture, owner_engine: sa.Engine
 ) -> None:
