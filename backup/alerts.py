@@ -9,14 +9,12 @@ The row says which step failed and a short reason code; never a path to a key, n
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
 
 import sqlalchemy as sa
 
 from webapp.audit import service as audit
 from webapp.clock import to_db
 from webapp.db.tables import outbox
-from webapp.events import Event
 from webapp.keys.events import KeyEvent
 
 
@@ -26,7 +24,7 @@ def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, n
     detail = f"{step}:{reason}"[:200]
     with engine.begin() as conn:
         entry = audit.AuditEntry(
-            event=cast(Event, event),
+            event=event,
             outcome=audit.FAILURE,
             actor="backup",
             ip="local",
@@ -40,7 +38,7 @@ def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, n
 def record_success(engine: sa.Engine, event: KeyEvent, *, detail: str, now: datetime) -> None:
     with engine.begin() as conn:
         entry = audit.AuditEntry(
-            event=cast(Event, event),
+            event=event,
             outcome=audit.SUCCESS,
             actor="backup",
             ip="local",

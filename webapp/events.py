@@ -84,6 +84,17 @@ class Event(StrEnum):
     BUDGET_REFUSED = "budget.refused"  # every request refused with 429 (audited, not mailed)
     MAIL_SENT = "mail.sent"
     MAIL_FAILED = "mail.failed"  # not an alert: it could not be mailed anyway; the audit log has it
+    # Key rotation (flask --app webapp keys) and backups (python -m backup); mailed through the outbox
+    # by the backup tool itself (backup/alerts.py), so they are not in ALERTS.
+    VERSIONS_LISTED = "keys.versions_listed"
+    REWRAPPED = "keys.rewrapped"
+    REWRAP_FAILED = "keys.rewrap_failed"
+    RETIRED = "keys.retired"
+    RETIRE_REFUSED = "keys.retire_refused"
+    BACKUP_CREATED = "backup.created"
+    BACKUP_SENT = "backup.sent"
+    BACKUP_FAILED = "backup.failed"
+    BACKUP_VERIFY_FAILED = "backup.verify_failed"
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.

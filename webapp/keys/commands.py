@@ -19,7 +19,7 @@ import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn, cast
+from typing import NoReturn
 
 import click
 import sqlalchemy as sa
@@ -31,7 +31,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from keyd.client import KeydAdminClient, KeydClient
 from keyd.errors import KeydError, Unavailable
 from webapp.db.engine import READ_ONLY, make_engine
-from webapp.events import Event
 from webapp.keys import service
 from webapp.keys.events import KeyEvent
 from webapp.unit import Origin, UnitOfWork
@@ -62,9 +61,7 @@ def _audited() -> Iterator[UnitOfWork]:
 
 
 def _record(uow: UnitOfWork, event: KeyEvent, *, ok: bool, detail: str = "-") -> None:
-    # KeyEvent members belong in webapp.events.Event (see webapp/keys/events.py); the audit log
-    # stores the name as text either way.
-    uow.record(cast(Event, event), ok=ok, resource="keys", detail=detail[:200])
+    uow.record(event, ok=ok, resource="keys", detail=detail[:200])
     try:
         uow.commit()
     except sa.exc.SQLAlchemyError:
