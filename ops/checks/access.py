@@ -45,9 +45,14 @@ def parse_line(line: bytes) -> Request | None:
     cn = m["cn"].decode("ascii", "replace")
     if not cn.isprintable():
         return None
+    serial = m["serial"].decode()
+    # Apache prints the serial as whole bytes (a leading 0 half the time); name a certificate by its
+    # number, as `python -m ca list` and the web app do, so one certificate is always one line.
+    if serial != "-":
+        serial = f"{int(serial, 16):X}"
     return Request(
         day=m["day"].decode(),
-        who=f"{m['serial'].decode().upper()} {cn}",
+        who=f"{serial} {cn}",
         method=m["method"].decode(),
         status=int(m["status"]),
     )

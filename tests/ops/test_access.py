@@ -97,3 +97,15 @@ def test_malformed_lines_are_alerted(
         fh.write(ALICE + "garbage\n")
     _pass(s, engine)
     assert queued(engine) == [("ops.check_failed", "access", "malformed_lines=1")]
+
+
+@pytest.mark.parametrize(
+    ("serial", "who"),
+    [("030B0F", "30B0F alice"), ("30B0F", "30B0F alice"), ("00ff", "FF alice"), ("-", "- alice")],
+)
+def test_one_certificate_is_one_name_whatever_the_serial_padding(serial: str, who: str) -> None:
+    """Apache writes serials as whole bytes: 030B0F and 30B0F are the same certificate."""
+    line = f"2026-11-28T10:00:01+0000\t{serial}\talice\tGET\t200".encode()
+    parsed = parse_line(line)
+    assert parsed is not None
+    assert parsed.who == who
