@@ -87,11 +87,18 @@ def test_a_vanished_keyd_is_unavailable_not_sigpipe(tmp_path: Path) -> None:
     server.listen(4)
 
     def close_everything() -> None:
-        for _ in range(2):
-            conn, _ = server.accept()
+        # Accept and drop every connection until the test shuts the listener down. The client may
+        # connect once or retry; a fixed count left this thread blocked in accept() on a socket the
+        # test then closed, and its OSError surfaced in a later, unrelated test.
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
             conn.close()
 
-    threading.Thread(target=close_everything, daemon=True).start()
+    closer = threading.Thread(target=close_everything, daemon=True)
+    closer.start()
     code = f"""
 import signal
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -109,6 +116,9 @@ with KeydClient({str(path)!r}, timeout=2) as c:
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
         )
     finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() with an error
         server.close()
+        closer.join(timeout=5)
+    assert not closer.is_alive()
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "unavailable"
