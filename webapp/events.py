@@ -84,8 +84,9 @@ class Event(StrEnum):
     BUDGET_REFUSED = "budget.refused"  # every request refused with 429 (audited, not mailed)
     MAIL_SENT = "mail.sent"
     MAIL_FAILED = "mail.failed"  # not an alert: it could not be mailed anyway; the audit log has it
-    # Key rotation (flask --app webapp keys) and backups (python -m backup); mailed through the outbox
-    # by the backup tool itself (backup/alerts.py), so they are not in ALERTS.
+    # Key rotation (flask --app webapp keys) and backups (python -m backup). A failed rewrap or a refused
+    # retire is in ALERTS (a rotation left half-done must not go unnoticed); backup failures are put in
+    # the outbox by the backup tool itself (backup/alerts.py), which does not go through UnitOfWork.
     VERSIONS_LISTED = "keys.versions_listed"
     REWRAPPED = "keys.rewrapped"
     REWRAP_FAILED = "keys.rewrap_failed"
@@ -131,5 +132,7 @@ ALERTS: frozenset[Event] = frozenset(
         Event.STEPUP_FAILURE,
         Event.BUDGET_ALERT,
         Event.BUDGET_LIMIT_REACHED,
+        Event.REWRAP_FAILED,
+        Event.RETIRE_REFUSED,
     }
 )

@@ -43,6 +43,10 @@ PHRASES: dict[str, str] = {
     Event.CARD_REFUSED: "card input refused",
     Event.BUDGET_ALERT: "request budget threshold reached",
     Event.BUDGET_LIMIT_REACHED: "request budget exhausted, requests refused",
+    Event.REWRAP_FAILED: "key rotation rewrap failed",
+    Event.RETIRE_REFUSED: "retiring an old key version refused",
+    Event.BACKUP_FAILED: "BACKUP FAILED",
+    Event.BACKUP_VERIFY_FAILED: "BACKUP FAILED TO VERIFY",
     # webapp/records' reveal events, by name (a name without a phrase gets the generic text).
     "item.refused": "sensitive item input refused",
     "reveal.refused": "card number reveal refused",

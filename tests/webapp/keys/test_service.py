@@ -223,6 +223,9 @@ def test_retire_cli_refused_then_allowed_after_rewrap(
         "keys.rewrapped",
         "keys.retired",
     ]
+    with owner_engine.connect() as conn:
+        mailed = [r.event for r in conn.execute(sa.text("SELECT event FROM outbox"))]
+    assert mailed == ["keys.retire_refused"]  # a refused retire reaches the admins; success is not mailed
 
 
 @pytest.mark.parametrize(
