@@ -1,0 +1,336 @@
+"""A private Apache instance running the production vhost unchanged (tests, `make run`).
+
+The shipped `strongroom-site.conf` is included as-is; only the top-level httpd.conf differs from a
+Debian host: every path Apache writes (pid, mutex, shared memory, logs, ModSecurity's dirs) lives
+in one run dir, and the site's variables are Defined first, so its production defaults never apply.
+That way the tests exercise the very text that production runs.
+
+    python -m apache.private run --port 8443 --run-dir DIR --web-socket SOCK \
+        --tls-cert CRT --tls-key KEY --client-ca CHAIN --crl CRL [--user www-data --group www-data]
+
+runs in the foreground until SIGTERM or SIGINT; SIGHUP/SIGUSR1 reload gracefully (a new CRL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+
+HERE = Path(__file__).resolve().parent
+SITE = HERE / "strongroom-site.conf"
+MODULES_FILE = HERE / "modules.txt"
+MODULE_DIR = Path("/usr/lib/apache2/modules")
+# The CRS as Debian loads it server-wide (mods-available/security2.conf); the vhost adds the rest.
+CRS_LOAD = Path("/usr/share/modsecurity-crs/owasp-crs.load")
+# Values end up unquoted in Apache directives: anything outside this set could inject directives.
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._/+:@-]{1,255}$")
+
+
+class ApacheError(RuntimeError):
+    """The private Apache refused its configuration, did not start, or died."""
+
+
+def modules() -> list[str]:
+    """The module names of modules.txt (as `a2enmod` takes them)."""
+    names = [ln.strip() for ln in MODULES_FILE.read_text().splitlines()]
+    return [n for n in names if n and not n.startswith("#")]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What differs between a private instance and production."""
+
+    run_dir: Path
+    port: int
+    web_socket: Path
+    tls_cert: Path
+    tls_key: Path
+    client_ca: Path
+    crl: Path
+    server_name: str = "localhost"
+    listen_address: str = "127.0.0.1"
+    user: str = "www-data"
+    group: str = "www-data"
+
+    @property
+    def conf(self) -> Path:
+        return self.run_dir / "httpd.conf"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "apache2.pid"
+
+    @property
+    def error_log(self) -> Path:
+        """The vhost's error log: 405s (AH01623), ModSecurity denials; what the watchdog reads."""
+        return self.log_dir / "strongroom-error.log"
+
+    @property
+    def server_error_log(self) -> Path:
+        return self.log_dir / "error.log"
+
+    @property
+    def review_log(self) -> Path:
+        return self.log_dir / "strongroom-review.log"
+
+    @property
+    def access_log(self) -> Path:
+        return self.log_dir / "strongroom-access.log"
+
+    @property
+    def modsec_audit_log(self) -> Path:
+        return self.log_dir / "strongroom-modsec-audit.log"
+
+    @property
+    def modsec_data_dir(self) -> Path:
+        return self.run_dir / "modsec" / "data"
+
+    @property
+    def modsec_tmp_dir(self) -> Path:
+        return self.run_dir / "modsec" / "tmp"
+
+    def defines(self) -> dict[str, str]:
+        """The site's variables (strongroom-site.conf), all of them, so no production path is used."""
+        return {
+            "STRONGROOM_SERVER_NAME": self.server_name,
+            "STRONGROOM_LISTEN_ADDRESS": self.listen_address,
+            "STRONGROOM_LISTEN_PORT": str(self.port),
+            "STRONGROOM_TLS_CERT": str(self.tls_cert),
+            "STRONGROOM_TLS_KEY": str(self.tls_key),
+            "STRONGROOM_CLIENT_CA": str(self.client_ca),
+            "STRONGROOM_CRL": str(self.crl),
+            "STRONGROOM_WEB_SOCKET": str(self.web_socket),
+            "STRONGROOM_LOG_DIR": str(self.log_dir),
+            "STRONGROOM_CONF_DIR": str(HERE),
+            "STRONGROOM_MODSEC_DATA_DIR": str(self.modsec_data_dir),
+            "STRONGROOM_MODSEC_TMP_DIR": str(self.modsec_tmp_dir),
+            "STRONGROOM_MODSEC_AUDIT_LOG": str(self.modsec_audit_log),
+        }
+
+
+def render(s: Settings, *, site: Path = SITE) -> str:
+    """The top-level httpd.conf of a private instance; raises ValueError on unsafe values."""
+    values = {
+        **s.defines(),
+        "run_dir": str(s.run_dir),
+        "user": s.user,
+        "group": s.group,
+        "site": str(site),
+    }
+    for name, value in values.items():
+        if not _SAFE_VALUE.match(value):
+            raise ValueError(f"{name}: {value!r} is not a plain path or name")
+    if not 0 < s.port < 65536:
+        raise ValueError(f"port {s.port} is out of range")
+    loads = "\n".join(f"LoadModule {m}_module {MODULE_DIR}/mod_{m}.so" for m in modules())
+    defines = "\n".join(f"Define {k} {v}" for k, v in s.defines().items())
+    return f"""# Generated by apache/private.py: a private instance of the Strongroom vhost.
+ServerRoot {s.run_dir}
+ServerName {s.server_name}
+DefaultRuntimeDir {s.state_dir}
+PidFile {s.pid_file}
+Mutex file:{s.state_dir} default
+ErrorLog {s.server_error_log}
+LogLevel warn
+{loads}
+# Without User/Group the children would keep serving as root (PLATFORM-NOTES.md).
+User {s.user}
+Group {s.group}
+# A tiny event MPM: one child process, few threads (tests run many instances on 2 cores).
+StartServers 1
+ServerLimit 2
+ThreadsPerChild 8
+MaxRequestWorkers 16
+MinSpareThreads 4
+MaxSpareThreads 16
+SSLSessionCache shmcb:{s.state_dir}/ssl_scache(512000)
+SSLSessionCacheTimeout 300
+{defines}
+Include {CRS_LOAD}
+Include {site}
+"""
+
+
+class PrivateApache:
+    """A running private instance: `with PrivateApache(settings) as apache: ...` (stops on exit)."""
+
+    def __init__(self, settings: Settings, *, binary: str = "/usr/sbin/apache2") -> None:
+        self.settings = settings
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def prepare(self) -> None:
+        """Write httpd.conf and the dirs Apache writes to (ModSecurity's as the children's user)."""
+        s = self.settings
+        for d in (s.run_dir, s.state_dir, s.log_dir, s.modsec_data_dir.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        uid = pwd.getpwnam(s.user).pw_uid if os.geteuid() == 0 else -1
+        gid = grp.getgrnam(s.group).gr_gid if os.geteuid() == 0 else -1
+        for d in (s.modsec_data_dir, s.modsec_tmp_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chown(d, uid, gid)
+        s.conf.write_text(render(s))
+
+    def config_test(self) -> None:
+        """`apache2 -t`: refuse a configuration before it is started."""
+        done = subprocess.run(
+            [self.binary, "-d", str(self.settings.run_dir), "-f", str(self.settings.conf), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ApacheError(f"apache2 -t failed: {done.stderr.strip()}")
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Prepare, test and start in the foreground (as a child of this process); wait until it listens."""
+        if self.proc is not None:
+            raise ApacheError("already started")
+        self.prepare()
+        self.config_test()
+        s = self.settings
+        self._log = (s.run_dir / "apache2.out").open("ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "-d", str(s.run_dir), "-f", str(s.conf), "-DFOREGROUND"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._listens():
+            if self.proc.poll() is not None:
+                rc = self.proc.returncode
+                self.proc = None
+                self._log.close()
+                raise ApacheError(f"apache2 exited with {rc}; see {s.server_error_log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ApacheError("apache2 did not start listening")
+            time.sleep(0.05)
+
+    def _listens(self) -> bool:
+        try:
+            socket.create_connection((self.settings.listen_address, self.settings.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ApacheError("not running")
+        return self.proc.pid
+
+    def reload(self) -> None:
+        """Graceful reload (SIGUSR1): re-reads the CRL and certificates; open connections finish."""
+        os.kill(self.pid, signal.SIGUSR1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self._log.close()
+
+    def __enter__(self) -> PrivateApache:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m apache.private", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a private instance in the foreground until SIGTERM")
+    run.add_argument("--port", type=int, required=True)
+    run.add_argument("--run-dir", type=Path, required=True)
+    run.add_argument("--web-socket", type=Path, required=True, help="gunicorn's unix socket")
+    run.add_argument("--tls-cert", type=Path, required=True)
+    run.add_argument("--tls-key", type=Path, required=True)
+    run.add_argument("--client-ca", type=Path, required=True)
+    run.add_argument("--crl", type=Path, required=True)
+    run.add_argument("--server-name", default="localhost")
+    run.add_argument("--listen-address", default="127.0.0.1")
+    run.add_argument("--user", default="www-data")
+    run.add_argument("--group", default="www-data")
+    run.add_argument("--apache2", default=shutil.which("apache2") or "/usr/sbin/apache2")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings(
+        run_dir=args.run_dir.resolve(),
+        port=args.port,
+        web_socket=args.web_socket.resolve(),
+        tls_cert=args.tls_cert.resolve(),
+        tls_key=args.tls_key.resolve(),
+        client_ca=args.client_ca.resolve(),
+        crl=args.crl.resolve(),
+        server_name=args.server_name,
+        listen_address=args.listen_address,
+        user=args.user,
+        group=args.group,
+    )
+    apache = PrivateApache(settings, binary=args.apache2)
+    stopping = False
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        apache.reload()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+    signal.signal(signal.SIGUSR1, on_reload)
+    try:
+        apache.start()
+    except (ApacheError, ValueError) as exc:
+        print(f"apache.private: {exc}", file=sys.stderr)
+        return 1
+    print(f"apache listening on https://{settings.listen_address}:{settings.port}", flush=True)
+    try:
+        while not stopping:
+            if apache.proc is not None and apache.proc.poll() is not None:
+                print("apache.private: apache2 died; see the error log", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    finally:
+        apache.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
