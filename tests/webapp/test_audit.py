@@ -204,10 +204,21 @@ def test_mariadb_grants_refuse_changing_the_audit_log(maria_backend: MariaBacken
                 "TRUNCATE TABLE audit_log",
                 "DROP TABLE audit_log",
                 "UPDATE alembic_version SET version_num = 'x'",
+                "DELETE FROM cards",
             ):
                 with pytest.raises(pymysql.err.OperationalError) as refused:
                     cur.execute(statement)
                 assert refused.value.args[0] == 1142, statement
+            # A stored card number is written once: column-level grants (1143 = column access denied).
+            for statement in (
+                "UPDATE cards SET pan_ct = name_ct",
+                "UPDATE cards SET last4 = '0000'",
+                "UPDATE cards SET brand = 'visa'",
+                "UPDATE cards SET record_id = record_id",
+            ):
+                with pytest.raises(pymysql.err.OperationalError) as refused:
+                    cur.execute(statement)
+                assert refused.value.args[0] == 1143, statement
             cur.execute("SHOW GRANTS")
             grants = [g[0] for g in cur.fetchall()]
         assert not any("ON `strongroom`.*" in g for g in grants), grants

@@ -28,7 +28,12 @@ GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
 GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';
 -- Customer records, cards and items are edited and retired (UPDATE), never deleted (migration 0005).
 GRANT SELECT, INSERT, UPDATE ON customer_records TO 'strongroom'@'localhost';
-GRANT SELECT, INSERT, UPDATE ON cards TO 'strongroom'@'localhost';
+-- A card's number, brand, last four and record never change after it is stored (a new number is a new
+-- card): the app may UPDATE only what an edit or a retire writes. Rewrap runs as its own user
+-- (grants-keys.sql).
+GRANT SELECT, INSERT ON cards TO 'strongroom'@'localhost';
+GRANT UPDATE (name_ct, expiry_ct, updated_at, updated_by, retired_at, retired_by)
+    ON cards TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON items TO 'strongroom'@'localhost';
 -- A step-up token is spent by UPDATE (atomically, once); spent tokens stay as evidence.
 GRANT SELECT, INSERT, UPDATE ON stepup_tokens TO 'strongroom'@'localhost';

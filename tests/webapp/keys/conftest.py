@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from flask import Flask
 
 from keyd.client import Context, KeydAdminClient, KeydClient
 from tests.keyd.conftest import Running, unsealed_keyd
+from tests.webapp.conftest import MariaBackend
 from webapp.records.tables import ENCRYPTED_COLUMNS, cards, customer_records
 
 NOW = datetime(2026, 11, 25, 10, 0)
@@ -37,12 +39,36 @@ def vault(keyd_client: KeydClient) -> KeydClient:
     return keyd_client
 
 
+KEYS_GRANTS = Path(__file__).resolve().parents[3] / "webapp" / "db" / "grants-keys.sql"
+KEYS_DB_USER = "strongroom_keys"
+
+
+@pytest.fixture(scope="session")
+def keys_db_password(maria_backend: MariaBackend) -> str:
+    """The maintenance user of docs/key-rotation.md, with exactly the grants of db/grants-keys.sql."""
+    password = secrets.token_urlsafe(18)
+    conn = maria_backend.server.root()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{KEYS_DB_USER}'@'localhost' IDENTIFIED BY %s", (password,))
+    conn.close()
+    maria_backend.server.client(maria_backend.database, KEYS_GRANTS.read_text())
+    return password
+
+
 @pytest.fixture
-def keys_app(make_app: Callable[..., Flask], daemon: Running, owner_engine: sa.Engine) -> Flask:
-    # The rewrap job runs as the database owner (the app's own user may not UPDATE cards).
-    return make_app(
-        KEYD_SOCKET=str(daemon.keyd.socket), KEYS_DATABASE_URL=owner_engine.url.render_as_string(False)
-    )
+def keys_db_url(request: pytest.FixtureRequest, db_url: str) -> str:
+    """Where the rewrap job connects: on MariaDB its own least-privileged user, as in production."""
+    if db_url.startswith("sqlite"):
+        return db_url
+    backend: MariaBackend = request.getfixturevalue("maria_backend")
+    password: str = request.getfixturevalue("keys_db_password")
+    return backend.server.url(KEYS_DB_USER, password, backend.database)
+
+
+@pytest.fixture
+def keys_app(make_app: Callable[..., Flask], daemon: Running, keys_db_url: str) -> Flask:
+    # The rewrap job runs as the maintenance user (the app's own user may not UPDATE ciphertexts).
+    return make_app(KEYD_SOCKET=str(daemon.keyd.socket), KEYS_DATABASE_URL=keys_db_url)
 
 
 def rotate(daemon: Running) -> int:
