@@ -165,6 +165,12 @@ def _page(record_id: int) -> str:
     return f"record:{record_id}"
 
 
+def _writable_or_404(record_id: int) -> None:
+    """A record that does not exist is 404; a retired one raises RecordRefused (read-only)."""
+    if service.writable_record(unit().conn, record_id) is None:
+        abort(404)
+
+
 def _now() -> Any:
     return services().clock.now()
 
@@ -252,8 +258,7 @@ def view(record_id: int) -> ResponseReturnValue:
 def retire(record_id: int) -> ResponseReturnValue:
     conn = unit().conn
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
     except service.RecordRefused as exc:
         return _refuse(Event.RECORD_REFUSED, exc.reason, _page(record_id))
     service.retire_record(conn, record_id, actor=current_user.username, now=_now())
@@ -286,8 +291,7 @@ def add_card(record_id: int) -> ResponseReturnValue:
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         card = service.NewCard(
             pan=card_rules.parse_pan(form.pan.data or ""),
             cardholder=card_rules.check_name(form.cardholder.data or ""),
@@ -343,8 +347,7 @@ def edit_card(record_id: int, card_id: str) -> ResponseReturnValue:
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         service.writable(_card_or_404(record_id, card_id), "card")
         name = card_rules.check_name(form.cardholder.data or "")
         expiry = card_rules.check_expiry(int(form.exp_month.data or 0), int(form.exp_year.data or 0), now=now)
@@ -371,8 +374,7 @@ def retire_card(record_id: int, card_id: str) -> ResponseReturnValue:
     resource = f"card:{card_id}"
     conn = unit().conn
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         service.writable(_card_or_404(record_id, card_id), "card")
     except service.RecordRefused as exc:
         return _refuse(Event.CARD_REFUSED, exc.reason, resource)
@@ -407,8 +409,7 @@ def add_item(record_id: int, kind: str) -> ResponseReturnValue:
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         value, hint = _item_value(kind, ItemForm())
     except (service.RecordRefused, item_rules.ItemRefused) as exc:
         return _refuse(Event.ITEM_REFUSED, exc.reason, resource)
@@ -447,8 +448,7 @@ def edit_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         service.writable(_item_or_404(record_id, kind, item_id), kind)
         value, hint = _item_value(kind, ItemForm())
     except (service.RecordRefused, item_rules.ItemRefused) as exc:
@@ -468,8 +468,7 @@ def retire_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     resource = f"{kind}:{item_id}"
     conn = unit().conn
     try:
-        if service.writable_record(conn, record_id) is None:
-            abort(404)
+        _writable_or_404(record_id)
         service.writable(_item_or_404(record_id, kind, item_id), kind)
     except service.RecordRefused as exc:
         return _refuse(Event.ITEM_REFUSED, exc.reason, resource)
