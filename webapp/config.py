@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
+
 from webapp.auth import passwords
 
 DEFAULTS: dict[str, Any] = {
@@ -92,8 +94,12 @@ _INTS = (
 )
 
 
-class ConfigError(RuntimeError):
-    """The app refuses to start with this configuration."""
+class ConfigError(click.ClickException):
+    """The app refuses to start with this configuration.
+
+    A ClickException so that `flask --app webapp ...`, which builds the app before it runs any command,
+    prints the one-line reason and exits 1 instead of a traceback. It is still an ordinary exception
+    for gunicorn and for tests."""
 
 
 def validate(cfg: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ import gc
 import os
 import re
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from flask import Flask
 
 from keyd.errors import Sealed, Unavailable
-from tests.webapp.conftest import SECRET, FakeVault, Person, client_for, get, login
+from tests.webapp.conftest import ROOT, SECRET, FakeVault, Person, client_for, get, login
 from tests.webapp.helpers import audit_rows, events, live_sessions
 from webapp import create_app
 from webapp.config import ConfigError
@@ -167,6 +169,22 @@ def test_templates_have_no_inline_script() -> None:
 def test_production_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         create_app({"INSTANCE_PATH": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"})
+
+
+def test_the_cli_names_a_missing_secret_without_a_traceback(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "STRONGROOM_MODE": "production",
+        "STRONGROOM_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "STRONGROOM_INSTANCE_PATH": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "users", "list"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "SECRET_KEY" in done.stderr
 
 
 def test_production_is_the_default_mode(tmp_path: Path) -> None:
