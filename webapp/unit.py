@@ -18,7 +18,6 @@ from webapp.audit.service import AuditEntry
 from webapp.clock import Clock
 from webapp.events import Event
 from webapp.outbox import EventSink
-from webapp.redact import mask_pans
 
 
 @dataclass
@@ -72,9 +71,8 @@ class UnitOfWork:
                 actor=actor if actor is not None else self.origin.actor,
                 ip=self.origin.ip,
                 cert_serial=self.origin.cert_serial,
-                # A card number typed into a URL or a form must not reach the audit chain.
-                resource=mask_pans(resource),
-                detail=mask_pans(detail),
+                resource=resource,  # AuditEntry masks card numbers in every field
+                detail=detail,
             )
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from webapp.audit.service import SUCCESS, AuditEntry
+from webapp.events import Event
 from webapp.redact import mask_pans
 
 
@@ -26,3 +28,10 @@ from webapp.redact import mask_pans
 )
 def test_pans_keep_only_their_last_four_digits(text: str, masked: str) -> None:
     assert mask_pans(text) == masked
+
+
+@pytest.mark.parametrize("field", ["actor", "ip", "cert_serial", "resource", "detail"])
+def test_every_audit_record_field_is_masked_whoever_builds_it(field: str) -> None:
+    # backup/ and ops/ build AuditEntry themselves, without the web app's UnitOfWork.
+    entry = AuditEntry(event=Event.PAGE_VIEW, outcome=SUCCESS, **{field: "4111 1111 1111 1111"})
+    assert getattr(entry, field) == "************1111"

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from webapp.clock import audit_timestamp
 from webapp.db.tables import audit_head, audit_log
 from webapp.events import Event
+from webapp.redact import mask_pans
 
 GENESIS = "0" * 64
 SUCCESS = "success"
@@ -49,9 +50,11 @@ class AuditEntry:
         if self.outcome not in (SUCCESS, FAILURE):
             raise ValueError("outcome must be success or failure")
         for name, limit in _LIMITS.items():
-            value = getattr(self, name)
+            # A card number typed into a URL, a form or a login name never reaches the chain, whichever
+            # code built the record (masked before clipping, so a clipped number is still masked).
+            value = mask_pans(getattr(self, name) or "-")
             # Oversized text is clipped, not refused: refusing would lose the record of the refusal.
-            object.__setattr__(self, name, (value or "-")[:limit])
+            object.__setattr__(self, name, value[:limit])
 
 
 @dataclass(frozen=True)
