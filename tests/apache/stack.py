@@ -268,6 +268,7 @@ def running_stack(
             # Not webapp/gunicorn_conf.py: that file is the TLS-terminating demo mode and requires
             # TLS settings. Proxy mode needs only a bind address; the same safety settings are
             # repeated here (sync workers, no control socket, no trusted forwarding headers).
+            # No gunicorn access log: Apache's logs omit query strings, gunicorn's would not.
             gunicorn = subprocess.Popen(
                 [
                     str(GUNICORN),
@@ -284,8 +285,6 @@ def running_stack(
                     "",
                     "--header-map",
                     "drop",
-                    "--access-logfile",
-                    "-",
                     "webapp:create_app()",
                 ],
                 cwd=ROOT,
