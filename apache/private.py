@@ -63,6 +63,8 @@ class Settings:
     listen_address: str = "127.0.0.1"
     user: str = "www-data"
     group: str = "www-data"
+    # None only in the test proving that the vhost fails closed without the CRS.
+    crs_load: Path | None = CRS_LOAD
 
     @property
     def conf(self) -> Path:
@@ -136,6 +138,7 @@ def render(s: Settings, *, site: Path = SITE) -> str:
         "user": s.user,
         "group": s.group,
         "site": str(site),
+        "crs_load": str(s.crs_load or "none"),
     }
     for name, value in values.items():
         if not _SAFE_VALUE.match(value):
@@ -166,7 +169,7 @@ MaxSpareThreads 16
 SSLSessionCache shmcb:{s.state_dir}/ssl_scache(512000)
 SSLSessionCacheTimeout 300
 {defines}
-Include {CRS_LOAD}
+{f"Include {s.crs_load}" if s.crs_load else "# OWASP CRS deliberately not loaded"}
 Include {site}
 """
 
