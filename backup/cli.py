@@ -434,6 +434,9 @@ def restore(
         written = snapshot.restore_keyd_state(opened, keyd_state_dir) if keyd_state_dir is not None else []
     except (BackupRefused, sa.exc.SQLAlchemyError, OSError) as exc:
         _fail(f"restore refused: {_reason(exc)}")
+    # The restored chain goes on from the backup's head: its next record says where it came from, so
+    # the restored database itself shows when, and from which file, it was brought back.
+    _audit_success(database_url, "backup.restored", f"{file.name} sha256={_sha256(file)}")
     click.echo(f"restored {sum(counts.values())} rows in {len(counts)} tables from {file.name}")
     if written:
         click.echo(f"keyd state restored to {keyd_state_dir}: {', '.join(written)}")

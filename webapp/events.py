@@ -96,6 +96,7 @@ class Event(StrEnum):
     BACKUP_SENT = "backup.sent"
     BACKUP_FAILED = "backup.failed"
     BACKUP_VERIFY_FAILED = "backup.verify_failed"
+    BACKUP_RESTORED = "backup.restored"  # the first record a restored database gets
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.

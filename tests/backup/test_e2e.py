@@ -4,6 +4,7 @@ byte-identical and every field decryptable through a keyd started on the restore
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import subprocess
 import sys
@@ -79,6 +80,15 @@ def dump(url: str) -> dict[str, bytes]:
     snap = snapshot.create_snapshot(engine, keyd_state_dir=None, encrypted=encrypted, now=datetime.now(UTC))
     engine.dispose()
     return snapshot.read_snapshot(snap.archive).members
+
+
+def assert_restored(before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    """Every row byte for byte, plus the one audit record the restore itself appends to the chain."""
+    log = "db/audit_log.jsonl"
+    assert {k for k in after if after[k] != before[k]} == {log, "db/audit_head.jsonl"}
+    assert after[log].startswith(before[log])
+    assert after[log].count(b"\n") == before[log].count(b"\n") + 1
+    assert b'"backup.restored"' in after[log].splitlines()[-1]
 
 
 def populate(url: str, daemon: Running, tmp_path: Path) -> dict[tuple[str, str], bytes]:
@@ -176,8 +186,25 @@ def test_create_send_fetch_restore_verify(
             "--keyd-state-dir", str(restored_keyd.state_dir),
         )  # fmt: skip
         assert "keyd state restored" in restored.stdout
-        # 100 % of the rows, byte for byte (ciphertexts, password hashes, the audit chain).
-        assert dump(target) == before
+        # 100 % of the rows, byte for byte (ciphertexts, password hashes, the audit chain), and the
+        # chain goes on with one record of the restore itself.
+        assert_restored(before, dump(target))
+        engine = make_engine(target)
+        with engine.connect() as conn:
+            last = conn.execute(
+                sa.select(audit_log.c.event, audit_log.c.detail).order_by(audit_log.c.seq.desc())
+            ).first()
+        engine.dispose()
+        assert last is not None
+        assert (last.event, last.detail) == ("backup.restored", f"{fetched.name} sha256={digest}")
+        verified = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "webapp", "audit", "verify"],
+            cwd=ROOT,
+            env={**os.environ, "STRONGROOM_DATABASE_URL": target, "STRONGROOM_SECRET_KEY": SECRET,
+                 "STRONGROOM_INSTANCE_PATH": str(tmp_path / "verify-inst")},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stdout + verified.stderr
         # keyd on the restored state, unsealed with the same operator key, opens every field.
         restored_keyd.start()
         try:
@@ -253,7 +280,7 @@ def test_sqlite_restore_checks_through_a_running_keyd(
     )  # fmt: skip
     assert "records=12 fields=36 decryptable=36 failed=0" in result.stdout
     assert "ciphertexts per key version in the backup: {'1': 36}" in result.stdout
-    assert dump(target) == before
+    assert_restored(before, dump(target))
 
 
 @pytest.mark.parametrize(
