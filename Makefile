@@ -31,8 +31,11 @@ pytest: sysdeps venv
 
 test: sysdeps venv lint typecheck pytest
 
+# `make run APACHE=1`: the demo behind a private Apache (mod_ssl + ModSecurity), as in production.
+APACHE ?= 0
+
 run: sysdeps venv
-	@scripts/run-demo.sh
+	@DEMO_APACHE=$(APACHE) scripts/run-demo.sh
 
 bench: sysdeps venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -5,11 +5,14 @@
 #              drop-file path (/dev/shm, read and deleted by keyd);
 #   ca/        a demo CA: a server certificate for localhost/127.0.0.1 and the demo admin's bundle;
 #   webapp     on SQLite, under gunicorn terminating TLS itself with a required client certificate
-#              checked against the CA's CRL.
+#              checked against the CA's CRL;
+#   or, with DEMO_APACHE=1 (`make run APACHE=1`), the production layout: a private Apache
+#              (apache/private.py: mod_ssl with the required client certificate and the CRL,
+#              ModSecurity + CRS) in front of gunicorn on a Unix socket, STRONGROOM_BEHIND_PROXY=true.
 #
 # Everything lives in $DEMO_DIR (default var/demo, git-ignored, mode 0700). Its secrets are
 # DEMO secrets: generated once per checkout, kept in $DEMO_DIR/secrets, never fit for production.
-# Ctrl-C (or SIGTERM) stops gunicorn and keyd; keyd drops the key from memory as it exits.
+# Ctrl-C (or SIGTERM) stops Apache, gunicorn and keyd; keyd drops the key from memory as it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +20,25 @@ PY=$ROOT/.venv/bin/python
 DEMO_DIR=${DEMO_DIR:-$ROOT/var/demo}
 PORT=${DEMO_PORT:-8443}
 ADMIN=${DEMO_ADMIN:-admin}
+case "${DEMO_APACHE:-0}" in
+    0 | "" | no | false) APACHE=0 ;;
+    1 | yes | true) APACHE=1 ;;
+    *) echo "DEMO_APACHE must be 1 (behind Apache) or 0 (gunicorn alone), not '${DEMO_APACHE}'" >&2; exit 2 ;;
+esac
+
+# Before anything is created: behind Apache needs Apache with ModSecurity and the CRS.
+if [[ $APACHE == 1 ]]; then
+    missing=()
+    [[ -x /usr/sbin/apache2 ]] || missing+=(apache2)
+    [[ -e /usr/lib/apache2/modules/mod_security2.so ]] || missing+=(libapache2-mod-security2)
+    [[ -d /usr/share/modsecurity-crs ]] || missing+=(modsecurity-crs)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "make run APACHE=1: Apache is not installed (missing Debian packages: ${missing[*]})." >&2
+        echo "  As root, \`make sysdeps\` installs them (scripts/debian-packages.txt); or run \`make run\`" >&2
+        echo "  without APACHE=1 for gunicorn serving TLS itself." >&2
+        exit 3
+    fi
+fi
 
 umask 077
 mkdir -p "$DEMO_DIR/secrets" "$DEMO_DIR/tls"
@@ -53,6 +75,14 @@ cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -f "$DROP" "$DROP-tmp"
+    if [[ -n "${FRONT_MADE:-}" ]]; then
+        # Apache's logs outlive its run dir: appended to $DEMO_DIR/apache-logs/.
+        mkdir -p "$DEMO_DIR/apache-logs"
+        for log in "$FRONT_RUN"/apache/logs/*; do
+            if [[ -f "$log" ]]; then cat "$log" >>"$DEMO_DIR/apache-logs/${log##*/}"; fi
+        done
+        rm -rf "$FRONT_RUN"
+    fi
     echo "demo stopped"
 }
 trap cleanup EXIT
@@ -90,15 +120,47 @@ if ! grep -qw -- "$ADMIN" <<<"$users"; then
     "${FLASK[@]}" users add "$ADMIN" --role admin --password-stdin < "$SECRETS/admin.password"
 fi
 
+# --- where the front door's runtime files live ------------------------------------------------
+# Behind Apache, gunicorn's Unix socket is the trust boundary (the web app believes the identity
+# headers on it), and gunicorn makes it 0777: its directory must let Apache's children (www-data)
+# through and nobody else. $DEMO_DIR is root's 0700, so as root the socket lives in a per-demo dir
+# under /run, root:www-data 0710 (so is Apache's own run dir, for its ModSecurity scratch files),
+# removed when the demo stops. Run by anyone else, Apache's children keep that user, so a 0700
+# dir under $DEMO_DIR does.
+DEMO_HASH=$(printf '%s' "$DEMO_DIR" | sha256sum | cut -c1-12)
+if [[ $(id -u) -eq 0 ]]; then
+    FRONT_RUN=/run/strongroom-demo-$DEMO_HASH
+else
+    FRONT_RUN=$DEMO_DIR/front-run
+fi
+APACHE_PID=$FRONT_RUN/apache/run/apache2.pid  # where apache/private.py has Apache write it
+
 # --- CA: server certificate and the admin's bundle ---------------------------------------------
 export STRONGROOM_CA_DIR=$DEMO_DIR/ca
 CA=("$PY" -m ca --passphrase-file "$SECRETS/ca-issuing.pass")
+# After each CRL update the CA runs this hook: Apache re-reads the CRL on a graceful reload
+# (SIGUSR1); gunicorn serving TLS itself reads it when HUPped into new workers. One hook for both
+# modes, so that a demo dir made in one mode works in the other.
+RELOAD_HOOK="sh -c 'if test -s $APACHE_PID; then kill -USR1 \$(cat $APACHE_PID); elif test -s $DEMO_DIR/gunicorn.pid; then kill -HUP \$(cat $DEMO_DIR/gunicorn.pid); fi'"
 if [[ ! -d "$STRONGROOM_CA_DIR" ]]; then
     echo "== CA init"
-    # gunicorn reads the CRL at start; a HUP makes it start new workers that read it again.
-    "${CA[@]}" --root-passphrase-file "$SECRETS/ca-root.pass" init \
-        --reload-command "sh -c 'test ! -s $DEMO_DIR/gunicorn.pid || kill -HUP \$(cat $DEMO_DIR/gunicorn.pid)'"
+    "${CA[@]}" --root-passphrase-file "$SECRETS/ca-root.pass" init --reload-command "$RELOAD_HOOK"
     "${CA[@]}" server localhost 127.0.0.1 --out-dir "$DEMO_DIR/tls" >/dev/null
+else
+    # A demo dir from before the Apache mode (its hook only HUPs gunicorn), or made by another
+    # user: point the CA's hook at this run's pid files.
+    "$PY" - "$STRONGROOM_CA_DIR/config.toml" "$RELOAD_HOOK" <<'EOF'
+import dataclasses, shlex, sys
+from pathlib import Path
+from ca.config import load_config, render_config
+path, hook = Path(sys.argv[1]), shlex.split(sys.argv[2])
+config = load_config(path)
+if config.reload_command != hook:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_config(dataclasses.replace(config, reload_command=hook)))
+    tmp.replace(path)
+    print("== CA reload hook updated (it now reloads Apache or gunicorn, whichever runs)")
+EOF
 fi
 BUNDLE=$DEMO_DIR/$ADMIN.p12
 if [[ ! -f "$BUNDLE" ]]; then
@@ -111,28 +173,77 @@ if [[ ! -f "$BUNDLE" ]]; then
     rm -f "$DEMO_DIR/issue.out"
 fi
 
-# --- gunicorn with TLS and a required client certificate ---------------------------------------
-export STRONGROOM_TLS_CERT=$DEMO_DIR/tls/localhost.crt.pem
-export STRONGROOM_TLS_KEY=$DEMO_DIR/tls/localhost.key.pem
-export STRONGROOM_CLIENT_CA=$STRONGROOM_CA_DIR/publish/chain.pem
-export STRONGROOM_CRL=$STRONGROOM_CA_DIR/publish/crl.pem
-export STRONGROOM_BIND=127.0.0.1:$PORT
-echo "== gunicorn on https://127.0.0.1:$PORT"
-"$PY" -m gunicorn -c webapp/gunicorn_conf.py --pid "$DEMO_DIR/gunicorn.pid" \
-    2>>"$DEMO_DIR/gunicorn.log" >>"$DEMO_DIR/gunicorn.log" &
-pids+=($!)
-for _ in $(seq 100); do
-    "$PY" - "$PORT" <<'EOF' 2>/dev/null && break
+wait_port() {  # wait_port PORT: until something accepts connections on 127.0.0.1:PORT
+    for _ in $(seq 100); do
+        "$PY" - "$1" <<'EOF' 2>/dev/null && return 0
 import socket, sys
 socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
 EOF
-    sleep 0.1
-done
+        sleep 0.1
+    done
+    return 1
+}
+
+if [[ $APACHE == 0 ]]; then
+    # --- gunicorn with TLS and a required client certificate -----------------------------------
+    export STRONGROOM_TLS_CERT=$DEMO_DIR/tls/localhost.crt.pem
+    export STRONGROOM_TLS_KEY=$DEMO_DIR/tls/localhost.key.pem
+    export STRONGROOM_CLIENT_CA=$STRONGROOM_CA_DIR/publish/chain.pem
+    export STRONGROOM_CRL=$STRONGROOM_CA_DIR/publish/crl.pem
+    export STRONGROOM_BIND=127.0.0.1:$PORT
+    echo "== gunicorn on https://127.0.0.1:$PORT"
+    "$PY" -m gunicorn -c webapp/gunicorn_conf.py --pid "$DEMO_DIR/gunicorn.pid" \
+        2>>"$DEMO_DIR/gunicorn.log" >>"$DEMO_DIR/gunicorn.log" &
+    pids+=($!)
+    wait_port "$PORT" || true
+else
+    # --- Apache in front, gunicorn behind it on a Unix socket ----------------------------------
+    rm -rf "$FRONT_RUN"  # a crashed run's leftovers (stale pid file, socket)
+    mkdir -m 700 "$FRONT_RUN" "$FRONT_RUN/web" "$FRONT_RUN/apache"
+    FRONT_MADE=1
+    # apache/private.py gives ModSecurity's data and tmp dirs (in modsec/) to the children's user;
+    # the children must be able to walk down to them.
+    mkdir -m 700 "$FRONT_RUN/apache/modsec"
+    apache_user=()
+    if [[ $(id -u) -eq 0 ]]; then
+        chgrp www-data "$FRONT_RUN" "$FRONT_RUN/web" "$FRONT_RUN/apache" "$FRONT_RUN/apache/modsec"
+        chmod 710 "$FRONT_RUN" "$FRONT_RUN/web" "$FRONT_RUN/apache" "$FRONT_RUN/apache/modsec"
+        apache_user=(--user www-data --group www-data)
+    fi
+    WEB_SOCKET=$FRONT_RUN/web/gunicorn.sock
+    export STRONGROOM_BEHIND_PROXY=true
+    echo "== gunicorn on unix:$WEB_SOCKET (behind Apache)"
+    # No TLS here: Apache verified the client certificate and passes it in a header that the app
+    # believes only on this socket. Worker settings as in webapp/gunicorn_conf.py.
+    "$PY" -m gunicorn "webapp:create_app()" --bind "unix:$WEB_SOCKET" --workers 2 \
+        --worker-class sync --threads 1 --timeout 30 --no-control-socket --header-map drop \
+        --access-logfile - --error-logfile - --pid "$DEMO_DIR/gunicorn.pid" \
+        2>>"$DEMO_DIR/gunicorn.log" >>"$DEMO_DIR/gunicorn.log" &
+    pids+=($!)
+    for _ in $(seq 100); do [[ -S "$WEB_SOCKET" ]] && break; sleep 0.1; done
+    echo "== Apache on https://127.0.0.1:$PORT"
+    "$PY" -m apache.private run --port "$PORT" --run-dir "$FRONT_RUN/apache" \
+        --web-socket "$WEB_SOCKET" --tls-cert "$DEMO_DIR/tls/localhost.crt.pem" \
+        --tls-key "$DEMO_DIR/tls/localhost.key.pem" \
+        --client-ca "$STRONGROOM_CA_DIR/publish/chain.pem" \
+        --crl "$STRONGROOM_CA_DIR/publish/crl.pem" "${apache_user[@]}" \
+        2>>"$DEMO_DIR/apache.log" >>"$DEMO_DIR/apache.log" &
+    pids+=($!)
+    wait_port "$PORT" || { echo "Apache did not start: see $DEMO_DIR/apache.log" >&2; exit 1; }
+fi
 "${FLASK[@]}" health >/dev/null || { echo "the web app is not healthy: see $DEMO_DIR/gunicorn.log" >&2; exit 1; }
 
+if [[ $APACHE == 1 ]]; then
+    FRONT="behind Apache + ModSecurity (gunicorn on $WEB_SOCKET)"
+    LOGS="$DEMO_DIR/*.log; Apache's in $FRONT_RUN/apache/logs, kept in $DEMO_DIR/apache-logs"
+else
+    FRONT="gunicorn serving TLS itself"
+    LOGS="$DEMO_DIR/*.log"
+fi
 cat <<EOF
 
   Strongroom demo is running: https://127.0.0.1:$PORT/login
+  Front door:         $FRONT
 
   Import the client certificate bundle into your browser (README.md, "Using the demo"):
       bundle:           $BUNDLE
@@ -141,10 +252,17 @@ cat <<EOF
   Log in as:          $ADMIN
       password:       $(cat "$SECRETS/admin.password")
 
-  These are DEMO secrets (in $SECRETS). Logs: $DEMO_DIR/*.log
+  These are DEMO secrets (in $SECRETS). Logs: $LOGS
   Press Ctrl-C to stop.
 EOF
 echo "demo ready"
-wait -n "${pids[@]}"
-echo "a demo process exited: see $DEMO_DIR/*.log" >&2
+status=0
+wait -n "${pids[@]}" || status=$?
+# Ctrl-C reaches every process of the group, not only this shell; a daemon that stops cleanly on
+# it (status 0, or 130/143 for SIGINT/SIGTERM) can end the `wait` before bash runs its own trap,
+# and bash may then drop the SIGINT as handled by the child. That is a requested stop, not a crash.
+case $status in
+    0 | 130 | 143) exit 0 ;;
+esac
+echo "a demo process exited ($status): see $DEMO_DIR/*.log" >&2
 exit 1
