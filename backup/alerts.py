@@ -12,9 +12,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from webapp import outbox
 from webapp.audit import service as audit
-from webapp.clock import to_db
-from webapp.db.tables import outbox
 from webapp.keys.events import KeyEvent
 
 
@@ -23,43 +22,24 @@ def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, n
     then exits non-zero, which the scheduler reports: the alert is never silently lost)."""
     detail = f"{step}:{reason}"[:200]
     with engine.begin() as conn:
-        entry = audit.AuditEntry(
-            event=event,
-            outcome=audit.FAILURE,
-            actor="backup",
-            ip="local",
-            resource="backup",
-            detail=detail,
+        _audit(conn, event, ok=False, detail=detail, now=now)
+        outbox.enqueue(
+            conn, str(event), now=now, actor="backup", ip="local", resource="backup", detail=detail
         )
-        audit.append(conn, [entry], now=now)
-        _enqueue(conn, event, now=now, detail=detail)
 
 
 def record_success(engine: sa.Engine, event: KeyEvent, *, detail: str, now: datetime) -> None:
     with engine.begin() as conn:
-        entry = audit.AuditEntry(
-            event=event,
-            outcome=audit.SUCCESS,
-            actor="backup",
-            ip="local",
-            resource="backup",
-            detail=detail[:200],
-        )
-        audit.append(conn, [entry], now=now)
+        _audit(conn, event, ok=True, detail=detail, now=now)
 
 
-def _enqueue(conn: sa.Connection, event: KeyEvent, *, now: datetime, detail: str) -> None:
-    # The row webapp.outbox.OutboxSink writes. webapp.outbox.enqueue (another team's, not there yet
-    # when this was written) should replace this function once it lands.
-    conn.execute(
-        sa.insert(outbox).values(
-            created_at=to_db(now),
-            event=str(event),
-            actor="backup",
-            ip="local",
-            resource="backup",
-            detail=detail,
-            attempts=0,
-            sent_at=None,
-        )
+def _audit(conn: sa.Connection, event: KeyEvent, *, ok: bool, detail: str, now: datetime) -> None:
+    entry = audit.AuditEntry(
+        event=event,
+        outcome=audit.SUCCESS if ok else audit.FAILURE,
+        actor="backup",
+        ip="local",
+        resource="backup",
+        detail=detail,
     )
+    audit.append(conn, [entry], now=now)

@@ -70,7 +70,7 @@ def _alert(url: str | None, event: str, step: str, reason: str) -> None:
 
     try:
         engine = _engine(url)
-        raise_alert(engine, KeyEvent(event), step=step, reason=reason, now=_now().replace(tzinfo=None))
+        raise_alert(engine, KeyEvent(event), step=step, reason=reason, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
         click.echo(f"error: the alert could not be written either ({type(exc).__name__})", err=True)
@@ -84,7 +84,7 @@ def _audit_success(url: str | None, event: str, detail: str) -> None:
 
     try:
         engine = _engine(url)
-        record_success(engine, KeyEvent(event), detail=detail, now=_now().replace(tzinfo=None))
+        record_success(engine, KeyEvent(event), detail=detail, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
         _fail(f"the backup worked but its audit record could not be written ({type(exc).__name__})")

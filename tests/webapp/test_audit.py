@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import pymysql
 import pytest
@@ -269,3 +270,10 @@ def test_verification_runs_beside_live_writers(app: Flask, people: dict[str, Per
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_append_refuses_a_naive_time(owner_engine: sa.Engine) -> None:
+    # A naive datetime would be read as the host's local time: records an hour off on a CET server.
+    entry = service.AuditEntry(event=Event.PAGE_VIEW, outcome="success")
+    with owner_engine.begin() as conn, pytest.raises(ValueError, match="timezone-aware"):
+        service.append(conn, [entry], now=datetime(2026, 11, 29, 10, 0))

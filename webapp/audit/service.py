@@ -81,6 +81,8 @@ def _fields(entry: AuditEntry) -> dict[str, str]:
 
 def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime) -> list[Appended]:
     """Append in the caller's transaction. Any failure raises, and the caller's action rolls back."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")  # a naive time would be read as the host's local time
     if not entries:
         return []
     head = conn.execute(
