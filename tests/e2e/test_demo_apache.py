@@ -8,9 +8,13 @@ process, Apache's children included."""
 from __future__ import annotations
 
 import grp
+import hashlib
+import json
 import os
 import pwd
 import re
+import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -50,15 +54,8 @@ def _pgid_members(pgid: int) -> list[str]:
     return members
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    need_binary("openssl")
-    need_binary("apache2")
-    need_root()  # Apache's children run as www-data, as in production
-    if not PY.exists():
-        pytest.fail(".venv is missing: run the suite through `make test`")
-    demo_dir = tmp_path_factory.mktemp("demo-apache")
-    port = _free_port()
+def _start(demo_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    """run-demo.sh in Apache mode, until it says it is ready (or fails the test)."""
     proc = subprocess.Popen(
         [str(SCRIPT)],
         env={**os.environ, "DEMO_DIR": str(demo_dir), "DEMO_PORT": str(port), "DEMO_APACHE": "1"},
@@ -84,6 +81,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         proc.stdout.close()
         logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted(demo_dir.glob("*.log")))
         pytest.fail(f"the demo did not start:\n{output}{logs}")
+    return proc, output
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    need_binary("openssl")
+    need_binary("apache2")
+    need_root()  # Apache's children run as www-data, as in production
+    if not PY.exists():
+        pytest.fail(".venv is missing: run the suite through `make test`")
+    demo_dir = tmp_path_factory.mktemp("demo-apache")
+    port = _free_port()
+    proc, output = _start(demo_dir, port)
     client = unpack_bundle(Path(_field(output, "bundle")), _field(output, "bundle password"), demo_dir)
     running = Demo(proc, demo_dir, port, output, client)
     try:
@@ -92,7 +102,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        # Killed, the script could not remove its run dir under /run (with the app's socket).
+        digest = hashlib.sha256(str(demo_dir).encode()).hexdigest()[:12]
+        shutil.rmtree(f"/run/strongroom-demo-{digest}", ignore_errors=True)
 
 
 def test_the_banner_names_apache_as_the_front_door(demo: Demo) -> None:
@@ -259,6 +273,52 @@ def test_without_apache_installed_it_says_so(tmp_path: Path) -> None:
     assert "Apache is not installed (missing Debian packages: apache2)" in done.stderr
     assert "make sysdeps" in done.stderr
     assert not demo_dir.exists()
+
+
+def test_a_demo_dir_from_before_the_apache_mode_gets_apache_reloaded(demo: Demo) -> None:
+    """The CA's hook is set when the demo dir is first made; the old script's hook only HUPped
+    gunicorn. Started again behind Apache, the script points the hook at Apache, and a CRL
+    publication then gracefully restarts Apache (new children)."""
+    assert demo.proc.poll() is not None, "runs after test_ctrl_c_stops_everything"
+    config = demo.dir / "ca" / "config.toml"
+    old_hook = f"sh -c 'test ! -s {demo.dir}/gunicorn.pid || kill -HUP $(cat {demo.dir}/gunicorn.pid)'"
+    # A JSON list of plain strings is a TOML array too.
+    hook = json.dumps(shlex.split(old_hook))
+    config.write_text(re.sub(r"(?m)^reload_command = .*$", f"reload_command = {hook}", config.read_text()))
+    proc, output = _start(demo.dir, demo.port)
+    try:
+        assert "CA reload hook updated" in output
+        before = _apache_children(proc.pid)
+        done = subprocess.run(
+            [str(PY), "-m", "ca", "--passphrase-file", str(demo.dir / "secrets" / "ca-issuing.pass"), "crl"],
+            env=demo.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        deadline = time.monotonic() + 10
+        while not (_apache_children(proc.pid) - before) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _apache_children(proc.pid) - before, "Apache was not reloaded"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert rc == 0
+
+
+def _apache_children(pgid: int) -> set[int]:
+    """The pids of Apache's serving children (www-data) in the demo's process group."""
+    www = _uid("www-data")
+    return {
+        int(m.split(":")[0])
+        for m in _pgid_members(pgid)
+        if "apache2 -d" in m and _uid_of(int(m.split(":")[0])) == www
+    }
 
 
 def _uid(name: str) -> int:
