@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# deploy/install.sh: put Strongroom's system pieces in place on a Debian 12 host (docs/deploy.md).
+#
+#   deploy/install.sh [--root DIR] [--src DIR] [--skip-apache] [--no-apparmor-load]
+#
+# Creates the system users and groups, the directories with their owners and modes, installs the
+# systemd units, the tmpfiles.d entry, the AppArmor profiles, the Apache site (and enables its
+# modules), and first versions of /etc/strongroom/keyd.toml and webapp.env. Safe to run again:
+# nothing is created twice, existing configuration files are kept, owners and modes are reset to
+# the values below. It never installs packages, never enables or starts a service.
+#
+# --root DIR   install into DIR instead of / (a throwaway tree or a chroot; users are created in
+#              DIR/etc with useradd --prefix, owners are resolved from DIR/etc/passwd).
+# --src DIR    the Strongroom checkout to install from (default: the one holding this script).
+# --skip-apache  leave /etc/apache2 alone (a web node without Apache, or Apache not installed yet).
+# --no-apparmor-load  copy the profiles but do not load them (loading happens only with --root /
+#              on a kernel with AppArmor).
+set -euo pipefail
+umask 022
+
+ROOT=/
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SKIP_APACHE=0
+LOAD_APPARMOR=1
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT="$2"; shift 2 ;;
+        --src) [ $# -ge 2 ] || die "--src needs a directory"; SRC="$2"; shift 2 ;;
+        --skip-apache) SKIP_APACHE=1; shift ;;
+        --no-apparmor-load) LOAD_APPARMOR=0; shift ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+
+[ "$(id -u)" -eq 0 ] || die "run as root (it creates users and sets owners)"
+[ -d "$ROOT" ] || die "root $ROOT is not a directory"
+ROOT="$(cd "$ROOT" && pwd)"
+# R is prefixed to every path written; empty for the real root.
+if [ "$ROOT" = / ]; then R=""; PREFIX=(); else R="$ROOT"; PREFIX=(--prefix "$ROOT"); fi
+[ -f "$R/etc/passwd" ] && [ -f "$R/etc/group" ] || die "$ROOT/etc/passwd or group missing"
+for f in deploy/strongroom-keyd.service deploy/strongroom-web.service deploy/strongroom-mail.service \
+         deploy/strongroom-tmpfiles.conf deploy/keyd.toml.in deploy/webapp.env.in \
+         apparmor/strongroom-keyd apparmor/strongroom-web apparmor/strongroom-mail apparmor/strongroom-apache2; do
+    [ -f "$SRC/$f" ] || die "$SRC/$f is missing: is --src a Strongroom checkout?"
+done
+
+# ---- users and groups -------------------------------------------------------------------------
+
+gid_of() { awk -F: -v n="$1" '$1 == n { print $3; exit }' "$R/etc/group"; }
+uid_of() { awk -F: -v n="$1" '$1 == n { print $3; exit }' "$R/etc/passwd"; }
+members_of() { awk -F: -v n="$1" '$1 == n { print $4; exit }' "$R/etc/group"; }
+
+ensure_group() {
+    if [ -z "$(gid_of "$1")" ]; then
+        groupadd "${PREFIX[@]}" --system "$1"
+        say "group $1 created"
+    fi
+}
+
+# ensure_user NAME PRIMARY_GROUP [SUPPLEMENTARY_GROUP...]
+ensure_user() {
+    local name="$1" primary="$2" g
+    shift 2
+    if [ -z "$(uid_of "$name")" ]; then
+        # System user: no home, no login shell, locked password (useradd --system leaves it '!').
+        useradd "${PREFIX[@]}" --system --gid "$primary" --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "Strongroom $name" "$name"
+        say "user $name created"
+    fi
+    for g in "$@"; do
+        if ! members_of "$g" | tr ',' '\n' | grep -qx "$name"; then
+            usermod "${PREFIX[@]}" --append --groups "$g" "$name"
+            say "user $name added to group $g"
+        fi
+    done
+    # An existing account of that name must not be able to log in either.
+    if [ "$(awk -F: -v n="$name" '$1 == n { print $7; exit }' "$R/etc/passwd")" != /usr/sbin/nologin ]; then
+        usermod "${PREFIX[@]}" --shell /usr/sbin/nologin "$name"
+        say "user $name: login shell set to nologin"
+    fi
+}
+
+[ -n "$(gid_of www-data)" ] || die "group www-data is missing in $ROOT/etc/group (Debian's base-passwd has it)"
+ensure_group strongroom-keyd
+ensure_group strongroom-keyd-clients  # whoever may connect to keyd's socket: keyd itself and the web app
+ensure_group strongroom-web
+ensure_user strongroom-keyd strongroom-keyd
+ensure_user strongroom-web strongroom-web strongroom-keyd-clients
+
+# ---- directories and files --------------------------------------------------------------------
+
+# owner spec "user:group" resolved inside the target root (numeric chown: the host may differ).
+ids() {
+    local u="${1%%:*}" g="${1##*:}" uid gid
+    uid="$(uid_of "$u")"; gid="$(gid_of "$g")"
+    [ -n "$uid" ] && [ -n "$gid" ] || die "unknown owner $1 in $ROOT"
+    echo "$uid:$gid"
+}
+
+# dir PATH MODE OWNER:GROUP
+dir() {
+    mkdir -p "$R$1"
+    chown "$(ids "$3")" "$R$1"
+    chmod "$2" "$R$1"
+}
+
+# file SRC DEST MODE OWNER:GROUP: copy (replacing what is there)
+file() {
+    install -m "$3" -o "$(ids "$4" | cut -d: -f1)" -g "$(ids "$4" | cut -d: -f2)" "$1" "$R$2"
+}
+
+# keep_file DEST MODE OWNER:GROUP CONTENT: written only when absent (operators edit it), then owner
+# and mode are enforced every run.
+keep_file() {
+    if [ ! -e "$R$1" ]; then
+        (umask 077; printf '%s\n' "$4" > "$R$1")
+        say "$1 written (edit it: docs/deploy.md)"
+    fi
+    chown "$(ids "$3")" "$R$1"
+    chmod "$2" "$R$1"
+}
+
+dir /etc/strongroom 0755 root:root
+dir /var/lib/strongroom-keyd 0700 strongroom-keyd:strongroom-keyd-clients
+# keyd init runs as root and may leave root-owned files: hand them to keyd (it must append events).
+find "$R/var/lib/strongroom-keyd" -mindepth 1 -maxdepth 1 -exec chown -h "$(ids strongroom-keyd:strongroom-keyd-clients)" {} +
+dir /var/lib/strongroom-web 0700 strongroom-web:strongroom-web
+# The same as deploy/strongroom-tmpfiles.conf does at every boot (tmpfiles.d is what makes /run).
+dir /run/strongroom-web 0710 strongroom-web:www-data
+
+web_uid="$(uid_of strongroom-web)"
+keep_file /etc/strongroom/keyd.toml 0640 root:strongroom-keyd \
+    "$(sed "s/@WEB_UID@/$web_uid/" "$SRC/deploy/keyd.toml.in")"
+if [ ! -e "$R/etc/strongroom/webapp.env" ]; then
+    secret="$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')"
+    keep_file /etc/strongroom/webapp.env 0640 root:strongroom-web \
+        "$(sed "s|@SECRET_KEY@|$secret|" "$SRC/deploy/webapp.env.in")"
+    unset secret
+else
+    keep_file /etc/strongroom/webapp.env 0640 root:strongroom-web ""
+fi
+
+# systemd units (installed, never enabled or started here: docs/deploy.md says when).
+dir /etc/systemd/system 0755 root:root
+units=("$SRC"/deploy/*.service "$SRC"/ops/deploy/*.service "$SRC"/ops/deploy/*.timer \
+       "$SRC"/ca/deploy/*.service "$SRC"/ca/deploy/*.timer)
+for unit in "${units[@]}"; do
+    [ -f "$unit" ] || continue
+    file "$unit" "/etc/systemd/system/$(basename "$unit")" 0644 root:root
+done
+dir /etc/tmpfiles.d 0755 root:root
+file "$SRC/deploy/strongroom-tmpfiles.conf" /etc/tmpfiles.d/strongroom.conf 0644 root:root
+
+# AppArmor profiles.
+dir /etc/apparmor.d 0755 root:root
+profiles=(strongroom-keyd strongroom-web strongroom-mail strongroom-apache2)
+for p in "${profiles[@]}"; do
+    file "$SRC/apparmor/$p" "/etc/apparmor.d/$p" 0644 root:root
+done
+
+# ---- Apache -----------------------------------------------------------------------------------
+
+if [ "$SKIP_APACHE" -eq 0 ]; then
+    A="$R/etc/apache2"
+    [ -d "$A/mods-available" ] || die "$ROOT/etc/apache2 is not Debian's apache2 (install it or use --skip-apache)"
+    for f in apache/strongroom-site.conf apache/modules.txt apache/modsecurity-strongroom.conf; do
+        [ -f "$SRC/$f" ] || die "$SRC/$f is missing (use --skip-apache to install without Apache)"
+    done
+    dir /etc/apache2/strongroom 0750 root:root
+    file "$SRC/apache/strongroom-site.conf" /etc/apache2/sites-available/strongroom.conf 0644 root:root
+    file "$SRC/apache/modsecurity-strongroom.conf" /etc/apache2/strongroom/modsecurity-strongroom.conf 0644 root:root
+    # ModSecurity's scratch directory (SecTmpDir) for the site: the children (www-data) write there.
+    dir /var/cache/modsecurity/strongroom-tmp 0700 www-data:www-data
+
+    # Exactly the modules in apache/modules.txt are enabled (what a2enmod/a2dismod do, as plain
+    # symlinks so it works in any root and the result is checkable): Debian's defaults such as
+    # status, autoindex, alias or cgi are switched off, and the MPM is the listed one.
+    wanted=" "
+    while IFS= read -r mod || [ -n "$mod" ]; do
+        mod="${mod%%#*}"; mod="$(echo "$mod" | tr -d '[:space:]')"
+        [ -n "$mod" ] || continue
+        [ -f "$A/mods-available/$mod.load" ] || die "Apache module $mod: $ROOT/etc/apache2/mods-available/$mod.load missing"
+        wanted="$wanted$mod "
+    done < "$SRC/apache/modules.txt"
+    for link in "$A"/mods-enabled/*.load "$A"/mods-enabled/*.conf; do
+        [ -e "$link" ] || [ -L "$link" ] || continue
+        name="$(basename "$link")"; name="${name%.*}"
+        case "$wanted" in *" $name "*) ;; *) rm -f "$link"; say "Apache module $name disabled" ;; esac
+    done
+    for mod in $wanted; do
+        for ext in load conf; do
+            [ -f "$A/mods-available/$mod.$ext" ] || continue
+            ln -sfn "../mods-available/$mod.$ext" "$A/mods-enabled/$mod.$ext"
+        done
+    done
+    ln -sfn ../sites-available/strongroom.conf "$A/sites-enabled/strongroom.conf"
+    rm -f "$A/sites-enabled/000-default.conf" "$A/sites-enabled/default-ssl.conf"
+    # The site has its own HTTPS Listen; Debian's ports.conf would add port 80 (and clash on 443).
+    if [ -f "$A/ports.conf" ] && [ ! -e "$A/ports.conf.strongroom-orig" ]; then
+        cp -p "$A/ports.conf" "$A/ports.conf.strongroom-orig"
+    fi
+    printf '%s\n' "# Strongroom (deploy/install.sh): no listeners here. The one HTTPS listener is in" \
+        "# sites-available/strongroom.conf; Debian's original is ports.conf.strongroom-orig." > "$A/ports.conf"
+    chown 0:0 "$A/ports.conf"; chmod 0644 "$A/ports.conf"
+fi
+
+# ---- only on the real root: make the running system pick it up --------------------------------
+
+if [ -z "$R" ]; then
+    if [ "$LOAD_APPARMOR" -eq 1 ] && [ -d /sys/kernel/security/apparmor ] && command -v apparmor_parser > /dev/null; then
+        for p in "${profiles[@]}"; do apparmor_parser -r -W "/etc/apparmor.d/$p"; done
+        say "AppArmor profiles loaded (enforce mode): check with aa-status"
+    else
+        say "AppArmor profiles copied, not loaded (no AppArmor in this kernel, or --no-apparmor-load)"
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        say "systemd reloaded; nothing enabled or started (docs/deploy.md)"
+    fi
+fi
+say "done (root $ROOT)"
