@@ -6,7 +6,11 @@ One supervisor logs in, adds a customer record by CRM reference, adds two cards 
 number and a freshly generated one), sees them masked, reveals one with the password and a reason,
 and logs out; a screenshot of every step is kept as a test artifact. A browser without a
 certificate gets no login page. Afterwards no card number, in any spelling, is in any Apache,
-ModSecurity or back-end log, and the audit log holds the reveal."""
+ModSecurity or back-end log, and the audit log holds the reveal.
+
+Screenshots go to `$STRONGROOM_TEST_ARTIFACTS/e2e/` when that is set (CI uploads it), else to
+`test-artifacts/e2e/` in the checkout (git-ignored). The revealed-value screenshot shows a card
+number made up for the run (`fresh_pan`), never a real one."""
 
 from __future__ import annotations
 
