@@ -102,8 +102,13 @@ ids() {
     echo "$uid:$gid"
 }
 
+# chown/chmod follow symbolic links: a link planted where a directory or config file belongs
+# would hand its target to our owners and modes. Refuse instead.
+no_link() { [ ! -L "$R$1" ] || die "$ROOT$1 is a symbolic link: refusing (remove it, check who made it)"; }
+
 # dir PATH MODE OWNER:GROUP
 dir() {
+    no_link "$1"
     mkdir -p "$R$1"
     chown "$(ids "$3")" "$R$1"
     chmod "$2" "$R$1"
@@ -111,12 +116,14 @@ dir() {
 
 # file SRC DEST MODE OWNER:GROUP: copy (replacing what is there)
 file() {
+    no_link "$2"
     install -m "$3" -o "$(ids "$4" | cut -d: -f1)" -g "$(ids "$4" | cut -d: -f2)" "$1" "$R$2"
 }
 
 # keep_file DEST MODE OWNER:GROUP CONTENT: written only when absent (operators edit it), then owner
 # and mode are enforced every run.
 keep_file() {
+    no_link "$1"
     if [ ! -e "$R$1" ]; then
         (umask 077; printf '%s\n' "$4" > "$R$1")
         say "$1 written (edit it: docs/deploy.md)"
@@ -177,7 +184,7 @@ if [ "$SKIP_APACHE" -eq 0 ]; then
     # ModSecurity's scratch directory (SecTmpDir) for the site: the children (www-data) write there.
     dir /var/cache/modsecurity/strongroom-tmp 0700 www-data:www-data
 
-    # Exactly the modules in apache/modules.txt are enabled (what a2enmod/a2dismod do, as plain
+    # Exactly the modules in apache/modules.txt (and their dependencies) are enabled (what a2enmod/a2dismod do, as plain
     # symlinks so it works in any root and the result is checkable): Debian's defaults such as
     # status, autoindex, alias or cgi are switched off, and the MPM is the listed one.
     wanted=" "
@@ -187,6 +194,20 @@ if [ "$SKIP_APACHE" -eq 0 ]; then
         [ -f "$A/mods-available/$mod.load" ] || die "Apache module $mod: $ROOT/etc/apache2/mods-available/$mod.load missing"
         wanted="$wanted$mod "
     done < "$SRC/apache/modules.txt"
+    # Plus their "# Depends:" modules, as a2enmod would (ssl needs mime and setenvif).
+    while :; do
+        more=""
+        for mod in $wanted; do
+            for dep in $(sed -n 's/^# Depends:[[:space:]]*//p' "$A/mods-available/$mod.load"); do
+                case "$wanted$more" in *" $dep "*) ;; *)
+                    [ -f "$A/mods-available/$dep.load" ] || die "Apache module $dep (needed by $mod) missing"
+                    more="$more$dep " ;;
+                esac
+            done
+        done
+        [ -n "$more" ] || break
+        wanted="$wanted$more"
+    done
     for link in "$A"/mods-enabled/*.load "$A"/mods-enabled/*.conf; do
         [ -e "$link" ] || [ -L "$link" ] || continue
         name="$(basename "$link")"; name="${name%.*}"
