@@ -145,7 +145,8 @@ def test_paths_agree_with_the_components() -> None:
     site = (ROOT / "apache/strongroom-site.conf").read_text()
     socket = re.search(r"Define STRONGROOM_WEB_SOCKET (\S+)", site)
     assert socket is not None
-    assert web["ExecStart"][0].endswith(f"--bind unix:{socket[1]}")
+    assert f"--bind unix:{socket[1]} " in web["ExecStart"][0]
+    assert "gunicorn_conf" not in web["ExecStart"][0]  # the TLS-terminating demo config
     assert socket[1].startswith(web["ReadWritePaths"][0] + "/")
     tmpfiles = (DEPLOY / "strongroom-tmpfiles.conf").read_text()
     assert f"d {web['ReadWritePaths'][0]} 0710 strongroom-web www-data -" in tmpfiles
