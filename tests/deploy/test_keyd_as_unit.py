@@ -33,11 +33,21 @@ from keyd.client import KeydClient
 from keyd.config import Config
 from keyd.errors import KeydError
 from keyd.server import serve
-from tests.support import need_root
+from tests.deploy.syscalls import allowed_syscalls, read_trace, syscall_groups
+from tests.deploy.test_units import options
+from tests.support import need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 # Numeric ids no account uses here (setresuid does not need passwd entries).
 KEYD_UID, CLIENTS_GID, KEYD_GID, WEB_UID, WEB_GID, OTHER_UID = 47101, 47102, 47103, 47104, 47105, 47106
+
+
+EXEC_MARKER = "/strongroom-test-exec-marker"
+
+
+def _traced(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("TracerPid:")).split()[1] != "0"
 
 
 @dataclass
@@ -107,7 +117,7 @@ def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def keyd_like_the_unit(memlock: int, key: bytes) -> Iterator[Unit]:
+def keyd_like_the_unit(memlock: int, key: bytes, strace_log: Path | None = None) -> Iterator[Unit]:
     need_root()
     base = Path(tempfile.mkdtemp(prefix="keyd-unit-"))
     os.chmod(base, 0o711)  # noqa: S103 - traversable for the test's uids, not listable
@@ -144,26 +154,43 @@ def keyd_like_the_unit(memlock: int, key: bytes) -> Iterator[Unit]:
             poll_interval=0.05,
         )
         log = os.open(base / "keyd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - child: what systemd does, then what ExecStart= runs
             rc = 70
             try:
+                os.close(go_w)
+                os.read(go_r, 1)  # wait until strace (if any) is attached
                 os.dup2(log, 1)
                 os.dup2(log, 2)
                 resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))  # LimitMEMLOCK=
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # LimitCORE=0
                 os.umask(0o077)  # UMask=0077
                 _as(KEYD_UID, CLIENTS_GID, [KEYD_GID])  # User=, Group=, SupplementaryGroups=
+                # Here systemd would exec: the seccomp filter applies from now on (trace marker).
+                with contextlib.suppress(OSError):
+                    os.stat(EXEC_MARKER)
                 rc = serve(config)
             except BaseException:  # noqa: BLE001 - the parent reads the log
                 traceback.print_exc()
             finally:
                 os._exit(rc)
         os.close(log)
+        os.close(go_r)
+        tracer = None
+        if strace_log is not None:
+            tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(pid), "-o", str(strace_log)])
+            wait_for(lambda: _traced(pid), "strace to attach")
+        os.write(go_w, b"g")
+        os.close(go_w)
         unit = Unit(base, pid)
         wait_for(lambda: unit.socket.exists() or os.waitpid(pid, os.WNOHANG) != (0, 0), "keyd's socket")
         assert unit.socket.exists(), unit.log()
         yield unit
+        os.kill(pid, 15)
+        os.waitpid(pid, 0)
+        if tracer is not None:
+            tracer.wait(timeout=30)
     finally:
         with contextlib.suppress(NameError, ProcessLookupError, ChildProcessError):
             os.kill(pid, 15)
@@ -267,3 +294,28 @@ def test_without_limit_memlock_hardening_degrades() -> None:
     limit = min(8 * 1024 * 1024, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
     with keyd_like_the_unit(limit, KEY) as u:
         wait_for(lambda: "hardening_degraded" in u.events(), "hardening_degraded")
+
+
+def test_the_unit_filters_allow_what_keyd_does(tmp_path: Path) -> None:
+    """keyd traced from the point systemd would exec it to its exit (start, unseal, a client, SIGTERM),
+    against the unit's SystemCallFilter=, RestrictAddressFamilies=AF_UNIX and
+    MemoryDenyWriteExecute= (what the seccomp filter would refuse)."""
+    analyze = need_binary("systemd-analyze")
+    need_binary("strace")
+    trace_log = tmp_path / "strace.log"
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    memlock = resource.RLIM_INFINITY if can_raise_memlock() else hard
+    with keyd_like_the_unit(memlock, KEY, strace_log=trace_log) as u:
+        tmp = u.shm / "ekey-tmp"
+        tmp.write_bytes(KEY)
+        os.chown(tmp, KEYD_UID, KEYD_GID)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, u.shm / "ekey")
+        wait_for(lambda: ask_status(u.socket, WEB_UID, WEB_GID, [CLIENTS_GID]) == "unsealed", "unseal")
+    trace = read_trace(trace_log, after=EXEC_MARKER)
+    opts = options("strongroom-keyd.service")
+    allowed = allowed_syscalls(opts["SystemCallFilter"], syscall_groups(analyze))
+    assert {"bind", "accept4", "unlink", "prctl"} <= trace.calls
+    assert trace.calls - allowed == set(), "refused by SystemCallFilter= (EPERM under systemd)"
+    assert trace.families == {"AF_UNIX"}
+    assert trace.write_exec_maps == [], "MemoryDenyWriteExecute= would refuse these"

@@ -72,12 +72,14 @@ COMMON = {
     "LockPersonality": ["yes"],
     "MemoryDenyWriteExecute": ["yes"],
     "SystemCallArchitectures": ["native"],
-    "SystemCallFilter": ["@system-service", "~@privileged"],
     "UMask": ["0077"],
     "LimitCORE": ["0"],
     "IPAddressDeny": ["any"],
 }
 SPECIFIC: list[tuple[str, str, list[str] | None]] = [
+    ("strongroom-keyd.service", "SystemCallFilter", ["@system-service", "~@privileged"]),
+    ("strongroom-web.service", "SystemCallFilter", ["@system-service", "~@privileged", "@chown"]),
+    ("strongroom-mail.service", "SystemCallFilter", ["@system-service", "~@privileged"]),
     ("strongroom-keyd.service", "User", ["strongroom-keyd"]),
     ("strongroom-keyd.service", "Group", ["strongroom-keyd-clients"]),
     ("strongroom-keyd.service", "RestrictAddressFamilies", ["AF_UNIX"]),

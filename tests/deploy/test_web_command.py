@@ -5,6 +5,7 @@ which another uid cannot reach); the unit's sandboxing itself needs systemd (doc
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import secrets
@@ -15,11 +16,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.deploy.syscalls import Trace, allowed_syscalls, read_trace, syscall_groups
 from tests.deploy.test_units import options
+from tests.support import need_binary
 from webapp import create_app
 from webapp.db import migrate
 
@@ -55,8 +59,17 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
+@dataclass
+class Served:
+    socket: Path
+    notified: bytes
+    proc: subprocess.Popen[bytes]
+    strace_log: Path
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Path, bytes, subprocess.Popen[bytes]]]:
+def served() -> Iterator[Served]:
+    strace = need_binary("strace")
     with tempfile.TemporaryDirectory(prefix="web-unit-") as tmp_name:
         tmp = Path(tmp_name)
         web_socket = tmp / "gunicorn.sock"
@@ -88,9 +101,10 @@ def served() -> Iterator[tuple[Path, bytes, subprocess.Popen[bytes]]]:
         migrate.upgrade(app.extensions["strongroom"].engine)
         app.extensions["strongroom"].engine.dispose()
         log = (tmp / "gunicorn.log").open("wb")
-        proc = subprocess.Popen(
-            unit_argv(web_socket), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        # Traced (every process, every system call) to compare with the unit's filters below.
+        strace_log = tmp / "strace.log"
+        argv = [strace, "-f", "-qq", "-o", str(strace_log), *unit_argv(web_socket)]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             messages = b""
             deadline = time.monotonic() + 30
@@ -99,11 +113,10 @@ def served() -> Iterator[tuple[Path, bytes, subprocess.Popen[bytes]]]:
                     messages += listener.recv(4096) + b"\n"
                 except TimeoutError:
                     break
-            yield web_socket, messages, proc
+            yield Served(web_socket, messages, proc, strace_log)
         finally:
-            proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=30)
+                stop(proc)
             finally:
                 log.close()
                 listener.close()
@@ -111,15 +124,38 @@ def served() -> Iterator[tuple[Path, bytes, subprocess.Popen[bytes]]]:
                     proc.kill()
 
 
-def test_ready_is_notified(served: tuple[Path, bytes, subprocess.Popen[bytes]]) -> None:
-    _, messages, proc = served
-    assert proc.poll() is None
-    assert b"READY=1" in messages
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to gunicorn's master (strace's child), as systemd's stop would; strace then exits."""
+    if proc.poll() is None:
+        for pid in descendants(proc.pid) - {proc.pid}:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid):
+                os.kill(pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
-def test_answers_http_on_the_unix_socket(served: tuple[Path, bytes, subprocess.Popen[bytes]]) -> None:
-    web_socket, _, _ = served
-    conn = UnixHTTPConnection(str(web_socket))
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def test_ready_is_notified(served: Served) -> None:
+    assert served.proc.poll() is None
+    assert b"READY=1" in served.notified
+
+
+def test_answers_http_on_the_unix_socket(served: Served) -> None:
+    conn = UnixHTTPConnection(str(served.socket))
     conn.request("GET", "/")
     response = conn.getresponse()
     response.read()
@@ -129,13 +165,29 @@ def test_answers_http_on_the_unix_socket(served: tuple[Path, bytes, subprocess.P
     conn.close()
 
 
-def test_listens_on_no_tcp_port(served: tuple[Path, bytes, subprocess.Popen[bytes]]) -> None:
-    _, _, proc = served
+def test_listens_on_no_tcp_port(served: Served) -> None:
     inodes = set()
-    for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    for pid in descendants(served.proc.pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
     tcp = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
     listening = {line.split()[9] for line in tcp.splitlines()[1:] if line.split()[3] == "0A"}
+    assert inodes
     assert not inodes & listening
+
+
+def test_the_unit_filters_allow_what_gunicorn_does(served: Served) -> None:
+    """Last: stops gunicorn, then checks the whole trace (start, a request, stop) against the unit's
+    SystemCallFilter=, RestrictAddressFamilies= and MemoryDenyWriteExecute= (what seccomp would do)."""
+    analyze = need_binary("systemd-analyze")
+    stop(served.proc)
+    trace: Trace = read_trace(served.strace_log)
+    opts = options("strongroom-web.service")
+    allowed = allowed_syscalls(opts["SystemCallFilter"], syscall_groups(analyze))
+    assert {"execve", "bind", "accept4"} <= trace.calls
+    assert trace.calls - allowed == set(), "refused by SystemCallFilter= (EPERM under systemd)"
+    assert trace.families <= set(opts["RestrictAddressFamilies"][0].split())
+    assert trace.write_exec_maps == [], "MemoryDenyWriteExecute= would refuse these"
