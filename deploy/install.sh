@@ -180,7 +180,12 @@ if [ "$SKIP_APACHE" -eq 0 ]; then
     done
     dir /etc/apache2/strongroom 0750 root:root
     file "$SRC/apache/strongroom-site.conf" /etc/apache2/sites-available/strongroom.conf 0644 root:root
-    file "$SRC/apache/modsecurity-strongroom.conf" /etc/apache2/strongroom/modsecurity-strongroom.conf 0644 root:root
+    # Every other apache/*.conf is included by the site from ${STRONGROOM_CONF_DIR}
+    # (modsecurity-strongroom.conf and what it includes).
+    for conf in "$SRC"/apache/*.conf; do
+        [ "$(basename "$conf")" = strongroom-site.conf ] && continue
+        file "$conf" "/etc/apache2/strongroom/$(basename "$conf")" 0644 root:root
+    done
     # ModSecurity's scratch directory (SecTmpDir) for the site: the children (www-data) write there.
     dir /var/cache/modsecurity/strongroom-tmp 0700 www-data:www-data
 

@@ -82,3 +82,57 @@ def read_trace(path: Path, after: str | None = None) -> Trace:
             trace.write_exec_maps.append(line)
     assert started, f"marker {after!r} not in the trace"
     return trace
+
+
+# File accesses AppArmor mediates, from a `strace -f -y` log: successful opens (read, or write when
+# opened for writing/creating), executable mappings, and Unix sockets connected or bound by path.
+# With -y strace prints the file an fd refers to: for opens that is the resolved path (symbolic links
+# followed), which is what AppArmor mediates.
+_OPEN = re.compile(r'^\d+\s+openat\([^,]+, "[^"]*", (?P<flags>[A-Z_|]+)[^)]*\)\s+=\s+\d+<(?P<real>[^>]*)>')
+_MMAP_X = re.compile(r"^\d+\s+mmap\(.*PROT_EXEC.*, \d+<(?P<path>[^>]+)>, .*\)\s+=\s+0x")
+_UNIX = re.compile(
+    r"^\d+\s+(?P<call>connect|bind)\(\d+(?:<[^>]*>)?, "
+    r'\{sa_family=AF_UNIX, sun_path="(?P<path>[^"]+)"\}.*\)\s+=\s+0'
+)
+_EXEC = re.compile(r'^\d+\s+execve\("(?P<path>[^"]+)".*\)\s+=\s+0')
+
+
+def file_accesses(log: Path, after: str | None = None) -> set[tuple[str, str]]:
+    """(path, permission) pairs: 'r', 'w', 'm' (mapped executable), 'x' (executed)."""
+    out: set[tuple[str, str]] = set()
+    started = after is None
+    for line in log.read_text(errors="replace").splitlines():
+        if not started:
+            started = after is not None and after in line
+            continue
+        if m := _OPEN.match(line):
+            path = m["real"]
+            flags = m["flags"].split("|")
+            # AppArmor names a directory with a trailing slash however it was opened (the
+            # trace is read while the traced files still exist).
+            if "O_DIRECTORY" in flags or path == "/" or Path(path).is_dir():
+                path = path.rstrip("/") + "/"
+            writing = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"} & set(flags)
+            out.add((path, "w" if writing else "r"))
+            if "O_RDWR" in flags:
+                out.add((path, "r"))
+        elif m := _MMAP_X.match(line):
+            out.add((m["path"], "m"))
+        elif m := _UNIX.match(line):
+            if not m["path"].startswith("@"):  # abstract sockets are not files
+                out.add((m["path"], "w"))
+        elif m := _EXEC.match(line):
+            out.add((m["path"], "x"))
+    return out
+
+
+def translate(accesses: set[tuple[str, str]], prefixes: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Move test paths to their production places (first matching prefix wins)."""
+    moved = set()
+    for path, perm in accesses:
+        for old, new in prefixes:
+            if path == old.rstrip("/") or path.startswith(old):
+                path = new + path[len(old) :] if path.startswith(old) else new.rstrip("/")
+                break
+        moved.add((path, perm))
+    return moved

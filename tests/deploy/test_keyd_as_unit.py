@@ -33,7 +33,8 @@ from keyd.client import KeydClient
 from keyd.config import Config
 from keyd.errors import KeydError
 from keyd.server import serve
-from tests.deploy.syscalls import allowed_syscalls, read_trace, syscall_groups
+from tests.apparmor.policy import compiled_file_rules, decide
+from tests.deploy.syscalls import allowed_syscalls, file_accesses, read_trace, syscall_groups, translate
 from tests.deploy.test_units import options
 from tests.support import need_binary, need_root
 
@@ -179,7 +180,7 @@ def keyd_like_the_unit(memlock: int, key: bytes, strace_log: Path | None = None)
         os.close(go_r)
         tracer = None
         if strace_log is not None:
-            tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(pid), "-o", str(strace_log)])
+            tracer = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p", str(pid), "-o", str(strace_log)])
             wait_for(lambda: _traced(pid), "strace to attach")
         os.write(go_w, b"g")
         os.close(go_w)
@@ -312,6 +313,21 @@ def test_the_unit_filters_allow_what_keyd_does(tmp_path: Path) -> None:
         os.chmod(tmp, 0o600)
         os.rename(tmp, u.shm / "ekey")
         wait_for(lambda: ask_status(u.socket, WEB_UID, WEB_GID, [CLIENTS_GID]) == "unsealed", "unseal")
+        # Files keyd touched, moved to their production paths, against the compiled AppArmor profile
+        # (read while the test's directories still exist).
+        moves = [
+            (f"{u.state}/", "/var/lib/strongroom-keyd/"),
+            (f"{u.socket.parent}/", "/run/strongroom-keyd/"),
+            (f"{u.shm}/", "/dev/shm/"),
+            ("/proc/self/", "/proc/4242/"),
+            ("/proc/thread-self/", "/proc/4242/task/4243/"),
+        ]
+        accesses = translate(file_accesses(trace_log, after=EXEC_MARKER), moves)
+    rules = compiled_file_rules(need_binary("apparmor_parser"), ROOT / "apparmor" / "strongroom-keyd")
+    refused = sorted((p, m) for p, m in accesses if not decide(rules, p).allows(m))
+    assert refused == [], "the profile would refuse:\n" + "\n".join(f"{p} {m}" for p, m in refused)
+    assert {("/var/lib/strongroom-keyd/events.jsonl", "w"), ("/dev/shm/ekey", "r")} <= accesses
+    assert ("/run/strongroom-keyd/keyd.sock", "w") in accesses
     trace = read_trace(trace_log, after=EXEC_MARKER)
     opts = options("strongroom-keyd.service")
     allowed = allowed_syscalls(opts["SystemCallFilter"], syscall_groups(analyze))

@@ -13,6 +13,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.syscalls import Trace, allowed_syscalls, read_trace, syscall_groups
+from tests.apparmor.policy import compiled_file_rules, decide
+from tests.deploy.syscalls import (
+    Trace,
+    allowed_syscalls,
+    file_accesses,
+    read_trace,
+    syscall_groups,
+    translate,
+)
 from tests.deploy.test_units import options
 from tests.support import need_binary
 from webapp import create_app
@@ -61,6 +70,7 @@ def unit_environment() -> dict[str, str]:
 
 @dataclass
 class Served:
+    tmp: Path
     socket: Path
     notified: bytes
     proc: subprocess.Popen[bytes]
@@ -72,19 +82,22 @@ def served() -> Iterator[Served]:
     strace = need_binary("strace")
     with tempfile.TemporaryDirectory(prefix="web-unit-") as tmp_name:
         tmp = Path(tmp_name)
-        web_socket = tmp / "gunicorn.sock"
-        notify = tmp / "notify.sock"
+        (tmp / "run-web").mkdir()
+        (tmp / "notify").mkdir()
+        web_socket = tmp / "run-web" / "gunicorn.sock"
+        notify = tmp / "notify" / "notify.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         listener.bind(str(notify))
         listener.settimeout(30)
         instance = tmp / "instance"
         instance.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "WEB_CONCURRENCY"))}
+        # systemd starts services with an almost empty environment: so does the test.
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         env |= unit_environment()
         env |= {
             # What /etc/strongroom/webapp.env provides (deploy/webapp.env.in), with a test database.
             "STRONGROOM_SECRET_KEY": secrets.token_urlsafe(40),
-            "STRONGROOM_DATABASE_URL": f"sqlite:///{tmp}/strongroom.db",
+            "STRONGROOM_DATABASE_URL": f"sqlite:///{tmp}/instance/strongroom.db",
             "STRONGROOM_KEYD_SOCKET": str(tmp / "no-keyd.sock"),
             "STRONGROOM_INSTANCE_PATH": str(instance),
             "WEB_CONCURRENCY": "1",
@@ -103,7 +116,7 @@ def served() -> Iterator[Served]:
         log = (tmp / "gunicorn.log").open("wb")
         # Traced (every process, every system call) to compare with the unit's filters below.
         strace_log = tmp / "strace.log"
-        argv = [strace, "-f", "-qq", "-o", str(strace_log), *unit_argv(web_socket)]
+        argv = [strace, "-f", "-qq", "-y", "-o", str(strace_log), *unit_argv(web_socket)]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             messages = b""
@@ -113,7 +126,7 @@ def served() -> Iterator[Served]:
                     messages += listener.recv(4096) + b"\n"
                 except TimeoutError:
                     break
-            yield Served(web_socket, messages, proc, strace_log)
+            yield Served(tmp, web_socket, messages, proc, strace_log)
         finally:
             try:
                 stop(proc)
@@ -191,3 +204,32 @@ def test_the_unit_filters_allow_what_gunicorn_does(served: Served) -> None:
     assert trace.calls - allowed == set(), "refused by SystemCallFilter= (EPERM under systemd)"
     assert trace.families <= set(opts["RestrictAddressFamilies"][0].split())
     assert trace.write_exec_maps == [], "MemoryDenyWriteExecute= would refuse these"
+
+    # The same trace against the compiled AppArmor profile, every path moved to where it is in
+    # production (checkout -> /opt/strongroom, this python -> Debian's, temp dirs -> /run, /var/lib).
+    parser = need_binary("apparmor_parser")
+    rules = compiled_file_rules(parser, ROOT / "apparmor" / "strongroom-web")
+    prefix = Path(sys.base_prefix)
+    moves = [
+        (f"{served.tmp}/run-web/", "/run/strongroom-web/"),
+        (f"{served.tmp}/instance/", "/var/lib/strongroom-web/"),
+        (f"{served.tmp}/notify/notify.sock", "/run/systemd/notify"),
+        (f"{ROOT}/", "/opt/strongroom/"),
+        (f"{prefix}/lib/python3.11/", "/usr/lib/python3.11/"),
+        (f"{prefix}/lib/", "/usr/lib/x86_64-linux-gnu/"),
+        (f"{prefix}/bin/", "/usr/bin/"),
+        ("/proc/self/", "/proc/4242/"),
+        ("/proc/thread-self/", "/proc/4242/task/4243/"),
+    ]
+    accesses = translate(file_accesses(served.strace_log), moves)
+    # Every test path was moved, and the trace is not trivially small.
+    assert [p for p, _ in accesses if p.startswith(("/root/", str(served.tmp), str(ROOT)))] == []
+    assert sum(p.startswith("/opt/strongroom/") for p, _ in accesses) > 100
+    assert sum(p.startswith("/usr/lib/python3.11/") for p, _ in accesses) > 50
+    started = "/opt/strongroom/.venv/bin/gunicorn"  # exec'd by systemd, into the profile
+    refused = sorted(
+        (path, perm)
+        for path, perm in accesses
+        if (path, perm) != (started, "x") and not decide(rules, path).allows(perm)
+    )
+    assert refused == [], "the profile would refuse:\n" + "\n".join(f"{p} {m}" for p, m in refused)
