@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from apache.crs_redact import CRS_RULES, generate
 from apache.private import SITE, PrivateApache, Settings, modules, render
 from tests.apache.stack import free_port, traversable_dir
 from tests.fixtures.pki import Issued, TestCA
-from tests.support import need_binary, need_root
+from tests.support import component_missing, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 # The contract with the deploy script and docs/apache.md: production defaults of the site file.
@@ -241,3 +242,12 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_committed_crs_redaction_matches_the_installed_crs() -> None:
+    # A CRS upgrade with new value-logging rules must not silently log values again.
+    if not CRS_RULES.is_dir():
+        component_missing("modsecurity-crs is not installed")
+    committed = (ROOT / "apache" / "modsecurity-crs-redact.conf").read_text()
+    assert committed == generate(), "run: python -m apache.crs_redact > apache/modsecurity-crs-redact.conf"
+    assert committed.count("SecRuleUpdateActionById") > 200

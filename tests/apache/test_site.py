@@ -244,19 +244,25 @@ PROBES = [
     pytest.param("GET", f"/login?q={quote(XSS)}", None, id="xss-query"),
     pytest.param("POST", "/login", urlencode({"username": '<img src=x onerror="alert(1)">'}), id="xss-form"),
     pytest.param("GET", "/login?file=../../../../etc/passwd", None, id="path-traversal"),
+    # A chained CRS rule (920450, httpoxy): proves the redaction rewrite kept its chain.
+    pytest.param("GET", "/login", {"Proxy": "http://evil.example/"}, id="restricted-header"),
+    pytest.param("POST", "/login", f"q={quote(TEST_PAN + SQLI)}", id="sqli-carrying-a-pan"),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROBES)
 def test_attack_probes_get_403_from_modsecurity(
-    stack: Stack, method: str, path: str, body: str | None
+    stack: Stack, method: str, path: str, body: str | dict[str, str] | None
 ) -> None:
     errors = LogMark(stack.apache_error_log)
-    status, _, page = send(stack, "alice", method, path, body=body)
+    headers, form = (body, None) if isinstance(body, dict) else (None, body)
+    status, _, page = send(stack, "alice", method, path, body=form, headers=headers)
     assert status == 403
     assert "Log in" not in page
     logged = errors.wait_for(lambda t: "ModSecurity: Access denied" in t)
     assert "ModSecurity: Access denied with code 403" in logged  # what ops/checks/logs.py counts
+    assert "value withheld" in logged
+    assert TEST_PAN not in logged
 
 
 def test_the_audit_log_records_denials_without_bodies_or_request_lines(stack: Stack) -> None:
@@ -279,6 +285,9 @@ def test_no_card_number_in_any_apache_or_modsecurity_log(stack: Stack) -> None:
     assert send(stack, "alice", "POST", "/login", body=urlencode(blocked))[0] == 403
     assert send(stack, "alice", "POST", "/login", body=urlencode(form))[0] != 403  # passed ModSecurity
     assert send(stack, "alice", "GET", f"/login?pan={TEST_PAN}&q={quote(XSS)}")[0] == 403
+    # The card number inside the very value that trips the CRS (its logdata would echo it).
+    assert send(stack, "alice", "POST", "/login", body=urlencode({"q": TEST_PAN + SQLI}))[0] == 403
+    assert send(stack, "alice", "GET", f"/login?q={quote(XSS + TEST_PAN)}")[0] == 403
     assert send(stack, "alice", "GET", f"/login?pan={TEST_PAN}")[0] != 403  # the app's own 400
     assert send(stack, "alice", "PUT", f"/login?pan={TEST_PAN}", body=urlencode(form))[0] == 405
     time.sleep(0.3)  # access lines are written after the response
