@@ -57,6 +57,25 @@ def allowed_syscalls(filters: list[str], groups: dict[str, list[str]]) -> set[st
     return allowed
 
 
+_UNFINISHED = " <unfinished ...>"
+_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. [a-z0-9_]+ resumed>(.*)$")
+
+
+def _lines(log: Path) -> list[str]:
+    """The log's lines with each interrupted call (another thread ran in between) joined again."""
+    pending: dict[str, str] = {}
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.endswith(_UNFINISHED):
+            pending[line.split()[0]] = line.removesuffix(_UNFINISHED)
+            continue
+        m = _RESUMED.match(line)
+        if m and m[1] in pending:
+            line = pending.pop(m[1]) + m[2]
+        out.append(line)
+    return out
+
+
 @dataclass
 class Trace:
     calls: set[str] = field(default_factory=set)
@@ -68,7 +87,7 @@ def read_trace(path: Path, after: str | None = None) -> Trace:
     """Syscalls in an `strace -f` log; with `after`, only those following the line containing it."""
     trace = Trace()
     started = after is None
-    for line in path.read_text(errors="replace").splitlines():
+    for line in _lines(path):
         if not started:
             started = after is not None and after in line
             continue
@@ -101,13 +120,15 @@ def file_accesses(log: Path, after: str | None = None) -> set[tuple[str, str]]:
     """(path, permission) pairs: 'r', 'w', 'm' (mapped executable), 'x' (executed)."""
     out: set[tuple[str, str]] = set()
     started = after is None
-    for line in log.read_text(errors="replace").splitlines():
+    for line in _lines(log):
         if not started:
             started = after is not None and after in line
             continue
         if m := _OPEN.match(line):
             path = m["real"]
             flags = m["flags"].split("|")
+            if "O_PATH" in flags:  # a path handle, no read or write: AppArmor does not mediate it
+                continue
             # AppArmor names a directory with a trailing slash however it was opened (the
             # trace is read while the traced files still exist).
             if "O_DIRECTORY" in flags or path == "/" or Path(path).is_dir():
