@@ -14,6 +14,7 @@ runs in the foreground until SIGTERM or SIGINT; SIGHUP/SIGUSR1 reload gracefully
 from __future__ import annotations
 
 import argparse
+import ctypes
 import grp
 import os
 import pwd
@@ -174,6 +175,13 @@ Include {site}
 """
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when whoever started Apache dies (a killed launcher or
+    test run must not leave a root Apache listening)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class PrivateApache:
     """A running private instance: `with PrivateApache(settings) as apache: ...` (stops on exit)."""
 
@@ -218,6 +226,7 @@ class PrivateApache:
             [self.binary, "-d", str(s.run_dir), "-f", str(s.conf), "-DFOREGROUND"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # only a prctl: safe between fork and exec
         )
         deadline = time.monotonic() + timeout
         while not self._listens():

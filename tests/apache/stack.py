@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from apache.private import PrivateApache, Settings
 from tests.fixtures.pki import Issued, TestCA
-from tests.keyd.conftest import unsealed_keyd
+from tests.keyd.conftest import Keyd, unsealed_keyd
 from tests.support import component_missing, need_binary, need_root
 from webapp import create_app
 from webapp.db import migrate
@@ -172,13 +174,7 @@ class Stack:
 
     def apache_children(self) -> list[int]:
         """Pids of the Apache parent's children (the processes that serve requests)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.apache.pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        return [int(p) for p in out.split()]
+        return [p.pid for p in psutil.Process(self.apache.pid).children()]
 
 
 def _typed(value: str) -> object:
@@ -217,6 +213,18 @@ def _wait_for_socket(proc: subprocess.Popen[bytes], path: Path, log: Path, timeo
 
 
 @contextlib.contextmanager
+def _killed_on_error(keyd: Keyd) -> Iterator[None]:
+    # unsealed_keyd() stops keyd only when its body ends normally; a failed start must not leave
+    # a daemon holding a key behind.
+    try:
+        yield
+    except BaseException:
+        if keyd.proc is not None:
+            keyd.kill()
+        raise
+
+
+@contextlib.contextmanager
 def running_stack(
     tmp_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
@@ -245,7 +253,7 @@ def running_stack(
     web_socket = web_dir / "gunicorn.sock"
     db_url = f"sqlite:///{tmp_dir / 'strongroom.db'}"
 
-    with unsealed_keyd() as keyd:
+    with unsealed_keyd() as keyd, _killed_on_error(keyd.keyd):
         app_env = {
             "STRONGROOM_MODE": "production",
             "STRONGROOM_SECRET_KEY": SECRET,

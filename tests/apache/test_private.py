@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -230,10 +230,39 @@ def test_the_cli_runs_reloads_and_stops(files: Files) -> None:
         assert not s.pid_file.exists() or not _alive(int(s.pid_file.read_text()))
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.kill()  # Apache follows it (PR_SET_PDEATHSIG in apache/private.py)
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_a_killed_launcher_takes_apache_down(files: Files) -> None:
+    s = files.settings
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache.private", "run", "--port", str(s.port), "--run-dir", str(s.run_dir),
+         "--web-socket", str(s.web_socket), "--tls-cert", str(s.tls_cert), "--tls-key", str(s.tls_key),
+         "--client-ca", str(s.client_ca), "--crl", str(s.crl)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("apache listening")
+        _wait(lambda: s.pid_file.exists() and s.pid_file.read_text().strip() != "", "the pid file")
+        apache_pid = int(s.pid_file.read_text())
+        assert _alive(apache_pid)
+    finally:
+        proc.kill()  # no chance to stop Apache itself
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    _wait(lambda: not _alive(apache_pid), "Apache to follow its launcher")
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
