@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from ops.checks.access import parse_line
+from tests.apache.conftest import PASSWORDS
 from tests.apache.stack import Stack
 from tests.fixtures.pki import TestCA
 
@@ -421,3 +422,37 @@ def test_gunicorn_is_reachable_only_through_apache(stack: Stack) -> None:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_whole_login_through_the_front_door(stack: Stack) -> None:
+    # CSRF token, __Host- cookie, session bound to the IP Apache reports, keyd unsealed: the home
+    # page answers. ModSecurity must let a real login form through (no false positive).
+    conn = stack.connection("alice")
+    try:
+        conn.request("GET", "/login")
+        resp = conn.getresponse()
+        page = resp.read().decode()
+        cookie = (resp.getheader("Set-Cookie") or "").split(";")[0]
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+        assert token
+        form = {"csrf_token": token.group(1), "username": "alice", "password": PASSWORDS["alice"]}
+        conn.request(
+            "POST",
+            "/login",
+            body=urlencode(form),
+            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 302
+        session = (resp.getheader("Set-Cookie") or "").split(";")[0]
+        conn.request("GET", "/", headers={"Cookie": session})
+        resp = conn.getresponse()
+        home = resp.read().decode()
+        assert resp.status == 200, home
+    finally:
+        conn.close()
+    logins = [r for r in audit_rows(stack) if r["actor"] == "alice" and r["outcome"] == "success"]
+    assert logins
+    assert {r["ip"] for r in logins} == {"127.0.0.1"}
+    assert {r["cert_serial"] for r in logins} == {serial_of(stack, "alice")}
