@@ -59,9 +59,9 @@ def unit_argv(web_socket: Path) -> list[str]:
     return [f"unix:{web_socket}" if a == f"unix:{UNIT_SOCKET}" else a for a in argv]
 
 
-def unit_environment() -> dict[str, str]:
+def unit_environment(unit: str = "strongroom-web.service") -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in options("strongroom-web.service")["Environment"]:
+    for line in options(unit)["Environment"]:
         for item in shlex.split(line):
             key, _, value = item.partition("=")
             env[key] = value
