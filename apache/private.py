@@ -167,6 +167,8 @@ ThreadsPerChild 8
 MaxRequestWorkers 16
 MinSpareThreads 4
 MaxSpareThreads 16
+# As Debian's mime.conf: mod_mime (which Debian's ssl.conf needs) refuses to start without it.
+TypesConfig /etc/mime.types
 SSLSessionCache shmcb:{s.state_dir}/ssl_scache(512000)
 SSLSessionCacheTimeout 300
 {defines}
