@@ -261,3 +261,43 @@ def test_units_name_these_profiles() -> None:
         assert f"\nAppArmorProfile={profile}\n" in (DEPLOY / unit).read_text()
     # Apache is attached by path: the profile must name Debian's binary.
     assert "profile strongroom-apache2 /usr/sbin/apache2 " in (APPARMOR / "strongroom-apache2").read_text()
+
+
+WEAKENINGS: list[tuple[str, Callable[[str], str], str]] = [
+    # (profile, edit, path the checks must now flag)
+    (
+        "strongroom-web",
+        lambda t: t.replace("  deny /var/lib/strongroom-keyd/{,**} rwklx,\n", ""),
+        KEYD_STATE,
+    ),
+    (
+        "strongroom-web",
+        lambda t: t.replace("  /var/lib/strongroom-web/ r,\n", "  /var/lib/** r,\n"),
+        KEYD_STATE,
+    ),
+    (
+        "strongroom-apache2",
+        lambda t: t.replace(
+            "  deny /var/lib/strongroom-ca/issuing/{,**} rwklx,\n", "  /var/lib/strongroom-ca/** r,\n"
+        ),
+        "/var/lib/strongroom-ca/issuing/issuing-key.pem",
+    ),
+    (
+        "strongroom-keyd",
+        lambda t: t.replace("  deny /etc/strongroom/webapp.env rwklx,\n", "  /etc/strongroom/* r,\n"),
+        "/etc/strongroom/webapp.env",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "path"), WEAKENINGS, ids=[f"{w[0]}:{w[2]}" for w in WEAKENINGS])
+def test_the_checks_notice_a_weakened_profile(
+    parser: str, tmp_path: Path, name: str, edit: Callable[[str], str], path: str
+) -> None:
+    """The explicit-deny check above is not vacuous: dropping a deny, or adding a broad allow, is seen."""
+    text = (APPARMOR / name).read_text()
+    weakened = edit(text)
+    assert weakened != text
+    (tmp_path / name).write_text(weakened)
+    decision = decide(compiled_file_rules(parser, tmp_path / name), path)
+    assert decision.denied & 0x7 != 0x7 or decision.granted & 0x6 != 0
