@@ -1,5 +1,6 @@
 """Apache, configured by deploy/install.sh (the real site, modules and ModSecurity + CRS), traced
-while it starts, serves one mTLS request through the proxy and stops: every file it opened, mapped
+while it starts, serves an mTLS request through the proxy, reloads gracefully (the CA's hook after a
+new CRL), serves again and stops: every file it opened, mapped
 or connected to must be allowed by the compiled `strongroom-apache2` AppArmor profile, with the
 throwaway root's paths moved back to /. There is no AppArmor in this kernel to enforce the profile;
 this checks it would not break Apache (apparmor/README.md still says: complain mode first)."""
@@ -50,6 +51,18 @@ class _Backend(http.server.BaseHTTPRequestHandler):
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+
+
+def _get(context: ssl.SSLContext, port: int) -> bytes:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+    return answer
 
 
 def _free_port() -> int:
@@ -134,15 +147,14 @@ def apache_trace() -> Iterator[tuple[set[tuple[str, str]], int]]:
                     time.sleep(0.1)
             context = ssl.create_default_context(cafile=str(publish / "chain.pem"))
             context.load_cert_chain(client_cert, client_key)
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-                context.wrap_socket(raw, server_hostname="localhost") as tls,
-            ):
-                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                answer = b""
-                while chunk := tls.recv(4096):
-                    answer += chunk
-            status = answer.split(b"\r\n", 1)[0]
+            first = _get(context, port)
+            # What the CA's reload hook does after a new CRL (apache2ctl graceful = apache2 -k
+            # graceful): that process runs in the profile too, and the master re-reads the CRL.
+            graceful = [strace, "-f", "-qq", "-y", "-o", str(base / "graceful.log"), apache2]
+            graceful += ["-d", str(root / "etc/apache2"), "-f", str(top), "-k", "graceful"]
+            subprocess.run(graceful, env=env, check=True, capture_output=True, timeout=30)
+            time.sleep(1)
+            second = _get(context, port)
         finally:
             # SIGTERM to Apache (strace's child), as systemd's stop would.
             for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
@@ -151,13 +163,15 @@ def apache_trace() -> Iterator[tuple[set[tuple[str, str]], int]]:
             err.close()
             backend.shutdown()
             backend.server_close()
-        assert status.startswith(b"HTTP/1.1 200"), answer[:300]
+        for answer in (first, second):
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         moves = [
             (f"{root}/", "/"),
             ("/proc/self/", "/proc/4242/"),
             ("/proc/thread-self/", "/proc/4242/task/4243/"),
         ]
-        yield translate(file_accesses(trace_log), moves), port
+        accesses = file_accesses(trace_log) | file_accesses(base / "graceful.log")
+        yield translate(accesses, moves), port
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
