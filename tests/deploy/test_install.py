@@ -28,12 +28,29 @@ INSTALL = ROOT / "deploy" / "install.sh"
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 
 
+BASE_ACCOUNTS = ("root", "daemon", "www-data", "nobody")
+BASE_GROUPS = ("root", "daemon", "adm", "shadow", "www-data", "nogroup")
+
+
 def make_root(base: Path, *, apache: bool = True) -> Path:
-    """A Debian-like target: the host's account files (so www-data exists) and /etc/apache2."""
+    """A Debian-like target: Debian's base accounts (root, www-data...; taken from this host's public
+    passwd/group, never its password hashes), login.defs, and a copy of /etc/apache2."""
     root = base / "root"
-    (root / "etc").mkdir(parents=True)
-    for name in (*ACCOUNT_FILES, "login.defs"):
-        shutil.copy2(f"/etc/{name}", root / "etc" / name)
+    etc = root / "etc"
+    etc.mkdir(parents=True)
+    passwd = [
+        line for line in Path("/etc/passwd").read_text().splitlines() if line.split(":")[0] in BASE_ACCOUNTS
+    ]
+    group = [
+        line for line in Path("/etc/group").read_text().splitlines() if line.split(":")[0] in BASE_GROUPS
+    ]
+    (etc / "passwd").write_text("".join(f"{line}\n" for line in passwd))
+    (etc / "group").write_text("".join(f"{line}\n" for line in group))
+    (etc / "shadow").write_text("".join(f"{line.split(':')[0]}:*:19000:0:99999:7:::\n" for line in passwd))
+    (etc / "gshadow").write_text("".join(f"{line.split(':')[0]}:*::\n" for line in group))
+    for name in ("shadow", "gshadow"):
+        (etc / name).chmod(0o600)
+    shutil.copy2("/etc/login.defs", etc / "login.defs")
     if apache:
         shutil.copytree("/etc/apache2", root / "etc/apache2", symlinks=True)
     return root
