@@ -197,6 +197,8 @@ def test_keyd_config_admits_the_web_app_only(installed: Installed) -> None:
     assert config.allowed_uids == {installed.uid("strongroom-web")}
     assert installed.uid("www-data") not in config.allowed_uids
     assert config.admin_uids == {0}
+    # A hand start as root ends up like the unit: keyd's user, the socket in the clients group.
+    assert (config.user, config.socket_group) == ("strongroom-keyd", "strongroom-keyd-clients")
     defaults = Config()
     assert (config.socket, config.state_dir, config.drop_path) == (
         defaults.socket,
