@@ -132,6 +132,16 @@ keep_file() {
     chmod "$2" "$R$1"
 }
 
+# The code is run by the services but must not be writable by them (or anyone but root): a
+# compromised service could plant code for its next start. Checked, not changed: it is your checkout.
+if [ -d "$R/opt/strongroom" ]; then
+    bad="$(find "$R/opt/strongroom" \( ! -uid 0 -o -perm -0020 -o -perm -0002 \) -print -quit)"
+    if [ -n "$bad" ]; then
+        echo "install.sh: WARNING: ${bad#"$R"} is not root-owned or is group/world-writable;" \
+            "run: chown -R root:root /opt/strongroom && chmod -R go-w /opt/strongroom" >&2
+    fi
+fi
+
 dir /etc/strongroom 0755 root:root
 dir /var/lib/strongroom-keyd 0700 strongroom-keyd:strongroom-keyd-clients
 # keyd init runs as root and may leave root-owned files: hand them to keyd (it must append events).

@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -390,3 +391,27 @@ def test_an_existing_account_loses_its_login_shell(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert entries(root / "etc/passwd")["strongroom-web"][6] == "/usr/sbin/nologin"
     assert "strongroom-web" in entries(root / "etc/group")["strongroom-keyd-clients"][3].split(",")
+
+
+@pytest.mark.parametrize(
+    ("why", "setup"),
+    [
+        ("a world-writable file", lambda p: p.chmod(0o666)),
+        ("a group-writable file", lambda p: p.chmod(0o664)),
+        ("a file owned by another user", lambda p: os.chown(p, 33, 33)),
+    ],
+)
+def test_a_writable_checkout_is_reported(tmp_path: Path, why: str, setup: Callable[[Path], None]) -> None:
+    need_root()
+    root = make_root(tmp_path, apache=False)
+    code = root / "opt/strongroom/webapp"
+    code.mkdir(parents=True)
+    (code / "app.py").write_text("# code\n")
+    (code / "app.py").chmod(0o644)
+    clean = run_install(root, "--skip-apache")
+    assert clean.returncode == 0, clean.stderr
+    assert "WARNING" not in clean.stderr
+    setup(code / "app.py")
+    res = run_install(root, "--skip-apache")
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: /opt/strongroom/webapp/app.py" in res.stderr, why
