@@ -214,11 +214,9 @@ else
     export STRONGROOM_BEHIND_PROXY=true
     echo "== gunicorn on unix:$WEB_SOCKET (behind Apache)"
     # No TLS here: Apache verified the client certificate and passes it in a header that the app
-    # believes only on this socket. Worker settings as in webapp/gunicorn_conf.py, no trusted
-    # forwarding headers, and no access log: Apache's omits query strings, gunicorn's would not.
-    "$PY" -m gunicorn "webapp:create_app()" --bind "unix:$WEB_SOCKET" --workers 2 \
-        --worker-class sync --threads 1 --timeout 30 --no-control-socket --header-map drop \
-        --forwarded-allow-ips "" --error-logfile - --pid "$DEMO_DIR/gunicorn.pid" \
+    # believes only on this socket. webapp/gunicorn_conf.py's proxy mode (a unix: bind): no trusted
+    # forwarding headers, underscore headers dropped, no access log (Apache's omits query strings).
+    STRONGROOM_BIND=unix:$WEB_SOCKET "$PY" -m gunicorn -c webapp/gunicorn_conf.py --pid "$DEMO_DIR/gunicorn.pid" \
         2>>"$DEMO_DIR/gunicorn.log" >>"$DEMO_DIR/gunicorn.log" &
     pids+=($!)
     for _ in $(seq 100); do [[ -S "$WEB_SOCKET" ]] && break; sleep 0.1; done

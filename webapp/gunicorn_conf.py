@@ -1,24 +1,28 @@
-"""gunicorn serving Strongroom directly over TLS with required client certificates (dev/demo mode).
+"""gunicorn for Strongroom, in the two ways it runs:
 
     gunicorn -c webapp/gunicorn_conf.py
 
-Settings come from the environment (the app's own STRONGROOM_* settings are read by create_app):
+**Behind Apache (production, `make run APACHE=1`)**: STRONGROOM_BIND is `unix:/path/gunicorn.sock`.
+Apache terminates TLS, checks the client certificate and the CRL, and forwards the verified certificate
+in a header; the app trusts that header only when STRONGROOM_BEHIND_PROXY=true (required here, so a
+half-configured proxy mode fails at start rather than refusing every login) and only on a Unix socket.
+gunicorn's socket is created 0777: its directory (root or the app's user : www-data, 0710) is the gate.
+
+**Terminating TLS itself (the plain demo)**: STRONGROOM_BIND is `address:port` (default 127.0.0.1:8443):
     STRONGROOM_TLS_CERT    server certificate chain (PEM)            required
     STRONGROOM_TLS_KEY     its private key (PEM)                      required
     STRONGROOM_CLIENT_CA   CA that issues employee certificates      required
     STRONGROOM_CRL         that CA's CRL (PEM); checked for the leaf  required
-    STRONGROOM_BIND        address:port (default 127.0.0.1:8443)
-    STRONGROOM_WORKERS     worker processes (default 2)
-
 gunicorn verifies the chain and the CRL in the TLS handshake; without a valid, unrevoked client
-certificate there is no HTTP request at all. The app then reads the certificate's DER from the TLS
-socket and also requires it to be bound to an active user. gunicorn has no CRL option, hence the
-ssl_context hook. The CRL file is read once at start: restart (or HUP) gunicorn after the CA
-publishes a new one. Behind Apache (production) none of this is used: see docs/webapp.md.
+certificate there is no HTTP request at all. gunicorn has no CRL option, hence the ssl_context hook.
+The CRL file is read once at start: HUP gunicorn after the CA publishes a new one.
+
+Both: STRONGROOM_WORKERS (else WEB_CONCURRENCY, else 2) sync workers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from typing import Any
@@ -33,33 +37,54 @@ def _required(name: str) -> str:
     return value
 
 
+def _behind_proxy() -> bool:
+    raw = os.environ.get("STRONGROOM_BEHIND_PROXY", "false")
+    try:
+        return json.loads(raw) is True
+    except ValueError:
+        return False
+
+
 wsgi_app = "webapp:create_app()"
-bind = [os.environ.get("STRONGROOM_BIND", "127.0.0.1:8443")]
-workers = int(os.environ.get("STRONGROOM_WORKERS", "2"))
+_bind = os.environ.get("STRONGROOM_BIND", "127.0.0.1:8443")
+bind = [_bind]
+workers = int(os.environ.get("STRONGROOM_WORKERS") or os.environ.get("WEB_CONCURRENCY") or "2")
 # sync workers: threads > 1 would silently switch to gthread (PLATFORM-NOTES.md).
 worker_class = "sync"
 threads = 1
 timeout = 30
 # No shared control socket: several instances (tests, demo) must not collide on ~/.gunicorn.
 control_socket_disable = True
-# Never let a client-sent header decide the scheme.
+# Never let a client-sent header decide the scheme or the client's address.
 secure_scheme_headers: dict[str, str] = {}
-forwarded_allow_ips = "127.0.0.1"
-accesslog = "-"
+forwarded_allow_ips = ""
+# Headers whose names hold an underscore are dropped: X_Strongroom_Client_Cert would otherwise reach
+# the app as the same WSGI variable as the header Apache sets.
+header_map = "drop"
 errorlog = "-"
 
-certfile = _required("STRONGROOM_TLS_CERT")
-keyfile = _required("STRONGROOM_TLS_KEY")
-ca_certs = _required("STRONGROOM_CLIENT_CA")
-cert_reqs = ssl.CERT_REQUIRED
-_crl = _required("STRONGROOM_CRL")
+if _bind.startswith("unix:"):
+    if not _behind_proxy():
+        raise SystemExit("gunicorn_conf: a unix: bind is the proxy mode: set STRONGROOM_BEHIND_PROXY=true")
+    # Apache keeps the access and review logs (without query strings); no second copy here.
+    accesslog = None
+else:
+    if _behind_proxy():
+        raise SystemExit("gunicorn_conf: STRONGROOM_BEHIND_PROXY=true needs a unix: bind behind Apache")
+    accesslog = "-"
+    # The path without the query string: a card number typed into a search box stays out of the log.
+    access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
+    certfile = _required("STRONGROOM_TLS_CERT")
+    keyfile = _required("STRONGROOM_TLS_KEY")
+    ca_certs = _required("STRONGROOM_CLIENT_CA")
+    cert_reqs = ssl.CERT_REQUIRED
+    _crl = _required("STRONGROOM_CRL")
 
-
-def ssl_context(conf: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
-    context: ssl.SSLContext = default_ssl_context_factory()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    # A revoked employee certificate fails the handshake itself.
-    context.load_verify_locations(cafile=_crl)
-    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return context
+    def ssl_context(conf: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
+        context: ssl.SSLContext = default_ssl_context_factory()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = ssl.CERT_REQUIRED
+        # A revoked employee certificate fails the handshake itself.
+        context.load_verify_locations(cafile=_crl)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        return context

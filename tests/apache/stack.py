@@ -271,30 +271,13 @@ def running_stack(
         app.extensions["strongroom"].engine.dispose()
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | app_env
+        env |= {"STRONGROOM_BIND": f"unix:{web_socket}", "STRONGROOM_WORKERS": str(workers)}
         gunicorn_log = tmp_dir / "gunicorn.log"
         with gunicorn_log.open("ab") as log:
-            # Not webapp/gunicorn_conf.py: that file is the TLS-terminating demo mode and requires
-            # TLS settings. Proxy mode needs only a bind address; the same safety settings are
-            # repeated here (sync workers, no control socket, no trusted forwarding headers).
-            # No gunicorn access log: Apache's logs omit query strings, gunicorn's would not.
+            # webapp/gunicorn_conf.py, as production runs it: a unix: bind is its proxy mode (no TLS,
+            # no trusted forwarding headers, underscore headers dropped, no access log).
             gunicorn = subprocess.Popen(
-                [
-                    str(GUNICORN),
-                    "--bind",
-                    f"unix:{web_socket}",
-                    "--workers",
-                    str(workers),
-                    "--worker-class",
-                    "sync",
-                    "--threads",
-                    "1",
-                    "--no-control-socket",
-                    "--forwarded-allow-ips",
-                    "",
-                    "--header-map",
-                    "drop",
-                    "webapp:create_app()",
-                ],
+                [str(GUNICORN), "-c", str(ROOT / "webapp" / "gunicorn_conf.py")],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

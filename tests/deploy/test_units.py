@@ -147,8 +147,11 @@ def test_paths_agree_with_the_components() -> None:
     site = (ROOT / "apache/strongroom-site.conf").read_text()
     socket = re.search(r"Define STRONGROOM_WEB_SOCKET (\S+)", site)
     assert socket is not None
-    assert f"--bind unix:{socket[1]} " in web["ExecStart"][0]
-    assert "gunicorn_conf" not in web["ExecStart"][0]  # the TLS-terminating demo config
+    assert f"STRONGROOM_BIND=unix:{socket[1]}" in " ".join(web["Environment"]).split()
+    assert "STRONGROOM_BEHIND_PROXY=true" in " ".join(web["Environment"]).split()
+    assert web["ExecStart"] == [
+        "/opt/strongroom/.venv/bin/gunicorn -c /opt/strongroom/webapp/gunicorn_conf.py"
+    ]
     assert socket[1].startswith(web["ReadWritePaths"][0] + "/")
     tmpfiles = (DEPLOY / "strongroom-tmpfiles.conf").read_text()
     assert f"d {web['ReadWritePaths'][0]} 0710 strongroom-web www-data -" in tmpfiles

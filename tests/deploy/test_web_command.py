@@ -52,11 +52,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def unit_argv(web_socket: Path) -> list[str]:
+def unit_argv() -> list[str]:
     command = options("strongroom-web.service")["ExecStart"][0]
-    argv = shlex.split(command.replace("/opt/strongroom", str(ROOT)))
-    assert argv.count(f"unix:{UNIT_SOCKET}") == 1
-    return [f"unix:{web_socket}" if a == f"unix:{UNIT_SOCKET}" else a for a in argv]
+    return shlex.split(command.replace("/opt/strongroom", str(ROOT)))
 
 
 def unit_environment(unit: str = "strongroom-web.service") -> dict[str, str]:
@@ -94,6 +92,8 @@ def served() -> Iterator[Served]:
         # systemd starts services with an almost empty environment: so does the test.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         env |= unit_environment()
+        assert env["STRONGROOM_BIND"] == f"unix:{UNIT_SOCKET}"
+        env["STRONGROOM_BIND"] = f"unix:{web_socket}"
         env |= {
             # What /etc/strongroom/webapp.env provides (deploy/webapp.env.in), with a test database.
             "STRONGROOM_SECRET_KEY": secrets.token_urlsafe(40),
@@ -116,7 +116,7 @@ def served() -> Iterator[Served]:
         log = (tmp / "gunicorn.log").open("wb")
         # Traced (every process, every system call) to compare with the unit's filters below.
         strace_log = tmp / "strace.log"
-        argv = [strace, "-f", "-qq", "-y", "-o", str(strace_log), *unit_argv(web_socket)]
+        argv = [strace, "-f", "-qq", "-y", "-o", str(strace_log), *unit_argv()]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             messages = b""

@@ -91,8 +91,23 @@ def test_valid_but_unbound_certificate_gets_no_login_page(server: Server) -> Non
     assert "<form" not in page
 
 
-def test_the_conf_refuses_to_start_without_its_files(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({}, "STRONGROOM_TLS_CERT must be set"),
+        ({"STRONGROOM_TLS_CERT": "/nonexistent.pem"}, "is not a file"),
+        # A Unix socket is the proxy mode; without the flag every login would be refused.
+        ({"STRONGROOM_BIND": "unix:/run/x/gunicorn.sock"}, "set STRONGROOM_BEHIND_PROXY=true"),
+        (
+            {"STRONGROOM_BIND": "unix:/run/x/gunicorn.sock", "STRONGROOM_BEHIND_PROXY": "1"},
+            "BEHIND_PROXY=true",
+        ),
+        # Trusting the certificate header on a TCP port would let any client name any certificate.
+        ({"STRONGROOM_BIND": "127.0.0.1:8443", "STRONGROOM_BEHIND_PROXY": "true"}, "needs a unix: bind"),
+    ],
+)
+def test_the_conf_refuses_to_start_half_configured(settings: dict[str, str], refusal: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | settings
     r = subprocess.run(
         [sys.executable, "-c", "import runpy; runpy.run_path('webapp/gunicorn_conf.py')"],
         cwd=ROOT,
@@ -102,7 +117,26 @@ def test_the_conf_refuses_to_start_without_its_files(tmp_path: Path) -> None:
         timeout=30,
     )
     assert r.returncode != 0
-    assert "STRONGROOM_TLS_CERT must be set" in r.stderr
+    assert refusal in r.stderr
+
+
+def test_the_proxy_mode_conf_sets_no_tls_and_no_access_log() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env |= {"STRONGROOM_BIND": "unix:/run/x/gunicorn.sock", "STRONGROOM_BEHIND_PROXY": "true"}
+    code = (
+        "import runpy; c = runpy.run_path('webapp/gunicorn_conf.py'); "
+        "print(c['bind'], c['accesslog'], 'certfile' in c, c['header_map'], repr(c['forwarded_allow_ips']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert r.stdout.split() == ["['unix:/run/x/gunicorn.sock']", "None", "False", "drop", "''"]
 
 
 def test_parallel_requests_across_workers_keep_one_intact_chain(server: Server) -> None:
