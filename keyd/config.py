@@ -8,7 +8,7 @@ Example (`/etc/strongroom/keyd.toml`)::
     allowed_uids = [998]         # the web app's own user (strongroom-web), never Apache's www-data
     admin_uids = [0]             # who may seal, rotate and retire
     drop_uids = []               # owners a drop file may have; empty = keyd's own uid
-    socket_group = "strongroom-web"  # the web app's group: the only one that may enter the socket dir
+    socket_group = "strongroom-keyd-clients"  # only keyd and the web app's user are in it (deploy/)
     user = "strongroom-keyd"     # drop root privileges to this user after binding
     mode = "file"                # or "pkcs11"
     pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"
