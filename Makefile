@@ -15,7 +15,14 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-venv: $(VENV)/.stamp
+# sslyze (the TLS scanner of tests/apache) pins cryptography below the project's pin: its own venv.
+SSLYZE_VENV := .venv-sslyze
+$(SSLYZE_VENV)/.stamp: tests/apache/requirements-sslyze.txt
+	@test -x $(SSLYZE_VENV)/bin/python || $(PYTHON) -m venv $(SSLYZE_VENV)
+	@$(SSLYZE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/apache/requirements-sslyze.txt
+	@touch $@
+
+venv: $(VENV)/.stamp $(SSLYZE_VENV)/.stamp
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -41,4 +48,4 @@ bench: sysdeps venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SSLYZE_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
