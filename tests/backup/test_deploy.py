@@ -71,6 +71,12 @@ def _environment(tmp_path: Path, daemon: Running, sshd: Sshd, keys: Keys, url: s
     }
 
 
+def _night(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """What the timer starts: the unit's script, with only the environment file's settings."""
+    script = [str(DEPLOY / "daily.sh")]
+    return subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
 def _events(url: str) -> list[str]:
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -89,16 +95,8 @@ def test_the_nightly_script_creates_sends_and_prunes(
         seed_cards(engine, client, 5)
     engine.dispose()
     env = _environment(tmp_path, daemon, sshd, backup_keys, url)
-    for _night in range(2):
-        done = subprocess.run(
-            [str(DEPLOY / "daily.sh")],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+    for _ in range(2):
+        done = _night(env)
         assert done.returncode == 0, done.stdout + done.stderr
     # Two nights, keep-last 1: one backup left on each side, the newest, sent and verified.
     remote = sorted(p.name for p in sshd.remote_dir.iterdir())
@@ -119,15 +117,7 @@ def test_a_wrong_host_key_fails_the_night_and_raises_an_alert(
     env = _environment(tmp_path, daemon, sshd, backup_keys, url)
     # The same host, another key: a man in the middle, or a rebuilt server nobody re-pinned.
     env["STRONGROOM_BACKUP_KNOWN_HOSTS"] = str(sshd.wrong_known_hosts)
-    done = subprocess.run(
-        [str(DEPLOY / "daily.sh")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = _night(env)
     assert done.returncode != 0
     assert list(sshd.remote_dir.iterdir()) == []
     assert _events(url) == ["backup.created", "backup.failed"]

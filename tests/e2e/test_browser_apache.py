@@ -34,20 +34,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.apache.stack import running_stack, traversable_dir
 from tests.fixtures.pki import TestCA
 from tests.support import component_missing
+from tests.webapp.test_browser import ARGS, CHROMIUM
 from webapp.db.engine import make_engine
 from webapp.db.tables import audit_log
 from webapp.records.cards import luhn_ok, parse_pan
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 USERNAME = "sam"
 # A policy-passing password used only by this throwaway stack.
 PASSWORD = "Saffron-Beacon-Walnut-7351"
