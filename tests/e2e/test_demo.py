@@ -66,16 +66,12 @@ def _field(output: str, label: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    need_binary("openssl")
-    if not PY.exists():
-        pytest.fail(".venv is missing: run the suite through `make test`")
-    demo_dir = tmp_path_factory.mktemp("demo")
-    port = _free_port()
+def start_demo(demo_dir: Path, port: int, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """run-demo.sh (with extra environment, e.g. DEMO_APACHE) until it says it is ready, or fail the
+    test with its output and the tail of its logs."""
     proc = subprocess.Popen(
         [str(SCRIPT)],
-        env={**os.environ, "DEMO_DIR": str(demo_dir), "DEMO_PORT": str(port)},
+        env={**os.environ, "DEMO_DIR": str(demo_dir), "DEMO_PORT": str(port), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -96,7 +92,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-        pytest.fail(f"the demo did not start:\n{output}")
+        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted(demo_dir.glob("*.log")))
+        pytest.fail(f"the demo did not start:\n{output}{logs}")
+    return proc, output
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    need_binary("openssl")
+    if not PY.exists():
+        pytest.fail(".venv is missing: run the suite through `make test`")
+    demo_dir = tmp_path_factory.mktemp("demo")
+    port = _free_port()
+    proc, output = start_demo(demo_dir, port)
     # The bundle as a browser would import it: it opens only with the printed password.
     bundle = Path(_field(output, "bundle"))
     with pytest.raises(ValueError, match="password"):

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.test_demo import PY, ROOT, SCRIPT, Demo, _answers, _field, _free_port, _get
+from tests.e2e.test_demo import PY, ROOT, SCRIPT, Demo, _answers, _field, _free_port, _get, start_demo
 from tests.fixtures.pki import unpack_bundle
 from tests.support import component_missing, need_binary, need_root
 
@@ -54,36 +54,6 @@ def _pgid_members(pgid: int) -> list[str]:
     return members
 
 
-def _start(demo_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
-    """run-demo.sh in Apache mode, until it says it is ready (or fails the test)."""
-    proc = subprocess.Popen(
-        [str(SCRIPT)],
-        env={**os.environ, "DEMO_DIR": str(demo_dir), "DEMO_PORT": str(port), "DEMO_APACHE": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip() == "demo ready":
-            break
-    output = "".join(lines)
-    if "demo ready" not in output:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        logs = "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted(demo_dir.glob("*.log")))
-        pytest.fail(f"the demo did not start:\n{output}{logs}")
-    return proc, output
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     need_binary("openssl")
@@ -93,7 +63,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         pytest.fail(".venv is missing: run the suite through `make test`")
     demo_dir = tmp_path_factory.mktemp("demo-apache")
     port = _free_port()
-    proc, output = _start(demo_dir, port)
+    proc, output = start_demo(demo_dir, port, DEMO_APACHE="1")
     client = unpack_bundle(Path(_field(output, "bundle")), _field(output, "bundle password"), demo_dir)
     running = Demo(proc, demo_dir, port, output, client)
     try:
@@ -287,7 +257,7 @@ def test_a_demo_dir_from_before_the_apache_mode_gets_apache_reloaded(demo: Demo)
     # A JSON list of plain strings is a TOML array too.
     hook = json.dumps(shlex.split(old_hook))
     config.write_text(re.sub(r"(?m)^reload_command = .*$", f"reload_command = {hook}", config.read_text()))
-    proc, output = _start(demo.dir, demo.port)
+    proc, output = start_demo(demo.dir, demo.port, DEMO_APACHE="1")
     try:
         assert "CA reload hook updated" in output
         before = _apache_children(proc.pid)
