@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The contract with the deploy script and docs/apache.md: production defaults of the site file.
 PRODUCTION_DEFAULTS = {
     "STRONGROOM_SERVER_NAME": "vault.example.internal",
-    "STRONGROOM_LISTEN_ADDRESS": "0.0.0.0",  # noqa: S104 - the vault's own interface, firewalled
+    "STRONGROOM_LISTEN_ADDRESS": "*",  # IPv4 and IPv6; the firewall decides who reaches it
     "STRONGROOM_LISTEN_PORT": "443",
     "STRONGROOM_TLS_CERT": "/etc/apache2/strongroom/server.crt.pem",
     "STRONGROOM_TLS_KEY": "/etc/apache2/strongroom/server.key.pem",
