@@ -82,6 +82,17 @@ def dump(url: str) -> dict[str, bytes]:
     return snapshot.read_snapshot(snap.archive).members
 
 
+def last_audit(url: str) -> tuple[str, str] | None:
+    """(event, detail) of the audit chain's newest record."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(audit_log.c.event, audit_log.c.detail).order_by(audit_log.c.seq.desc())
+        ).first()
+    engine.dispose()
+    return None if last is None else (last.event, last.detail)
+
+
 def assert_restored(before: dict[str, bytes], after: dict[str, bytes]) -> None:
     """Every row byte for byte, plus the one audit record the restore itself appends to the chain."""
     log = "db/audit_log.jsonl"
@@ -147,14 +158,7 @@ def test_create_send_fetch_restore_verify(
 
     # The backup is anchored in the source's audit chain by its SHA-256.
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    engine = make_engine(source)
-    with engine.connect() as conn:
-        last = conn.execute(
-            sa.select(audit_log.c.event, audit_log.c.detail).order_by(audit_log.c.seq.desc())
-        ).first()
-    engine.dispose()
-    assert last is not None
-    assert (last.event, last.detail) == ("backup.created", f"{path.name} sha256={digest}")
+    assert last_audit(source) == ("backup.created", f"{path.name} sha256={digest}")
 
     sent = run_backup("send", str(path), *sshd.options())
     assert f"sent {sshd.remote_dir / path.name}" in sent.stdout
@@ -189,14 +193,7 @@ def test_create_send_fetch_restore_verify(
         # 100 % of the rows, byte for byte (ciphertexts, password hashes, the audit chain), and the
         # chain goes on with one record of the restore itself.
         assert_restored(before, dump(target))
-        engine = make_engine(target)
-        with engine.connect() as conn:
-            last = conn.execute(
-                sa.select(audit_log.c.event, audit_log.c.detail).order_by(audit_log.c.seq.desc())
-            ).first()
-        engine.dispose()
-        assert last is not None
-        assert (last.event, last.detail) == ("backup.restored", f"{fetched.name} sha256={digest}")
+        assert last_audit(target) == ("backup.restored", f"{fetched.name} sha256={digest}")
         verified = subprocess.run(
             [sys.executable, "-m", "flask", "--app", "webapp", "audit", "verify"],
             cwd=ROOT,

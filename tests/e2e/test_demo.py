@@ -47,6 +47,14 @@ class Demo:
             "STRONGROOM_INSTANCE_PATH": str(self.dir / "instance"),
         }
 
+    def ca(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m ca ARGS` as the demo's admin runs it (its issuing passphrase, its CA dir)."""
+        passphrase = str(self.dir / "secrets" / "ca-issuing.pass")
+        return subprocess.run(
+            [str(PY), "-m", "ca", "--passphrase-file", passphrase, *args],
+            env=self.env(), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
     def connect(self, client: tuple[Path, Path] | None) -> http.client.HTTPSConnection:
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca" / "publish" / "chain.pem"))
         if client:
@@ -169,25 +177,7 @@ def test_keyd_deleted_the_dropped_key(demo: Demo) -> None:
 
 
 def test_revoking_through_the_ca_locks_the_certificate_out(demo: Demo) -> None:
-    done = subprocess.run(
-        [
-            str(PY),
-            "-m",
-            "ca",
-            "--passphrase-file",
-            str(demo.dir / "secrets" / "ca-issuing.pass"),
-            "revoke",
-            "admin",
-            "--reason",
-            "keyCompromise",
-        ],
-        env=demo.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = demo.ca("revoke", "admin", "--reason", "keyCompromise")
     assert done.returncode == 0, done.stderr
     # The web app's binding is revoked at once: even before gunicorn has re-read the CRL, the
     # certificate no longer gets a login page.

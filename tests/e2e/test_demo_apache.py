@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.test_demo import PY, ROOT, SCRIPT, Demo, _answers, _field, _free_port, _get, start_demo
+from tests.e2e.test_demo import PY, SCRIPT, Demo, _answers, _field, _free_port, _get, start_demo
 from tests.fixtures.pki import unpack_bundle
 from tests.support import component_missing, need_binary, need_root
 
@@ -143,25 +143,7 @@ def test_only_apaches_group_reaches_the_app_socket(demo: Demo) -> None:
 
 
 def test_revoking_through_the_ca_reloads_apache(demo: Demo) -> None:
-    done = subprocess.run(
-        [
-            str(PY),
-            "-m",
-            "ca",
-            "--passphrase-file",
-            str(demo.dir / "secrets" / "ca-issuing.pass"),
-            "revoke",
-            "admin",
-            "--reason",
-            "keyCompromise",
-        ],
-        env=demo.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = demo.ca("revoke", "admin", "--reason", "keyCompromise")
     assert done.returncode == 0, done.stdout + done.stderr
     # Not just the web app's unbinding (a 403 page): Apache itself, reloaded by the CA's hook,
     # refuses the certificate in the TLS handshake. A graceful reload takes a moment.
@@ -261,15 +243,7 @@ def test_a_demo_dir_from_before_the_apache_mode_gets_apache_reloaded(demo: Demo)
     try:
         assert "CA reload hook updated" in output
         before = _apache_children(proc.pid)
-        done = subprocess.run(
-            [str(PY), "-m", "ca", "--passphrase-file", str(demo.dir / "secrets" / "ca-issuing.pass"), "crl"],
-            env=demo.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = demo.ca("crl")
         assert done.returncode == 0, done.stdout + done.stderr
         deadline = time.monotonic() + 10
         while not (_apache_children(proc.pid) - before) and time.monotonic() < deadline:
