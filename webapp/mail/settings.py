@@ -63,8 +63,13 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def plain_address(value: object) -> bool:
+    """user@host and nothing else (no display name, quoting or comment); ops.postfix uses it too."""
+    return isinstance(value, str) and len(value) <= 254 and _ADDRESS.fullmatch(value) is not None
+
+
 def _address(name: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 254 or not _ADDRESS.fullmatch(value):
+    if not isinstance(value, str) or not plain_address(value):
         raise MailConfigError(f"STRONGROOM_{name}: {value!r:.80} is not a plain mail address (user@host)")
     return value
 
