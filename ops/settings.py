@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-CHECKS = ("processes", "ports", "logs", "access", "updates", "keyd", "integrity", "remote")
+CHECKS = ("processes", "ports", "logs", "access", "updates", "keyd", "keyd_events", "integrity", "remote")
 
 
 class SettingsError(ValueError):
@@ -36,18 +36,38 @@ class Settings:
     access_total: int = 200  # requests in total between two reviews
     keyd_socket: Path = Path("/run/strongroom-keyd/keyd.sock")
     keyd_timeout: float = 2.0
+    # keyd's event spool and the user that writes it: a spool owned by anyone else is not keyd's.
+    keyd_spool: Path = Path("/var/lib/strongroom-keyd/events.jsonl")
+    keyd_user: str = "strongroom-keyd"
     aide_binary: str = "aide"
     aide_config: Path = Path("/etc/strongroom/aide.conf")
     apt_binary: str = "apt-get"
     remote_local_log: Path | None = None
     remote_copy: Path | None = None
     remote_grace_seconds: int = 120
+    # The remote copy is fetched by strongroom-remote-copy.timer (every 5 minutes): a copy older
+    # than this means the fetch fails, and comparing with it would compare with the past.
+    remote_copy_max_age_seconds: int = 900
     max_read_bytes: int = 64 * 1024 * 1024  # per log per run; the rest is read next run
 
 
-_PATHS = {"state_dir", "access_log", "keyd_socket", "aide_config", "remote_local_log", "remote_copy"}
-_INTS = {"access_per_cert", "access_total", "remote_grace_seconds", "max_read_bytes"}
-_STRS = {"database_url", "modsecurity_log", "aide_binary", "apt_binary"}
+_PATHS = {
+    "state_dir",
+    "access_log",
+    "keyd_socket",
+    "keyd_spool",
+    "aide_config",
+    "remote_local_log",
+    "remote_copy",
+}
+_INTS = {
+    "access_per_cert",
+    "access_total",
+    "remote_grace_seconds",
+    "remote_copy_max_age_seconds",
+    "max_read_bytes",
+}
+_STRS = {"database_url", "modsecurity_log", "aide_binary", "apt_binary", "keyd_user"}
 
 
 def load(path: Path, *, environ: dict[str, str] | None = None) -> Settings:

@@ -49,7 +49,7 @@ class CheckModule:
 
 
 def registry() -> dict[str, CheckModule]:
-    from ops.checks import access, integrity, keyd, logs, ports, processes, remote, updates
+    from ops.checks import access, integrity, keyd, keyd_events, logs, ports, processes, remote, updates
 
-    mods = (processes, ports, logs, access, updates, keyd, integrity, remote)
+    mods = (processes, ports, logs, access, updates, keyd, keyd_events, integrity, remote)
     return {m.NAME: CheckModule(m.NAME, m.run, getattr(m, "snapshot", None)) for m in mods}

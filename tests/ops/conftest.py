@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ops.settings import Settings, parse
+from tests.keyd.conftest import keyd_factory  # noqa: F401 - a real keyd for the keyd_events check
 from webapp.db import migrate
 from webapp.db.engine import make_engine
 from webapp.db.tables import outbox

@@ -7,7 +7,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from ops.settings import parse
+from ops.settings import CHECKS, parse
 from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +35,16 @@ def test_units_verify(tmp_path: Path) -> None:
 def test_the_example_settings_parse() -> None:
     raw = tomllib.loads((DEPLOY / "watch.toml").read_text())
     s = parse(raw, environ={"STRONGROOM_DATABASE_URL": "mysql+pymysql://strongroom@localhost/vault"})
-    assert s.checks == ("processes", "ports", "logs", "access", "updates", "keyd", "integrity", "remote")
+    assert s.checks == CHECKS  # every check enabled
     assert str(s.state_dir) == "/var/lib/strongroom-watch"
+
+
+def test_every_check_runs_from_one_of_the_timers() -> None:
+    listed = set()
+    for unit in ("strongroom-watch.service", "strongroom-watch-slow.service"):
+        words = (DEPLOY / unit).read_text().replace("\\\n", " ").split()
+        listed |= {words[i + 1] for i, w in enumerate(words) if w == "--check"}
+    assert listed == set(CHECKS)
 
 
 def test_the_failure_notice_is_bare(tmp_path: Path) -> None:
