@@ -1,0 +1,107 @@
+"""`python3 -m deploy.server --settings FILE [--wheelhouse DIR] [--check]` (run by deploy/strongroom-install).
+
+Exit status: 0 done / in step, 1 drift found (--check), 2 invalid settings (nothing touched),
+3 a step failed (the message names it; a second run continues from where it stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from deploy.server import steps
+from deploy.server.plan import InstallError, Plan
+from deploy.server.settings import Settings, SettingsError, load
+
+SRC = Path(__file__).resolve().parents[2]
+MAX_INPUT_FILE = 1024 * 1024
+
+
+def preflight(s: Settings) -> list[str]:
+    """The files the settings name must be there and plain, before anything is touched."""
+    files = {
+        "tls.server_cert": s.tls.server_cert,
+        "tls.server_key": s.tls.server_key,
+        "tls.ca_chain": s.tls.ca_chain,
+        "tls.crl": s.tls.crl,
+        "loghost.ca_file": s.loghost.ca_file,
+        "loghost.cert_file": s.loghost.cert_file,
+        "loghost.key_file": s.loghost.key_file,
+        "backup.env_file": s.backup_env,
+    }
+    problems = []
+    for key, path in files.items():
+        if not path:
+            continue
+        p = Path(path)
+        if p.is_symlink() or not p.is_file():
+            problems.append(f"{key}: {path} is not a regular file")
+        elif p.stat().st_size > MAX_INPUT_FILE:
+            problems.append(f"{key}: {path} is larger than {MAX_INPUT_FILE} bytes")
+        elif not os.access(p, os.R_OK):
+            problems.append(f"{key}: {path} is not readable")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="strongroom-install", description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", required=True, type=Path)
+    ap.add_argument("--wheelhouse", type=Path, help="install the virtualenv offline from these wheels")
+    ap.add_argument("--check", action="store_true", help="change nothing; report drift, exit 1 if any")
+    args = ap.parse_args(argv)
+    try:
+        settings = load(args.settings)
+        problems = preflight(settings)
+        if problems:
+            raise SettingsError(problems)
+    except SettingsError as exc:
+        for line in exc.problems:
+            print(f"strongroom-install: settings: {line}", file=sys.stderr)
+        return 2
+    if args.wheelhouse is not None and not args.wheelhouse.is_dir():
+        print(f"strongroom-install: --wheelhouse {args.wheelhouse} is not a directory", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("strongroom-install: run as root", file=sys.stderr)
+        return 2
+
+    plan = Plan(root=Path("/"), check=args.check, out=lambda line: print(line, flush=True))
+    try:
+        run_all(plan, settings, args.wheelhouse)
+    except InstallError as exc:
+        print(f"strongroom-install: failed: {exc}", file=sys.stderr)
+        return 3
+    if args.check:
+        print(
+            f"strongroom-install: {'drift' if plan.changes else 'in step'}, {len(plan.changes)} differences"
+        )
+        return 1 if plan.changes else 0
+    print(f"strongroom-install: done, {len(plan.changes)} changes")
+    return 0
+
+
+def run_all(plan: Plan, s: Settings, wheelhouse: Path | None) -> None:
+    steps.packages(plan, SRC)
+    steps.code(plan, SRC)
+    steps.venv(plan, SRC, wheelhouse)
+    steps.install_sh(plan, SRC)
+    passwords = steps.webapp_env(plan, SRC, s)
+    steps.etc_strongroom(plan, SRC, s)
+    steps.apache(plan, s)
+    steps.mariadb_config(plan)
+    steps.database(plan, SRC, passwords)
+    steps.postfix(plan, SRC, s)
+    steps.rsyslog(plan, s)
+    steps.ssh(plan, SRC, s)
+    steps.firewall(plan, SRC, s)
+    steps.kernel(plan, SRC)
+    steps.apt_updates(plan)
+    steps.backup(plan, SRC, s)
+    steps.aide(plan)
+    steps.services(plan, s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The settings file of `deploy/strongroom-install`: everything a human must supply, checked strictly.
+
+Standard library only: it is read by the system python3 before the project's virtualenv exists.
+Every problem is collected (not just the first) and named by its key, so the admin fixes the file
+in one go; nothing on the server is touched until the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardening.firewall.config import FirewallConfigError, parse_network
+
+MAX_FILE_BYTES = 64 * 1024
+MAX_ADMINS = 32
+MAX_NETWORKS = 256
+MAX_KEY_CHARS = 16 * 1024
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+# Debian's adduser default NAME_REGEX, shorter: no upper case, no dots, nothing a shell or sshd
+# pattern could read as more than a name.
+_LOGIN = re.compile(r"[a-z][a-z0-9_-]{0,30}")
+# A KEYHOLDER name goes into environment="KEYHOLDER=..." in a root-owned key file: plain only.
+_KEYHOLDER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+_MAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}")
+_SSH_KEY = re.compile(
+    r"(ssh-ed25519|sk-ssh-ed25519@openssh\.com|ecdsa-sha2-nistp256|sk-ecdsa-sha2-nistp256@openssh\.com|ssh-rsa)"
+    r" [A-Za-z0-9+/]{40,8000}={0,2}( [A-Za-z0-9@._+-]{1,100})?"
+)
+_PATH = re.compile(r"/[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*")
+_RELAY = re.compile(r"(\[[A-Za-z0-9.-]{1,253}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?")
+# Names the installer itself uses (services, Debian's accounts): an admin must not take them over.
+RESERVED_LOGINS = frozenset(
+    {"root", "daemon", "bin", "sys", "sync", "www-data", "mysql", "postfix", "nobody", "sshd", "messagebus"}
+)
+
+_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup"}
+_ADMIN = {"login", "mail", "ssh_key", "keyholder"}
+_MAILT = {"relay", "from"}
+_LOGHOST = {"address", "port", "permitted_peer", "ca_file", "cert_file", "key_file"}
+_NETWORK = {"admins", "employees", "crm"}
+_TLS = {"server_cert", "server_key", "ca_chain", "crl"}
+_BACKUP = {"env_file"}
+
+
+class SettingsError(ValueError):
+    """The settings file is invalid; `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Admin:
+    login: str
+    mail: str
+    ssh_key: str
+    keyholder: str
+
+
+@dataclass(frozen=True)
+class LogHost:
+    address: str
+    port: int
+    permitted_peer: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class Tls:
+    server_cert: str
+    server_key: str
+    ca_chain: str
+    crl: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    hostname: str
+    admins: tuple[Admin, ...]
+    relay: str  # "" = local delivery into /var/mail on this server
+    mail_from: str
+    loghost: LogHost
+    admin_networks: tuple[str, ...]
+    employee_networks: tuple[str, ...]
+    crm_networks: tuple[str, ...]
+    tls: Tls
+    backup_env: str  # "" = no backup settings yet: the timer stays off
+
+    @property
+    def alert_to(self) -> tuple[str, ...]:
+        return tuple(a.mail for a in self.admins)
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, key: str, why: str) -> None:
+        self.problems.append(f"{key}: {why}")
+
+    def table(
+        self, data: dict[str, Any], key: str, allowed: set[str], *, required: bool = True
+    ) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.bad(key, "missing")
+            return {}
+        if not isinstance(value, dict):
+            self.bad(key, "must be a table")
+            return {}
+        self.unknown(value, allowed, key)
+        return value
+
+    def unknown(self, data: dict[str, Any], allowed: set[str], where: str) -> None:
+        for k in sorted(set(data) - allowed):
+            self.bad(f"{where}.{k}" if where else k, "unknown key")
+
+    def text(
+        self, data: dict[str, Any], key: str, where: str, pattern: re.Pattern[str], *, required: bool = True
+    ) -> str:
+        name = f"{where}.{key}" if where else key
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.bad(name, "missing")
+            return ""
+        if not isinstance(value, str):
+            self.bad(name, "must be a string")
+            return ""
+        if value == "" and not required:
+            return ""
+        if len(value) > MAX_KEY_CHARS or not pattern.fullmatch(value):
+            self.bad(name, "malformed")
+            return ""
+        return value
+
+    def path(self, data: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:
+        value = self.text(data, key, where, _PATH, required=required)
+        if value and ".." in value.split("/"):
+            self.bad(f"{where}.{key}", "'..' is not allowed")
+            return ""
+        return value
+
+    def networks(self, data: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+        name = f"{where}.{key}"
+        value = data.get(key)
+        if value is None:
+            self.bad(name, "missing (an empty list [] admits nobody)")
+            return ()
+        if not isinstance(value, list) or len(value) > MAX_NETWORKS:
+            self.bad(name, f"must be a list of at most {MAX_NETWORKS} addresses")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(str(parse_network(item, f"{name}[{i}]")))
+            except FirewallConfigError as exc:
+                self.problems.append(str(exc) if str(exc).startswith(name) else f"{name}[{i}]: {exc}")
+        if len(set(out)) != len(out):
+            self.bad(name, "duplicate entry")
+        return tuple(out)
+
+
+def load(path: Path) -> Settings:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError([f"settings: cannot read {path}: {exc.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SettingsError([f"settings: larger than {MAX_FILE_BYTES} bytes"])
+    try:
+        return parse(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(["settings: not UTF-8"]) from None
+
+
+def parse(text: str) -> Settings:
+    r = _Reader()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"settings: not valid TOML ({exc})"]) from None
+    r.unknown(data, _TOP, "")
+
+    hostname = r.text(data, "hostname", "", _HOSTNAME)
+    if hostname and "." not in hostname:
+        r.bad("hostname", "a fully qualified name (the server certificate's and the mail's name)")
+
+    mail = r.table(data, "mail", _MAILT, required=False)
+    relay = r.text(mail, "relay", "mail", _RELAY, required=False)
+    mail_from = r.text(mail, "from", "mail", _MAIL, required=False) or (
+        f"strongroom@{hostname}" if hostname else ""
+    )
+
+    admins = _admins(r, data.get("admins"), hostname, relay)
+
+    lh = r.table(data, "loghost", _LOGHOST)
+    lh_address = r.text(lh, "address", "loghost", _RELAY) if lh else ""
+    if lh_address and ":" in lh_address and not _is_ip(lh_address):
+        r.bad("loghost.address", "a host name or an IP address, without a port")
+    port = lh.get("port", 6514)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        r.bad("loghost.port", "an integer 1-65535")
+        port = 6514
+    loghost = LogHost(
+        address=lh_address,
+        port=port,
+        permitted_peer=r.text(lh, "permitted_peer", "loghost", _HOSTNAME) if lh else "",
+        ca_file=r.path(lh, "ca_file", "loghost") if lh else "",
+        cert_file=r.path(lh, "cert_file", "loghost") if lh else "",
+        key_file=r.path(lh, "key_file", "loghost") if lh else "",
+    )
+
+    net = r.table(data, "network", _NETWORK)
+    nets = {k: r.networks(net, k, "network") if net else () for k in sorted(_NETWORK)}
+    if net and not nets["admins"]:
+        r.bad("network.admins", "empty: nobody could log in over SSH")
+
+    tls_t = r.table(data, "tls", _TLS)
+    tls = Tls(
+        *(r.path(tls_t, k, "tls") if tls_t else "" for k in ("server_cert", "server_key", "ca_chain", "crl"))
+    )
+
+    backup = r.table(data, "backup", _BACKUP, required=False)
+    backup_env = r.path(backup, "env_file", "backup") if backup else ""
+
+    if r.problems:
+        raise SettingsError(r.problems)
+    return Settings(
+        hostname=hostname,
+        admins=admins,
+        relay=relay,
+        mail_from=mail_from,
+        loghost=loghost,
+        admin_networks=nets["admins"],
+        employee_networks=nets["employees"],
+        crm_networks=nets["crm"],
+        tls=tls,
+        backup_env=backup_env,
+    )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _admins(r: _Reader, value: object, hostname: str, relay: str) -> tuple[Admin, ...]:
+    if not isinstance(value, list) or not value or len(value) > MAX_ADMINS:
+        r.bad("admins", f"a list of 1 to {MAX_ADMINS} [[admins]] tables")
+        return ()
+    admins: list[Admin] = []
+    for i, item in enumerate(value):
+        where = f"admins[{i}]"
+        if not isinstance(item, dict):
+            r.bad(where, "must be a table")
+            continue
+        r.unknown(item, _ADMIN, where)
+        login = r.text(item, "login", where, _LOGIN)
+        if login in RESERVED_LOGINS or login.startswith("strongroom"):
+            r.bad(f"{where}.login", "reserved for the system")
+            login = ""
+        address = r.text(item, "mail", where, _MAIL)
+        # Without a relay postfix delivers only to this server's own mailboxes: an outside address
+        # would bounce silently into the queue, and the alarm would never ring.
+        if address and not relay and hostname and address.lower() != f"{login}@{hostname}":
+            r.bad(
+                f"{where}.mail",
+                f"without mail.relay it must be the local mailbox {login or 'LOGIN'}@{hostname}",
+            )
+        key = r.text(item, "ssh_key", where, _SSH_KEY)
+        keyholder = r.text(item, "keyholder", where, _KEYHOLDER)
+        admins.append(Admin(login, address, key, keyholder))
+    for field in ("login", "keyholder", "ssh_key"):
+        seen = [getattr(a, field) for a in admins if getattr(a, field)]
+        if len(set(seen)) != len(seen):
+            r.bad(f"admins.{field}", "duplicate")
+    return tuple(admins)

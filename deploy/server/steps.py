@@ -1,0 +1,746 @@
+"""The steps of `deploy/strongroom-install`, in order. Each one looks at the server, reports what
+differs from the settings and the checkout (`Plan.change`), and fixes it unless checking.
+
+Configuration comes from the project's own renderers (hardening/, ops/rsyslog), imported directly:
+they are standard library only, so they run under the system python3 before the virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from deploy.server.plan import InstallError, Plan, Want, run, warn
+from deploy.server.settings import Settings
+from hardening import aide as aide_conf
+from hardening import mariadb as mariadb_conf
+from hardening import ssh as ssh_conf
+from hardening import updates
+from hardening.firewall import parse_config, render_nft
+from ops.rsyslog import Sender
+
+OPT = "/opt/strongroom"
+VENV_PYTHON = f"{OPT}/.venv/bin/python"
+STATE_DIR = "/var/lib/strongroom-install"
+# Never copied to the server: the checkout's own tooling and run-time state.
+EXCLUDE = {
+    ".git",
+    ".venv",
+    "var",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    "node_modules",
+}
+SERVICES = (
+    "mariadb",
+    "postfix",
+    "rsyslog",
+    "ssh",
+    "strongroom-firewall",
+    "apache2",
+    "strongroom-keyd",
+    "strongroom-web",
+    "strongroom-mail",
+)
+TIMERS = ("strongroom-watch.timer", "strongroom-watch-slow.timer", "strongroom-watch-report.timer")
+BACKUP_TIMER = "strongroom-backup.timer"
+MAILBOX_ALIASES = (
+    "root",
+    "postmaster",
+    "abuse",
+    "daemon",
+    "www-data",
+    "strongroom",
+    "keyd",
+    "mysql",
+    "nobody",
+)
+ADMIN_GROUP = "strongroom-admins"
+DB = "strongroom"
+SOCKET = "/run/mysqld/mysqld.sock"
+
+
+# ---- 1. Debian packages ---------------------------------------------------------------------------
+
+
+def package_list(path: Path) -> list[str]:
+    names = []
+    for line in path.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+                raise InstallError(f"{path}: bad package name {name!r}")
+            names.append(name)
+    return names
+
+
+def installed_packages(names: list[str]) -> set[str]:
+    res = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {
+        line.split()[0]
+        for line in res.stdout.splitlines()
+        if len(line.split()) > 1 and line.split()[1] == "ii"
+    }
+
+
+def packages(plan: Plan, src: Path) -> None:
+    names = package_list(src / "deploy/server/debian-packages.txt")
+    missing = [n for n in names if n not in installed_packages(names)]
+    if not missing:
+        return
+
+    def apply() -> None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update"], what="apt-get update", env=env)
+        run(
+            ["apt-get", "install", "-y", "--no-install-recommends", *missing], what="apt-get install", env=env
+        )
+
+    plan.change(f"Debian packages installed: {' '.join(missing)}", apply)
+
+
+# ---- 2. the code and its virtualenv ------------------------------------------------------------------
+
+
+def source_files(src: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE and not d.endswith(".egg-info"))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink() and not name.endswith((".pyc", ".pyo")):
+                yield p.relative_to(src)
+
+
+def code(plan: Plan, src: Path) -> None:
+    """Copy the checkout to /opt/strongroom: root's, writable by nobody else (a service that could
+    write its own code could plant some for its next start)."""
+    if src.resolve() == plan.on_target(OPT).resolve():
+        return
+    dest = plan.on_target(OPT)
+    wanted = set(source_files(src))
+    differ = []
+    for rel in sorted(wanted):
+        s, d = src / rel, dest / rel
+        mode = 0o755 if os.access(s, os.X_OK) else 0o644
+        try:
+            st = d.lstat()
+            if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode) and stat.S_ISREG(st.st_mode):
+                if st.st_size == s.stat().st_size and d.read_bytes() == s.read_bytes():
+                    continue
+        except FileNotFoundError:
+            pass
+        differ.append((rel, mode))
+    extra = [rel for rel in (set(source_files(dest)) if dest.is_dir() else set()) - wanted]
+    bad_dirs = [d for d in _dirs(dest) if (d.stat().st_uid, stat.S_IMODE(d.stat().st_mode) & 0o022) != (0, 0)]
+    if not differ and not extra and not bad_dirs:
+        return
+
+    def apply() -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, mode in differ:
+            d = dest / rel
+            d.parent.mkdir(parents=True, exist_ok=True)
+            tmp = d.with_name(f".{d.name}.strongroom-install")
+            shutil.copyfile(src / rel, tmp)
+            os.chown(tmp, 0, 0)
+            tmp.chmod(mode)
+            os.replace(tmp, d)
+        for rel in extra:
+            (dest / rel).unlink()
+        for d in [dest, *_dirs(dest)]:
+            os.chown(d, 0, 0)
+            d.chmod(0o755)
+        # The services see /opt read-only and never write bytecode: compile it once, as root.
+        run(
+            [
+                VENV_PYTHON if Path(VENV_PYTHON).exists() else "python3",
+                "-m",
+                "compileall",
+                "-q",
+                "webapp",
+                "keyd",
+                "ca",
+                "ops",
+                "backup",
+                "hardening",
+                "deploy",
+            ],
+            what="compileall",
+            cwd=str(dest),
+        )
+
+    plan.change(f"{OPT}: {len(differ)} files copied, {len(extra)} removed", apply)
+    plan.restart.update({"strongroom-keyd", "strongroom-web", "strongroom-mail"})
+
+
+def _dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in EXCLUDE]
+        out.extend(Path(dirpath) / d for d in dirnames)
+    return out
+
+
+def venv(plan: Plan, src: Path, wheelhouse: Path | None) -> None:
+    reqs = (src / "requirements.txt").read_bytes()
+    stamp = f"{OPT}/.venv/.strongroom-requirements"
+    if plan.read(stamp) == reqs and plan.on_target(VENV_PYTHON).exists():
+        return
+
+    def apply() -> None:
+        run(["python3", "-m", "venv", "--clear", f"{OPT}/.venv"], what="python3 -m venv")
+        pip = [f"{OPT}/.venv/bin/pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
+        if wheelhouse is not None:
+            pip += ["--no-index", "--find-links", str(wheelhouse)]
+        run([*pip, "-r", f"{OPT}/requirements.txt"], what="pip install")
+        run([VENV_PYTHON, "-m", "compileall", "-q", f"{OPT}/.venv/lib"], what="compileall")
+        Path(stamp).write_bytes(reqs)
+
+    plan.change(f"{OPT}/.venv built from requirements.txt", apply)
+    plan.restart.update({"strongroom-keyd", "strongroom-web", "strongroom-mail"})
+
+
+# ---- 3. users, directories, units, Apache site: deploy/install.sh ------------------------------------
+
+
+def install_sh(plan: Plan, src: Path) -> None:
+    base = plan.on_target(OPT) if plan.on_target(f"{OPT}/deploy/install.sh").exists() else src
+    cmd = ["bash", str(base / "deploy/install.sh"), "--src", str(base), "--root", str(plan.root)]
+    res = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
+    if res.returncode not in (0, 1):
+        raise InstallError(f"deploy/install.sh --check failed: {res.stderr.strip()[-500:]}")
+    drift = [
+        line.split("drift: ", 1)[1]
+        for line in res.stdout.splitlines()
+        if line.startswith("install.sh: drift: ")
+    ]
+    if not drift:
+        return
+    if plan.check:
+        for what in drift:
+            plan.change(what)
+        return
+    out = run(cmd, what="deploy/install.sh")
+    for line in out.splitlines():
+        what = line.removeprefix("install.sh: ")
+        if not what.startswith(("done", "AppArmor", "systemd reloaded")):
+            plan.change(what)
+    plan.restart.add("apache2")
+
+
+# ---- 4. /etc/strongroom: the web app's environment, secrets, watchdog and hook settings --------------
+
+
+def _env_value(text: str, key: str) -> str | None:
+    m = re.search(rf"^{re.escape(key)}=(.*)$", text, re.M)
+    return m.group(1) if m else None
+
+
+def _set_env(text: str, key: str, value: str) -> str:
+    if re.search(rf"^{re.escape(key)}=", text, re.M):
+        return re.sub(rf"^{re.escape(key)}=.*$", lambda _m: f"{key}={value}", text, count=1, flags=re.M)
+    return text.rstrip("\n") + f"\n{key}={value}\n"
+
+
+def _password(existing: str | None, pattern: str) -> str:
+    """Generated once and kept: read back from the file that holds it, made only when absent."""
+    if existing:
+        m = re.search(pattern, existing)
+        if m and m.group(1) != "CHANGE-ME":
+            return m.group(1)
+    return secrets.token_hex(24)
+
+
+def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
+    path = "/etc/strongroom/webapp.env"
+    old = (plan.read(path) or b"").decode()
+    secret = _env_value(old, "STRONGROOM_SECRET_KEY") or ""
+    if len(secret) < 32 or "@" in secret:
+        secret = secrets.token_urlsafe(48)
+    app_pw = _password(old, r"mysql\+pymysql://strongroom:([0-9a-f]{48})@")
+    keys_old = (plan.read("/etc/strongroom/keys.env") or b"").decode()
+    keys_pw = _password(keys_old, r"mysql\+pymysql://strongroom_keys:([0-9a-f]{48})@")
+    text = (src / "deploy/webapp.env.in").read_text().replace("@SECRET_KEY@", secret)
+    text = text.replace("strongroom:CHANGE-ME@", f"strongroom:{app_pw}@")
+    managed = {
+        "STRONGROOM_SMTP_HOST": "127.0.0.1",
+        "STRONGROOM_SMTP_PORT": "25",
+        "STRONGROOM_MAIL_FROM": s.mail_from,
+        "STRONGROOM_ALERT_TO": ",".join(s.alert_to),
+    }
+    for key, value in managed.items():
+        text = _set_env(text, key, value)
+    if plan.file(
+        Want(path, text.encode(), 0o640, "root", "strongroom-web"),
+        restarts=("strongroom-web", "strongroom-mail"),
+    ):
+        plan.restart.add("strongroom-watch")
+    keys_url = (
+        f"mysql+pymysql://strongroom_keys:{keys_pw}@localhost/{DB}?unix_socket={SOCKET}&charset=utf8mb4"
+    )
+    plan.file(
+        Want(
+            "/etc/strongroom/keys.env",
+            (
+                "# The key-rotation user (webapp/db/grants-keys.sql), generated by deploy/strongroom-install.\n"
+                "# For `flask --app webapp keys ...` as root: set -a; . /etc/strongroom/keys.env; set +a\n"
+                f"STRONGROOM_KEYS_DATABASE_URL={keys_url}\n"
+            ).encode(),
+            0o600,
+        )
+    )
+    return {"strongroom": app_pw, "strongroom_keys": keys_pw}
+
+
+def etc_strongroom(plan: Plan, src: Path, s: Settings) -> None:
+    plan.file(Want("/etc/strongroom/watch.toml", (src / "ops/deploy/watch.toml").read_bytes(), 0o640))
+    hook = (src / "hardening/ssh/ssh-alert.toml").read_text()
+    hook = re.sub(r'^from = ".*"$', f'from = "{s.mail_from}"', hook, count=1, flags=re.M)
+    hook = re.sub(
+        r"^to = \[.*\]$", "to = [" + ", ".join(f'"{m}"' for m in s.alert_to) + "]", hook, count=1, flags=re.M
+    )
+    plan.file(Want("/etc/strongroom/ssh-alert.toml", hook.encode(), 0o644))
+
+
+# ---- 5. Apache: certificates, CA chain, CRL ------------------------------------------------------
+
+
+def apache(plan: Plan, s: Settings) -> None:
+    d = "/etc/apache2/strongroom"
+    restart = ("apache2",)
+    plan.file(Want(f"{d}/server.crt.pem", Path(s.tls.server_cert).read_bytes(), 0o644), restarts=restart)
+    plan.file(Want(f"{d}/server.key.pem", Path(s.tls.server_key).read_bytes(), 0o600), restarts=restart)
+    plan.file(Want(f"{d}/chain.pem", Path(s.tls.ca_chain).read_bytes(), 0o644), restarts=restart)
+    plan.file(Want(f"{d}/crl.pem", Path(s.tls.crl).read_bytes(), 0o644), restarts=restart)
+    # The site's paths and name are Defines with defaults (apache/strongroom-site.conf); conf-enabled/
+    # is read before sites-enabled/, so these win.
+    defines = (
+        "# Written by deploy/strongroom-install from the settings file: the site's name and the CA files\n"
+        "# copied from the CA host (apache/strongroom-site.conf reads these Defines).\n"
+        f"Define STRONGROOM_SERVER_NAME {s.hostname}\n"
+        f"Define STRONGROOM_CLIENT_CA {d}/chain.pem\n"
+        f"Define STRONGROOM_CRL {d}/crl.pem\n"
+    )
+    plan.file(Want("/etc/apache2/conf-available/strongroom-defines.conf", defines.encode()), restarts=restart)
+    _link(
+        plan,
+        "/etc/apache2/conf-enabled/strongroom-defines.conf",
+        "../conf-available/strongroom-defines.conf",
+        restart,
+    )
+
+
+def _link(plan: Plan, path: str, target: str, restarts: tuple[str, ...] = ()) -> None:
+    p = plan.on_target(path)
+    if p.is_symlink() and os.readlink(p) == target:
+        return
+
+    def apply() -> None:
+        if p.is_symlink() or p.exists():
+            p.unlink()
+        p.symlink_to(target)
+
+    plan.change(f"{path} -> {target}", apply)
+    plan.restart.update(restarts)
+
+
+# ---- 6. MariaDB -------------------------------------------------------------------------------------
+
+
+def mariadb_config(plan: Plan) -> None:
+    plan.dir("/var/lib/mysql-files", 0o700)
+    plan.file(
+        Want("/etc/mysql/mariadb.conf.d/90-strongroom.cnf", mariadb_conf.render().encode()),
+        restarts=("mariadb",),
+    )
+
+
+def _sql(query: str, *, database: str = "") -> str:
+    return run(
+        ["mariadb", "--batch", "--skip-column-names", *([database] if database else []), "-e", query],
+        what="mariadb",
+    )
+
+
+def _heads(src: Path) -> set[str]:
+    revs, downs = set(), set()
+    for f in (src / "webapp/db/migrations/versions").glob("*.py"):
+        text = f.read_text()
+        m = re.search(r'^revision\s*(?::\s*str)?\s*=\s*["\']([^"\']+)', text, re.M)
+        if m:
+            revs.add(m.group(1))
+        downs.update(
+            re.findall(r'["\']([^"\']+)["\']', (re.search(r"^down_revision.*$", text, re.M) or [""])[0])
+        )
+    return revs - downs
+
+
+def database(plan: Plan, src: Path, passwords: dict[str, str]) -> None:
+    """The database, its two least-privileged users, the schema at head, the per-table grants."""
+    if subprocess.run(["systemctl", "is-active", "--quiet", "mariadb"], check=False).returncode != 0:
+        if plan.check:
+            plan.change("mariadb is not running: the database could not be checked")
+            return
+        run(["systemctl", "restart", "mariadb"], what="start mariadb")
+        plan.restart.discard("mariadb")
+    elif "mariadb" in plan.restart and not plan.check:
+        run(["systemctl", "restart", "mariadb"], what="restart mariadb")
+        plan.restart.discard("mariadb")
+    if not _sql(f"SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='{DB}'").strip():
+        plan.change(f"database {DB} created", lambda: _sql(f"CREATE DATABASE {DB} CHARACTER SET utf8mb4"))
+    users = set(_sql("SELECT User FROM mysql.user WHERE Host='localhost'").split())
+    for user, password in passwords.items():
+        # Passwords are hex (generated here), so quoting is safe; they go to the client on stdin.
+        if user not in users:
+            plan.change(
+                f"database user {user} created",
+                lambda u=user, p=password: _stdin_sql(f"CREATE USER '{u}'@'localhost' IDENTIFIED BY '{p}'"),
+            )
+        elif not _can_login(user, password):
+            plan.change(
+                f"database user {user}: password set from /etc/strongroom",
+                lambda u=user, p=password: _stdin_sql(f"ALTER USER '{u}'@'localhost' IDENTIFIED BY '{p}'"),
+            )
+    current = set(_sql(f"SELECT version_num FROM {DB}.alembic_version").split()) if _has_schema() else set()
+    if current != _heads(src):
+        plan.change(
+            "database schema migrated (flask --app webapp db upgrade, as root over the socket)", _migrate
+        )
+    grants_src = b"".join((src / f"webapp/db/{n}").read_bytes() for n in ("grants.sql", "grants-keys.sql"))
+    stamp = f"{STATE_DIR}/grants"
+    live = _grants() if _has_schema() else ""
+    wanted = hashlib.sha256(grants_src).hexdigest() + "\n" + live
+    if plan.read(stamp) != wanted.encode() or plan.check and not live:
+
+        def apply() -> None:
+            for name in ("grants.sql", "grants-keys.sql"):
+                run(["mariadb", DB], what=name, input=(src / f"webapp/db/{name}").read_text())
+            plan.dir(STATE_DIR, 0o700)
+            Path(stamp).write_text(hashlib.sha256(grants_src).hexdigest() + "\n" + _grants())
+
+        plan.change("database grants (webapp/db/grants.sql, grants-keys.sql)", apply)
+
+
+def _has_schema() -> bool:
+    q = f"SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA='{DB}' AND TABLE_NAME='alembic_version'"
+    return bool(_sql(q).strip())
+
+
+def _grants() -> str:
+    return "".join(
+        sorted(_sql(f"SHOW GRANTS FOR '{u}'@'localhost'") for u in ("strongroom", "strongroom_keys"))
+    )
+
+
+def _stdin_sql(statement: str) -> None:
+    run(["mariadb"], what="mariadb", input=statement + ";\n")
+
+
+def _can_login(user: str, password: str) -> bool:
+    # The password goes in an option file on a private tmpfs path, not on a command line (ps).
+    fd = os.open("/run/strongroom-install.cnf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"[client]\nuser={user}\npassword={password}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        res = subprocess.run(
+            ["mariadb", "--defaults-extra-file=/run/strongroom-install.cnf", "-e", "SELECT 1"],
+            capture_output=True,
+            check=False,
+        )
+        return res.returncode == 0
+    finally:
+        os.unlink("/run/strongroom-install.cnf")
+
+
+def _migrate() -> None:
+    env = {
+        **os.environ,
+        "STRONGROOM_DATABASE_URL": f"mysql+pymysql://root@localhost/{DB}?unix_socket={SOCKET}",
+        "STRONGROOM_SECRET_KEY": secrets.token_urlsafe(48),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.pop("STRONGROOM_INSTANCE_PATH", None)
+    run(
+        [f"{OPT}/.venv/bin/flask", "--app", "webapp", "db", "upgrade"],
+        what="flask db upgrade",
+        env=env,
+        cwd=OPT,
+    )
+
+
+# ---- 7. postfix ------------------------------------------------------------------------------------
+
+
+def postfix(plan: Plan, src: Path, s: Settings) -> None:
+    # TODO(H4): ops/postfix gets a renderer (`python -m ops.postfix render`); until then the shipped
+    # files are adapted here: the mailer's SMTP listener on loopback, and without a relay, local delivery.
+    main = (src / "ops/postfix/main.cf").read_text()
+    domain = s.hostname.split(".", 1)[1]
+    values = {"myhostname": s.hostname, "mydomain": domain, "master_service_disable": ""}
+    if s.relay:
+        values["relayhost"] = s.relay
+    else:
+        values.update(
+            {
+                "relayhost": "",
+                "mydestination": "$myhostname, localhost.$mydomain, localhost",
+                "local_transport": "local:$myhostname",
+                "local_recipient_maps": "proxy:unix:passwd.byname $alias_maps",
+                "home_mailbox": "",
+                "mail_spool_directory": "/var/mail",
+            }
+        )
+    main = _postconf(main, values)
+    restart = ("postfix",)
+    plan.file(Want("/etc/postfix/main.cf", main.encode()), restarts=restart)
+    plan.file(Want("/etc/postfix/master.cf", (src / "ops/postfix/master.cf").read_bytes()), restarts=restart)
+    virtual = (
+        "# Written by deploy/strongroom-install: mail for root and the daemons goes to the admins.\n"
+        + "".join(f"{name:<15} {', '.join(s.alert_to)}\n" for name in MAILBOX_ALIASES)
+    )
+    if (
+        plan.file(Want("/etc/postfix/virtual", virtual.encode()), restarts=restart)
+        or not plan.on_target("/etc/postfix/virtual.db").exists()
+    ):
+        if not plan.check:
+            run(["postmap", "/etc/postfix/virtual"], what="postmap")
+
+
+def _postconf(text: str, values: dict[str, str]) -> str:
+    lines = text.splitlines()
+    for key, value in values.items():
+        new = f"{key} = {value}".rstrip()
+        idx = [i for i, line in enumerate(lines) if re.match(rf"{key}\s*=", line)]
+        if idx:
+            lines[idx[0]] = new
+        else:
+            lines.append(new)
+    return "\n".join(lines) + "\n"
+
+
+# ---- 8. rsyslog --------------------------------------------------------------------------------------
+
+
+def rsyslog(plan: Plan, s: Settings) -> None:
+    d = "/etc/strongroom/rsyslog"
+    restart = ("rsyslog",)
+    plan.dir(d, 0o700)
+    plan.dir("/var/log/strongroom", 0o700)
+    lh = s.loghost
+    plan.file(Want(f"{d}/ca.pem", Path(lh.ca_file).read_bytes(), 0o600), restarts=restart)
+    plan.file(Want(f"{d}/vault.pem", Path(lh.cert_file).read_bytes(), 0o600), restarts=restart)
+    plan.file(Want(f"{d}/vault.key", Path(lh.key_file).read_bytes(), 0o600), restarts=restart)
+    conf = Sender(
+        target=lh.address,
+        port=lh.port,
+        permitted_peer=lh.permitted_peer,
+        ca_file=f"{d}/ca.pem",
+        cert_file=f"{d}/vault.pem",
+        key_file=f"{d}/vault.key",
+        local_copy="/var/log/strongroom/forwarded.log",
+    ).render()
+    plan.file(Want("/etc/rsyslog.d/60-strongroom-forward.conf", conf.encode()), restarts=restart)
+
+
+# ---- 9. sshd and the admins ---------------------------------------------------------------------------
+
+
+def ssh(plan: Plan, src: Path, s: Settings) -> None:
+    restart = ("ssh",)
+    plan.dir("/usr/local/lib/strongroom", 0o755)
+    plan.dir("/etc/ssh/authorized_keys", 0o755)
+    plan.file(
+        Want(
+            "/usr/local/lib/strongroom/ssh-session-hook",
+            (src / "hardening/ssh/session_hook.py").read_bytes(),
+            0o755,
+        )
+    )
+    plan.file(Want("/etc/ssh/sshd_config", ssh_conf.render().encode()), restarts=restart)
+    if plan.ids("root", ADMIN_GROUP) is None:
+        plan.change(
+            f"group {ADMIN_GROUP} created",
+            lambda: run(["groupadd", "--system", ADMIN_GROUP], what="groupadd"),
+        )
+    for a in s.admins:
+        _admin(plan, a.login)
+        line = f'environment="KEYHOLDER={a.keyholder}" {a.ssh_key}\n'
+        if plan.ids(a.login, a.login) is not None or not plan.check:
+            plan.file(Want(f"/etc/ssh/authorized_keys/{a.login}", line.encode(), 0o644))
+
+
+def _admin(plan: Plan, login: str) -> None:
+    """A login account in the admins' group, shell /bin/sh (the hook execs bash: docs/hardening.md),
+    password '*' (key only: no password to guess, not locked, so sshd admits it without PAM)."""
+    passwd = plan.read("/etc/passwd") or b""
+    entry = next(
+        (line.split(":") for line in passwd.decode().splitlines() if line.split(":")[0] == login), None
+    )
+    if entry is None:
+        plan.change(
+            f"admin account {login} created",
+            lambda: run(
+                [
+                    "useradd",
+                    "--create-home",
+                    "--shell",
+                    "/bin/sh",
+                    "--groups",
+                    ADMIN_GROUP,
+                    "--password",
+                    "*",
+                    login,
+                ],
+                what="useradd",
+            ),
+        )
+        return
+    groups = (plan.read("/etc/group") or b"").decode().splitlines()
+    members = next((g.split(":")[3].split(",") for g in groups if g.split(":")[0] == ADMIN_GROUP), [])
+    if login not in members:
+        plan.change(
+            f"admin {login} added to {ADMIN_GROUP}",
+            lambda: run(["usermod", "--append", "--groups", ADMIN_GROUP, login], what="usermod"),
+        )
+    if entry[6] != "/bin/sh":
+        plan.change(
+            f"admin {login}: shell /bin/sh",
+            lambda: run(["usermod", "--shell", "/bin/sh", login], what="usermod"),
+        )
+    shadow = (plan.read("/etc/shadow") or b"").decode().splitlines()
+    pw = next((line.split(":")[1] for line in shadow if line.split(":")[0] == login), "")
+    if pw != "*":
+        plan.change(
+            f"admin {login}: key-only login (password '*')",
+            lambda: run(["usermod", "--password", "*", login], what="usermod"),
+        )
+
+
+# ---- 10. firewall, kernel, updates ----------------------------------------------------------------------
+
+
+def network_toml(s: Settings) -> str:
+    def lst(items: tuple[str, ...]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+    return (
+        "# Written by deploy/strongroom-install from the settings' [network] (hardening/firewall/config.py).\n"
+        f"admins = {lst(s.admin_networks)}\nemployees = {lst(s.employee_networks)}\ncrm = {lst(s.crm_networks)}\n"
+    )
+
+
+def firewall(plan: Plan, src: Path, s: Settings) -> None:
+    text = network_toml(s)
+    restart = ("strongroom-firewall",)
+    plan.file(Want("/etc/strongroom/network.toml", text.encode()))
+    plan.dir("/etc/strongroom/firewall", 0o755)
+    plan.file(
+        Want("/etc/strongroom/firewall/strongroom.nft", render_nft(parse_config(text)).encode()),
+        restarts=restart,
+    )
+    unit = (src / "deploy/server/units/strongroom-firewall.service").read_bytes()
+    plan.file(Want("/etc/systemd/system/strongroom-firewall.service", unit), restarts=restart)
+
+
+def kernel(plan: Plan, src: Path) -> None:
+    path = "/etc/sysctl.d/99-strongroom-hardening.conf"
+    if (
+        plan.file(Want(path, (src / "hardening/kernel/99-strongroom-hardening.conf").read_bytes()))
+        and not plan.check
+    ):
+        if plan.root == Path("/"):
+            res = subprocess.run(["sysctl", "-q", "-p", path], capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                # In a container /proc/sys is mostly read-only: the file applies at the host's boot.
+                warn(f"sysctl -p {path}: some keys could not be set here (container?); they apply at boot")
+
+
+def apt_updates(plan: Plan) -> None:
+    for f in updates.FILES:
+        plan.file(Want(f"/etc/apt/apt.conf.d/{f.name}", f.read_bytes()))
+
+
+# ---- 11. backup, AIDE, services ---------------------------------------------------------------------------
+
+
+def backup(plan: Plan, src: Path, s: Settings) -> None:
+    for unit in sorted((src / "backup/deploy").glob("strongroom-backup*.*")):
+        if unit.suffix in (".service", ".timer"):
+            plan.file(Want(f"/etc/systemd/system/{unit.name}", unit.read_bytes()))
+    if s.backup_env:
+        plan.file(Want("/etc/strongroom/backup.env", Path(s.backup_env).read_bytes(), 0o600))
+
+
+def aide(plan: Plan) -> None:
+    plan.file(Want("/etc/strongroom/aide.conf", aide_conf.render().encode()))
+    db = "/var/lib/aide/aide.db.gz"
+    if plan.read(db) is not None:
+        return  # made once; after that only an admin's review updates it (docs/hardening.md)
+
+    def apply() -> None:
+        plan.dir("/var/lib/aide", 0o700)
+        run(["aide", "--init", "--config", "/etc/strongroom/aide.conf"], what="aide --init")
+        os.replace("/var/lib/aide/aide.db.new.gz", db)
+
+    plan.change(f"AIDE's first database {db}", apply)
+
+
+def _systemctl(*args: str) -> int:
+    return subprocess.run(["systemctl", *args], capture_output=True, check=False).returncode
+
+
+def services(plan: Plan, s: Settings) -> None:
+    if plan.changes and not plan.check:
+        run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
+    units: list[str] = [*SERVICES, *TIMERS]
+    if s.backup_env:
+        units.append(BACKUP_TIMER)
+    failed = []
+    for unit in units:
+        # One unit that cannot start must not keep the others down: try them all, then report.
+        try:
+            if _systemctl("is-enabled", "--quiet", unit) != 0:
+                plan.change(
+                    f"{unit} enabled",
+                    lambda u=unit: run(["systemctl", "enable", "--quiet", u], what=f"enable {u}"),
+                )
+            name = unit.removesuffix(".service")
+            if name in plan.restart and _systemctl("is-active", "--quiet", unit) == 0:
+                _restart(plan, unit)
+            elif _systemctl("is-active", "--quiet", unit) != 0:
+                plan.change(
+                    f"{unit} started", lambda u=unit: run(["systemctl", "start", u], what=f"start {u}")
+                )
+        except InstallError:
+            failed.append(unit)
+    if failed:
+        raise InstallError(f"these units did not start (systemctl status UNIT): {' '.join(failed)}")
+
+
+def _restart(plan: Plan, unit: str) -> None:
+    # Counted with the configuration change that caused it: not a change of its own.
+    if not plan.check:
+        verb = "reload-or-restart" if unit in ("ssh", "postfix", "rsyslog") else "restart"
+        run(["systemctl", verb, unit], what=f"restart {unit}")
+        plan.out(f"restarted: {unit}")
+
+
+Step = Callable[[], None]

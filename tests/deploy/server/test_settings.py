@@ -1,0 +1,78 @@
+"""deploy/server/settings.py: the example parses, and every bad or hostile value is refused with a
+message naming its key (nothing on the server is touched before this passes)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from deploy.server.settings import SettingsError, parse
+
+EXAMPLE = (Path(__file__).resolve().parents[3] / "deploy/server/server.toml.example").read_text()
+
+
+def test_the_example_is_valid() -> None:
+    s = parse(EXAMPLE)
+    assert s.hostname == "vault.example.internal"
+    assert s.alert_to == ("alice@vault.example.internal",)
+    assert s.relay == ""
+    assert s.admin_networks == ("192.0.2.10/32", "2001:db8::10/128")
+
+
+def edit(pattern: str, replacement: str) -> str:
+    text, n = re.subn(pattern, replacement, EXAMPLE, count=1, flags=re.M)
+    assert n == 1, pattern
+    return text
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("surprise = 1\n" + EXAMPLE, "surprise"),
+        (edit(r"^hostname = .*$", 'hostname = "vault"'), "hostname"),
+        # A raw newline inside a string is not even TOML: refused before any key is read.
+        (edit(r"^hostname = .*$", 'hostname = "vault.example.internal\\nX"'), "settings"),
+        (edit(r"^hostname = .*$", "hostname = 5"), "hostname"),
+        (edit(r"^login = .*$", 'login = "root"'), "admins[0].login"),
+        (edit(r"^login = .*$", 'login = "strongroom-web"'), "admins[0].login"),
+        (edit(r"^login = .*$", 'login = "al ice"'), "admins[0].login"),
+        (edit(r"^keyholder = .*$", 'keyholder = "alice\\" x"'), "admins[0].keyholder"),
+        (edit(r"^ssh_key = .*$", 'ssh_key = "ssh-ed25519 AAAA\\ncommand=\\"sh\\""'), "settings"),
+        (
+            edit(
+                r"^ssh_key = .*$",
+                'ssh_key = "ssh-dss AAAAB3NzaC1kc3MAAACBAPp1234567890abcdefghijklmnopqrstu"',
+            ),
+            "admins[0].ssh_key",
+        ),
+        (edit(r"^mail = .*$", 'mail = "security@example.org"'), "admins[0].mail"),
+        (edit(r"^\[\[admins\]\]$", '[[admins]]\nshell = "/bin/bash"'), "admins[0].shell"),
+        (edit(r"^relay = .*$", 'relay = "mail.example.internal; rm -rf /"'), "mail.relay"),
+        (edit(r"^port = .*$", "port = 70000"), "loghost.port"),
+        (edit(r"^port = .*$", "port = true"), "loghost.port"),
+        (edit(r"^address = .*$", 'address = "192.0.2.50:6514"'), "loghost.address"),
+        (edit(r"^ca_file = .*$", 'ca_file = "relative/chain.pem"'), "loghost.ca_file"),
+        (edit(r"^key_file = .*$", 'key_file = "/root/../etc/shadow"'), "loghost.key_file"),
+        (edit(r"^admins = .*$", 'admins = ["0.0.0.0/0"]'), "network.admins"),
+        (edit(r"^admins = .*$", "admins = []"), "network.admins"),
+        (edit(r"^employees = .*$", 'employees = ["not-an-address"]'), "network.employees"),
+        (edit(r"^crm = .*$", 'crm = ["203.0.113.7", "203.0.113.7"]'), "network.crm"),
+        (edit(r"^crl = .*$", "crl = 1"), "tls.crl"),
+        (edit(r"^\[tls\]$", "[tls]\nverify = false"), "tls.verify"),
+        (edit(r"^# \[backup\]$", '[backup]\nenv_file = "/x"\nextra = 1'), "backup.extra"),
+        (EXAMPLE.replace("[[admins]]", "[[admin]]"), "admin"),
+        ("hostname = [", "settings"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_key(text: str, key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        parse(text)
+    assert any(p.startswith(key) for p in info.value.problems), info.value.problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = edit(r"^port = .*$", "port = 0").replace('hostname = "vault.example.internal"', 'hostname = "x"')
+    problems = pytest.raises(SettingsError, parse, text).value.problems
+    assert {p.split(":")[0] for p in problems} >= {"hostname", "loghost.port"}
