@@ -45,9 +45,10 @@ class Settings:
     remote_local_log: Path | None = None
     remote_copy: Path | None = None
     remote_grace_seconds: int = 120
-    # The remote copy is fetched by strongroom-remote-copy.timer (every 5 minutes): a copy older
-    # than this means the fetch fails, and comparing with it would compare with the past.
-    remote_copy_max_age_seconds: int = 900
+    # Set when remote_copy is fetched (strongroom-remote-copy.timer, every 5 minutes): its mtime is then
+    # the fetch time, the comparison ends there, and a copy older than this is an alert (the fetch
+    # fails). Unset for a live file (the check run on the log host itself).
+    remote_copy_max_age_seconds: int | None = None
     max_read_bytes: int = 64 * 1024 * 1024  # per log per run; the rest is read next run
 
 

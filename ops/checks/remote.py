@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,23 @@ def run(ctx: Context) -> Result:
         raise CheckFailed("remote_local_log and remote_copy are not set")
     state = ctx.state or {}
     st = os.stat(s.remote_local_log)
+    findings = []
+    fetched_at = ctx.now
+    if s.remote_copy_max_age_seconds is not None:
+        # A fetched copy's mtime is when strongroom-remote-copy fetched it (ops/remote_copy.py): the log
+        # host's file as of then. Lines written here after that cannot be in it yet.
+        fetched_at = min(datetime.fromtimestamp(os.stat(s.remote_copy).st_mtime, UTC), ctx.now)
+    if s.remote_copy_max_age_seconds is not None and (
+        ctx.now - fetched_at > timedelta(seconds=s.remote_copy_max_age_seconds)
+    ):
+        # The fetch is failing: comparing with an old copy would hide everything since. Alerted once
+        # while it lasts; deletions here of lines the old copy holds are still found below.
+        age = int((ctx.now - fetched_at).total_seconds())
+        findings.append(
+            Finding(
+                Alert.REMOTE_COPY_STALE, resource=str(s.remote_copy), detail=f"age_seconds={age}", key="stale"
+            )
+        )
     local, remote = _lines(s.remote_local_log), _lines(s.remote_copy)
     ident = f"{st.st_dev}:{st.st_ino}"
     start: datetime | None = None
@@ -88,13 +105,12 @@ def run(ctx: Context) -> Result:
     else:
         stamps = [w for w in map(_stamp, local) if w is not None]
         start = min(stamps) if stamps else None
-    until = ctx.now - timedelta(seconds=s.remote_grace_seconds)
+    until = fetched_at - timedelta(seconds=s.remote_grace_seconds)
     # The log host rotates its copy on its own schedule: nothing older than its first line is there.
     # (Its first line is out of this host's reach, so this does not let an intruder move the window.)
     remote_stamps = [w for w in map(_stamp, remote[:50]) if w is not None]
     window_start = max([start, min(remote_stamps)]) if start and remote_stamps else start
     missing_here, missing_there = compare(local, remote, start=window_start, until=until)
-    findings = []
     if missing_here:
         findings.append(
             Finding(

@@ -76,6 +76,17 @@ class Receiver:
     cert_file: str
     key_file: str
     directory: str  # one subdirectory per sending host
+    # The group of the read-only SFTP account the vault pulls its copy through (ops/remote_copy.py):
+    # it may read the files, never write them. None: root only.
+    reader_group: str | None = None
+
+    def _modes(self) -> str:
+        if self.reader_group is None:
+            return 'fileCreateMode="0600" dirCreateMode="0700"'
+        group = _q(self.reader_group)
+        return (
+            f'fileCreateMode="0640" dirCreateMode="0750"\n           fileGroup="{group}" dirGroup="{group}"'
+        )
 
     def render(self) -> str:
         return (
@@ -85,7 +96,7 @@ class Receiver:
             f'         string="{_q(self.directory)}/%HOSTNAME%/forwarded.log")\n'
             'ruleset(name="strongroom_remote") {\n'
             '    action(type="omfile" dynaFile="StrongroomPerHost" template="StrongroomExact"\n'
-            '           fileCreateMode="0600" dirCreateMode="0700")\n'
+            f"           {self._modes()})\n"
             "}\n"
             'module(load="imrelp")\n'
             f'input(type="imrelp" port="{int(self.port)}" ruleset="strongroom_remote"\n'
@@ -111,4 +122,5 @@ PRODUCTION_RECEIVER = Receiver(
     cert_file="/etc/strongroom/rsyslog/loghost.pem",
     key_file="/etc/strongroom/rsyslog/loghost.key",
     directory="/var/log/remote",
+    reader_group="strongroom-logpull",
 )

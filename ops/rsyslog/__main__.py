@@ -36,10 +36,22 @@ def sender(
 @click.option("--cert-file", default=PRODUCTION_RECEIVER.cert_file, show_default=True)
 @click.option("--key-file", default=PRODUCTION_RECEIVER.key_file, show_default=True)
 @click.option("--directory", default=PRODUCTION_RECEIVER.directory, show_default=True)
+@click.option(
+    "--reader-group",
+    default=PRODUCTION_RECEIVER.reader_group,
+    show_default=True,
+    help="Group that may read the files (the vault's read-only pull account); '' for root only.",
+)
 def receiver(
-    port: int, permitted_peer: str, ca_file: str, cert_file: str, key_file: str, directory: str
+    port: int,
+    permitted_peer: str,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+    directory: str,
+    reader_group: str,
 ) -> None:
-    _emit(Receiver(port, permitted_peer, ca_file, cert_file, key_file, directory))
+    _emit(Receiver(port, permitted_peer, ca_file, cert_file, key_file, directory, reader_group or None))
 
 
 def _emit(config: Sender | Receiver) -> None:

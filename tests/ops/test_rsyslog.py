@@ -4,6 +4,7 @@ audit chain head seen remotely anchors the database's chain; a stranger's certif
 
 from __future__ import annotations
 
+import grp
 import logging
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from webapp.events import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDER_HOST = "vault-test"
+READER_GROUP = "nogroup"  # exists on every Debian; rsyslog refuses an unknown group
 
 
 def test_shipped_configs_are_the_current_rendering_and_valid() -> None:
@@ -75,7 +77,10 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     receiver = Rsyslogd(
         binary,
         tmp_path / "receiver",
-        Receiver(port, "vault.test", str(pki / "ca.pem"), r_cert, r_key, str(tmp_path / "remote")).render(),
+        # The pull account's group (production: strongroom-logpull) may read, never write.
+        Receiver(
+            port, "vault.test", str(pki / "ca.pem"), r_cert, r_key, str(tmp_path / "remote"), READER_GROUP
+        ).render(),
         "loghost-test",
     )
     sender = Rsyslogd(
@@ -141,6 +146,9 @@ def test_lines_arrive_identical_and_tampering_is_detected(
     assert set(pair.remote_lines()) == set(pair.local_lines())
     assert len(pair.local_lines()) == 5
     assert all(" vault-test strongroom - audit seq=" in line for line in pair.remote_lines())
+    for path, mode in ((pair.remote_copy, 0o640), (pair.remote_copy.parent, 0o750)):
+        st = path.stat()
+        assert (grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o777) == (READER_GROUP, mode)
     s = _settings(pair, tmp_path, db_url)
     _check(s, engine)
     assert queued(engine) == []

@@ -1,0 +1,207 @@
+"""`python -m ops.remote_copy [--config FILE] fetch`: bring the log host's copy of this server's
+forwarded log here, for the `remote` check (ops/checks/remote.py) to compare with the local one.
+
+Run by strongroom-remote-copy.timer (ops/deploy/). Transport: SFTP (paramiko, through the backups'
+`backup.remote.connect`: the same pinned-host-key policy, key-file-only authentication and timeouts)
+to a dedicated account on the log host that can only read (`ForceCommand internal-sftp -R`, chrooted
+to the log directory; docs/monitoring.md). The vault can read the log host's copy, never write it.
+
+The fetch is bounded (the file's size is checked before and while reading) and atomic (a temp file in
+the destination directory, fsync'd, then renamed): the check never compares with half a file. A
+failed fetch leaves the previous copy, whose age the `remote` check alerts (`ops.remote_copy_stale`);
+the copy's mtime is the time of the fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import stat
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import paramiko
+
+from backup.archive import BackupRefused
+from backup.remote import Target, connect
+
+DEFAULT_CONFIG = "/etc/strongroom/remote-copy.toml"
+DEFAULT_DEST = Path("/var/lib/strongroom-watch/remote/forwarded.log")
+MAX_BYTES = 256 * 1024 * 1024  # the remote check's own bound (ops/checks/remote.py MAX_BYTES)
+_CHUNK = 256 * 1024
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*|[0-9A-Fa-f:.]{2,45})$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class RemoteCopyFailed(RuntimeError):
+    """The settings are wrong or the copy could not be fetched; the previous copy is left as it was."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    user: str
+    key_file: Path
+    known_hosts: Path
+    remote_path: str  # as the log host's account sees it (inside its chroot)
+    port: int = 22
+    dest: Path = DEFAULT_DEST
+    max_bytes: int = MAX_BYTES
+    timeout: float = 30.0
+
+
+def parse(raw: dict[str, Any]) -> Settings:
+    known = set(Settings.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RemoteCopyFailed(f"unknown setting(s): {', '.join(unknown)}")
+    missing = sorted({"host", "user", "key_file", "known_hosts", "remote_path"} - set(raw))
+    if missing:
+        raise RemoteCopyFailed(f"missing setting(s): {', '.join(missing)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "host":
+            if not isinstance(value, str) or len(value) > 253 or not _HOST.match(value):
+                raise RemoteCopyFailed("host must be a host name or an IP address")
+        elif name == "user":
+            if not isinstance(value, str) or not _USER.match(value):
+                raise RemoteCopyFailed("user must be a plain account name")
+        elif name in {"key_file", "known_hosts", "dest"}:
+            if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+                raise RemoteCopyFailed(f"{name} must be an absolute path")
+            value = Path(value)
+        elif name == "remote_path":
+            parts = value.split("/") if isinstance(value, str) else []
+            if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or ".." in parts:
+                raise RemoteCopyFailed("remote_path must be an absolute path without '..'")
+            if not value.rstrip("/") or value.endswith("/"):
+                raise RemoteCopyFailed("remote_path must name a file")
+        elif name == "port":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise RemoteCopyFailed("port must be 1-65535")
+        elif name == "max_bytes":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_BYTES:
+                raise RemoteCopyFailed(f"max_bytes must be 1-{MAX_BYTES}")
+        elif name == "timeout":
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 600:
+                raise RemoteCopyFailed("timeout must be 0-600 seconds")
+            value = float(value)
+        values[name] = value
+    return Settings(**values)
+
+
+def load(path: Path) -> Settings:
+    try:
+        return parse(tomllib.loads(path.read_text()))
+    except OSError as exc:
+        raise RemoteCopyFailed(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RemoteCopyFailed(f"{path}: {exc}") from None
+
+
+def _read_bounded(sftp: paramiko.SFTPClient, path: str, limit: int) -> bytes:
+    attrs = sftp.stat(path)
+    if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+        raise RemoteCopyFailed(f"{path} on the log host is not a regular file")
+    if (attrs.st_size or 0) > limit:
+        raise RemoteCopyFailed(f"{path} on the log host is over {limit} bytes")
+    chunks, total = [], 0
+    with sftp.open(path, "rb") as fh:
+        fh.prefetch(attrs.st_size)
+        while chunk := fh.read(_CHUNK):
+            total += len(chunk)
+            if total > limit:  # it grew while we read: the bound holds all the same
+                raise RemoteCopyFailed(f"{path} on the log host is over {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_atomically(dest: Path, data: bytes) -> None:
+    directory = dest.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        # Whoever can write here can swap the copy the alarm compares with.
+        raise RemoteCopyFailed(f"{directory} must be a directory of ours that others cannot write")
+    tmp = directory / f".{dest.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, dest)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def fetch(settings: Settings) -> int:
+    """Fetch the log host's copy to `settings.dest`; returns its size. Raises RemoteCopyFailed."""
+    target = Target(
+        host=settings.host,
+        port=settings.port,
+        user=settings.user,
+        key_file=settings.key_file,
+        known_hosts=settings.known_hosts,
+        directory=posixpath.dirname(settings.remote_path),
+    )
+    try:
+        with connect(target, timeout=settings.timeout) as sftp:
+            data = _read_bounded(sftp, settings.remote_path, settings.max_bytes)
+    except BackupRefused as exc:  # host key, key file, connection: backup.remote's reasons
+        raise RemoteCopyFailed(str(exc)) from None
+    except FileNotFoundError:
+        raise RemoteCopyFailed(f"{settings.remote_path} does not exist on the log host") from None
+    except PermissionError:
+        raise RemoteCopyFailed(f"{settings.remote_path} on the log host is not readable") from None
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise RemoteCopyFailed(f"the fetch failed: {type(exc).__name__}") from None
+    _write_atomically(settings.dest, data)
+    return len(data)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option("--config", default=DEFAULT_CONFIG, show_default=True, help="Settings file (TOML).")
+@click.pass_context
+def cli(ctx: click.Context, config: str) -> None:
+    """The log host's copy of this server's forwarded log, for the watchdog's `remote` check."""
+    ctx.obj = {"config": Path(config)}
+
+
+@cli.command("fetch")
+@click.pass_context
+def fetch_cmd(ctx: click.Context) -> None:
+    """Fetch the copy once (atomically; on failure the previous copy stays, and ages)."""
+    try:
+        size = fetch(load(ctx.obj["config"]))
+    except RemoteCopyFailed as exc:
+        _fail(str(exc))
+    click.echo(f"fetched {size} bytes")
+
+
+def main() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        cli(prog_name="python -m ops.remote_copy")
+
+
+if __name__ == "__main__":
+    main()
