@@ -24,6 +24,7 @@ from keyd.errors import QuotaExceeded, Sealed, Unavailable
 from webapp.auth.sessions import ServerSession, end_sessions, sid_hash
 from webapp.db.tables import sessions
 from webapp.events import Event
+from webapp.redact import mask_pans
 from webapp.request import origin, services
 from webapp.unit import Origin
 
@@ -55,7 +56,7 @@ def handle(app: Flask, exc: Exception) -> Response:
         _record(app, Event.REVEAL_BUDGET_EXCEEDED, end_session=False)
         return Response(render_template("quota_exceeded.html"), status=429, mimetype="text/html")
     if is_db_outage(exc):
-        svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, request.path)
+        svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, mask_pans(request.path))
         log.error("database unavailable: %s at %s", type(exc).__name__, _where(exc))
         _record(app, Event.DB_UNAVAILABLE, end_session=False)
         return Response(render_template("db_unavailable.html"), status=503, mimetype="text/html")

@@ -132,7 +132,7 @@ def test_step_up_failures_lock_the_account_and_end_the_session(
         ("too short", "at least 10 characters"),
         ("x" * 141, "at most 140 characters"),
         ("customer\u200bcalled about it", "control or invisible"),
-        ("card 4111 1111 1111 1111 check", "long digit runs"),
+        ("card 4111 1111 1111 1111 check", "looks like a card number"),
         ("account 12345678 asked", "long digit runs"),
     ],
 )

@@ -15,6 +15,7 @@ from webapp.auth.sessions import end_sessions
 from webapp.clock import to_db
 from webapp.db.tables import ROLES, cert_bindings, password_history, sessions, users
 from webapp.events import Event
+from webapp.redact import PAN_REFUSAL, contains_pan, mask_pans
 from webapp.unit import UnitOfWork
 
 USERNAME_MAX = 64
@@ -39,11 +40,14 @@ def _user(ctx: AdminContext, username: str, *, lock: bool = False) -> sa.Row:
         ctx.uow.record(
             Event.ADMIN_REFUSED, ok=False, resource=f"username:{username[:64]}", detail="unknown_user"
         )
-        raise AdminError(f"no such user: {username}")
+        raise AdminError(f"no such user: {mask_pans(username)}")
     return row
 
 
 def _valid_username(name: str) -> None:
+    # A username is written in clear into every audit record its owner causes.
+    if contains_pan(name):
+        raise AdminError(f"username: {PAN_REFUSAL}")
     # The first character is a letter or digit, as the CA requires: a name starting with '-' would
     # read as an option on a command line, and every user must be able to get a certificate.
     if (
@@ -192,7 +196,7 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
     user = conn.execute(sa.select(users).where(users.c.username == username).with_for_update()).first()
     if user is None:
         ctx.uow.record(Event.CERT_BIND_REFUSED, ok=False, resource=resource, detail="unknown_user")
-        raise AdminError(f"no such user: {username}")
+        raise AdminError(f"no such user: {mask_pans(username)}")
     if conn.execute(
         sa.select(cert_bindings.c.id).where(cert_bindings.c.fingerprint == cert.fingerprint)
     ).first():
@@ -234,6 +238,8 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
 
 
 def unbind_cert(ctx: AdminContext, fingerprint: str, reason: str) -> int:
+    if contains_pan(reason):  # stored in clear with the binding
+        raise AdminError(f"reason: {PAN_REFUSAL}")
     conn = ctx.uow.conn
     fingerprint = fingerprint.strip().lower().replace(":", "")
     resource = f"cert:{fingerprint[:64]}"

@@ -76,7 +76,11 @@ def record_hash(prev_hash: str, seq: int, at: str, fields: dict[str, str]) -> st
 
 
 def _fields(entry: AuditEntry) -> dict[str, str]:
-    return {name: str(getattr(entry, name)) for name in _HASHED}
+    """The record as stored and hashed. Every field goes through the card-number detector here, at
+    the writer, whatever built the entry (AuditEntry masks too; masking is idempotent): the trail is
+    insert-only and hash-chained, so a card number that reached it could never be removed. Masking
+    before hashing keeps verification working: the hash covers what is stored."""
+    return {name: mask_pans(str(getattr(entry, name))) for name in _HASHED}
 
 
 def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime) -> list[Appended]:

@@ -10,6 +10,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+from webapp.redact import luhn_ok  # the one Luhn check (the free-text detector's)
+
 # Field names that would carry a card security code. PCI DSS 3.3.1.2: never stored after
 # authorization, and this vault never authorizes, so a form carrying one is refused outright.
 CVV_FIELDS = ("cvv", "cvc", "cvv2", "cvc2", "csc", "security_code", "cid")
@@ -53,16 +55,6 @@ _BRANDS: tuple[tuple[str, frozenset[int], object], ...] = (
     ),
 )
 BRANDS = tuple(b[0] for b in _BRANDS)
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from webapp.records.cards import luhn_ok
+from webapp.redact import PAN_REFUSAL, contains_pan
 
 NOTE_MAX = 2000
 DOC_TYPES = ("passport", "id_card", "driving_licence", "residence_permit")
@@ -22,25 +22,12 @@ IBAN_LENGTHS = {
     "NL": 18, "NO": 15, "PL": 28, "PT": 25, "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
     "VA": 22,
 }  # fmt: skip
-# 13-19 digits, each optionally followed by one space or dash: how a card number is written.
-_DIGIT_RUN = re.compile(r"(?:\d[ -]?){13,}")
 
 
 class ItemRefused(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def contains_pan(text: str) -> bool:
-    """True when a Luhn-valid run of 13-19 digits (spaces/dashes allowed) hides in `text`."""
-    for m in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"[ -]", "", m.group())
-        for length in range(13, 20):
-            for start in range(len(digits) - length + 1):
-                if luhn_ok(digits[start : start + length]):
-                    return True
-    return False
 
 
 def clean_text(raw: str, what: str, *, max_len: int) -> str:
@@ -83,10 +70,11 @@ def identity(raw: str, doc_type: str) -> tuple[str, str]:
 
 
 def note(raw: str) -> tuple[str, str]:
+    # A card number pasted into a note would escape every card control: masking, reveal, budgets.
+    # Checked first, so that one written with invisible separators gets this message, not a vaguer one.
+    if contains_pan(raw):
+        raise ItemRefused(f"note: {PAN_REFUSAL}")
     text = clean_text(raw, "note", max_len=NOTE_MAX)
-    if contains_pan(text):
-        # A card number pasted into a note would escape every card control: masking, reveal, budgets.
-        raise ItemRefused("note: contains what looks like a card number; cards go in the card form")
     return text, f"note, {len(text)} characters"
 
 

@@ -20,6 +20,7 @@ from keyd.errors import Unavailable
 from webapp.clock import to_db
 from webapp.records.cards import Pan
 from webapp.records.tables import cards, customer_records, items
+from webapp.redact import PAN_REFUSAL, contains_pan
 
 DEFAULT_CRM_REF_PATTERN = r"^C[0-9]{6,10}$"
 
@@ -43,6 +44,9 @@ class RecordRefused(ValueError):
 
 
 def check_crm_ref(value: str, pattern: str) -> str:
+    # Whatever pattern the site configured: a card number typed into the search box is named as such.
+    if contains_pan(value):
+        raise RecordRefused(f"CRM reference: {PAN_REFUSAL}")
     if not re.fullmatch(pattern, value):
         raise RecordRefused("CRM reference: wrong format")
     return value

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from webapp.clock import to_db
-from webapp.records.items import contains_pan
 from webapp.records.tables import stepup_tokens
+from webapp.redact import PAN_REFUSAL, contains_pan
 
 REASON_MIN, REASON_MAX = 10, 140
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -75,10 +75,12 @@ def check_reason(raw: str) -> str:
         raise StepUpRefused(f"reason: at least {REASON_MIN} characters")
     if len(reason) > REASON_MAX:
         raise StepUpRefused(f"reason: at most {REASON_MAX} characters")
+    # The reason lands in the audit log and in keyd's events: it must never carry what is revealed.
+    if contains_pan(reason):
+        raise StepUpRefused(f"reason: {PAN_REFUSAL}")
     if any(unicodedata.category(c).startswith("C") for c in reason):
         raise StepUpRefused("reason: control or invisible characters")
-    # The reason lands in the audit log and in keyd's events: it must never carry what is revealed.
-    if _DIGITS.search(reason) or contains_pan(reason):
+    if _DIGITS.search(reason):
         raise StepUpRefused("reason: must not contain long digit runs (card or account numbers)")
     return reason
 
