@@ -1,0 +1,95 @@
+"""The whole server, booted: fixtures of tests/system.
+
+`system` is the booted Debian 12 container (real systemd, on the test's network namespaces) before
+anything of Strongroom is installed; `server` is the same container after the install command has
+run once, as docs/deploy.md shows it. Both are session-scoped: the suite boots one server and every
+scenario runs against it. The image and the wheelhouse are cached (tests/system/images.py), so a
+warm start costs the boot and the install, not the build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import component_missing
+from tests.system import images
+from tests.system.container import Container, reap_stale_runs
+from tests.system.network import Network
+from tests.system.server import INSTALL, REPO, SRC, WHEELS, Server, TestCa, make_admins
+
+HERE = Path(__file__).resolve().parent
+# Setting up the session's server (cold image build, boot, install) is timed as part of the first
+# test that needs it: every test here gets this much unless it sets its own timeout.
+SYSTEM_TIMEOUT = 1500
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SYSTEM_TIMEOUT))
+
+
+def need_components() -> None:
+    """Root and the tools the harness drives (scripts/debian-packages.txt installs them)."""
+    if os.geteuid() != 0:
+        component_missing("the whole-server test needs root (network namespaces, mounts, systemd-nspawn)")
+    for tool in ("systemd-nspawn", "mmdebstrap", "nsenter", "ip", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            component_missing(f"{tool} is not installed (scripts/debian-packages.txt lists it)")
+
+
+@pytest.fixture(scope="session")
+def system_image() -> Path:
+    need_components()
+    reap_stale_runs()
+    image, _built = images.ensure_image()
+    return image
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    need_components()
+    path, _downloaded = images.ensure_wheelhouse()
+    return path
+
+
+@pytest.fixture(scope="session")
+def system(
+    system_image: Path, wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The booted container, nothing installed yet (a bare Debian 12 with the server's packages)."""
+    net = Network()
+    try:
+        net.create()
+        container = Container(system_image, net, binds={SRC: REPO, WHEELS: wheelhouse})
+        with container:
+            work = tmp_path_factory.mktemp("system")
+            server = Server(container, net, TestCa(work / "ca"), make_admins(work / "ssh"))
+            container.prepare()
+            server.put_setup_files()
+            container.start()
+            yield server
+    finally:
+        net.teardown()
+
+
+@pytest.fixture(scope="session")
+def server(system: Server) -> Server:
+    """The container after one run of the install command with the test's settings."""
+    if not (REPO / INSTALL).exists():
+        component_missing(f"{INSTALL} does not exist yet")
+    if not system.installs and not system.install_error:
+        try:
+            system.install()
+        except AssertionError as exc:
+            system.install_error = str(exc)
+    if system.install_error:
+        pytest.fail(f"the install command failed in the container:\n{system.install_error}")
+    return system
