@@ -1,7 +1,8 @@
 """The mailer's ExecStart=, as written in deploy/strongroom-mail.service, with the unit's environment:
 it delivers a queued alert to an SMTP server on loopback, stops cleanly on SIGTERM, and its traced
 run passes the unit's SystemCallFilter=, RestrictAddressFamilies=, IPAddressAllow=localhost and
-MemoryDenyWriteExecute=, and the compiled strongroom-mail AppArmor profile."""
+MemoryDenyWriteExecute=, and the compiled strongroom-mail AppArmor profile. Unusable settings stop it
+for good, and its OnFailure= script tells root through postfix."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ops.postfix import Postfix
 from tests.apparmor.policy import compiled_file_rules, decide
 from tests.deploy.syscalls import allowed_syscalls, file_accesses, read_trace, syscall_groups, translate
 from tests.deploy.test_units import options
 from tests.deploy.test_web_command import descendants, unit_environment
+from tests.deploy.test_webapp_env import environment_file, render
+from tests.ops.postfix_harness import local_users, private_postfix
+from tests.ops.rsyslog_harness import free_port, wait_for
 from tests.support import need_binary, need_root
 from tests.webapp.smtpsink import Sink, smtp_server
 from webapp import create_app, outbox
@@ -122,3 +127,49 @@ def test_mailer_unit_delivers_within_its_sandbox() -> None:
             (p, m) for p, m in accesses if (p, m) != (started, "x") and not decide(rules, p).allows(m)
         )
         assert refused == [], "the profile would refuse:\n" + "\n".join(f"{p} {m}" for p, m in refused)
+
+
+def test_unusable_settings_stop_the_mailer_for_good_and_root_hears_it(tmp_path: Path) -> None:
+    """A forgotten placeholder (the env file as install.sh fills it, SECRET_KEY only): the unit's
+    ExecStart= exits 78, which the unit does not restart on, and its OnFailure= script mails root
+    through a real postfix into the admins' mailboxes."""
+    opts = options("strongroom-mail.service")
+    assert opts["RestartPreventExitStatus"] == ["78"]
+    assert opts["Restart"] == ["on-failure"]
+    assert opts["OnFailure"] == ["strongroom-mail-failed.service"]
+    failed = options("strongroom-mail-failed.service")
+    assert failed["Type"] == ["oneshot"]
+    assert "User" not in failed  # root: postfix's sendmail runs setgid postdrop
+    (script,) = failed["ExecStart"]
+    script = script.replace("/opt/strongroom", str(ROOT))
+
+    env = environment_file(render({"SECRET_KEY": secrets.token_urlsafe(48)}))
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    env |= {
+        **unit_environment("strongroom-mail.service"),
+        "STRONGROOM_DATABASE_URL": f"sqlite:///{instance}/strongroom.db",
+        "STRONGROOM_INSTANCE_PATH": str(instance),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+    argv = shlex.split(opts["ExecStart"][0].replace("/opt/strongroom", str(ROOT)))
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 78, done.stderr
+    assert "STRONGROOM_MAIL_FROM" in done.stderr
+
+    tag = secrets.token_hex(3)
+    users = (f"sra{tag}", f"srb{tag}")
+    host = "vault.example.internal"
+    config = Postfix(myhostname=host, admins=tuple(f"{u}@{host}" for u in users), port=free_port())
+    with local_users(*users), private_postfix(config) as pf:
+        sent = subprocess.run([script], env=pf.env, capture_output=True, text=True, timeout=60, check=False)
+        assert sent.returncode == 0, sent.stderr
+
+        def mailbox(user: str) -> str:
+            path = pf.mail_dir / user
+            return path.read_text(errors="replace") if path.exists() else ""
+
+        subject = "Subject: Strongroom: alert mailer failed on "
+        wait_for(lambda: all(subject in mailbox(u) for u in users), timeout=30, what="notice: " + pf.log())
+        assert "MAIL_FROM" not in mailbox(users[0])  # the reason stays in the journal

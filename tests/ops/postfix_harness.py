@@ -31,6 +31,7 @@ class PrivatePostfix:
     conf: Path
     base: Path
     master_pid: int
+    smtp_port: int  # the loopback listener (127.0.0.1 and ::1)
 
     @property
     def env(self) -> dict[str, str]:
@@ -98,7 +99,7 @@ def private_postfix(config: Postfix, *, relay_port: int | None = None) -> Iterat
         log = base / "postfix.log"
         assert started.returncode == 0, started.stderr + (log.read_text() if log.exists() else "")
         pid = int((queue / "pid" / "master.pid").read_text().split()[0])
-        yield PrivatePostfix(conf=conf, base=base, master_pid=pid)
+        yield PrivatePostfix(conf=conf, base=base, master_pid=pid, smtp_port=config.port)
     finally:
         subprocess.run([postfix, "-c", str(conf), "stop"], capture_output=True, env=env)
         time.sleep(0.2)

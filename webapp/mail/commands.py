@@ -1,8 +1,10 @@
 """`flask --app webapp mail send` (one pass) and `mail run --interval N` (a loop for systemd).
 
 Exit status of `send`: 0 when everything pending was delivered (or nothing was pending), 1 when a
-mail failed, the settings are unusable or the database is unreachable. `run` ends cleanly (exit 0)
-on SIGTERM or SIGINT after the pass in progress.
+mail failed or the database is unreachable. Both commands exit 78 (EX_CONFIG) when the mail settings
+are unusable: retrying cannot help, so strongroom-mail.service does not restart on it
+(RestartPreventExitStatus=78) and its OnFailure= unit mails root through postfix instead.
+`run` ends cleanly (exit 0) on SIGTERM or SIGINT after the pass in progress.
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ from webapp.mail.settings import MailConfigError, MailSettings
 
 mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
 MAX_PASSES = 100  # `send` drains at most this many passes of PASS_LIMIT rows per event name
+EX_CONFIG = 78  # sysexits.h: configuration error (the unit's RestartPreventExitStatus=)
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(status)
 
 
 def _mailer() -> Mailer:
     try:
         settings = MailSettings.from_config(current_app.config)
     except MailConfigError as exc:
-        _fail(str(exc))
+        _fail(str(exc), EX_CONFIG)
     svc = current_app.extensions["strongroom"]
     return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit)
 
