@@ -31,6 +31,7 @@ from types import FrameType, TracebackType
 
 HERE = Path(__file__).resolve().parent
 SITE = HERE / "strongroom-site.conf"
+LOG_FILTER = HERE / "logfilter.py"
 MODULES_FILE = HERE / "modules.txt"
 MODULE_DIR = Path("/usr/lib/apache2/modules")
 # The CRS as Debian loads it server-wide (mods-available/security2.conf); the vhost adds the rest.
@@ -66,6 +67,8 @@ class Settings:
     group: str = "www-data"
     # None only in the test proving that the vhost fails closed without the CRS.
     crs_load: Path | None = CRS_LOAD
+    # Runs apache/logfilter.py (standard library only): this interpreter, as on a host /usr/bin/python3.
+    python: str = sys.executable
 
     @property
     def conf(self) -> Path:
@@ -102,7 +105,7 @@ class Settings:
 
     @property
     def modsec_audit_log(self) -> Path:
-        return self.log_dir / "strongroom-modsec-audit.log"
+        return self.log_dir / "modsecurity" / "strongroom-audit.log"
 
     @property
     def modsec_data_dir(self) -> Path:
@@ -128,6 +131,8 @@ class Settings:
             "STRONGROOM_MODSEC_DATA_DIR": str(self.modsec_data_dir),
             "STRONGROOM_MODSEC_TMP_DIR": str(self.modsec_tmp_dir),
             "STRONGROOM_MODSEC_AUDIT_LOG": str(self.modsec_audit_log),
+            "STRONGROOM_PYTHON": self.python,
+            "STRONGROOM_LOG_FILTER": str(LOG_FILTER),
         }
 
 
@@ -160,13 +165,7 @@ LogLevel warn
 # Without User/Group the children would keep serving as root (PLATFORM-NOTES.md).
 User {s.user}
 Group {s.group}
-# A tiny event MPM: one child process, few threads (tests run many instances on 2 cores).
-StartServers 1
-ServerLimit 2
-ThreadsPerChild 8
-MaxRequestWorkers 16
-MinSpareThreads 4
-MaxSpareThreads 16
+# The event MPM's sizing and every timeout come from the site file, as in production.
 # As Debian's mime.conf: mod_mime (which Debian's ssl.conf needs) refuses to start without it.
 TypesConfig /etc/mime.types
 SSLSessionCache shmcb:{s.state_dir}/ssl_scache(512000)

@@ -93,6 +93,8 @@ def host() -> Iterator[Host]:
             "STRONGROOM_WEB_SOCKET": str(d / "web" / "gunicorn.sock"),
             "STRONGROOM_CONF_DIR": str(HERE),
             "STRONGROOM_MODSEC_TMP_DIR": str(tmp),
+            # The recipe installs it into /etc/apache2/strongroom/ with the other files.
+            "STRONGROOM_LOG_FILTER": str(HERE / "logfilter.py"),
         }
         (conf / "conf-enabled" / "strongroom-test-paths.conf").write_text(
             "".join(f"Define {k} {v}\n" for k, v in defines.items())

@@ -40,7 +40,9 @@ PRODUCTION_DEFAULTS = {
     "STRONGROOM_CONF_DIR": "/etc/apache2/strongroom",
     "STRONGROOM_MODSEC_DATA_DIR": "/var/cache/modsecurity",
     "STRONGROOM_MODSEC_TMP_DIR": "/var/cache/modsecurity/strongroom-tmp",
-    "STRONGROOM_MODSEC_AUDIT_LOG": "${APACHE_LOG_DIR}/strongroom-modsec-audit.log",
+    "STRONGROOM_MODSEC_AUDIT_LOG": "${APACHE_LOG_DIR}/modsecurity/strongroom-audit.log",
+    "STRONGROOM_PYTHON": "/usr/bin/python3",
+    "STRONGROOM_LOG_FILTER": "/etc/apache2/strongroom/logfilter.py",
 }
 
 
