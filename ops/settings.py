@@ -13,7 +13,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-CHECKS = ("processes", "ports", "logs", "access", "updates", "keyd", "keyd_events", "integrity", "remote")
+CHECKS = (
+    "processes",
+    "ports",
+    "logs",
+    "access",
+    "updates",
+    "keyd",
+    "keyd_events",
+    "integrity",
+    "remote",
+    "outbox",
+)
 
 
 class SettingsError(ValueError):
@@ -50,6 +61,9 @@ class Settings:
     # fails). Unset for a live file (the check run on the log host itself).
     remote_copy_max_age_seconds: int | None = None
     max_read_bytes: int = 64 * 1024 * 1024  # per log per run; the rest is read next run
+    # outbox: alerts unsent for longer than this mean the mail path is broken (root is mailed directly).
+    # The mailer tries every minute: a quarter of an hour of failures is no passing hiccup.
+    outbox_stuck_seconds: int = 900
 
 
 _PATHS = {
@@ -67,6 +81,7 @@ _INTS = {
     "remote_grace_seconds",
     "remote_copy_max_age_seconds",
     "max_read_bytes",
+    "outbox_stuck_seconds",
 }
 _STRS = {"database_url", "modsecurity_log", "aide_binary", "apt_binary", "keyd_user"}
 

@@ -49,7 +49,18 @@ class CheckModule:
 
 
 def registry() -> dict[str, CheckModule]:
-    from ops.checks import access, integrity, keyd, keyd_events, logs, ports, processes, remote, updates
+    from ops.checks import (
+        access,
+        integrity,
+        keyd,
+        keyd_events,
+        logs,
+        outbox,
+        ports,
+        processes,
+        remote,
+        updates,
+    )
 
-    mods = (processes, ports, logs, access, updates, keyd, keyd_events, integrity, remote)
+    mods = (processes, ports, logs, access, updates, keyd, keyd_events, integrity, remote, outbox)
     return {m.NAME: CheckModule(m.NAME, m.run, getattr(m, "snapshot", None)) for m in mods}

@@ -18,9 +18,6 @@ from webapp.clock import to_db
 from webapp.db.tables import outbox
 
 NAME = "outbox"
-# The mailer tries every minute: a quarter of an hour of failures is no passing hiccup. The watchdog
-# settings may override it (`outbox_stuck_seconds`).
-STUCK_AFTER_SECONDS = 900
 SENDMAIL = "/usr/sbin/sendmail"  # postfix's; MAIL_CONFIG in the environment selects its config
 SENDMAIL_TIMEOUT = 60
 
@@ -65,7 +62,7 @@ def notify_root(count: int, minutes: int) -> None:
 def run(ctx: Context) -> Result:
     if ctx.engine is None:
         raise CheckFailed("no database")
-    seconds = int(getattr(ctx.settings, "outbox_stuck_seconds", STUCK_AFTER_SECONDS))
+    seconds = ctx.settings.outbox_stuck_seconds
     count = stuck_count(ctx.engine, to_db(ctx.now - timedelta(seconds=seconds)))
     was_stuck = bool((ctx.state or {}).get("stuck"))
     if count and not was_stuck:

@@ -29,7 +29,7 @@ from webapp.db.tables import outbox as outbox_table
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "vault.example.internal"
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
-BOUND = timedelta(seconds=check.STUCK_AFTER_SECONDS)
+BOUND = timedelta(seconds=Settings.outbox_stuck_seconds)
 SUBJECT = "Subject: Strongroom: alerts are not being mailed"
 
 
