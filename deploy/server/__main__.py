@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,7 +44,41 @@ def preflight(s: Settings) -> list[str]:
             problems.append(f"{key}: {path} is larger than {MAX_INPUT_FILE} bytes")
         elif not os.access(p, os.R_OK):
             problems.append(f"{key}: {path} is not readable")
+    if problems:
+        return problems
+    if shutil.which("openssl") is None:
+        return ["openssl is missing: it checks that each key belongs to its certificate"]
+    problems += key_pair("tls.server_cert", s.tls.server_cert, "tls.server_key", s.tls.server_key)
+    problems += key_pair("loghost.cert_file", s.loghost.cert_file, "loghost.key_file", s.loghost.key_file)
+    if not problems and "does match" not in _openssl(
+        "x509", "-in", s.tls.server_cert, "-noout", "-checkhost", s.hostname
+    ):
+        problems.append(f"tls.server_cert: {s.tls.server_cert} does not name {s.hostname} (hostname)")
     return problems
+
+
+def key_pair(cert_name: str, cert: str, key_name: str, key: str) -> list[str]:
+    """A key that is not its certificate's would only show as Apache (or rsyslog) failing to start,
+    after the old files were replaced: compare the public keys first. openssl's own messages are
+    dropped: they could quote the key file."""
+    cert_pub = _openssl("x509", "-in", cert, "-noout", "-pubkey")
+    # -passin pass: and no stdin: an encrypted key fails here instead of prompting (the services
+    # read their keys unattended).
+    key_pub = _openssl("pkey", "-in", key, "-pubout", "-passin", "pass:")
+    if not cert_pub:
+        return [f"{cert_name}: {cert} is not a PEM certificate"]
+    if not key_pub:
+        return [f"{key_name}: {key} is not an unencrypted PEM private key"]
+    if cert_pub != key_pub:
+        return [f"{key_name}: {key} is not the key of {cert_name} ({cert})"]
+    return []
+
+
+def _openssl(*args: str) -> str:
+    res = subprocess.run(
+        ["openssl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    return res.stdout if res.returncode == 0 else ""
 
 
 def main(argv: list[str] | None = None) -> int:

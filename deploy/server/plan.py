@@ -51,6 +51,10 @@ class Plan:
             apply()
         self.out(f"changed: {what}")
 
+    def note(self, text: str) -> None:
+        """Something expected that the operator must do next: said in both modes, never drift."""
+        self.out(f"next: {text}")
+
     # ---- files -----------------------------------------------------------------------------------
 
     def on_target(self, path: str) -> Path:
@@ -61,8 +65,15 @@ class Plan:
         gid = _lookup(self.on_target("/etc/group"), group)
         return None if uid is None or gid is None else (uid, gid)
 
-    def file(self, want: Want, *, restarts: Sequence[str] = ()) -> bool:
-        """Content, owner and mode as wanted; returns whether it differed."""
+    def file(
+        self,
+        want: Want,
+        *,
+        restarts: Sequence[str] = (),
+        validate: Callable[[Path], None] | None = None,
+    ) -> bool:
+        """Content, owner and mode as wanted; returns whether it differed. `validate` is given the new
+        file, written beside the old one, before it replaces it: it raises InstallError to keep the old."""
         target = self.on_target(want.path)
         if target.is_symlink():
             raise InstallError(f"{want.path} is a symbolic link: refusing (remove it, check who made it)")
@@ -77,8 +88,7 @@ class Plan:
             same = False
         if same:
             return False
-        assert ids is not None or self.check
-        self.change(want.path, lambda: _write(target, want.content, want.mode, ids or (0, 0)))
+        self.change(want.path, lambda: _write(target, want.content, want.mode, ids or (0, 0), validate))
         self.restart.update(restarts)
         return True
 
@@ -130,8 +140,15 @@ def _lookup(table: Path, name: str) -> int | None:
     return None
 
 
-def _write(target: Path, content: bytes, mode: int, ids: tuple[int, int]) -> None:
-    """Atomically: a reader (a service starting) sees the old file or the new one, never half."""
+def _write(
+    target: Path,
+    content: bytes,
+    mode: int,
+    ids: tuple[int, int],
+    validate: Callable[[Path], None] | None = None,
+) -> None:
+    """Atomically: a reader (a service starting) sees the old file or the new one, never half; a file
+    that `validate` refuses never replaces the old one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.strongroom-install")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -142,7 +159,12 @@ def _write(target: Path, content: bytes, mode: int, ids: tuple[int, int]) -> Non
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, target)
+    try:
+        if validate is not None:
+            validate(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run(

@@ -17,7 +17,7 @@ from typing import Any
 from hardening.firewall.config import FirewallConfigError, parse_network
 
 MAX_FILE_BYTES = 64 * 1024
-MAX_ADMINS = 32
+MAX_ADMINS = 10  # the alert mailer's limit for STRONGROOM_ALERT_TO (and ops.postfix's)
 MAX_NETWORKS = 256
 MAX_KEY_CHARS = 16 * 1024
 
@@ -26,19 +26,28 @@ _HOSTNAME = re.compile(
 )
 # Debian's adduser default NAME_REGEX, shorter: no upper case, no dots, nothing a shell or sshd
 # pattern could read as more than a name.
-_LOGIN = re.compile(r"[a-z][a-z0-9_-]{0,30}")
+LOGIN = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 # A KEYHOLDER name goes into environment="KEYHOLDER=..." in a root-owned key file: plain only.
 _KEYHOLDER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
 _MAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}")
+# An admin's address goes into postfix map lines (ops.postfix): lowercase, nothing a map could read
+# as syntax.
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_ADMIN_MAIL = re.compile(rf"[a-z0-9][a-z0-9._+-]{{0,63}}@{_LABEL}(\.{_LABEL})*")
 _SSH_KEY = re.compile(
     r"(ssh-ed25519|sk-ssh-ed25519@openssh\.com|ecdsa-sha2-nistp256|sk-ecdsa-sha2-nistp256@openssh\.com|ssh-rsa)"
     r" [A-Za-z0-9+/]{40,8000}={0,2}( [A-Za-z0-9@._+-]{1,100})?"
 )
 _PATH = re.compile(r"/[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*")
 _RELAY = re.compile(r"(\[[A-Za-z0-9.-]{1,253}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?")
+# postfix's relayhost as ops.postfix accepts it: [host.domain] or [IPv4], brackets so no MX lookup.
+_RELAYHOST = re.compile(rf"\[{_LABEL}(\.{_LABEL})+\](:(?P<port>[0-9]{{1,5}}))?")
 # Names the installer itself uses (services, Debian's accounts): an admin must not take them over.
 RESERVED_LOGINS = frozenset(
     {"root", "daemon", "bin", "sys", "sync", "www-data", "mysql", "postfix", "nobody", "sshd", "messagebus"}
+    # postfix rewrites mail for these to the admins (ops/postfix REWRITTEN): an admin of that name
+    # would be a mail loop.
+    | {"postmaster", "abuse", "keyd"}
 )
 
 _TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup"}
@@ -202,10 +211,17 @@ def parse(text: str) -> Settings:
         r.bad("hostname", "a fully qualified name (the server certificate's and the mail's name)")
 
     mail = r.table(data, "mail", _MAILT, required=False)
-    relay = r.text(mail, "relay", "mail", _RELAY, required=False)
+    relay = r.text(mail, "relay", "mail", _RELAYHOST, required=False)
+    port_match = _RELAYHOST.fullmatch(relay)
+    if port_match and port_match["port"] and not 1 <= int(port_match["port"]) <= 65535:
+        r.bad("mail.relay", "port 1-65535")
     mail_from = r.text(mail, "from", "mail", _MAIL, required=False) or (
         f"strongroom@{hostname}" if hostname else ""
     )
+    # postfix's loopback listener takes senders of this host only (ops.postfix): any other sender
+    # would be refused and the alert lost.
+    if mail_from and hostname and mail_from.rsplit("@", 1)[1].lower() != hostname:
+        r.bad("mail.from", f"must be an address @{hostname} (postfix accepts only this host's senders)")
 
     admins = _admins(r, data.get("admins"), hostname, relay)
 
@@ -274,11 +290,11 @@ def _admins(r: _Reader, value: object, hostname: str, relay: str) -> tuple[Admin
             r.bad(where, "must be a table")
             continue
         r.unknown(item, _ADMIN, where)
-        login = r.text(item, "login", where, _LOGIN)
+        login = r.text(item, "login", where, LOGIN)
         if login in RESERVED_LOGINS or login.startswith("strongroom"):
             r.bad(f"{where}.login", "reserved for the system")
             login = ""
-        address = r.text(item, "mail", where, _MAIL)
+        address = r.text(item, "mail", where, _ADMIN_MAIL)
         # Without a relay postfix delivers only to this server's own mailboxes: an outside address
         # would bounce silently into the queue, and the alarm would never ring.
         if address and not relay and hostname and address.lower() != f"{login}@{hostname}":

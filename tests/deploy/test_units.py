@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from keyd.config import Config
+from keyd.state import StateStore
 from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,3 +167,12 @@ def test_paths_agree_with_the_components() -> None:
     assert str(defaults.drop_path).startswith("/dev/shm/")
     for key in ("InaccessiblePaths", "TemporaryFileSystem", "BindPaths"):
         assert key not in keyd
+
+
+def test_keyd_is_skipped_not_failed_before_init() -> None:
+    """Before `keyd init` there is no state: the unit's condition skips it (no failed unit on a fresh
+    install); the condition names exactly the file keyd reads its state from."""
+    conditions = options("strongroom-keyd.service")["ConditionPathExists"]
+    state = StateStore(Config().state_dir)
+    assert str(state.path) in conditions
+    assert "/etc/strongroom/keyd.toml" in conditions
