@@ -632,6 +632,9 @@ def _retire(plan: Plan, login: str, key: bool, member: bool, account: bool) -> N
     # (never an option-looking "-x"); anything else had only its key file to remove.
     if not _LOGIN.fullmatch(login):
         return
+    if (member or account) and plan.root != Path("/"):
+        # gpasswd and usermod change the running system's accounts, never a throwaway root's.
+        raise InstallError(f"former admin {login}: accounts are changed only on the real root")
     if member:
         run(["gpasswd", "--delete", login, ADMIN_GROUP], what="gpasswd --delete")
     if account:

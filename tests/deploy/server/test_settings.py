@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.server.settings import SettingsError, parse
+from ops.postfix import Postfix
 
 EXAMPLE = (Path(__file__).resolve().parents[3] / "deploy/server/server.toml.example").read_text()
 
@@ -50,6 +51,16 @@ def edit(pattern: str, replacement: str) -> str:
         (edit(r"^mail = .*$", 'mail = "security@example.org"'), "admins[0].mail"),
         (edit(r"^\[\[admins\]\]$", '[[admins]]\nshell = "/bin/bash"'), "admins[0].shell"),
         (edit(r"^relay = .*$", 'relay = "mail.example.internal; rm -rf /"'), "mail.relay"),
+        # ops.postfix's relayhost: brackets (no MX lookup), a real port, lower case.
+        (edit(r"^relay = .*$", 'relay = "mail.example.internal:587"'), "mail.relay"),
+        (edit(r"^relay = .*$", 'relay = "[mail.example.internal]:70000"'), "mail.relay"),
+        (edit(r"^relay = .*$", 'relay = "[Mail.Example.internal]"'), "mail.relay"),
+        (edit(r"^mail = .*$", 'mail = "Alice@vault.example.internal"'), "admins[0].mail"),
+        # postfix rewrites these names to the admins: an admin of that name is a mail loop.
+        (edit(r"^login = .*$", 'login = "abuse"'), "admins[0].login"),
+        (edit(r"^login = .*$", 'login = "postmaster"'), "admins[0].login"),
+        # postfix's loopback listener takes this host's senders only.
+        (edit(r"^from = .*$", 'from = "alerts@example.org"'), "mail.from"),
         (edit(r"^port = .*$", "port = 70000"), "loghost.port"),
         (edit(r"^port = .*$", "port = true"), "loghost.port"),
         (edit(r"^address = .*$", 'address = "192.0.2.50:6514"'), "loghost.address"),
@@ -74,5 +85,20 @@ def test_bad_settings_are_refused_naming_the_key(text: str, key: str) -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     text = edit(r"^port = .*$", "port = 0").replace('hostname = "vault.example.internal"', 'hostname = "x"')
-    problems = pytest.raises(SettingsError, parse, text).value.problems
+    with pytest.raises(SettingsError) as info:
+        parse(text)
+    problems = info.value.problems
     assert {p.split(":")[0] for p in problems} >= {"hostname", "loghost.port"}
+
+
+@pytest.mark.parametrize("relay", ["", "[mail.example.internal]:587", "[mail.example.internal]"])
+def test_what_the_settings_accept_the_postfix_renderer_accepts(relay: str) -> None:
+    """The installer renders postfix after it has changed the server: the settings must refuse first
+    whatever ops.postfix would refuse then."""
+    text = edit(r"^relay = .*$", f'relay = "{relay}"')
+    if relay:
+        text = text.replace('mail = "alice@vault.example.internal"', 'mail = "alice@example.org"')
+    s = parse(text)
+    files = Postfix(myhostname=s.hostname, admins=s.alert_to, relayhost=s.relay or None).render()
+    assert s.hostname in files["main.cf"]
+    assert s.mail_from.endswith("@" + s.hostname)
