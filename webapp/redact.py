@@ -28,11 +28,12 @@ What counts as a card number (docs/webapp.md, "Card numbers in free text"):
 
 Not card numbers (each in the tests' table of harmless text): numbers of fewer than 13 digits; a
 Luhn-invalid run; a date (Y-M-D, D.M.Y, M/D/Y with a 19xx/20xx year), a time of day
-(H:MM[:SS[.ffffff]]) or a Common Log Format time (YYYY:HH:MM:SS), whose digits are left out, so lists of dates and timestamps are harmless; a
-CRM reference (`C` + digits: the letter ends it); and, for masking only, digits inside a hex token
-of 32+ characters (hashes, fingerprints, serials, record ids: random hex holds long digit runs by
-chance). A card number can be disguised as a date and a time digit by digit on purpose, like one
-spelled in words: no detector of numbers finds those, and none is claimed.
+(H:MM[:SS[.ffffff]]) or a Common Log Format time (YYYY:HH:MM:SS), whose digits are left out, so
+lists of dates and timestamps are harmless; a CRM reference (`C` + digits: the letter ends it);
+and, for masking only, digits inside a hex token of 32+ characters (hashes, fingerprints, serials,
+record ids: random hex holds long digit runs by chance). A card number can be disguised as a date
+and a time digit by digit on purpose, like one spelled in words: no detector of numbers finds
+those, and none is claimed.
 
 Hostile input: one pass over the text (the date and time patterns have bounded quantifiers and no
 nesting, and at most seven groups start a window that fits in 19 digits), and text longer than
@@ -67,10 +68,13 @@ _DATE_TIME = re.compile(
     + rf"|{_MONTH}([-/.]){_DAY}\3{_YEAR}"
     # Common Log Format's "06/May/2024:10:30:00" after the month name (Apache, gunicorn access logs).
     + rf"|{_YEAR}:(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
-    # At most 12 digits, so a time alone never holds a whole card number.
-    + r"|(?:[01]?\d|2[0-3]):[0-5]\d(?::(?:[0-5]\d|60)(?:[.,]\d{1,6})?)?"
     + ")"
     + _ALONE_AFTER
+    # A time of day, at most 12 digits so that it never holds a whole card number. Only a colon, a
+    # dot or a comma continues one ("08:30-12:00" is two times, "41:11:11:11..." is no time).
+    + r"|(?<!\d)(?<!\d[:.,])"
+    + r"(?:[01]?\d|2[0-3]):[0-5]\d(?::(?:[0-5]\d|60)(?:[.,]\d{1,6})?)?"
+    + r"(?!\d)(?![:.,]\d)"
 )
 _LONG_HEX = re.compile(rf"[0-9a-fA-F]{{{HEX_TOKEN},}}")
 

@@ -81,6 +81,15 @@ def test_a_new_binding_replaces_the_previous_one(
         # The CA refuses such names (and "-x" reads as an option): no user it could never certify.
         (["users", "add", "_eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
         (["users", "add", ".eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+        # A username is in clear in every audit record; a reason is stored with the binding.
+        (
+            ["users", "add", "4111.1111.1111.1111", "--role", "clerk", "--password-stdin"],
+            "error: username: contains what looks like a card number",
+        ),
+        (
+            ["certs", "unbind", "ab" * 32, "--reason", "card 4111/1111/1111/1111"],
+            "error: reason: contains what looks like a card number",
+        ),
     ],
 )
 def test_refusals_exit_1_with_one_line_and_are_audited(
@@ -101,7 +110,8 @@ def test_refusals_exit_1_with_one_line_and_are_audited(
     assert err.startswith(reason)
     assert err.count("\n") == 1
     assert "short" not in err
-    if "PEM" not in reason and "usernames" not in reason:
+    assert "1111" not in err
+    if "PEM" not in reason and "username" not in reason:
         assert len(audit_rows(app)) == before + 1
         assert audit_rows(app)[-1].outcome == "failure"
 
@@ -196,3 +206,10 @@ def test_the_ca_contract_as_a_subprocess(
         [*flask, "certs", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert f"bob\trevoked\t{fp}" in listing.stdout
+
+
+def test_an_unknown_username_is_named_masked_when_it_is_a_card_number(app: Flask) -> None:
+    code, _, err = _run(app, "users", "disable", "4111.1111.1111.1111")
+    assert code == 1
+    assert err == "error: no such user: ************1111\n"
+    assert "4111" not in audit_rows(app)[-1].resource

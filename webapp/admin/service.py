@@ -238,11 +238,12 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo) -> None:
 
 
 def unbind_cert(ctx: AdminContext, fingerprint: str, reason: str) -> int:
-    if contains_pan(reason):  # stored in clear with the binding
-        raise AdminError(f"reason: {PAN_REFUSAL}")
     conn = ctx.uow.conn
     fingerprint = fingerprint.strip().lower().replace(":", "")
     resource = f"cert:{fingerprint[:64]}"
+    if contains_pan(reason):  # stored in clear with the binding
+        ctx.uow.record(Event.CERT_UNBOUND, ok=False, resource=resource, detail="reason_holds_card_number")
+        raise AdminError(f"reason: {PAN_REFUSAL}")
     row = conn.execute(
         sa.select(cert_bindings).where(cert_bindings.c.fingerprint == fingerprint).with_for_update()
     ).first()
