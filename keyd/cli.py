@@ -112,7 +112,7 @@ def _config(args: argparse.Namespace) -> Config:
 def _init(config: Config, args: argparse.Namespace) -> int:
     from keyd import hardening
     from keyd.keysource import DropRefused, TokenError, consume_drop, open_drop
-    from keyd.state import StateError, StateStore, make_state_dir
+    from keyd.state import StateError, StateStore, hand_over, make_state_dir
     from keyd.vault import close_ring, create_state
 
     store = StateStore(config.state_dir)
@@ -160,6 +160,8 @@ def _init(config: Config, args: argparse.Namespace) -> int:
         return 1
     close_ring(ring)
     store.save(state)
+    if config.user is not None:
+        hand_over(config.state_dir, *hardening.resolve_user(config.user))
     print(
         f"keyd init: state created in {config.state_dir} (mode {config.mode}, key version 1)", file=sys.stderr
     )

@@ -22,7 +22,7 @@ from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink, FanoutSink, SpoolSink, SyslogSink
 from keyd.keysource import DropIdentity, DropRefusal, DropRefused, consume_drop, open_drop, wipe
 from keyd.protocol import MAX_FRAME, Reason, encode_error
-from keyd.state import StateStore, make_state_dir
+from keyd.state import StateStore, hand_over, make_state_dir
 from keyd.vault import Vault
 
 log = logging.getLogger("keyd")
@@ -284,9 +284,7 @@ def serve(config: Config) -> int:
     store = StateStore(config.state_dir)
     store.load()  # refuse to start (and to bind) on a missing or broken state
     make_state_dir(config.state_dir)  # 0700, and refuse a directory that is not keyd's alone
-    if os.geteuid() == 0 and uid != 0:
-        for p in [config.state_dir, *config.state_dir.iterdir()]:
-            os.lchown(p, uid, gid)
+    hand_over(config.state_dir, uid, gid)
     sock = bind_socket(config.socket, uid=uid, gid=sock_gid)
     if config.user is not None and os.geteuid() != uid:
         hardening.drop_privileges(uid, gid)

@@ -166,6 +166,18 @@ class StateStore:
 KEYD_FILES = {"state.json", "budgets.json", "events.jsonl", ".state.json.tmp", ".budgets.json.tmp"}
 
 
+def hand_over(path: Path, uid: int, gid: int) -> None:
+    """Give the state directory and its files to keyd's user, when root made them.
+
+    `keyd init` and a hand-started `serve` run as root; the unit runs keyd unprivileged from the start,
+    and it could then neither read a root-owned state.json nor append to the event spool.
+    """
+    if os.geteuid() != 0 or uid == 0:
+        return
+    for p in [path, *path.iterdir()]:
+        os.lchown(p, uid, gid)
+
+
 def make_state_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.lstat()

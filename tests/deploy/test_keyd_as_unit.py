@@ -128,20 +128,21 @@ def keyd_like_the_unit(memlock: int, key: bytes, strace_log: Path | None = None)
         shm = base / "shm"
         shm.mkdir()
         os.chmod(shm, 0o1777)  # noqa: S103 - stands in for /dev/shm
-        # keyd init runs as root (docs/deploy.md), then the state is handed to keyd's user, as
-        # install.sh and StateDirectory= do.
+        # keyd init runs as root (docs/keyd.md, First boot) and hands the state to keyd's user itself:
+        # the unit starts unprivileged and could not read a root-owned state.json (found booting the
+        # whole server, tests/system).
         state = base / "lib/strongroom-keyd"
         flags = ["--state-dir", str(state), "--drop-path", str(shm / "ekey"), "--no-syslog"]
         (shm / "ekey").write_bytes(key)
         os.chmod(shm / "ekey", 0o600)
         subprocess.run(
-            [sys.executable, "-m", "keyd", "init", *flags, "--key-kind", "raw", "--wait", "10"],
+            [sys.executable, "-m", "keyd", "init", *flags, "--user", str(KEYD_UID), "--key-kind", "raw",
+             "--wait", "10"],
             cwd=ROOT,
             check=True,
             capture_output=True,
-        )
-        for p in [state, *state.iterdir()]:
-            os.chown(p, KEYD_UID, CLIENTS_GID)
+        )  # fmt: skip
+        assert {p.stat().st_uid for p in [state, *state.iterdir()]} == {KEYD_UID}
         # RuntimeDirectory=strongroom-keyd, RuntimeDirectoryMode=0750, owned by User:Group.
         run = base / "run/strongroom-keyd"
         run.mkdir(mode=0o750)
