@@ -10,6 +10,7 @@ warm start costs the boot and the install, not the build.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import component_missing
-from tests.system import images
+from tests.system import images, operator
 from tests.system.container import Container, reap_stale_runs
 from tests.system.network import Network
 from tests.system.server import INSTALL, REPO, SRC, WHEELS, Server, TestCa, make_admins
@@ -93,3 +94,32 @@ def server(system: Server) -> Server:
     if system.install_error:
         pytest.fail(f"the install command failed in the container:\n{system.install_error}")
     return system
+
+
+@pytest.fixture(scope="session")
+def passphrase() -> str:
+    """The data secret the test's keyd operator chose at the ceremony (never on the server's disk)."""
+    return "test passphrase " + secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="session")
+def unsealed(server: Server, passphrase: str) -> Server:
+    """The installed server after the first-boot key ceremony and an unseal (docs/runbook.md)."""
+    c = server.container
+    if operator.is_sealed(c) is None and c.run(["test", "-e", "/var/lib/strongroom-keyd/state.json"],
+                                                check=False).returncode != 0:  # fmt: skip
+        operator.key_ceremony(c, passphrase)
+    if operator.is_sealed(c) is not False:
+        operator.unseal(c, passphrase)
+    return server
+
+
+@pytest.fixture(scope="session")
+def people(unsealed: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, operator.Person]:
+    """Web app users with certificates from the test CA, bound by the admin (docs/admin-guide.md)."""
+    work = tmp_path_factory.mktemp("people")
+    work.chmod(0o700)
+    return {
+        name: operator.add_person(unsealed, work, name, role)
+        for name, role in (("carol", "clerk"), ("dave", "supervisor"))
+    }

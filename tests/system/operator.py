@@ -1,0 +1,226 @@
+"""What the people of docs/runbook.md and docs/admin-guide.md do on the installed server, as they do it.
+
+- the keyd operator: the first-boot key ceremony (`keyd init`, the drop file) and every later unseal,
+  with the runbook's commands (run as root inside the container);
+- the admin: `deploy/strongroom-flask ...` (flask --app webapp with the web app's settings), the CA on the
+  admin's own machine (the test's TestCa on the host), certificates bound in the web app;
+- the employee: HTTPS from the employees' network with a client certificate (`Browser`), each
+  request made by a process inside that network namespace, the cookies kept by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+
+from tests.system.container import Container, ContainerError
+from tests.system.server import FQDN, Server
+
+OPT = "/opt/strongroom"
+PY = f"{OPT}/.venv/bin/python"
+KEYD_CONFIG = "/etc/strongroom/keyd.toml"
+DROP = "/dev/shm/ekey"
+
+
+# -- the keyd operator ------------------------------------------------------------------------------
+
+
+def drop_secret(c: Container, secret: str) -> None:
+    """docs/runbook.md 1.3: write the drop file as keyd's user under a temporary name, rename it."""
+    c.run(["runuser", "-u", "strongroom-keyd", "--", "sh", "-c", f"umask 077; cat > {DROP}-tmp"],
+          input=secret + "\n")  # fmt: skip
+    c.run(["runuser", "-u", "strongroom-keyd", "--", "mv", f"{DROP}-tmp", DROP])
+
+
+def keyd_status(c: Container) -> subprocess.CompletedProcess[str]:
+    """docs/runbook.md 1.4."""
+    return c.run(f"cd {OPT} && .venv/bin/python -m keyd status --config {KEYD_CONFIG}", check=False)
+
+
+def is_sealed(c: Container) -> bool | None:
+    """True/False from `keyd status`, None when keyd cannot be reached."""
+    status = keyd_status(c)
+    found = re.search(r"^sealed: (true|false)$", status.stdout, re.MULTILINE)
+    return None if found is None else found.group(1) == "true"
+
+
+def start_keyd(c: Container, timeout: float = 20) -> None:
+    """`systemctl start strongroom-keyd` returns before keyd binds its socket (Type=simple): wait for it."""
+    c.run(["systemctl", "start", "strongroom-keyd"])
+    deadline = time.monotonic() + timeout
+    while is_sealed(c) is None:
+        if time.monotonic() > deadline:
+            journal = c.journal("strongroom-keyd")[-3000:]
+            raise ContainerError(f"keyd did not answer within {timeout:.0f} s:\n{journal}")
+        time.sleep(0.2)
+
+
+def wait_unsealed(c: Container, timeout: float = 30) -> float:
+    started = time.monotonic()
+    while is_sealed(c) is not False:
+        if time.monotonic() - started > timeout:
+            raise ContainerError(
+                f"keyd still sealed after {timeout:.0f} s:\n{c.journal('strongroom-keyd')[-3000:]}"
+            )
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def key_ceremony(c: Container, passphrase: str) -> None:
+    """First boot (docs/keyd.md, First boot): `keyd init` waits for the passphrase at the drop path."""
+    log = "/root/keyd-init.log"
+    c.run(f"cd {OPT} && nohup .venv/bin/python -m keyd init --config {KEYD_CONFIG} --key-kind passphrase "
+          f"--wait 120 > {log} 2>&1 < /dev/null &")  # fmt: skip
+    drop_secret(c, passphrase)
+    deadline = time.monotonic() + 120
+    while "state created" not in c.run(["cat", log], check=False).stdout:
+        if time.monotonic() > deadline or "refus" in c.run(["cat", log], check=False).stdout:
+            raise ContainerError(f"keyd init did not finish:\n{c.run(['cat', log], check=False).stdout}")
+        time.sleep(0.25)
+
+
+def unseal(c: Container, passphrase: str) -> float:
+    """docs/runbook.md 1.2-1.4: start keyd (sealed), drop the secret, wait for `sealed: false`."""
+    start_keyd(c)
+    drop_secret(c, passphrase)
+    return wait_unsealed(c)
+
+
+# -- the admin ----------------------------------------------------------------------------------------
+
+
+def flask(
+    c: Container, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`flask --app webapp ARGS` as the admin runs it on the server (deploy/strongroom-flask)."""
+    return c.run([f"{OPT}/deploy/strongroom-flask", *args], input=input, check=check, timeout=120)
+
+
+@dataclass(frozen=True)
+class Person:
+    username: str
+    role: str
+    password: str
+    cert: Path  # PEM certificate (host side, for the client)
+    key: Path  # PEM key, unencrypted (host side, test-owned directory)
+
+
+def add_person(server: Server, work: Path, username: str, role: str) -> Person:
+    """The admin guide's steps: the web app user, a certificate from the CA, bound to the user."""
+    c = server.container
+    password = "Pw-" + secrets.token_urlsafe(18)
+    flask(c, "users", "add", username, "--role", role, "--password-stdin", input=password + "\n")
+    bundle = work / f"{username}.p12"
+    issued = server.ca.ca("issue", username, "--out", str(bundle), "--no-bind")
+    bundle_password = _bundle_password(issued.stdout + issued.stderr)
+    key, cert, _chain = pkcs12.load_key_and_certificates(bundle.read_bytes(), bundle_password.encode())
+    assert key is not None
+    assert cert is not None
+    cert_path, key_path = work / f"{username}.crt.pem", work / f"{username}.key.pem"
+    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    key_path.chmod(0o600)
+    # A certificate is public; the bind command runs as the web app's user, which cannot read /root.
+    c.write_file(f"/var/tmp/{username}.crt.pem", cert_path.read_bytes(), 0o644)
+    flask(c, "certs", "bind", username, f"/var/tmp/{username}.crt.pem")
+    return Person(username, role, password, cert_path, key_path)
+
+
+def _bundle_password(output: str) -> str:
+    found = re.search(r"password[^:\n]*:\s*(\S+)", output, re.IGNORECASE)
+    if found is None:
+        raise AssertionError(f"no bundle password in the CA's output: {output[-500:]}")
+    return found.group(1)
+
+
+# -- the employee's browser ------------------------------------------------------------------------
+
+# Runs inside a client namespace (the test's own interpreter): one HTTPS request, the answer as JSON.
+_REQUEST = r"""
+import http.client, json, socket, ssl, sys
+a = json.loads(sys.argv[1])
+ctx = ssl.create_default_context(cafile=a["ca"])
+if a["cert"]:
+    ctx.load_cert_chain(a["cert"], a["key"])
+try:
+    raw = socket.create_connection((a["ip"], 443), timeout=a["timeout"])
+    tls = ctx.wrap_socket(raw, server_hostname=a["name"])
+    conn = http.client.HTTPSConnection(a["name"], 443, timeout=a["timeout"])
+    conn.sock = tls
+    conn.request(a["method"], a["path"], body=a["body"], headers=a["headers"])
+    r = conn.getresponse()
+    body = r.read().decode("utf-8", "replace")
+    print(json.dumps({"status": r.status, "headers": r.getheaders(), "body": body}))
+except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+    print(json.dumps({"status": 0, "headers": [], "body": "", "error": type(exc).__name__ + ": " + str(exc)}))
+"""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: str
+    error: str = ""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+@dataclass
+class Browser:
+    """An employee's browser on network `role` (the cookies kept here, each request made over there)."""
+
+    server: Server
+    person: Person | None
+    role: str = "employees"
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, *, form: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> Response:  # fmt: skip
+        sent = dict(headers or {})
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        args = {
+            "ip": self.server.address(self.role), "name": FQDN, "ca": str(self.server.ca.chain),
+            "cert": str(self.person.cert) if self.person else "",
+            "key": str(self.person.key) if self.person else "",
+            "method": method, "path": path, "body": body, "headers": sent, "timeout": timeout,
+        }  # fmt: skip
+        out = self.server.network.client_python(self.role, _REQUEST, json.dumps(args), timeout=timeout + 10)
+        answer = Response(**json.loads(out.stdout))
+        for name, value in answer.headers:
+            if name.lower() == "set-cookie":
+                cookie = value.split(";", 1)[0]
+                key, _, val = cookie.partition("=")
+                self.cookies[key.strip()] = val.strip()
+        return answer
+
+    def get(self, path: str, **kw: object) -> Response:
+        return self.request("GET", path, **kw)  # type: ignore[arg-type]
+
+    def csrf(self, path: str) -> str:
+        page = self.get(path)
+        found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.body)
+        if found is None:
+            raise AssertionError(f"no CSRF token on {path} ({page.status}): {page.body[:300]}")
+        return found.group(1)
+
+    def login(self, password: str | None = None) -> Response:
+        assert self.person is not None
+        token = self.csrf("/login")
+        form = {"csrf_token": token, "username": self.person.username,
+                "password": self.person.password if password is None else password}  # fmt: skip
+        return self.request("POST", "/login", form=form)

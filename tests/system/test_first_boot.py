@@ -1,0 +1,33 @@
+"""First boot of the installed server, as the runbook tells the keyd operator to do it."""
+
+from __future__ import annotations
+
+import time
+
+from tests.system import operator
+from tests.system.operator import Browser, Person
+from tests.system.server import Server
+
+
+def test_the_web_app_answers_and_keyd_is_sealed_until_the_operator_unseals(
+    server: Server, passphrase: str
+) -> None:
+    c = server.container
+    if c.run(["test", "-e", "/var/lib/strongroom-keyd/state.json"], check=False).returncode != 0:
+        # The install leaves keyd without a key state: the ceremony is the operator's, not a script's.
+        assert c.unit_state("strongroom-keyd") != "active"
+        operator.key_ceremony(c, passphrase)
+    operator.start_keyd(c)
+    assert operator.is_sealed(c) is True
+    started = time.monotonic()
+    operator.drop_secret(c, passphrase)
+    operator.wait_unsealed(c)
+    assert time.monotonic() - started < 10
+    assert c.run(["test", "-e", operator.DROP], check=False).returncode != 0, "keyd left the drop file"
+
+
+def test_an_employee_logs_in_through_the_front_door(unsealed: Server, people: dict[str, Person]) -> None:
+    browser = Browser(unsealed, people["carol"])
+    assert browser.login().status == 302
+    home = browser.get("/")
+    assert home.status == 200, home.body[:500]
