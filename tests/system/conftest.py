@@ -123,3 +123,14 @@ def people(unsealed: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         name: operator.add_person(unsealed, work, name, role)
         for name, role in (("carol", "clerk"), ("dave", "supervisor"))
     }
+
+
+@pytest.fixture(scope="session")
+def alerting(people: dict[str, operator.Person], unsealed: Server) -> Server:
+    """The server with the admins' baseline approved and the mailer passing every 2 s (drop-in)."""
+    c = unsealed.container
+    operator.mail_every(c, 2)
+    operator.approve_baseline(c)
+    first = operator.watch_pass(c)
+    assert first.returncode == 0, c.journal("strongroom-watch.service")[-3000:]
+    return unsealed

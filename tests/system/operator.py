@@ -224,3 +224,47 @@ class Browser:
         form = {"csrf_token": token, "username": self.person.username,
                 "password": self.person.password if password is None else password}  # fmt: skip
         return self.request("POST", "/login", form=form)
+
+
+# -- the watchdog and the alert mailer ------------------------------------------------------------
+
+MAIL_DROPIN = "/etc/systemd/system/strongroom-mail.service.d/50-test-interval.conf"
+
+
+def watch(c: Container, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m ops.watch ARGS` as root with the settings its units have (docs/monitoring.md)."""
+    return c.run(
+        ["systemd-run", "--quiet", "--collect", "--wait", "--pipe", "--service-type=exec",
+         "-p", "EnvironmentFile=-/etc/strongroom/webapp.env", "-p", f"WorkingDirectory={OPT}",
+         f"{PY}", "-m", "ops.watch", "--config", "/etc/strongroom/watch.toml", *args],
+        check=check, timeout=300,
+    )  # fmt: skip
+
+
+def approve_baseline(c: Container) -> None:
+    """The admin's review of what normally runs and listens (docs/monitoring.md): record, approve."""
+    recorded = watch(c, "baseline", "record").stdout
+    digest = re.search(r"approve ([0-9a-f]{16,})", recorded)
+    if digest is None:
+        raise AssertionError(f"no digest in: {recorded}")
+    watch(c, "baseline", "approve", digest.group(1))
+
+
+def watch_pass(c: Container, unit: str = "strongroom-watch.service") -> subprocess.CompletedProcess[str]:
+    """What the timer does every 5 minutes (or hourly, strongroom-watch-slow), now: a oneshot start."""
+    return c.run(["systemctl", "start", unit], check=False, timeout=600)
+
+
+def mail_every(c: Container, seconds: int) -> None:
+    """A drop-in for the alert mailer's pass interval (60 s as shipped): the test waits less.
+
+    Only the interval changes; the unit's user, sandbox and loopback-only network stay as shipped.
+    """
+    command = f"{OPT}/.venv/bin/flask --app webapp mail run --interval {seconds}"
+    c.write_file(MAIL_DROPIN, f"[Service]\nExecStart=\nExecStart={command}\n", 0o644)
+    c.run(["systemctl", "daemon-reload"])
+    c.run(["systemctl", "restart", "strongroom-mail"])
+
+
+def subjects(c: Container, user: str) -> list[str]:
+    return [str(m["Subject"]) for m in c.mails(user)]

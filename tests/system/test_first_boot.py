@@ -31,3 +31,14 @@ def test_an_employee_logs_in_through_the_front_door(unsealed: Server, people: di
     assert browser.login().status == 302
     home = browser.get("/")
     assert home.status == 200, home.body[:500]
+
+
+def test_the_watchdog_passes_quietly_on_the_approved_baseline(alerting: Server) -> None:
+    c = alerting.container
+    before = {a.login: len(c.mails(a.login)) for a in alerting.admins.values()}
+    result = operator.watch_pass(c)
+    assert result.returncode == 0, c.journal("strongroom-watch.service")[-3000:]
+    time.sleep(5)  # two mailer passes
+    assert {a.login: len(c.mails(a.login)) for a in alerting.admins.values()} == before, [
+        operator.subjects(c, a.login)[before[a.login] :] for a in alerting.admins.values()
+    ]
