@@ -25,6 +25,7 @@ class Alert(StrEnum):
     PORT_GONE = "ops.port_gone"
     LOG_NEW = "ops.log_new"
     LOG_GAP = "ops.log_gap"
+    LOG_TOO_BIG = "ops.log_too_big"
     MODSECURITY_BLOCKED = "ops.modsecurity_blocked"
     ACCESS_THRESHOLD = "ops.access_threshold"
     ACCESS_REPORT = "ops.access_report"

@@ -24,6 +24,7 @@ CHECKS = (
     "integrity",
     "remote",
     "outbox",
+    "logsize",
 )
 
 
@@ -64,6 +65,10 @@ class Settings:
     # outbox: alerts unsent for longer than this mean the mail path is broken (root is mailed directly).
     # The mailer tries every minute: a quarter of an hour of failures is no passing hiccup.
     outbox_stuck_seconds: int = 900
+    # logsize: every log above (logs, access_log) and these, which nobody tails (ModSecurity's audit
+    # log), alarm past this size: logrotate keeps each under 50 MB, four times that fills the disk.
+    log_max_bytes: int = 200 * 1024 * 1024
+    log_size_paths: dict[str, Path] = field(default_factory=dict)
 
 
 _PATHS = {
@@ -82,6 +87,7 @@ _INTS = {
     "remote_copy_max_age_seconds",
     "max_read_bytes",
     "outbox_stuck_seconds",
+    "log_max_bytes",
 }
 _STRS = {"database_url", "modsecurity_log", "aide_binary", "apt_binary", "keyd_user"}
 
@@ -128,10 +134,10 @@ def parse(raw: dict[str, Any], *, environ: dict[str, str] | os._Environ[str]) ->
             values[name] = tuple(value)
         elif name == "log_ignore":
             values[name] = _patterns(value)
-        elif name == "logs":
+        elif name in ("logs", "log_size_paths"):
             if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
-                raise SettingsError("logs must be a table of name = path")
-            values[name] = {k: _path(f"logs.{k}", v) for k, v in value.items()}
+                raise SettingsError(f"{name} must be a table of name = path")
+            values[name] = {k: _path(f"{name}.{k}", v) for k, v in value.items()}
     if "database_url" not in values:
         url = environ.get("STRONGROOM_DATABASE_URL")
         if not url:

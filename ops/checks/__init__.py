@@ -55,6 +55,7 @@ def registry() -> dict[str, CheckModule]:
         keyd,
         keyd_events,
         logs,
+        logsize,
         outbox,
         ports,
         processes,
@@ -62,5 +63,5 @@ def registry() -> dict[str, CheckModule]:
         updates,
     )
 
-    mods = (processes, ports, logs, access, updates, keyd, keyd_events, integrity, remote, outbox)
+    mods = (processes, ports, logs, access, updates, keyd, keyd_events, integrity, remote, outbox, logsize)
     return {m.NAME: CheckModule(m.NAME, m.run, getattr(m, "snapshot", None)) for m in mods}

@@ -2,9 +2,8 @@
 reached 1.5 GB in ~52,000 requests, between two runs of logrotate).
 
 Every file named in `logs`, `access_log`, and `log_size_paths` (for logs nobody tails, such as
-ModSecurity's audit log) is checked against `log_max_bytes`. Both settings are read with defaults
-until ops/settings.py declares them. A missing file is not an alarm (the logs check reports
-unreadable logs); a file past the bound alarms once while it stays there (a keyed finding).
+ModSecurity's audit log) is checked against `log_max_bytes`. A missing file is not an alarm (the logs
+check reports unreadable logs); a file past the bound alarms once while it stays there (a keyed finding).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from ops.alerts import Alert, Finding
 from ops.checks import Context, Result
 
 NAME = "logsize"
-DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # logrotate keeps each under 50 MB; four times that is news
 
 
 def watched(ctx: Context) -> dict[str, Path]:
@@ -24,12 +22,12 @@ def watched(ctx: Context) -> dict[str, Path]:
     paths = dict(s.logs)
     if s.access_log is not None:
         paths["access_log"] = s.access_log
-    paths.update(getattr(s, "log_size_paths", {}) or {})
+    paths.update(s.log_size_paths)
     return paths
 
 
 def run(ctx: Context) -> Result:
-    limit = int(getattr(ctx.settings, "log_max_bytes", DEFAULT_MAX_BYTES))
+    limit = ctx.settings.log_max_bytes
     findings = []
     for name, path in sorted(watched(ctx).items()):
         try:
@@ -39,8 +37,7 @@ def run(ctx: Context) -> Result:
         if size > limit:
             findings.append(
                 Finding(
-                    # ops.log_too_big once ops/alerts.py has it; "a log has news" until then.
-                    getattr(Alert, "LOG_TOO_BIG", Alert.LOG_NEW),
+                    Alert.LOG_TOO_BIG,
                     resource=name,
                     detail=f"bytes={size} limit={limit}",
                     key=f"logsize:{name}",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from ops.alerts import Alert
 from ops.checks import Context, logsize
-from ops.settings import Settings
+from ops.settings import Settings, SettingsError
 
 
-def _ctx(settings: Settings, limit: int) -> Context:
-    object.__setattr__(settings, "log_max_bytes", limit)
+def _ctx(settings: Settings) -> Context:
     return Context(settings=settings, now=datetime.now(UTC), state=None, baseline=None)
 
 
@@ -27,10 +27,11 @@ def test_a_log_past_the_bound_alarms(
 ) -> None:
     log = tmp_path / "strongroom-error.log"
     log.write_bytes(b"x" * size)
-    s = make_settings(logs={"apache_error": str(log)})
-    got = logsize.run(_ctx(s, 1000)).findings
+    s = make_settings(logs={"apache_error": str(log)}, log_max_bytes=1000)
+    got = logsize.run(_ctx(s)).findings
     assert len(got) == alarms
     for f in got:
+        assert f.alert is Alert.LOG_TOO_BIG
         assert f.resource == "apache_error"
         assert f.detail == f"bytes={size} limit=1000"
         assert f.key == "logsize:apache_error"  # a lasting condition: one alarm while it lasts
@@ -39,14 +40,39 @@ def test_a_log_past_the_bound_alarms(
 def test_missing_logs_and_the_access_log(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     access = tmp_path / "review.log"
     access.write_bytes(b"y" * 2000)
-    s = make_settings(logs={"gone": str(tmp_path / "missing.log")}, access_log=str(access))
-    got = logsize.run(_ctx(s, 1000)).findings
+    s = make_settings(
+        logs={"gone": str(tmp_path / "missing.log")}, access_log=str(access), log_max_bytes=1000
+    )
+    got = logsize.run(_ctx(s)).findings
     assert [(f.resource, f.detail) for f in got] == [("access_log", "bytes=2000 limit=1000")]
+
+
+def test_logs_nobody_tails(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    audit = tmp_path / "strongroom-audit.log"
+    audit.write_bytes(b"a" * 1001)
+    s = make_settings(log_size_paths={"modsec_audit": str(audit)}, log_max_bytes=1000)
+    assert [f.resource for f in logsize.run(_ctx(s)).findings] == ["modsec_audit"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"log_max_bytes": 0},
+        {"log_max_bytes": -1},
+        {"log_max_bytes": True},
+        {"log_max_bytes": "200M"},
+        {"log_size_paths": {"audit": "relative.log"}},
+        {"log_size_paths": {"not a name": "/var/log/x"}},
+        {"log_size_paths": ["/var/log/x"]},
+    ],
+)
+def test_hostile_settings(make_settings: Callable[..., Settings], raw: dict[str, object]) -> None:
+    with pytest.raises(SettingsError):
+        make_settings(**raw)
 
 
 def test_the_default_bound(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     s = make_settings(logs={"small": str(tmp_path / "a.log")})
     (tmp_path / "a.log").write_bytes(b"z")
-    ctx = Context(settings=s, now=datetime.now(UTC), state=None, baseline=None)
-    assert logsize.run(ctx).findings == []
-    assert logsize.DEFAULT_MAX_BYTES >= 50 * 1024 * 1024  # above what logrotate keeps
+    assert logsize.run(_ctx(s)).findings == []
+    assert s.log_max_bytes >= 50 * 1024 * 1024  # above what logrotate keeps
