@@ -21,7 +21,7 @@ from tests.support import component_missing
 from tests.system import images, operator
 from tests.system.container import Container, reap_stale_runs
 from tests.system.network import Network
-from tests.system.server import INSTALL, REPO, SRC, WHEELS, Server, TestCa, make_admins
+from tests.system.server import INSTALL, REPO, SRC, WHEELS, Server, TestCa, export_checkout, make_admins
 
 HERE = Path(__file__).resolve().parent
 # Setting up the session's server (cold image build, boot, install) is timed as part of the first
@@ -69,9 +69,10 @@ def system(
     net = Network()
     try:
         net.create()
-        container = Container(system_image, net, binds={SRC: REPO, WHEELS: wheelhouse})
+        work = tmp_path_factory.mktemp("system")
+        release = export_checkout(work / "release")
+        container = Container(system_image, net, binds={SRC: release, WHEELS: wheelhouse})
         with container:
-            work = tmp_path_factory.mktemp("system")
             server = Server(container, net, TestCa(work / "ca"), make_admins(work / "ssh"))
             container.prepare()
             server.put_setup_files()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -90,6 +91,26 @@ class TestCa:
     @property
     def crl(self) -> Path:
         return self.ca_dir / "publish" / "crl.pem"
+
+
+def export_checkout(dest: Path) -> Path:
+    """What a release of this checkout holds: its files that git tracks, or would (untracked but not
+    ignored), copied into `dest`. The install runs from this copy, as an admin's would from a clone:
+    never from the developer's venvs, caches and test artifacts, and never from a tree still changing.
+    """
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if not source.is_file() or source.is_symlink():
+            continue  # deleted in the work tree but still in the index, or a link: not shipped
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return dest
 
 
 def make_admins(directory: Path) -> dict[str, Admin]:
