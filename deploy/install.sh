@@ -5,10 +5,11 @@
 #
 # Creates the system users and groups, the directories with their owners and modes, installs the
 # systemd units, the tmpfiles.d entry, the AppArmor profiles, the Apache site (and enables its
-# modules), and first versions of /etc/strongroom/keyd.toml and webapp.env. Safe to run again:
-# nothing is created twice, existing configuration files are kept, owners and modes are reset to
-# the values below. Every change is one line of output; a run with nothing to do prints only
-# "done". It never installs packages, never enables or starts a service.
+# modules) with its log filter and ModSecurity's logrotate rule, and first versions of
+# /etc/strongroom/keyd.toml and webapp.env. Safe to run again: nothing is created twice, existing
+# configuration files are kept, owners and modes are reset to the values below. Every change is one
+# line of output; a run with nothing to do prints only "done". It never installs packages, never
+# enables or starts a service.
 #
 # --root DIR   install into DIR instead of / (a throwaway tree or a chroot; users are created in
 #              DIR/etc with useradd --prefix, owners are resolved from DIR/etc/passwd).
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --skip-apache) SKIP_APACHE=1; shift ;;
         --no-apparmor-load) LOAD_APPARMOR=0; shift ;;
         --check) CHECK=1; shift ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -235,7 +236,8 @@ done
 if [ "$SKIP_APACHE" -eq 0 ]; then
     A="$R/etc/apache2"
     [ -d "$A/mods-available" ] || die "$ROOT/etc/apache2 is not Debian's apache2 (install it or use --skip-apache)"
-    for f in apache/strongroom-site.conf apache/modules.txt apache/modsecurity-strongroom.conf; do
+    for f in apache/strongroom-site.conf apache/modules.txt apache/modsecurity-strongroom.conf \
+             apache/logfilter.py apache/strongroom-logrotate; do
         [ -f "$SRC/$f" ] || die "$SRC/$f is missing (use --skip-apache to install without Apache)"
     done
     dir /etc/apache2/strongroom 0750 root:root
@@ -246,6 +248,13 @@ if [ "$SKIP_APACHE" -eq 0 ]; then
         [ "$(basename "$conf")" = strongroom-site.conf ] && continue
         file "$conf" "/etc/apache2/strongroom/$(basename "$conf")" 0644 root:root || true
     done
+    # Apache's piped error and audit loggers run it (${STRONGROOM_LOG_FILTER}): without it Apache
+    # cannot start its loggers. Root's and read-only to everyone else: it runs as root.
+    file "$SRC/apache/logfilter.py" /etc/apache2/strongroom/logfilter.py 0644 root:root || true
+    # ModSecurity's audit log is rotated by size as well as daily (Debian's apache2 rule does not
+    # cover its directory, apache/strongroom-logrotate says why).
+    dir /etc/logrotate.d 0755 root:root
+    file "$SRC/apache/strongroom-logrotate" /etc/logrotate.d/strongroom-modsecurity 0644 root:root || true
     # ModSecurity's scratch directory (SecTmpDir) for the site: the children (www-data) write there.
     dir /var/cache/modsecurity/strongroom-tmp 0700 www-data:www-data
 

@@ -160,6 +160,34 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("strongroom-apache2", "/usr/share/modsecurity-crs/rules/REQUEST-942-SQLI.conf", "r", True),
     ("strongroom-apache2", "/run/strongroom-web/gunicorn.sock", "rw", True),
     ("strongroom-apache2", "/var/log/apache2/strongroom-access.log", "w", True),
+    # Its piped loggers: Debian's python3 (the link's target), the standard library read-only, the
+    # installed filter, the two logs it appends to; no site-packages, nothing else to run.
+    ("strongroom-apache2", "/usr/bin/python3.11", "x", True),
+    ("strongroom-apache2", "/usr/lib/python3.11/re/__init__.py", "r", True),
+    ("strongroom-apache2", "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc", "r", True),
+    (
+        "strongroom-apache2",
+        "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so",
+        "m",
+        True,
+    ),
+    ("strongroom-apache2", "/etc/apache2/strongroom/logfilter.py", "r", True),
+    ("strongroom-apache2", "/var/log/apache2/error.log", "w", True),
+    ("strongroom-apache2", "/var/log/apache2/modsecurity/", "w", True),
+    ("strongroom-apache2", "/var/log/apache2/modsecurity/strongroom-audit.log", "w", True),
+    ("strongroom-apache2", "/etc/apache2/strongroom/logfilter.py", "w", False),
+    ("strongroom-apache2", "/usr/lib/python3.11/os.py", "w", False),
+    ("strongroom-apache2", "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc", "w", False),
+    ("strongroom-apache2", "/usr/lib/python3/dist-packages/distutils-precedence.pth", "r", False),
+    ("strongroom-apache2", "/usr/lib/python3/dist-packages/", "r", False),
+    ("strongroom-apache2", "/usr/local/lib/python3.11/dist-packages/planted.pth", "r", False),
+    ("strongroom-apache2", "/usr/local/lib/python3.11/dist-packages/", "r", False),
+    ("strongroom-apache2", "/opt/strongroom/.venv/bin/python3", "x", False),
+    ("strongroom-apache2", "/usr/bin/python3.11-config", "x", False),
+    ("strongroom-apache2", "/usr/bin/perl", "x", False),
+    ("strongroom-apache2", "/bin/sh", "x", False),
+    ("strongroom-apache2", "/usr/bin/dash", "x", False),
+    ("strongroom-apache2", "/tmp/python3", "x", False),
 ]
 
 
@@ -189,6 +217,8 @@ EXPLICIT = [
     ("strongroom-apache2", KEYD_STATE),
     ("strongroom-apache2", "/run/strongroom-keyd/keyd.sock"),
     ("strongroom-apache2", "/dev/shm/ekey"),
+    # A .pth file is code: the root logger must not run one from outside the standard library.
+    ("strongroom-apache2", "/usr/local/lib/python3.11/dist-packages/planted.pth"),
 ]
 
 

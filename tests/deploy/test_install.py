@@ -170,6 +170,10 @@ PATHS = [
     ("etc/apparmor.d/strongroom-apache2", 0o644, "root", "root"),
     ("etc/apache2/strongroom", 0o750, "root", "root"),
     ("etc/apache2/strongroom/modsecurity-strongroom.conf", 0o644, "root", "root"),
+    # Apache's piped loggers run it as root: nobody else may change it.
+    ("etc/apache2/strongroom/logfilter.py", 0o644, "root", "root"),
+    ("etc/logrotate.d", 0o755, "root", "root"),
+    ("etc/logrotate.d/strongroom-modsecurity", 0o644, "root", "root"),
     ("etc/apache2/sites-available/strongroom.conf", 0o644, "root", "root"),
     ("var/cache/modsecurity/strongroom-tmp", 0o700, "www-data", "www-data"),
 ]
@@ -188,9 +192,68 @@ def test_installed_files_are_the_repository_files(installed: Installed) -> None:
         ("deploy/strongroom-tmpfiles.conf", "etc/tmpfiles.d/strongroom.conf"),
         ("apparmor/strongroom-apache2", "etc/apparmor.d/strongroom-apache2"),
         ("apache/strongroom-site.conf", "etc/apache2/sites-available/strongroom.conf"),
+        ("apache/logfilter.py", "etc/apache2/strongroom/logfilter.py"),
+        ("apache/strongroom-logrotate", "etc/logrotate.d/strongroom-modsecurity"),
     ]
     for src, dest in pairs:
         assert (installed.root / dest).read_bytes() == (ROOT / src).read_bytes(), dest
+
+
+def test_the_site_runs_the_installed_log_filter(installed: Installed) -> None:
+    # The site's default paths name exactly what the install puts in place: a filter missing there
+    # and Apache cannot start its loggers.
+    site = (installed.root / "etc/apache2/sites-available/strongroom.conf").read_text()
+    assert "Define STRONGROOM_LOG_FILTER /etc/apache2/strongroom/logfilter.py" in site
+    assert "Define STRONGROOM_PYTHON /usr/bin/python3" in site
+    # ...and the logrotate rule covers the audit log where the site writes it.
+    assert "Define STRONGROOM_MODSEC_AUDIT_LOG ${APACHE_LOG_DIR}/modsecurity/strongroom-audit.log" in site
+    rotate = (installed.root / "etc/logrotate.d/strongroom-modsecurity").read_text()
+    assert "/var/log/apache2/modsecurity/*.log {" in rotate
+
+
+def _drop_log_filter(root: Path) -> None:
+    (root / "etc/apache2/strongroom/logfilter.py").unlink()
+
+
+def _edit_log_filter(root: Path) -> None:
+    with (root / "etc/apache2/strongroom/logfilter.py").open("a") as f:
+        f.write("# planted\n")
+
+
+def _loosen_logrotate(root: Path) -> None:
+    (root / "etc/logrotate.d/strongroom-modsecurity").chmod(0o666)
+
+
+def _drop_logrotate(root: Path) -> None:
+    (root / "etc/logrotate.d/strongroom-modsecurity").unlink()
+
+
+DRIFTS = [
+    ("log filter missing", _drop_log_filter, "/etc/apache2/strongroom/logfilter.py installed"),
+    ("log filter changed", _edit_log_filter, "/etc/apache2/strongroom/logfilter.py installed"),
+    ("logrotate rule writable", _loosen_logrotate, "/etc/logrotate.d/strongroom-modsecurity installed"),
+    ("logrotate rule missing", _drop_logrotate, "/etc/logrotate.d/strongroom-modsecurity installed"),
+]
+
+
+@pytest.mark.parametrize(("why", "damage", "drift"), DRIFTS, ids=[d[0] for d in DRIFTS])
+def test_check_reports_the_apache_log_files(
+    tmp_path: Path, why: str, damage: Callable[[Path], None], drift: str
+) -> None:
+    need_root()
+    root = make_root(tmp_path)
+    assert run_install(root).returncode == 0
+    clean = run_install(root, "--check")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    damage(root)
+    before = listing(root)
+    res = run_install(root, "--check")
+    assert res.returncode == 1, why
+    assert f"install.sh: drift: {drift}" in res.stdout.splitlines(), res.stdout
+    assert listing(root) == before, "--check changed something"
+    # The install puts it back.
+    assert run_install(root).returncode == 0
+    assert run_install(root, "--check").returncode == 0
 
 
 def test_keyd_config_admits_the_web_app_only(installed: Installed) -> None:
