@@ -10,6 +10,10 @@ reset in place when a new window starts: no row growth, no DELETE): every gunico
 restart sees the same counts. Windows are aligned to the UTC epoch (an hour starts at :00, a day at
 00:00 UTC); the clock is an input.
 
+A request refused by the employee's own limit is counted against that employee's own counters only,
+never against the total: an employee retrying after their own refusals cannot spend the budget every
+colleague shares. (Their served requests do count in the total, up to their own limit.)
+
 Exactness:
 - MariaDB: each request increments its counters atomically (INSERT ... ON DUPLICATE KEY UPDATE) in a
   short transaction of its own, at the start of the request, together with the audit record and
@@ -194,6 +198,25 @@ def charge(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: dat
     return _read(conn, ordered, user_id, now)
 
 
+def own(rules: Sequence[Rule]) -> list[Rule]:
+    return [r for r in rules if r.scope == "employee"]
+
+
+def shared(rules: Sequence[Rule]) -> list[Rule]:
+    return [r for r in rules if r.scope != "employee"]
+
+
+def charge_in_turn(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
+    """Count one request against the employee's own rules first, and against the shared (total)
+    rules only when the employee's own budget still allows the request: a request refused by the
+    employee's own limit spends nobody else's budget. Lock order is the same for every request
+    (own counters, then the total), so two requests cannot deadlock on each other's counters."""
+    counts = charge(conn, own(rules), user_id=user_id, now=now)
+    if any(c.over_limit for c in counts):
+        return counts
+    return counts + charge(conn, shared(rules), user_id=user_id, now=now)
+
+
 def peek(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
     """The counts as they are, without counting (SQLite's refusal check)."""
     return _read(conn, _ordered(rules, user_id), user_id, now)
@@ -228,7 +251,7 @@ def _charge_apart(rules: Sequence[Rule], user_id: int) -> list[Count]:
     for attempt in range(_ATTEMPTS):
         uow = svc.unit(Origin(actor=current_user.username, ip=who.ip, cert_serial=who.serial))
         try:
-            counts = charge(uow.conn, rules, user_id=user_id, now=svc.clock.now())
+            counts = charge_in_turn(uow.conn, rules, user_id=user_id, now=svc.clock.now())
             record_crossings(uow, counts)
             uow.commit()
             return counts
@@ -246,9 +269,21 @@ def _before() -> None:
         return
     user_id = int(current_user.id)
     if is_sqlite(services().engine):
-        counts = peek(unit().conn, rules, user_id=user_id, now=services().clock.now())
-        g.budget_user_id = user_id  # charged at the end, in the request's transaction (see above)
-        counts = [Count(c.rule, c.n + 1, c.window_start) for c in counts]
+        now = services().clock.now()
+        counts = [
+            Count(c.rule, c.n + 1, c.window_start)
+            for c in peek(unit().conn, own(rules), user_id=user_id, now=now)
+        ]
+        charged = own(rules)
+        if not any(c.over_limit for c in counts):
+            counts += [
+                Count(c.rule, c.n + 1, c.window_start)
+                for c in peek(unit().conn, shared(rules), user_id=user_id, now=now)
+            ]
+            charged = list(rules)
+        # Charged at the end, in the request's transaction (see above); a request the employee's own
+        # limit refuses is charged to the employee's own counters only.
+        g.budget_charge = (user_id, charged)
     else:
         counts = _charge_apart(rules, user_id)
     over = [c for c in counts if c.over_limit]
@@ -257,10 +292,11 @@ def _before() -> None:
 
 
 def _after(response: Response) -> Response:
-    user_id = g.pop("budget_user_id", None)
-    if user_id is not None:
+    pending = g.pop("budget_charge", None)
+    if pending is not None:
+        user_id, rules = pending
         uow = unit()
-        record_crossings(uow, charge(uow.conn, _rules_of_app(), user_id=user_id, now=services().clock.now()))
+        record_crossings(uow, charge(uow.conn, rules, user_id=user_id, now=services().clock.now()))
     return response
 
 

@@ -237,3 +237,64 @@ def test_mariadb_grants_refuse_deleting_counters_and_events(maria_backend: Any, 
         assert refused.value.args[0] == 1142
     finally:
         conn.close()
+
+
+def test_an_employee_refused_by_their_own_limit_does_not_spend_the_total(
+    make_app: Callable[..., Flask], people: dict[str, Person]
+) -> None:
+    app = make_app(REQUEST_BUDGETS=[rule(alert=3, limit=3), rule(scope="total", alert=5, limit=5)])
+    alice, bob = logged_in(app, people["alice"]), logged_in(app, people["bob"])
+    assert [get(alice, "/").status_code for _ in range(30)] == [200] * 3 + [429] * 27
+    assert [get(bob, "/").status_code for _ in range(2)] == [200, 200]  # the total is at exactly 5
+    refused = get(bob, "/")
+    assert refused.status_code == 429
+    assert "overall request budget is used up" in refused.text
+    assert count(app, Event.BUDGET_LIMIT_REACHED) == 2  # alice's own, then the total
+
+
+def test_a_colleague_is_served_while_one_employee_hammers_while_refused(
+    make_app: Callable[..., Flask], people: dict[str, Person]
+) -> None:
+    """The hostile case under concurrency: two workers, alice hammering from three clients far past
+    her own limit, bob's requests in between. Alice can only ever spend her own limit of the total,
+    so bob gets exactly the rest, whatever the interleaving."""
+    budgets = [rule(alert=5, limit=5), rule(scope="total", alert=8, limit=8)]
+    workers = [make_app(REQUEST_BUDGETS=budgets), make_app(REQUEST_BUDGETS=budgets)]
+    hammers = [logged_in(workers[i % 2], people["alice"]) for i in range(3)]
+    bob = logged_in(workers[1], people["bob"])
+    statuses: list[int] = []
+    bob_statuses: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(hammers) + 1)
+    errors: list[BaseException] = []
+
+    def hammer(client: FlaskClient) -> None:
+        try:
+            barrier.wait()
+            for _ in range(15):
+                status = get(client, "/").status_code
+                with lock:
+                    statuses.append(status)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def colleague() -> None:
+        try:
+            barrier.wait()
+            for _ in range(3):
+                bob_statuses.append(get(bob, "/").status_code)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(c,)) for c in hammers]
+    threads.append(threading.Thread(target=colleague))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert sorted(statuses) == [200] * 5 + [429] * 40
+    assert bob_statuses == [200, 200, 200]
+    assert get(bob, "/").status_code == 429  # and the total holds exactly: 5 + 3 = 8
+    app = workers[0]
+    assert len(audit_rows(app, Event.BUDGET_REFUSED)) == 41
