@@ -14,7 +14,8 @@ class ErrorCode(StrEnum):
     SEALED = "sealed"  # no key loaded yet, or sealed again by the operator
     QUOTA_EXCEEDED = "quota_exceeded"  # a decrypt budget is spent
     BAD_REQUEST = "bad_request"  # the frame or request does not parse or validate
-    INTEGRITY_FAILURE = "integrity_failure"  # authentication tag, context or format does not verify
+    # The stored value cannot be opened: tag, context, format, length or key version (unknown or retired)
+    INTEGRITY_FAILURE = "integrity_failure"
     FORBIDDEN = "forbidden"  # the peer is not allowed, or the key version is retired
     INTERNAL = "internal"  # keyd failed; details are in keyd's own log, never on the wire
 
@@ -40,6 +41,14 @@ class BadRequest(KeydError):
 
 
 class IntegrityFailure(KeydError):
+    """This stored value cannot be opened: the one error for every kind of damage to a ciphertext.
+
+    A flipped byte, a value moved to another row or field, a truncated, empty or oversized value, a
+    wrong format byte, a key version keyd never had or one the operator retired: callers catch this
+    one class and treat them alike (keyd has already written an `integrity_failure` event); `.reason`
+    says which, for the operators.
+    """
+
     code = ErrorCode.INTEGRITY_FAILURE
 
 

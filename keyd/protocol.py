@@ -100,6 +100,18 @@ CRYPTO_OPS = frozenset(
 BATCH_OPS = frozenset({Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH})
 ADMIN_OPS = frozenset({Op.SEAL, Op.ROTATE, Op.RETIRE})
 PLAINTEXT_OPS = frozenset({Op.ENCRYPT, Op.ENCRYPT_BATCH})  # the ops whose items carry plaintext
+
+
+def clip_ciphertext(data: bytes) -> bytes:
+    """A stored value as the client sends it for a decrypt or rewrap.
+
+    A value longer than any ciphertext keyd makes is damage like any other, and keyd is the one to
+    refuse it and record the integrity failure: the client sends only one byte more than the limit,
+    enough for keyd to see that it is too long, and never a frame the size of whatever was stored.
+    """
+    return data[: MAX_CIPHERTEXT + 1] if len(data) > MAX_CIPHERTEXT else data
+
+
 _OPS = {int(op): op for op in Op}
 
 
@@ -119,15 +131,12 @@ class Reason(StrEnum):
     BAD_RECORD_ID = "bad_record_id"
     BAD_FIELD = "bad_field"
     TOO_LARGE = "too_large"
-    BAD_CIPHERTEXT = "bad_ciphertext"
     BAD_VERSION = "bad_version"
     # state
     SEALED = "sealed"
     # authorisation (forbidden)
     PEER_NOT_ALLOWED = "peer_not_allowed"
     NOT_ADMIN = "not_admin"
-    RETIRED_VERSION = "retired_version"
-    UNKNOWN_KEY_VERSION = "unknown_key_version"
     KEY_EXHAUSTED = "key_version_exhausted"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     # budgets (quota_exceeded)
@@ -137,8 +146,11 @@ class Reason(StrEnum):
     GLOBAL_MINUTE = "global_minute"
     GLOBAL_HOUR = "global_hour"
     GLOBAL_DAY = "global_day"
-    # integrity_failure
+    # integrity_failure: the stored value cannot be opened (too_large above, for a decrypt or rewrap)
     AUTHENTICATION_FAILED = "authentication_failed"
+    BAD_CIPHERTEXT = "bad_ciphertext"
+    UNKNOWN_KEY_VERSION = "unknown_key_version"
+    RETIRED_VERSION = "retired_version"
     # internal
     INTERNAL = "internal"
     STATE_WRITE_FAILED = "state_write_failed"
@@ -346,7 +358,11 @@ def encode_batch(
             f = _field_bytes(field)
         if type(data) is not bytes:
             data = bytes(data)
-        if f is None or len(data) > limit or len(r) > 255:
+        if len(data) > limit and op not in PLAINTEXT_OPS:
+            data = clip_ciphertext(data)  # keyd refuses it, as an integrity failure
+        elif len(data) > limit:
+            return _encode_batch_checked(op, actor, purpose, items)
+        if f is None or len(r) > 255:
             return _encode_batch_checked(op, actor, purpose, items)
         add_record(r)
         add(lens[len(r)])
@@ -389,6 +405,8 @@ def _encode_batch_checked(
         f = _field_bytes(context.field)
         if type(data) is not bytes:
             data = bytes(data)
+        if op not in PLAINTEXT_OPS:
+            data = clip_ciphertext(data)
         if record_ok(r) is None:
             errors.append(Reason.BAD_RECORD_ID)
         elif f is None:
@@ -445,6 +463,8 @@ def encode_request(
         parts.append(_U16.pack(len(items)))
         pack = _U32.pack
         for record_id, field, data in items:
+            if op not in PLAINTEXT_OPS:
+                data = clip_ciphertext(data)
             r = _check_ident(record_id, RECORD_RE, Reason.BAD_RECORD_ID)
             f = _check_ident(field, FIELD_RE, Reason.BAD_FIELD)
             parts += [bytes((len(r),)), r, bytes((len(f),)), f, pack(len(data)), data]
@@ -508,6 +528,8 @@ def encode_single(op: Op, actor: str, purpose: str, record_id: str, field: str, 
     f = _field_bytes(field)
     if f is None:
         raise ProtocolError(Reason.BAD_FIELD)
+    if op not in PLAINTEXT_OPS:
+        data = clip_ciphertext(data)
     prefix = _prefix(op, actor, purpose)
     size = len(prefix) + len(r) + len(f) + len(data) + 8
     if size > MAX_FRAME:

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,6 +309,7 @@ class Vault:
     def _decrypt_one(self, ring: Keyring, req: Request) -> bytes:
         checked = self._check(ring, req, req.items[0])
         if len(checked) != 4:
+            self._integrity_event(req, [checked])
             return encode_items([checked])
         granted, refusal = self._charge(req, 1)
         if not granted:
@@ -317,10 +318,28 @@ class Vault:
         try:
             return encode_one(aead.open(nonce, body, aad))
         except cipher.AuthenticationFailed:
+            out = (INTEGRITY, Reason.AUTHENTICATION_FAILED)
+            self._integrity_event(req, [out])
+            return encode_items([out])
+
+    def _integrity_event(self, req: Request, outcomes: Sequence[object]) -> None:
+        """One integrity_failure event per request for every stored value it could not open.
+
+        One per request, not per item: a flood of forged items must not flood the spool. The reasons
+        say which kinds of damage were seen (a relabelled key version, a malformed value, a tag).
+        """
+        failures = [o[1] for o in outcomes if isinstance(o, tuple) and o[0] is INTEGRITY]
+        if failures:
+            reasons = sorted({str(r) for r in failures})
+            failed = len(failures)
             self.events.emit(
-                Event.INTEGRITY_FAILURE, op=req.op.name.lower(), items=1, actor=req.actor, purpose=req.purpose
+                Event.INTEGRITY_FAILURE,
+                op=req.op.name.lower(),
+                items=failed,
+                reasons=",".join(reasons),
+                actor=req.actor,
+                purpose=req.purpose,
             )
-            return encode_items([(INTEGRITY, Reason.AUTHENTICATION_FAILED)])
 
     def _encrypt(self, ring: Keyring, req: Request) -> list[Outcome]:
         items = req.items
@@ -345,18 +364,24 @@ class Vault:
     def _check(self, ring: Keyring, req: Request, item: Item) -> _Opened | tuple[ErrorCode, Reason]:
         """Everything about one ciphertext that can be refused before it is opened."""
         record_id, field, data, err = item
+        # Every refusal of the stored value itself is one code, integrity_failure: to the caller a
+        # value that is malformed, oversized, relabelled, retired or forged is the same thing, a
+        # stored value that cannot be opened (the reason says which). Only the request's own parts
+        # (record id, field name) are a bad_request.
+        if err is Reason.TOO_LARGE:
+            return (INTEGRITY, Reason.TOO_LARGE)  # longer than any ciphertext keyd ever made
         if err is not None:
             return (BAD_REQUEST, err)
         try:
             v, head, nonce, body = cipher.split(data)
         except cipher.MalformedCiphertext:
-            return (BAD_REQUEST, Reason.BAD_CIPHERTEXT)
+            return (INTEGRITY, Reason.BAD_CIPHERTEXT)
         aead = ring.aeads.get(v)
         if aead is None:
             return (INTEGRITY, Reason.UNKNOWN_KEY_VERSION)
         if v < self.state.min_decrypt_version:
             self.events.emit(Event.RETIRED_VERSION_USED, key_version=v, actor=req.actor, purpose=req.purpose)
-            return (FORBIDDEN, Reason.RETIRED_VERSION)
+            return (INTEGRITY, Reason.RETIRED_VERSION)
         return (aead, nonce, body, cipher.associated_data(head, record_id, field))
 
     def _charge(self, req: Request, n: int) -> tuple[int, tuple[ErrorCode, Reason] | None]:
@@ -399,16 +424,7 @@ class Vault:
                 out.append(aead.open(nonce, body, aad))
             except cipher.AuthenticationFailed:
                 out.append((INTEGRITY, Reason.AUTHENTICATION_FAILED))
-        failed = sum(1 for o in out if isinstance(o, tuple) and o[0] is INTEGRITY)
-        if failed:
-            # One event per request, not per item: a flood of forged items must not flood the spool.
-            self.events.emit(
-                Event.INTEGRITY_FAILURE,
-                op=req.op.name.lower(),
-                items=failed,
-                actor=req.actor,
-                purpose=req.purpose,
-            )
+        self._integrity_event(req, out)
         return out
 
     def _decrypt(self, ring: Keyring, req: Request) -> list[Outcome]:

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from keyd.client import Context, KeydClient, key_version
-from keyd.errors import Forbidden
+from keyd.errors import IntegrityFailure
 from tests.keyd.conftest import Running
 from tests.webapp.keys.conftest import decrypt_all, rotate, seed_cards, stored, utcnow
 from webapp.keys import service
@@ -213,7 +213,7 @@ def test_retire_cli_refused_then_allowed_after_rewrap(
     assert ok.exit_code == 0, ok.output
     assert keyd_client.status().min_decrypt_version == 2
     (cid, f), blob = next(iter(old.items()))
-    with pytest.raises(Forbidden):
+    with pytest.raises(IntegrityFailure):
         keyd_client.decrypt(blob, context=Context(cid, f), actor="t", purpose="t")
     with owner_engine.connect() as conn:
         events = [r.event for r in conn.execute(sa.text("SELECT event, outcome FROM audit_log ORDER BY seq"))]
