@@ -69,6 +69,11 @@ class Settings:
     # log), alarm past this size: logrotate keeps each under 50 MB, four times that fills the disk.
     log_max_bytes: int = 200 * 1024 * 1024
     log_size_paths: dict[str, Path] = field(default_factory=dict)
+    # Programs the installed server itself starts on demand (postfix's master spawns smtpd, cleanup,
+    # local... for each mail and lets them exit when idle): a snapshot taken at a quiet moment misses
+    # them. `baseline record` adds these entries to its proposal, so the admin's approval covers them;
+    # the check itself reads only the approved baseline.
+    routine_processes: tuple[dict[str, str], ...] = ()
 
 
 _PATHS = {
@@ -134,6 +139,8 @@ def parse(raw: dict[str, Any], *, environ: dict[str, str] | os._Environ[str]) ->
             values[name] = tuple(value)
         elif name == "log_ignore":
             values[name] = _patterns(value)
+        elif name == "routine_processes":
+            values[name] = _process_entries(value)
         elif name in ("logs", "log_size_paths"):
             if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value):
                 raise SettingsError(f"{name} must be a table of name = path")
@@ -164,6 +171,24 @@ def _patterns(value: Any) -> tuple[str, ...]:
         except re.error:
             raise SettingsError(f"log_ignore: not a regular expression: {pattern!r}") from None
     return tuple(value)
+
+
+def _process_entries(value: Any) -> tuple[dict[str, str], ...]:
+    """Allowlist entries as the processes check reads them: name, user, and one of cmdline (exact)
+    or cmdline_glob."""
+    if not isinstance(value, list) or len(value) > 100:
+        raise SettingsError("routine_processes must be a list of at most 100 tables")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or not all(
+            isinstance(v, str) and 0 < len(v) <= 500 and "\x00" not in v for v in entry.values()
+        ):
+            raise SettingsError("routine_processes entries are tables of strings of 1-500 characters")
+        keys = set(entry)
+        if keys not in ({"name", "user", "cmdline"}, {"name", "user", "cmdline_glob"}):
+            raise SettingsError("routine_processes entries have name, user and cmdline or cmdline_glob")
+        out.append(dict(entry))
+    return tuple(out)
 
 
 def _path(name: str, value: Any) -> Path:

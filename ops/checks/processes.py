@@ -52,9 +52,12 @@ def _running() -> list[dict[str, Any]]:
 
 def snapshot(ctx: Context) -> dict[str, Any]:
     """The allowlist as it is now, exact command lines: the admin reviews it, and may replace a
-    `cmdline` by a `cmdline_glob` (for arguments that change, such as worker numbers)."""
+    `cmdline` by a `cmdline_glob` (for arguments that change, such as worker numbers). The settings'
+    `routine_processes` (what the server starts on demand, absent at a quiet moment) are proposed too."""
     seen = {(p["name"], p["user"], p["cmdline"]) for p in _running()}
-    return {"allow": [{"name": n, "user": u, "cmdline": c} for n, u, c in sorted(seen)]}
+    allow = [{"name": n, "user": u, "cmdline": c} for n, u, c in sorted(seen)]
+    allow += [dict(e) for e in ctx.settings.routine_processes if e not in allow]
+    return {"allow": allow}
 
 
 def _cmdline_matches(entry: dict[str, str], cmdline: str) -> bool:
