@@ -1,15 +1,15 @@
 """No PAN anywhere: a full scenario through the real app with a real keyd, then a scan of everything
-it left behind for PAN-shaped strings (Luhn-valid runs of 13-19 digits, also grouped with spaces or
-dashes): every log line captured from the app's loggers (the audit and event syslog copies, the
-error log), keyd's log file, every row of every table (audit log, outbox, sessions, cards, ...),
-every mail delivered to a real SMTP server, every response body. The one place a full PAN may appear
-is the body of a successful reveal, which the scenario checks it does.
+it left behind for card numbers as the one detector finds them (webapp.redact: digit groups with any
+separator or none, any Unicode digits, Luhn-valid, 13-19 digits): every log line captured from the
+app's loggers (the audit and event syslog copies, the error log), keyd's log file, every row of every
+table (audit log, outbox, sessions, cards, ...), every mail delivered to a real SMTP server, every
+response body. The one place a full PAN may appear is the body of a successful reveal, which the
+scenario checks it does.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -35,47 +35,41 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
 )
 from webapp import create_app
 from webapp.db.tables import metadata
+from webapp.redact import MAX_TEXT, find_pans
 
 # Test cards from the brands' published test ranges.
 VISA, MASTERCARD, AMEX = "4111111111111111", "5555555555554444", "378282246310005"
-_CANDIDATE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
-_HEX = frozenset("0123456789abcdefABCDEF")
 # A 64-hex hash holding a Luhn-valid 14-digit run (the shape that made this scan flaky once).
 HASH_WITH_DIGITS = "a" * 20 + "30218282104860" + "f" * 30
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _inside_hex_token(text: str, start: int, end: int) -> bool:
-    """Part of a hash, fingerprint or serial (32+ hex characters): random hex holds long digit runs
-    by chance (a 64-character hash has a 14-digit run about one time in fifteen), and no leak
-    takes that form."""
-    while start > 0 and text[start - 1] in _HEX:
-        start -= 1
-    while end < len(text) and text[end] in _HEX:
-        end += 1
-    return end - start >= 32 and all(c in _HEX for c in text[start:end])
+# The detector scans at most MAX_TEXT characters at a time: longer texts (keyd's log, a long page)
+# are scanned in windows overlapping by _OVERLAP. A find near a cut (within _EDGE characters) is
+# left to the neighbouring window, which sees it whole and in its context (a number cut in two, a
+# hash cut shorter than a hex token): a card number spelled over up to _OVERLAP - 2 * _EDGE
+# characters, separators included, is found.
+_OVERLAP = 4096
+_EDGE = 256
 
 
 def pan_like(text: str) -> list[str]:
-    """Every Luhn-valid run of 13-19 digits (single spaces or dashes between digits allowed)."""
-    found = []
-    for m in _CANDIDATE.finditer(text):
-        digits = re.sub(r"[ -]", "", m.group(0))
-        if not (13 <= len(digits) <= 19 and luhn_ok(digits)):
-            continue
-        if digits == m.group(0) and _inside_hex_token(text, m.start(), m.end()):
-            continue
-        found.append(m.group(0))
-    return found
+    """Every card number in `text`, as `webapp.redact.find_pans` finds it, overlapping finds joined.
+    Digits inside hex tokens of 32+ characters (hashes, serials) are left out, as the audit writer's
+    masking leaves them: random hex holds such runs by chance, and no leak takes that form."""
+    spans: set[tuple[int, int]] = set()
+    step = MAX_TEXT - _OVERLAP
+    for offset in range(0, max(len(text) - _OVERLAP, 1), step):
+        window = text[offset : offset + MAX_TEXT]
+        cut_before, cut_after = offset > 0, offset + len(window) < len(text)
+        for found in find_pans(window, skip_hex_tokens=True):
+            if (cut_before and found.start < _EDGE) or (cut_after and found.end > len(window) - _EDGE):
+                continue
+            spans.add((offset + found.start, offset + found.end))
+    joined: list[list[int]] = []
+    for start, end in sorted(spans):
+        if joined and start < joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end])
+    return [text[start:end] for start, end in joined]
 
 
 @pytest.mark.parametrize(
@@ -94,10 +88,45 @@ def pan_like(text: str) -> list[str]:
         ("411111111111", []),  # 12 digits
         ("2026-11-28T10:00:00.000000Z seq=1234", []),
         ("a3f9c2e1b4d5", []),
+        # Every spelling the detector knows, not only spaces and dashes.
+        ("4111.1111.1111.1111", ["4111.1111.1111.1111"]),
+        ("4111/1111/1111/1111", ["4111/1111/1111/1111"]),
+        ("4111_1111_1111_1111", ["4111_1111_1111_1111"]),
+        ("4111,1111,1111,1111", ["4111,1111,1111,1111"]),
+        ("4111\u00a01111\u00a01111\u00a01111", ["4111\u00a01111\u00a01111\u00a01111"]),
+        ("pan: 4111 - 1111 -- 1111 / 1111.", ["4111 - 1111 -- 1111 / 1111"]),
+        ("4111\n1111\n1111\n1111", ["4111\n1111\n1111\n1111"]),
+        ("\uff14" + "\uff11" * 15, ["\uff14" + "\uff11" * 15]),  # fullwidth digits
+        (
+            "\u0664\u0661\u0661\u0661 1111 1111 1111",
+            ["\u0664\u0661\u0661\u0661 1111 1111 1111"],
+        ),  # Arabic-Indic
+        ("6011000990139424", ["6011000990139424"]),
+        ("4000000000000000006", ["4000000000000000006"]),  # 19 digits
+        ("41111111111111111111", []),  # 20 digits: no card number
+        ("28.11.2026 10:00:00", []),
     ],
 )
 def test_the_scanner_finds_planted_pans_and_only_those(text: str, hits: list[str]) -> None:
     assert pan_like(text) == hits
+
+
+# Texts longer than the detector's MAX_TEXT: a card number or a hash wherever the windows are cut.
+LONG = [
+    ("far into a long text", 3 * MAX_TEXT, "4111.1111.1111.1111", 1),
+    *[
+        (f"across a cut, at {at}", at, "4111 1111 1111 1111", 1)
+        for at in (MAX_TEXT - 10, MAX_TEXT - _OVERLAP + 2)
+    ],
+    ("spelled over many characters", MAX_TEXT - 200, "4111" + " -" * 300 + "1111 1111 1111", 1),
+    *[(f"a hash across a cut, at {at}", at, HASH_WITH_DIGITS, 0) for at in (MAX_TEXT - 40, MAX_TEXT - 30)],
+]
+
+
+@pytest.mark.parametrize(("why", "at", "planted", "count"), LONG, ids=[case[0] for case in LONG])
+def test_the_scanner_sees_all_of_a_long_text(why: str, at: int, planted: str, count: int) -> None:
+    text = "x" * at + planted + " y" * MAX_TEXT
+    assert pan_like(text) == [planted] * count, why
 
 
 class Recorder:
