@@ -1,0 +1,134 @@
+"""A reboot of the whole server (docs/runbook.md): keyd comes back sealed, no key is left on the disk,
+and after the runbook's unseal every stored card decrypts and the audit chain still verifies.
+
+The cards are made-up numbers (random, Luhn-valid), stored the way an employee stores them: through
+the web app behind Apache, from the employees' network, with a client certificate.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from tests.system import operator
+from tests.system.operator import Browser, Person
+from tests.system.secrets_scan import Walk, find_secrets, needles, regular_files
+from tests.system.server import Server
+from webapp.redact import luhn_ok
+
+REASON = "reboot check: the stored card decrypts after the unseal"
+CARD_LINK = re.compile(r"/records/(\d+)/reveal/card/([0-9a-f]{32})/pan")
+
+
+def made_up_pan(prefix: str = "4", length: int = 16) -> str:
+    """A random number with a right check digit: no real card's, yet every detector's business."""
+    body = prefix + "".join(secrets.choice("0123456789") for _ in range(length - len(prefix) - 1))
+    return next(body + d for d in "0123456789" if luhn_ok(body + d))
+
+
+def hidden(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" type="hidden" value="([^"]+)"', page) or re.search(
+        rf'type="hidden" name="{name}" value="([^"]+)"', page
+    ) or re.search(rf'name="{name}"[^>]*value="([^"]+)"', page)  # fmt: skip
+    if found is None:
+        raise AssertionError(f"no {name} field in: {page[:500]}")
+    return found.group(1)
+
+
+def add_record_with_cards(browser: Browser, pans: list[str]) -> str:
+    """The records page's 'Add record' form, then the record page's 'Add card' form per card."""
+    token = browser.csrf("/records/")
+    crm_ref = "C" + "".join(secrets.choice("0123456789") for _ in range(8))
+    added = browser.request("POST", "/records/", form={"csrf_token": token, "crm_ref": crm_ref})
+    assert added.status == 302, (added.status, added.body[:500])
+    location = added.header("Location") or ""
+    path = "/" + location.split("://", 1)[-1].split("/", 1)[-1] if "://" in location else location
+    assert re.fullmatch(r"/records/\d+", path), location
+    for i, pan in enumerate(pans):
+        grouped = " ".join(pan[j : j + 4] for j in range(0, len(pan), 4))  # as read off a card
+        holder = f"Ada Lovelace {'I' * (i + 1)}"
+        form = {"csrf_token": browser.csrf(path), "pan": grouped, "cardholder": holder,
+                "exp_month": "12", "exp_year": "2031"}  # fmt: skip
+        card = browser.request("POST", f"{path}/cards", form=form)
+        assert card.status == 302, (card.status, card.body[:500])
+    return path
+
+
+def reveal(browser: Browser, link: str, password: str) -> operator.Response:
+    form_page = browser.get(link)
+    assert form_page.status == 200, (form_page.status, form_page.body[:500])
+    form = {"csrf_token": hidden(form_page.body, "csrf_token"), "stepup": hidden(form_page.body, "stepup"),
+            "reason": REASON, "password": password}  # fmt: skip
+    return browser.request("POST", link, form=form)
+
+
+def revealed_digits(page: str) -> str:
+    found = re.search(r'<output id="revealed-value"[^>]*>([^<]*)</output>', page)
+    assert found is not None, page[:800]
+    return re.sub(r"\D", "", found.group(1))
+
+
+def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
+    unsealed: Server, people: dict[str, Person], passphrase: str
+) -> None:
+    c = unsealed.container
+    dave = people["dave"]  # a supervisor: may add cards and reveal them
+    pans = [made_up_pan("4", 16), made_up_pan("52", 16)]
+    browser = Browser(unsealed, dave)
+    assert browser.login().status == 302
+    record = add_record_with_cards(browser, pans)
+    page = browser.get(record).body
+    links = sorted(set(CARD_LINK.findall(page)))
+    assert len(links) == len(pans), links
+    expected = {card_id: pan_of(page, card_id, pans) for _record_id, card_id in links}
+
+    started = time.monotonic()
+    c.stop()
+    c.start()
+    print(f"reboot: {time.monotonic() - started:.1f} s, failed units: {c.failed_units}")
+    for unit in ("apache2", "mariadb", "strongroom-web", "strongroom-firewall"):
+        assert c.unit_state(unit) == "active", f"{unit}: {c.journal(unit)[-2000:]}"
+
+    # keyd is back on its own, sealed; the employee sees the sealed page, not an error.
+    operator.start_keyd(c)  # a no-op once booted; waits for its socket
+    assert operator.is_sealed(c) is True
+    employee = Browser(unsealed, dave)
+    assert employee.login().status == 302
+    first = f"/records/{links[0][0]}/reveal/card/{links[0][1]}/pan"
+    sealed = reveal(employee, first, dave.password)
+    assert sealed.status == 503, (sealed.status, sealed.body[:500])
+    assert "The vault is sealed" in sealed.body
+
+    # No key anywhere: nothing in /dev/shm, and the passphrase in no spelling on the whole disk.
+    shm = c.run(["find", "/dev/shm", "-mindepth", "1"]).stdout.split()
+    assert shm == [], shm
+    walk = Walk()
+    wanted = needles({"passphrase": passphrase})
+    hits = [f"{path}: {', '.join(found)}" for path, data in regular_files(c.disk_path("/"), walk=walk)
+            if (found := find_secrets(data, wanted))]  # fmt: skip
+    print(f"disk scan: {walk.files} files, {walk.bytes / 1e6:.0f} MB, skipped (> 50 MB): {walk.skipped}")
+    assert walk.files > 1000
+    assert not hits, hits
+
+    # The runbook's unseal, then every card decrypts.
+    seconds = operator.unseal(c, passphrase)
+    print(f"unsealed {seconds:.1f} s after the drop")
+    for record_id, card_id in links:
+        shown = reveal(employee, f"/records/{record_id}/reveal/card/{card_id}/pan", dave.password)
+        assert shown.status == 200, (shown.status, shown.body[:500])
+        assert revealed_digits(shown.body) == expected[card_id]
+
+    verified = operator.flask(c, "audit", "verify", check=False)
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+
+
+def pan_of(page: str, card_id: str, pans: list[str]) -> str:
+    """The PAN of a card on the record page, matched by the last four digits its label shows."""
+    at = page.index(card_id)
+    item = page[at : page.index("</li>", at)]
+    shown = re.search(r"•••• (\d{4})", item)
+    assert shown is not None, item
+    matching = [p for p in pans if p.endswith(shown.group(1))]
+    assert len(matching) == 1, (shown.group(1), len(matching))
+    return matching[0]
