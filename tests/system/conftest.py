@@ -20,6 +20,7 @@ import pytest
 from tests.support import component_missing
 from tests.system import images, operator
 from tests.system.container import Container, reap_stale_runs
+from tests.system.loghost import REMOTE_COPY_PUBLIC_KEY, LogHost
 from tests.system.network import Network
 from tests.system.server import INSTALL, REPO, SRC, WHEELS, Server, TestCa, export_checkout, make_admins
 
@@ -135,3 +136,22 @@ def alerting(people: dict[str, operator.Person], unsealed: Server) -> Server:
     first = operator.watch_pass(c)
     assert first.returncode == 0, c.journal("strongroom-watch.service")[-3000:]
     return unsealed
+
+
+@pytest.fixture(scope="session")
+def loghost(server: Server) -> Iterator[LogHost]:
+    """The log host (tests/system/loghost.py): rsyslog receiving the server's forwarding over RELP/TLS and
+    the read-only SFTP account the server's remote copy pulls from, its key authorised after the install.
+
+    Its SSH host key was made before the install (the settings pin it); its daemons start here, so the
+    server's disk queue holds what it forwarded until then and delivers it now.
+    """
+    assert server.loghost_ssh_key is not None, "the settings were written without the log host's key"
+    host = LogHost(server.network, server.ca, server.loghost_ssh_key).setup()
+    try:
+        pub = server.container.run(["cat", REMOTE_COPY_PUBLIC_KEY], check=False)
+        if pub.returncode == 0:
+            host.authorize(pub.stdout)
+        yield host
+    finally:
+        host.close()

@@ -127,10 +127,25 @@ def make_admins(directory: Path) -> dict[str, Admin]:
     return admins
 
 
-def settings_values(net: Network, admins: dict[str, Admin]) -> dict[str, Any]:
+def make_loghost_ssh_key(directory: Path) -> Path:
+    """The log host's SSH host key (private half, on the host): made before the install, because the
+    server pins its public half (settings `loghost.ssh_host_key`); tests/system/loghost.py serves it."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = directory / "loghost_ssh_host_ed25519"
+    if not key.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(key)],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    return key
+
+
+def settings_values(
+    net: Network, admins: dict[str, Admin], loghost_ssh_host_key: str | None = None
+) -> dict[str, Any]:
     """The values a human supplies, with the test's addresses (paths are inside the container)."""
     s = net.subnets
-    return {
+    values: dict[str, Any] = {
         "hostname": FQDN,
         "admins": [
             {"login": a.login, "mail": a.mail, "ssh_key": a.public_key, "keyholder": a.keyholder}
@@ -158,6 +173,10 @@ def settings_values(net: Network, admins: dict[str, Admin]) -> dict[str, Any]:
             "crl": f"{SETUP}/crl.pem",
         },
     }
+    if loghost_ssh_host_key is not None:
+        # The log host's SSH host key ("ssh-ed25519 AAAA..."): the remote copy's pinned known_hosts.
+        values["loghost"]["ssh_host_key"] = loghost_ssh_host_key
+    return values
 
 
 def merge_settings(example: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -200,9 +219,14 @@ def _value(value: object) -> str:
     raise TypeError(f"no TOML for {type(value).__name__}")
 
 
-def render_settings(net: Network, admins: dict[str, Admin], example: Path = EXAMPLE) -> str:
+def render_settings(
+    net: Network, admins: dict[str, Admin], example: Path = EXAMPLE, loghost_ssh_host_key: str | None = None
+) -> str:
     template: dict[str, Any] = tomllib.loads(example.read_text(encoding="utf-8")) if example.exists() else {}
-    text = to_toml(merge_settings(template, settings_values(net, admins)))
+    if "ssh_host_key" not in template.get("loghost", {}):
+        # The settings are strict: an install command that does not know the key yet would refuse it.
+        loghost_ssh_host_key = None
+    text = to_toml(merge_settings(template, settings_values(net, admins, loghost_ssh_host_key)))
     tomllib.loads(text)  # what we write must at least be TOML
     return text
 
@@ -219,6 +243,7 @@ class Server:
     settings_path: str = f"{SETUP}/server.toml"
     installs: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
     install_error: str = ""  # the first install's failure: every later test reports it, none retries
+    loghost_ssh_key: Path | None = None  # the log host's SSH host key, pinned by the settings
 
     def address(self, role: str, family: int = 4) -> str:
         """The server's address on the network `role` (employees, admins, untrusted, loghost, crm)."""
@@ -235,7 +260,14 @@ class Server:
         c.write_file(f"{SETUP}/{FQDN}.key.pem", key.read_bytes(), 0o600)
         c.write_file(f"{SETUP}/chain.pem", self.ca.chain.read_bytes(), 0o644)
         c.write_file(f"{SETUP}/crl.pem", self.ca.crl.read_bytes(), 0o644)
-        c.write_file(self.settings_path, render_settings(self.network, self.admins), 0o600)
+        if self.loghost_ssh_key is None:
+            self.loghost_ssh_key = make_loghost_ssh_key(self.ca.directory.parent / "loghost-ssh")
+        host_key = " ".join(self.loghost_ssh_key.with_suffix(".pub").read_text().split()[:2])
+        c.write_file(
+            self.settings_path,
+            render_settings(self.network, self.admins, loghost_ssh_host_key=host_key),
+            0o600,
+        )
 
     def install(
         self, *args: str, check: bool = True, timeout: float = 1200
