@@ -130,6 +130,7 @@ def run_all(plan: Plan, s: Settings, wheelhouse: Path | None) -> None:
     steps.database(plan, SRC, passwords)
     steps.postfix(plan, SRC, s)
     steps.rsyslog(plan, s)
+    steps.remote_copy(plan, SRC, s)
     steps.ssh(plan, SRC, s)
     steps.firewall(plan, SRC, s)
     steps.kernel(plan, SRC)

@@ -53,7 +53,22 @@ RESERVED_LOGINS = frozenset(
 _TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup"}
 _ADMIN = {"login", "mail", "ssh_key", "keyholder"}
 _MAILT = {"relay", "from"}
-_LOGHOST = {"address", "port", "permitted_peer", "ca_file", "cert_file", "key_file"}
+_LOGHOST = {
+    "address",
+    "port",
+    "permitted_peer",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "ssh_host_key",
+    "ssh_port",
+}
+# The log host's SSH host key as its /etc/ssh/ssh_host_*_key.pub holds it ("TYPE BASE64", the comment
+# dropped): it goes into a known_hosts line, so nothing else may be in it.
+_HOST_KEY = re.compile(
+    r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|rsa-sha2-512|rsa-sha2-256|ssh-rsa)"
+    r" [A-Za-z0-9+/]{40,8000}={0,2}"
+)
 _NETWORK = {"admins", "employees", "crm"}
 _TLS = {"server_cert", "server_key", "ca_chain", "crl"}
 _BACKUP = {"env_file"}
@@ -83,6 +98,9 @@ class LogHost:
     ca_file: str
     cert_file: str
     key_file: str
+    # The remote copy's SFTP pull (ops/remote_copy.py): the log host's pinned SSH host key and port.
+    ssh_host_key: str = ""
+    ssh_port: int = 22
 
 
 @dataclass(frozen=True)
@@ -233,6 +251,10 @@ def parse(text: str) -> Settings:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         r.bad("loghost.port", "an integer 1-65535")
         port = 6514
+    ssh_port = lh.get("ssh_port", 22)
+    if isinstance(ssh_port, bool) or not isinstance(ssh_port, int) or not 1 <= ssh_port <= 65535:
+        r.bad("loghost.ssh_port", "an integer 1-65535")
+        ssh_port = 22
     loghost = LogHost(
         address=lh_address,
         port=port,
@@ -240,6 +262,8 @@ def parse(text: str) -> Settings:
         ca_file=r.path(lh, "ca_file", "loghost") if lh else "",
         cert_file=r.path(lh, "cert_file", "loghost") if lh else "",
         key_file=r.path(lh, "key_file", "loghost") if lh else "",
+        ssh_host_key=_host_key(r, lh) if lh else "",
+        ssh_port=ssh_port,
     )
 
     net = r.table(data, "network", _NETWORK)
@@ -269,6 +293,14 @@ def parse(text: str) -> Settings:
         tls=tls,
         backup_env=backup_env,
     )
+
+
+def _host_key(r: _Reader, lh: dict[str, Any]) -> str:
+    value = lh.get("ssh_host_key")
+    if isinstance(value, str):
+        # A .pub file's line as pasted: TYPE BASE64 [COMMENT]; the comment is not part of the key.
+        value = " ".join(value.split()[:2])
+    return r.text({"ssh_host_key": value}, "ssh_host_key", "loghost", _HOST_KEY)
 
 
 def _is_ip(value: str) -> bool:

@@ -12,9 +12,11 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -54,7 +56,12 @@ SERVICES = (
     "strongroom-web",
     "strongroom-mail",
 )
-TIMERS = ("strongroom-watch.timer", "strongroom-watch-slow.timer", "strongroom-watch-report.timer")
+TIMERS = (
+    "strongroom-watch.timer",
+    "strongroom-watch-slow.timer",
+    "strongroom-watch-report.timer",
+    "strongroom-remote-copy.timer",
+)
 BACKUP_TIMER = "strongroom-backup.timer"
 POSTFIX_FILES = ("main.cf", "master.cf", "virtual")
 KEYD = "strongroom-keyd"
@@ -554,6 +561,62 @@ def rsyslog(plan: Plan, s: Settings) -> None:
         local_copy="/var/log/strongroom/forwarded.log",
     ).render()
     plan.file(Want("/etc/rsyslog.d/60-strongroom-forward.conf", conf.encode()), restarts=restart)
+
+
+REMOTE_COPY_DIR = "/etc/strongroom/remote-copy"
+REMOTE_COPY_KEY = f"{REMOTE_COPY_DIR}/ssh_ed25519"
+LOGPULL_USER = "strongroom-logpull"  # the log host's read-only, chrooted SFTP account (docs/monitoring.md)
+
+
+def syslog_hostname(plan: Plan) -> str:
+    """The HOSTNAME this server's rsyslog puts in what it forwards (its host name up to the first dot:
+    rsyslog drops the domain), so the log host's directory for it (/var/log/remote/HOSTNAME)."""
+    name = (plan.read("/etc/hostname") or b"").decode().strip() or socket.gethostname()
+    return name.split(".", 1)[0]
+
+
+def remote_copy_toml(src: Path, s: Settings, hostname: str) -> str:
+    lh = s.loghost
+    dest = tomllib.loads((src / "ops/deploy/watch.toml").read_text())["remote_copy"]
+    return (
+        "# Written by deploy/strongroom-install from the settings' [loghost] (ops/deploy/remote-copy.toml\n"
+        "# explains each key). The log host's admin must authorise this server's key for its account.\n"
+        f'host = "{lh.address}"\n'
+        f"port = {lh.ssh_port}\n"
+        f'user = "{LOGPULL_USER}"\n'
+        f'key_file = "{REMOTE_COPY_KEY}"\n'
+        f'known_hosts = "{REMOTE_COPY_DIR}/known_hosts"\n'
+        f'remote_path = "/{hostname}/forwarded.log"\n'
+        f'dest = "{dest}"\n'
+    )
+
+
+def remote_copy(plan: Plan, src: Path, s: Settings) -> None:
+    """The watchdog's remote comparison pulls back the log host's copy of what this server forwarded
+    (strongroom-remote-copy.timer): its settings, its own SSH key (made once, never leaves the server)
+    and the log host's pinned host key."""
+    lh = s.loghost
+    plan.dir(REMOTE_COPY_DIR, 0o700)
+    if plan.read(REMOTE_COPY_KEY) is None:
+        plan.change(
+            f"{REMOTE_COPY_KEY} made (the remote copy's SSH key)",
+            partial(
+                run,
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"strongroom-remote-copy@{s.hostname}",
+                 "-f", str(plan.on_target(REMOTE_COPY_KEY))],
+                what="ssh-keygen",
+            ),
+        )  # fmt: skip
+    # paramiko looks a host up as [host]:port when the port is not 22 (as ssh does).
+    host = lh.address if lh.ssh_port == 22 else f"[{lh.address}]:{lh.ssh_port}"
+    plan.file(Want(f"{REMOTE_COPY_DIR}/known_hosts", f"{host} {lh.ssh_host_key}\n".encode(), 0o644))
+    toml = remote_copy_toml(src, s, syslog_hostname(plan))
+    plan.file(Want("/etc/strongroom/remote-copy.toml", toml.encode(), 0o600))
+    pub = (plan.read(f"{REMOTE_COPY_KEY}.pub") or b"").decode().strip()
+    plan.note(
+        f"the log host's admin authorises this key for {LOGPULL_USER} (docs/monitoring.md): "
+        + (pub or f"{REMOTE_COPY_KEY}.pub, made by this install")
+    )
 
 
 # ---- 9. sshd and the admins ---------------------------------------------------------------------------

@@ -66,6 +66,11 @@ def edit(pattern: str, replacement: str) -> str:
         (edit(r"^address = .*$", 'address = "192.0.2.50:6514"'), "loghost.address"),
         (edit(r"^ca_file = .*$", 'ca_file = "relative/chain.pem"'), "loghost.ca_file"),
         (edit(r"^key_file = .*$", 'key_file = "/root/../etc/shadow"'), "loghost.key_file"),
+        # The remote copy's pinned host key goes into a known_hosts line: one key, nothing else.
+        (edit(r"^ssh_host_key = .*$", ""), "loghost.ssh_host_key"),
+        (edit(r"^ssh_host_key = .*$", 'ssh_host_key = "ssh-ed25519"'), "loghost.ssh_host_key"),
+        (edit(r"^ssh_host_key = .*$", "ssh_host_key = 1"), "loghost.ssh_host_key"),
+        (edit(r"^# ssh_port = .*$", "ssh_port = 0"), "loghost.ssh_port"),
         (edit(r"^admins = .*$", 'admins = ["0.0.0.0/0"]'), "network.admins"),
         (edit(r"^admins = .*$", "admins = []"), "network.admins"),
         (edit(r"^employees = .*$", 'employees = ["not-an-address"]'), "network.employees"),
@@ -102,3 +107,10 @@ def test_what_the_settings_accept_the_postfix_renderer_accepts(relay: str) -> No
     files = Postfix(myhostname=s.hostname, admins=s.alert_to, relayhost=s.relay or None).render()
     assert s.hostname in files["main.cf"]
     assert s.mail_from.endswith("@" + s.hostname)
+
+
+def test_the_log_hosts_key_line_keeps_type_and_key_only() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+    s = parse(re.sub(r"^ssh_host_key = .*$", f'ssh_host_key = "{key} root@loghost"', EXAMPLE, flags=re.M))
+    assert s.loghost.ssh_host_key == key
+    assert s.loghost.ssh_port == 22
