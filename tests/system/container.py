@@ -170,9 +170,6 @@ class Container:
             "nsenter", f"--net={self.network.server_netns_path}",
             "systemd-nspawn", "-D", str(self.root), "-b", "--register=no", "--keep-unit",
             "--capability=CAP_NET_ADMIN",
-            # A real init may raise a unit's memlock limit (CAP_SYS_RESOURCE); nspawn withholds that
-            # capability, so the container's init gets the hard limit keyd's unit asks for up front.
-            "--rlimit=RLIMIT_MEMLOCK=infinity",
             "--console=read-only", "-M", self.name, f"--hostname={HOSTNAME}",
             # The container's own settings, as on a real server, not copies of the host's.
             "--resolv-conf=off", "--timezone=off", "--link-journal=no",
