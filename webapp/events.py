@@ -59,6 +59,7 @@ class Event(StrEnum):
     RECORD_ADDED = "records.added"
     RECORD_RETIRED = "records.retired"
     RECORD_REFUSED = "records.refused"
+    RECORDS_PURGED = "records.purged"  # cards and items retired past the retention, deleted (CLI)
     CARD_ADDED = "card.added"
     CARD_REFUSED = "card.refused"
     # Reveal, step-up, items, edits (webapp/records): add members here

@@ -164,7 +164,7 @@ def walk_through(page: Any, base: str, shots: Shots, pans: list[str]) -> None:
     page.wait_for_load_state()
     assert "Reveal card pan" in page.locator("h1").text_content()
     page.fill("input[name=reason]", REASON)
-    page.fill("main input[name=password]", PASSWORD)
+    page.fill("main input[name=stepup_typed]", PASSWORD)
     shots.take("reveal-form")
     page.click("main button[type=submit]")  # not the header's logout button
     page.wait_for_load_state()

@@ -143,7 +143,7 @@ def reveal(
 ) -> TestResponse:
     csrf, stepup = tokens or reveal_form(client, url)
     return post(
-        client, url, data={"csrf_token": csrf, "stepup": stepup, "reason": reason, "password": password}
+        client, url, data={"csrf_token": csrf, "stepup": stepup, "reason": reason, "stepup_typed": password}
     )
 
 

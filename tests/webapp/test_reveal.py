@@ -163,7 +163,7 @@ def test_a_clerk_calling_the_reveal_url_directly_gets_403_audited(
     page = clerk.get(f"/records/{record_id}", base_url="https://vault.example")
     assert "/reveal/" not in page.text  # the UI does not offer it
     assert clerk.get(url, base_url="https://vault.example").status_code == 403
-    r = post(clerk, url, data={"csrf_token": "x", "stepup": "y" * 43, "reason": REASON, "password": "p"})
+    r = post(clerk, url, data={"csrf_token": "x", "stepup": "y" * 43, "reason": REASON, "stepup_typed": "p"})
     assert r.status_code in (400, 403)  # CSRF first (400) or the matrix (403): both refuse and audit
     denied = audit_rows(app, "request.access_denied")
     assert denied
@@ -286,3 +286,43 @@ def test_a_card_number_as_record_id_in_a_post_reaches_no_view(app: Flask, staff:
     for row in audit_rows(app):
         if row.event != "request.not_found":
             assert "4111111111111111" not in row.resource + row.detail
+
+
+def _inputs(html: str) -> list[dict[str, str | None]]:
+    from html.parser import HTMLParser
+
+    found: list[dict[str, str | None]] = []
+
+    class Inputs(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag in ("input", "form"):
+                found.append({"tag": tag, **dict(attrs)})
+
+    Inputs().feed(html)
+    return found
+
+
+def test_the_step_up_password_must_be_typed_not_filled_in(app: Flask, staff: dict[str, Person]) -> None:
+    """A password manager must not fill the re-authentication in at an unattended browser."""
+    record_id, card_id = _setup(app, staff)
+    sup = logged_in(app, staff["supervisor"])
+    page = get(sup, f"/records/{record_id}/reveal/card/{card_id}/pan")
+    assert page.status_code == 200
+    assert "current-password" not in page.text
+    tags = _inputs(page.text)
+    (form,) = [t for t in tags if t["tag"] == "form" and "/reveal/" in (t.get("action") or "")]
+    assert form["autocomplete"] == "off"
+    (secret,) = [t for t in tags if t.get("type") == "password"]
+    assert secret["autocomplete"] == "off"
+    # A name no password manager knows as a password field, and the common managers' opt-outs.
+    assert "pass" not in (secret["name"] or "").lower()
+    assert secret["name"] == "stepup_typed"
+    for attr, value in (
+        ("data-lpignore", "true"),  # LastPass
+        ("data-1p-ignore", "true"),  # 1Password
+        ("data-bwignore", "true"),  # Bitwarden
+        ("data-form-type", "other"),  # Dashlane
+    ):
+        assert secret[attr] == value, attr
+    # No other field on the page invites a saved password either (the reason is free text).
+    assert not [t for t in tags if (t.get("autocomplete") or "").endswith("password")]

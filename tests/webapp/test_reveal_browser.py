@@ -95,7 +95,7 @@ def test_a_revealed_value_hides_itself_in_a_real_browser(
             page.click("text=Reveal number")
             page.wait_for_load_state()
             page.fill("input[name=reason]", "customer disputes a charge")
-            page.fill("input[name=password]", SUPERVISOR_PASSWORD)
+            page.fill("input[name=stepup_typed]", SUPERVISOR_PASSWORD)
             page.click("main button[type=submit]")  # not the header's logout button
             page.wait_for_load_state()
             assert page.text_content("#revealed-value") == "4111 1111 1111 1111"

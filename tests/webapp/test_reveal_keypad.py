@@ -81,7 +81,7 @@ def test_keypad_step_up(make_app: Callable[..., Flask], staff: dict[str, Person]
     typed = post(
         sup,
         seeded,
-        data={"csrf_token": csrf, "stepup": token, "reason": REASON, "password": SUPERVISOR_PASSWORD},
+        data={"csrf_token": csrf, "stepup": token, "reason": REASON, "stepup_typed": SUPERVISOR_PASSWORD},
     )
     assert typed.status_code == 400
     assert "password: required" in typed.text
@@ -128,7 +128,7 @@ def test_keypad_pin_step_up(make_app: Callable[..., Flask], staff: dict[str, Per
             "csrf_token": csrf,
             "stepup": token,
             "reason": REASON,
-            "password": SUPERVISOR_PASSWORD,
+            "stepup_typed": SUPERVISOR_PASSWORD,
             "keypad": _spell(layout, "193847"),
         },
     )
@@ -143,7 +143,7 @@ def test_keypad_pin_step_up(make_app: Callable[..., Flask], staff: dict[str, Per
             "csrf_token": csrf,
             "stepup": token,
             "reason": REASON,
-            "password": SUPERVISOR_PASSWORD,
+            "stepup_typed": SUPERVISOR_PASSWORD,
             "keypad": _spell(layout, PIN),
         },
     )

@@ -68,5 +68,7 @@ class ItemForm(FlaskForm):
 class RevealForm(FlaskForm):
     stepup = StringField("Step-up token", validators=[DataRequired(), Length(max=64)])
     reason = StringField("Reason", validators=[Optional(), Length(max=REASON_FIELD_MAX)])
-    password = PasswordField("Password", validators=[Optional(), Length(max=MAX_LENGTH)])
+    # Not named "password": password managers fill fields by name as well as by type, and the step-up
+    # password must be typed by the person at the keyboard (see the template's autocomplete="off").
+    stepup_typed = PasswordField("Password", validators=[Optional(), Length(max=MAX_LENGTH)])
     keypad = StringField("Keypad", validators=[Optional(), Length(max=KEYPAD_MAX)])

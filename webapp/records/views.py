@@ -27,7 +27,7 @@ from webapp.db.tables import users
 from webapp.events import Event
 from webapp.records import cards as card_rules
 from webapp.records import items as item_rules
-from webapp.records import permissions, service, stepup
+from webapp.records import permissions, purge, service, stepup
 from webapp.records.forms import (
     CardEditForm,
     CardForm,
@@ -42,12 +42,17 @@ from webapp.request import origin, services, unit
 from webapp.validation import InputRefused, accepts
 
 bp = Blueprint("records", __name__, url_prefix="/records")
+bp.cli.add_command(purge.purge_retired_command)  # flask --app webapp records purge-retired
 MATRIX = "strongroom.records.matrix"
 CVV_REFUSED = (
     "card security codes (CVV/CVC) are never accepted or stored: the form was refused, nothing was saved"
 )
 KINDS = "any(bank, identity, note)"
-_RANGES = {"REVEAL_HIDE_SECONDS": (5, 300), "STEPUP_TTL": (30, 900)}
+_RANGES = {
+    "REVEAL_HIDE_SECONDS": (5, 300),
+    "STEPUP_TTL": (30, 900),
+    "RETIRED_RETENTION_DAYS": purge.RETENTION_RANGE,
+}
 
 
 @bp.record_once
@@ -57,6 +62,10 @@ def _configure(state: BlueprintSetupState) -> None:
     # Seconds a revealed value stays on screen; seconds a reveal form (its step-up token) stays valid.
     cfg.setdefault("REVEAL_HIDE_SECONDS", 30)
     cfg.setdefault("STEPUP_TTL", 300)
+    # Days a retired card or item is kept (masked, never revealed) before `records purge-retired`
+    # deletes it; None for PURGE_DATABASE_URL: the app's own database (development, tests).
+    cfg.setdefault("RETIRED_RETENTION_DAYS", purge.RETENTION_DEFAULT_DAYS)
+    cfg.setdefault("PURGE_DATABASE_URL", None)
     # None: the shipped matrix (webapp/records/permissions.json); else a JSON file path or a mapping.
     cfg.setdefault("RECORDS_PERMISSIONS", None)
     pattern = cfg["CRM_REF_PATTERN"]
@@ -501,16 +510,27 @@ def require_reveal(view: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
-def _target_or_404(record_id: int, kind: str, obj_id: str) -> None:
-    if kind == "card":
-        _card_or_404(record_id, obj_id)
-    else:
-        _item_or_404(record_id, kind, obj_id)
+def _revealable_or_404(record_id: int, kind: str, obj_id: str, *, lock: bool = False) -> str | None:
+    """None if the field may be revealed, else why not (a retired card or item, a retired record).
+
+    Retired means no longer readable (docs/webapp.md, "Retirement"): only the masked form is shown.
+    With `lock`, the record row is locked for the rest of the request: every retire locks it first
+    (service.writable_record), so a retirement cannot land between this check and the decrypt.
+    """
+    record = service.get_record(unit().conn, record_id, for_update=lock)
+    if record is None:
+        abort(404)
+    row = _card_or_404(record_id, obj_id) if kind == "card" else _item_or_404(record_id, kind, obj_id)
+    if record.retired_at is not None:
+        return "the record is retired: its values can no longer be revealed"
+    if row.retired_at is not None:
+        return f"the {'card' if kind == 'card' else 'item'} is retired: it can no longer be revealed"
+    return None
 
 
 def _entered(form: RevealForm, mode: str, layout: dict[str, str] | None) -> tuple[str | None, str | None]:
     """(password, PIN) entered as the login entry mode requires (see auth.views._entered)."""
-    typed, clicked = form.password.data or None, form.keypad.data or ""
+    typed, clicked = form.stepup_typed.data or None, form.keypad.data or ""
     if mode == "keyboard":
         return (typed, None) if not clicked else (None, None)
     decoded = keypad.decode(clicked, layout) if layout is not None else None
@@ -524,8 +544,9 @@ def _entered(form: RevealForm, mode: str, layout: dict[str, str] | None) -> tupl
 @login_required
 @require_reveal
 def reveal_form(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturnValue:
-    _target_or_404(record_id, kind, obj_id)
     cfg, target = current_app.config, f"{kind}:{obj_id}:{field}"
+    if (retired := _revealable_or_404(record_id, kind, obj_id)) is not None:
+        return _refuse(Event.REVEAL_REFUSED, retired, target, status=403)
     token = stepup.issue(
         unit().conn, user_id=int(current_user.id), target=target, now=_now(), ttl=cfg["STEPUP_TTL"]
     )
@@ -562,7 +583,10 @@ def reveal(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturn
     if not form.validate():
         field_name, _errors = next(iter(form.errors.items()))
         return _refuse(Event.REVEAL_REFUSED, f"{field_name}: missing or too long", target)
-    _target_or_404(record_id, kind, obj_id)
+    # Checked again here, whatever the form said: a step-up token issued before a retirement is
+    # worth nothing after it.
+    if (retired := _revealable_or_404(record_id, kind, obj_id, lock=True)) is not None:
+        return _refuse(Event.REVEAL_REFUSED, retired, target, status=403)
     try:
         reason = stepup.check_reason(form.reason.data or "")
         # Spent from here on, whatever follows: every password attempt needs a fresh reveal form.
