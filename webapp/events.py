@@ -85,6 +85,7 @@ class Event(StrEnum):
     BUDGET_REFUSED = "budget.refused"  # every request refused with 429 (audited, not mailed)
     MAIL_SENT = "mail.sent"
     MAIL_FAILED = "mail.failed"  # not an alert: it could not be mailed anyway; the audit log has it
+    OUTBOX_PRUNED = "mail.outbox_pruned"  # sent outbox rows past their retention deleted
     # Key rotation (flask --app webapp keys) and backups (python -m backup). A failed rewrap or a refused
     # retire is in ALERTS (a rotation left half-done must not go unnoticed); backup failures are put in
     # the outbox by the backup tool itself (backup/alerts.py), which does not go through UnitOfWork.

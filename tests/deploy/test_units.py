@@ -16,7 +16,13 @@ from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-UNITS = ("strongroom-keyd.service", "strongroom-web.service", "strongroom-mail.service")
+UNITS = (
+    "strongroom-keyd.service",
+    "strongroom-web.service",
+    "strongroom-mail.service",
+    "strongroom-outbox-prune.service",
+)
+TIMERS = ("strongroom-outbox-prune.timer",)
 
 
 def options(unit: str) -> dict[str, list[str]]:
@@ -35,7 +41,7 @@ def options(unit: str) -> dict[str, list[str]]:
 def checkout_copies(tmp_path: Path) -> list[Path]:
     # Installed under /opt/strongroom; here the checkout stands in so ExecStart= paths exist.
     copies = []
-    for unit in UNITS:
+    for unit in UNITS + TIMERS:
         copy = tmp_path / unit
         copy.write_text((DEPLOY / unit).read_text().replace("/opt/strongroom", str(ROOT)))
         copies.append(copy)
@@ -107,6 +113,22 @@ SPECIFIC: list[tuple[str, str, list[str] | None]] = [
     ("strongroom-mail.service", "IPAddressAllow", ["localhost"]),
     ("strongroom-mail.service", "SupplementaryGroups", None),
     ("strongroom-mail.service", "AppArmorProfile", ["strongroom-mail"]),
+    ("strongroom-outbox-prune.service", "User", ["strongroom-web"]),
+    ("strongroom-outbox-prune.service", "Type", ["oneshot"]),
+    ("strongroom-outbox-prune.service", "RestrictAddressFamilies", ["AF_UNIX"]),
+    ("strongroom-outbox-prune.service", "PrivateNetwork", ["yes"]),
+    ("strongroom-outbox-prune.service", "ReadWritePaths", None),
+    ("strongroom-outbox-prune.service", "SystemCallFilter", ["@system-service", "~@privileged"]),
+    (
+        "strongroom-outbox-prune.service",
+        "EnvironmentFile",
+        ["/etc/strongroom/webapp.env", "/etc/strongroom/outbox-prune.env"],
+    ),
+    (
+        "strongroom-outbox-prune.service",
+        "ExecStart",
+        ["/opt/strongroom/.venv/bin/flask --app webapp mail prune"],
+    ),
 ]
 TABLE = [(u, k, v) for u in UNITS for k, v in COMMON.items()] + SPECIFIC
 
@@ -128,7 +150,9 @@ def test_left_out_on_purpose(unit: str) -> None:
     assert opts["User"] != ["root"]
 
 
-@pytest.mark.parametrize(("unit", "limit"), [(UNITS[0], 1.0), (UNITS[1], 1.0), (UNITS[2], 1.5)])
+@pytest.mark.parametrize(
+    ("unit", "limit"), [(UNITS[0], 1.0), (UNITS[1], 1.0), (UNITS[2], 1.5), (UNITS[3], 1.0)]
+)
 def test_security_exposure(tmp_path: Path, unit: str, limit: float) -> None:
     analyze = need_binary("systemd-analyze")
     copy = next(c for c in checkout_copies(tmp_path) if c.name == unit)
@@ -176,3 +200,11 @@ def test_keyd_is_skipped_not_failed_before_init() -> None:
     state = StateStore(Config().state_dir)
     assert str(state.path) in conditions
     assert "/etc/strongroom/keyd.toml" in conditions
+
+
+def test_the_prune_timer_starts_the_prune_job_daily() -> None:
+    timer = options("strongroom-outbox-prune.timer")
+    assert timer["OnCalendar"] == ["*-*-* 03:30:00 UTC"]
+    assert timer["Persistent"] == ["true"]
+    assert timer.get("Unit") is None  # the service of the same name
+    assert (DEPLOY / "strongroom-outbox-prune.service").is_file()

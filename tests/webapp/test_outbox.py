@@ -1,15 +1,21 @@
-"""The durable event outbox: written with the action, kept until the mailer marks it sent."""
+"""The durable event outbox: written with the action, kept until the mailer marks it sent, coalesced
+per event name and 10-minute window, so that an outage or an attacker cannot grow it without bound."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from tests.webapp.conftest import Person, client_for, login
+from tests.webapp.conftest import Person, client_for, get, login
 from tests.webapp.helpers import refuse_audit_inserts
 from webapp import outbox
 from webapp.clock import FakeClock
+from webapp.db.tables import outbox as outbox_table
 from webapp.events import ALERTS, Event
 
 
@@ -109,3 +115,79 @@ def test_pan_shaped_strings_never_reach_the_outbox(app: Flask, clock: FakeClock)
     with engine.begin() as conn:
         (row,) = outbox.pending(conn)
         assert (row.resource, row.detail) == ("/x/************1111", "************1111")
+
+
+def _rows(app: Flask) -> list[sa.Row]:
+    with app.extensions["strongroom"].engine.connect() as conn:
+        return list(conn.execute(sa.select(outbox_table).order_by(outbox_table.c.id)))
+
+
+def test_repeated_alerts_are_coalesced_per_name_and_window(app: Flask, clock: FakeClock) -> None:
+    engine = app.extensions["strongroom"].engine
+    start = clock.now()  # 10:00, a window boundary
+    with engine.begin() as conn:
+        for minute, name, resource in [
+            (0, "ops.port_new", "tcp/2222"),
+            (1, "ops.port_new", "tcp/3333"),  # another resource: the same row (the key is the name)
+            (2, "ops.log_gap", "-"),
+            (9, "ops.port_new", "tcp/4444"),
+            (10, "ops.port_new", "tcp/5555"),  # 10:10: a new window, a new row
+        ]:
+            outbox.enqueue(conn, name, now=start + timedelta(minutes=minute), resource=resource)
+    rows = _rows(app)
+    got = [(r.event, r.n_events, r.resource, r.created_at.minute, r.last_at.minute) for r in rows]
+    assert got == [
+        ("ops.port_new", 3, "tcp/2222", 0, 9),  # the first event's fields are kept
+        ("ops.log_gap", 1, "-", 2, 2),
+        ("ops.port_new", 1, "tcp/5555", 10, 10),
+    ]
+
+
+def test_sent_rows_are_never_added_to(app: Flask, clock: FakeClock) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        outbox.enqueue(conn, "ops.port_new", now=clock.now())
+        (row,) = outbox.pending(conn)
+        assert outbox.mark_mailed(conn, [row], now=clock.now()) == 1
+        outbox.enqueue(conn, "ops.port_new", now=clock.now())
+    assert [(r.n_events, r.sent_at is None) for r in _rows(app)] == [(1, False), (1, True)]
+
+
+def test_events_added_while_a_mail_is_out_stay_pending(app: Flask, clock: FakeClock) -> None:
+    """SQLite's mailer cannot lock rows during SMTP: what arrives between its read and its mark is
+    kept pending for the next mail, not marked sent unmailed."""
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        for _ in range(3):
+            outbox.enqueue(conn, "ops.port_new", now=clock.now())
+    with engine.connect() as conn:
+        read = outbox.pending(conn)  # what the mail says: 3 events
+    with engine.begin() as conn:
+        for _ in range(2):
+            outbox.enqueue(conn, "ops.port_new", now=clock.now())  # arriving during SMTP
+    with engine.begin() as conn:
+        assert outbox.mark_mailed(conn, read, now=clock.now()) == 3
+        (left,) = outbox.pending(conn)
+    assert left.n_events == 2
+
+
+def test_a_keyd_outage_leaves_a_bounded_outbox(
+    make_app: Callable[..., Flask], people: dict[str, Person], tmp_path: Path, clock: FakeClock
+) -> None:
+    """The issue's run: a keyd outage with thousands of failing requests wrote one row each. Through
+    the real keyd client (nothing listening), every request fails with 503 and is audited; the
+    outbox holds one row with the count."""
+    from keyd.client import KeydClient
+
+    app = make_app(INSTANCE_PATH=str(tmp_path / "i2"))
+    app.extensions["strongroom"].vault = KeydClient(str(tmp_path / "nobody-listens.sock"), timeout=0.5)
+    client = client_for(app, people["alice"].cert)
+    assert login(client, "alice", people["alice"].password).status_code == 302
+    failing = 1500
+    for _ in range(failing):
+        assert get(client, "/").status_code == 503
+    rows = [r for r in _rows(app) if r.event == Event.VAULT_UNAVAILABLE]
+    assert len(rows) == 1
+    assert rows[0].n_events == failing
+    names = [r.event for r in _rows(app)]
+    assert len(names) == len(set(names))  # every name once (budget alerts, the setup's admin events)

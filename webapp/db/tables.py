@@ -126,4 +126,7 @@ outbox = sa.Table(
     sa.Column("detail", sa.String(200), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("sent_at", UtcDateTime, nullable=True, index=True),
+    # Coalescing (webapp/outbox.py, migration 0008): events in this row, and the last one's time.
+    sa.Column("n_events", sa.Integer, nullable=False, default=1, server_default="1"),
+    sa.Column("last_at", UtcDateTime, nullable=True),
 )

@@ -5,6 +5,11 @@ mail failed or the database is unreachable. Both commands exit 78 (EX_CONFIG) wh
 are unusable: retrying cannot help, so strongroom-mail.service does not restart on it
 (RestartPreventExitStatus=78) and its OnFailure= unit mails root through postfix instead.
 `run` ends cleanly (exit 0) on SIGTERM or SIGINT after the pass in progress.
+
+`prune` deletes outbox rows sent more than STRONGROOM_OUTBOX_RETENTION_DAYS (default 30) ago. It is
+the only thing that deletes from the outbox: in production it connects as its own database user
+(STRONGROOM_OUTBOX_PRUNE_DATABASE_URL, db/grants-prune.sql: DELETE on the outbox and nothing else);
+its audit record goes through the web app's own user. strongroom-outbox-prune.timer runs it daily.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from datetime import timedelta
 from types import FrameType
 from typing import NoReturn
 
@@ -20,8 +26,12 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
+from webapp import outbox
+from webapp.db.engine import make_engine
+from webapp.events import Event
 from webapp.mail.delivery import Mailer, PassResult
 from webapp.mail.settings import MailConfigError, MailSettings
+from webapp.unit import Origin
 
 mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
 MAX_PASSES = 100  # `send` drains at most this many passes of PASS_LIMIT rows per event name
@@ -106,3 +116,42 @@ def run(interval: int) -> None:
             click.echo(_summary(result), err=True)
         stop.wait(interval)
     click.echo("mailer stopped", err=True)
+
+
+MAX_RETENTION_DAYS = 3650
+
+
+def _retention_days() -> int:
+    value = current_app.config.get("OUTBOX_RETENTION_DAYS", outbox.DEFAULT_RETENTION_DAYS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RETENTION_DAYS:
+        _fail(
+            f"STRONGROOM_OUTBOX_RETENTION_DAYS must be an integer from 1 to {MAX_RETENTION_DAYS}", EX_CONFIG
+        )
+    return value
+
+
+@mail_cli.command("prune")
+def prune() -> None:
+    """Delete outbox rows sent more than OUTBOX_RETENTION_DAYS ago (pending rows are never deleted)."""
+    days = _retention_days()
+    svc = current_app.extensions["strongroom"]
+    url = current_app.config.get("OUTBOX_PRUNE_DATABASE_URL")
+    engine = make_engine(str(url)) if url else svc.engine
+    now = svc.clock.now()
+    try:
+        with engine.begin() as conn:
+            deleted = outbox.prune(conn, now=now, retention=timedelta(days=days))
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(f"database error ({type(exc).__name__}); nothing pruned")
+    finally:
+        if url:
+            engine.dispose()
+    uow = svc.unit(Origin(actor="outbox-prune", ip="local"))
+    try:
+        uow.record(Event.OUTBOX_PRUNED, ok=True, resource="outbox", detail=f"deleted={deleted} days={days}")
+        uow.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(f"pruned {deleted} row(s) but could not audit it ({type(exc).__name__})")
+    finally:
+        uow.close()
+    click.echo(f"pruned {deleted} sent row(s) older than {days} day(s)")

@@ -26,6 +26,7 @@ import smtplib
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -132,26 +133,48 @@ class SmtpSession:
                 smtp.close()
 
 
-def message_id(event: str, ids: Sequence[int], domain: str) -> str:
-    """The same rows give the same Message-ID: a resend after a crash is recognisably the same mail."""
+def message_id(event: str, ids: Sequence[int | str], domain: str) -> str:
+    """The same rows give the same Message-ID: a resend after a crash is recognisably the same mail.
+    (Callers pass row ids and counts, e.g. "17x3": a coalesced row that grew is a new mail.)"""
     digest = hashlib.sha256(f"{event}:{','.join(map(str, ids))}".encode()).hexdigest()[:40]
     return f"<strongroom-{digest}@{domain}>"
 
 
-def compose(settings: MailSettings, event: str, rows: Sequence[sa.Row], *, now_header: str) -> EmailMessage:
-    """The mail for one event name. Only the name, the count and the times are used: the rows'
-    actor, IP, resource and detail never leave the server."""
-    times = [from_db(r.created_at) for r in rows]
-    text = notification(event, count=len(rows), first=min(times), last=max(times))
+def compose_counted(
+    settings: MailSettings,
+    event: str,
+    *,
+    count: int,
+    first: datetime,
+    last: datetime,
+    identity: Sequence[str],
+    now_header: str,
+) -> EmailMessage:
+    """The mail for `count` events of one name: only the name, the count and the times go out."""
+    text = notification(event, count=count, first=first, last=last)
     msg = EmailMessage(policy=SMTP)
     msg["From"] = settings.sender
     msg["To"] = ", ".join(settings.recipients)
     msg["Subject"] = text.subject
     msg["Date"] = now_header
-    msg["Message-ID"] = message_id(event, [r.id for r in rows], settings.domain)
+    msg["Message-ID"] = message_id(event, identity, settings.domain)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
     msg.set_content(text.body)
     return msg
+
+
+def compose(settings: MailSettings, event: str, rows: Sequence[sa.Row], *, now_header: str) -> EmailMessage:
+    """The mail for one event name's outbox rows (each row counts `n_events` coalesced events). The
+    rows' actor, IP, resource and detail never leave the server."""
+    return compose_counted(
+        settings,
+        event,
+        count=sum(int(r.n_events) for r in rows),
+        first=min(from_db(r.created_at) for r in rows),
+        last=max(from_db(r.last_at or r.created_at) for r in rows),
+        identity=[f"{r.id}x{r.n_events}" for r in rows],
+        now_header=now_header,
+    )
 
 
 @dataclass
@@ -243,6 +266,7 @@ class Mailer:
                 uow.rollback()
                 return down
             ids = [int(r.id) for r in rows]
+            n_events = sum(int(r.n_events) for r in rows)
             now = self._clock.now()
             msg = compose(self._settings, event, rows, now_header=format_datetime(now))
             resource = f"outbox:{event}"[:200]
@@ -252,15 +276,15 @@ class Mailer:
                 refused = session.send(msg)
             except DeliveryFailed as exc:
                 outbox.mark_failed(uow.conn, ids)
-                detail = f"events={len(ids)} error={exc.reason}"
+                detail = f"events={n_events} error={exc.reason}"
                 uow.record(Event.MAIL_FAILED, ok=False, resource=resource, detail=detail[:200])
                 result.mails_failed += 1
-                result.events_failed += len(ids)
+                result.events_failed += n_events
                 result.failures.append(f"{event}: {exc.reason}")
                 if exc.connection_lost:
                     down = exc
             else:
-                marked = outbox.mark_sent(uow.conn, ids, now=now)
+                marked = outbox.mark_mailed(uow.conn, rows, now=now)
                 detail = f"events={marked} message_id={msg['Message-ID']}"
                 if refused:
                     detail += f" refused_recipients={refused}"
