@@ -12,6 +12,8 @@ database is picked up again without restarting the app.
 
 from __future__ import annotations
 
+import atexit
+import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,10 +31,29 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     if parsed.get_backend_name() in {"mysql", "mariadb"}:
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed, isolation_level="READ COMMITTED", pool_pre_ping=True, pool_recycle=3600, **kwargs
         )
+        _close_at_exit(engine)
+        return engine
     raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
+
+
+def _close_at_exit(engine: Engine) -> None:
+    """Say goodbye to the server when the process ends (a CLI command, a watchdog pass, a worker).
+
+    A pooled connection dropped without COM_QUIT makes MariaDB log "Aborted connection ... Got an
+    error reading communication packets" to syslog for every admin command: noise the watchdog would
+    report as new log data. Only the process that made the engine closes it: a forked child shares
+    the parent's sockets and must not end the parent's sessions.
+    """
+    owner = os.getpid()
+
+    def close() -> None:
+        if os.getpid() == owner:
+            engine.dispose()
+
+    atexit.register(close)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
