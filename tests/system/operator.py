@@ -250,20 +250,20 @@ def approve_baseline(c: Container) -> None:
     watch(c, "baseline", "approve", digest.group(1))
 
 
-def _bus(c: Container, *args: str) -> str:
-    """A call on the container's systemd over its private socket, made from the host.
-
-    Nothing runs inside the container for it: a `systemctl` there would be a process the watchdog's
-    own pass sees (and reports: it is in no baseline). systemd's private socket takes root only.
-    """
-    address = f"unix:path=/proc/{c.pid1}/root/run/systemd/private"
+def _busctl(c: Container, *args: str) -> subprocess.CompletedProcess[str]:
+    """busctl on the container's system bus, from the host: its dbus-daemon answers a root client over
+    the socket under the container's root. Nothing runs inside the container for it: a `systemctl`
+    there would be a process the watchdog's own pass sees (and reports: it is in no baseline)."""
+    address = f"unix:path=/proc/{c.pid1}/root/run/dbus/system_bus_socket"
     argv = ["busctl", f"--address={address}", "--json=short", *args]
-    for attempt in range(5):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        if result.returncode == 0:
-            return result.stdout
-        time.sleep(0.2 * (attempt + 1))  # systemd busy reloading: try again
-    raise ContainerError(f"busctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _bus(c: Container, *args: str) -> object:
+    result = _busctl(c, *args)
+    if result.returncode != 0:
+        raise ContainerError(f"busctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return json.loads(result.stdout)["data"]
 
 
 def watch_pass(
@@ -271,24 +271,20 @@ def watch_pass(
 ) -> subprocess.CompletedProcess[str]:
     """What the timer does every 5 minutes (or hourly, strongroom-watch-slow), now: a oneshot start,
     waited for; returncode 0 when the unit's Result is `success`."""
-    manager = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
-    job = json.loads(_bus(c, "call", *manager, "StartUnit", "ss", unit, "replace"))["data"][0]
+    systemd = "org.freedesktop.systemd1"
+    manager = (systemd, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
+    job = _bus(c, "call", *manager, "StartUnit", "ss", unit, "replace")
+    assert isinstance(job, list)
     deadline = time.monotonic() + timeout
-    while True:  # the job object exists until the start has finished, one way or the other
-        found = subprocess.run(
-            ["busctl", f"--address=unix:path=/proc/{c.pid1}/root/run/systemd/private", "introspect",
-             "org.freedesktop.systemd1", job],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if found.returncode != 0:
-            break
+    # The job object exists until the start has finished, one way or the other.
+    while _busctl(c, "introspect", systemd, job[0]).returncode == 0:
         if time.monotonic() > deadline:
             raise ContainerError(f"{unit} did not finish within {timeout:.0f} s")
         time.sleep(0.2)
-    path = json.loads(_bus(c, "call", *manager, "GetUnit", "s", unit))["data"][0]
-    service = ("org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Service")
-    result = json.loads(_bus(c, "get-property", *service, "Result"))["data"]
-    return subprocess.CompletedProcess([unit], 0 if result == "success" else 1, stdout=result, stderr="")
+    path = _bus(c, "call", *manager, "GetUnit", "s", unit)
+    assert isinstance(path, list)
+    result = _bus(c, "get-property", systemd, path[0], "org.freedesktop.systemd1.Service", "Result")
+    return subprocess.CompletedProcess([unit], 0 if result == "success" else 1, stdout=str(result), stderr="")
 
 
 def mail_every(c: Container, seconds: int) -> None:
