@@ -35,6 +35,7 @@ class Event(StrEnum):
     VAULT_SEALED = "error.vault_sealed"
     VAULT_UNAVAILABLE = "error.vault_unavailable"
     DB_UNAVAILABLE = "error.db_unavailable"
+    DB_WRITE_REFUSED = "error.db_write_refused"  # the database refused a write: disk full or read-only
     # Administration (flask --app webapp ...)
     ADMIN_REFUSED = "admin.refused"
     USER_ADDED = "admin.user_added"
@@ -117,6 +118,7 @@ ALERTS: frozenset[Event] = frozenset(
         Event.VAULT_SEALED,
         Event.VAULT_UNAVAILABLE,
         Event.DB_UNAVAILABLE,
+        Event.DB_WRITE_REFUSED,
         Event.USER_ADDED,
         Event.USER_DISABLED,
         Event.USER_ENABLED,

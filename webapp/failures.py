@@ -3,8 +3,14 @@
 - keyd sealed or unreachable: 503 "vault sealed / unavailable", the transaction rolled back.
 - keyd's decrypt budget spent: 429 "reveal limit reached", an alert event (the reveal view catches
   it itself to keep its step-up token spent; this is the net for any other decrypting path).
-- Database unreachable: 503, the event goes to syslog (the outbox is in the database that is down),
-  and the next request tries again: the pool pre-pings, so recovery needs no restart.
+- Database unreachable: 503, and the next request tries again: the pool pre-pings, so recovery needs
+  no restart.
+- Database refusing writes (disk full, read-only): 503 with a page that says so, not "cannot be
+  reached": the operator reading the employee's report must look at the disk, not the network. The
+  employee learns that much and nothing more (no error text, no code); the log has the code.
+- Any event that cannot be recorded in the database (it is down, full or read-only: the outbox lives
+  there) is written to the alert spool (webapp/mail/spool.py), which the mailer sends directly over
+  SMTP, and to syslog.
 - Anything else ("safe mode"): roll back, end the user's session, show a page that closes the window,
   and raise an event with no details. The server log gets the exception type and the code location
   only: exception messages can carry SQL parameters or form values.
@@ -23,7 +29,8 @@ from flask.wrappers import Response
 from keyd.errors import QuotaExceeded, Sealed, Unavailable
 from webapp.auth.sessions import ServerSession, end_sessions, sid_hash
 from webapp.db.tables import sessions
-from webapp.events import Event
+from webapp.events import ALERTS, Event
+from webapp.mail.spool import Spool, SpoolError, spool_path
 from webapp.redact import mask_pans
 from webapp.request import origin, services
 from webapp.unit import Origin
@@ -35,6 +42,32 @@ def is_db_outage(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+# MariaDB error codes of a database that refuses to write, and what to tell the operator.
+_MARIADB_WRITE_REFUSED = {
+    3: "disk full",  # ER_ERROR_ON_WRITE
+    1021: "disk full",  # ER_DISK_FULL
+    1114: "disk full",  # ER_RECORD_FILE_FULL: the table (its tablespace, its disk) is full
+    1290: "read-only",  # ER_OPTION_PREVENTS_STATEMENT: --read-only
+    1792: "read-only",  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+    1836: "read-only",  # ER_READ_ONLY_MODE
+}
+_SQLITE_WRITE_REFUSED = {13: "disk full", 8: "read-only"}  # SQLITE_FULL, SQLITE_READONLY (primary codes)
+
+
+def write_refused(exc: BaseException) -> str | None:
+    """ "disk full" or "read-only" when the database refused a write for that reason, else None."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return _SQLITE_WRITE_REFUSED.get(sqlite_code & 0xFF)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return _MARIADB_WRITE_REFUSED.get(args[0])
+    return None
 
 
 def _where(exc: BaseException) -> str:
@@ -55,6 +88,15 @@ def handle(app: Flask, exc: Exception) -> Response:
     if isinstance(exc, QuotaExceeded):
         _record(app, Event.REVEAL_BUDGET_EXCEEDED, end_session=False)
         return Response(render_template("quota_exceeded.html"), status=429, mimetype="text/html")
+    refused = write_refused(exc)
+    if refused is not None:
+        svc.event_logger.critical(
+            "event %s reason=%s path=%s", Event.DB_WRITE_REFUSED, refused, mask_pans(request.path)
+        )
+        log.error("database refused the write (%s): %s at %s", refused, type(exc).__name__, _where(exc))
+        _record(app, Event.DB_WRITE_REFUSED, end_session=False)
+        page = render_template("db_write_refused.html", disk_full=refused == "disk full")
+        return Response(page, status=503, mimetype="text/html")
     if is_db_outage(exc):
         svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, mask_pans(request.path))
         log.error("database unavailable: %s at %s", type(exc).__name__, _where(exc))
@@ -87,4 +129,24 @@ def _record(app: Flask, event: Event, *, end_session: bool) -> None:
         finally:
             uow.close()
     except Exception as exc:  # noqa: BLE001 - the failure page must still be shown; logged below
-        svc.event_logger.critical("event %s not recorded in the database (%s)", event, type(exc).__name__)
+        spooled = _spool(app, event)
+        svc.event_logger.critical(
+            "event %s not recorded in the database (%s); %s",
+            event,
+            type(exc).__name__,
+            "spooled for the mailer" if spooled else "NOT SPOOLED (spool full or unusable)",
+        )
+
+
+def _spool(app: Flask, event: Event) -> bool:
+    """The alert's path that needs no database (webapp/mail/spool.py); only alerts go there."""
+    if event not in ALERTS:
+        return False
+    spool = app.extensions.get("strongroom.spool")
+    if spool is None:
+        try:
+            spool = Spool(spool_path(app.config, app.instance_path))
+        except SpoolError:
+            return False
+        app.extensions["strongroom.spool"] = spool
+    return bool(spool.add(str(event), now=services().clock.now()))

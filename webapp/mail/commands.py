@@ -31,6 +31,7 @@ from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.mail.delivery import Mailer, PassResult
 from webapp.mail.settings import MailConfigError, MailSettings
+from webapp.mail.spool import Spool, SpoolError, spool_path
 from webapp.unit import Origin
 
 mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
@@ -48,13 +49,26 @@ def _mailer() -> Mailer:
         settings = MailSettings.from_config(current_app.config)
     except MailConfigError as exc:
         _fail(str(exc), EX_CONFIG)
+    try:
+        spool = Spool(spool_path(current_app.config, current_app.instance_path))
+    except SpoolError as exc:
+        _fail(str(exc), EX_CONFIG)
     svc = current_app.extensions["strongroom"]
-    return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit)
+    return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit, spool=spool)
 
 
 def _one_round(mailer: Mailer) -> PassResult | str:
-    """Passes until nothing more is pending; a database failure comes back as its reason."""
-    total = PassResult()
+    """The spool first (it needs no database), then outbox passes until nothing more is pending;
+    a database failure comes back as its reason, after the spool went out."""
+    try:
+        total = mailer.deliver_spool()
+    except OSError as exc:  # the spool directory unreadable: say so, still send the outbox
+        click.echo(f"error: alert spool unreadable ({type(exc).__name__})", err=True)
+        total = PassResult(mails_failed=1, failures=["alert spool unreadable"])
+    if total.spooled_sent:
+        click.echo(
+            f"spool: sent {total.spooled_sent} alert(s) raised while the database was unusable", err=True
+        )
     try:
         for _ in range(MAX_PASSES):
             result = mailer.deliver()

@@ -40,6 +40,7 @@ from webapp.clock import Clock, from_db
 from webapp.db.engine import READ_ONLY, is_sqlite
 from webapp.events import Event
 from webapp.mail.settings import MailSettings
+from webapp.mail.spool import Spool
 from webapp.mail.texts import notification
 from webapp.unit import Origin, UnitOfWork
 
@@ -183,6 +184,7 @@ class PassResult:
     events_sent: int = 0
     mails_failed: int = 0
     events_failed: int = 0
+    spooled_sent: int = 0  # alerts from the spool (raised while the database was unusable)
     skipped: bool = False  # another mailer holds the SQLite lock
     more: bool = False  # a name had more than PASS_LIMIT rows: run another pass
     failures: list[str] = field(default_factory=list)
@@ -202,7 +204,9 @@ class Mailer:
         units: Callable[[Origin], UnitOfWork],
         session_factory: Callable[[MailSettings], SmtpSession] = SmtpSession,
         limit: int = PASS_LIMIT,
+        spool: Spool | None = None,
     ) -> None:
+        self._spool = spool
         self._engine = engine
         self._clock = clock
         self._settings = settings
@@ -232,6 +236,48 @@ class Mailer:
     def _read(self, event: str) -> list[sa.Row]:
         with self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
             return outbox.claim(conn, event, limit=self._limit, skip_locked=False)
+
+    def deliver_spool(self) -> PassResult:
+        """Mail what the web app spooled while the database was unusable, straight over SMTP: this
+        needs no database. Each event name's files are removed once the server accepted its mail."""
+        result = PassResult()
+        if self._spool is None:
+            return result
+        entries = self._spool.collect()
+        if not entries:
+            return result
+        session = self._session_factory(self._settings)
+        down: DeliveryFailed | None = None
+        try:
+            for entry in entries:
+                now = self._clock.now()
+                msg = compose_counted(
+                    self._settings,
+                    entry.event,
+                    count=entry.count,
+                    first=entry.first,
+                    last=entry.last,
+                    identity=["spool", *entry.identity],
+                    now_header=format_datetime(now),
+                )
+                try:
+                    if down is not None:
+                        raise down
+                    session.send(msg)
+                except DeliveryFailed as exc:
+                    result.mails_failed += 1
+                    result.events_failed += entry.count
+                    result.failures.append(f"spooled {entry.event}: {exc.reason}")
+                    if exc.connection_lost:
+                        down = exc
+                    continue
+                self._spool.remove(entry)
+                result.mails_sent += 1
+                result.events_sent += entry.count
+                result.spooled_sent += entry.count
+        finally:
+            session.close()
+        return result
 
     def deliver(self) -> PassResult:
         result = PassResult()

@@ -30,6 +30,7 @@ PHRASES: dict[str, str] = {
     Event.VAULT_SEALED: "vault sealed",
     Event.VAULT_UNAVAILABLE: "key daemon unreachable",
     Event.DB_UNAVAILABLE: "database unavailable",
+    Event.DB_WRITE_REFUSED: "DATABASE REFUSES WRITES (disk full or read-only)",
     Event.USER_ADDED: "user added",
     Event.USER_DISABLED: "user disabled",
     Event.USER_ENABLED: "user enabled",
