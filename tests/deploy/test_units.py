@@ -112,6 +112,7 @@ SPECIFIC: list[tuple[str, str, list[str] | None]] = [
     ("strongroom-mail.service", "RestrictAddressFamilies", ["AF_UNIX AF_INET AF_INET6"]),
     ("strongroom-mail.service", "IPAddressAllow", ["localhost"]),
     ("strongroom-mail.service", "SupplementaryGroups", None),
+    ("strongroom-mail.service", "ReadWritePaths", ["/var/lib/strongroom-web/alert-spool"]),
     ("strongroom-mail.service", "AppArmorProfile", ["strongroom-mail"]),
     ("strongroom-outbox-prune.service", "User", ["strongroom-web"]),
     ("strongroom-outbox-prune.service", "Type", ["oneshot"]),
@@ -208,3 +209,15 @@ def test_the_prune_timer_starts_the_prune_job_daily() -> None:
     assert timer["Persistent"] == ["true"]
     assert timer.get("Unit") is None  # the service of the same name
     assert (DEPLOY / "strongroom-outbox-prune.service").is_file()
+
+
+def test_the_alert_spool_is_where_the_web_app_writes_and_the_mailer_may_delete() -> None:
+    from webapp.mail.spool import spool_path
+
+    for unit in ("strongroom-web.service", "strongroom-mail.service"):
+        env = " ".join(options(unit)["Environment"]).split()
+        instance = next(e.split("=", 1)[1] for e in env if e.startswith("STRONGROOM_INSTANCE_PATH="))
+        assert str(spool_path({}, instance)) == "/var/lib/strongroom-web/alert-spool"
+    assert options("strongroom-mail.service")["ReadWritePaths"] == ["/var/lib/strongroom-web/alert-spool"]
+    tmpfiles = (DEPLOY / "strongroom-tmpfiles.conf").read_text()
+    assert "d /var/lib/strongroom-web/alert-spool 0700 strongroom-web strongroom-web -" in tmpfiles
