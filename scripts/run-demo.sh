@@ -71,7 +71,14 @@ drop_key() {  # what the operator does: type into a temp file, then rename it on
 
 pids=()
 cleanup() {
-    trap - EXIT INT TERM
+    # Stopping runs to the end, whatever else arrives: a service manager's SIGTERM reaches every
+    # process of the unit, `make` forwards its own to this script, and a second Ctrl-C is common;
+    # with the default action back, the second signal killed the script halfway and left the run
+    # dir (the app's socket) and Apache's logs behind. SIGKILL still stops it outright. No errexit
+    # either: one step failing must not skip the rest.
+    trap - EXIT
+    trap '' INT TERM
+    set +e
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -f "$DROP" "$DROP-tmp"

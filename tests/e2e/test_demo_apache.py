@@ -3,10 +3,12 @@ on a Unix socket with STRONGROOM_BEHIND_PROXY and a private Apache (apache/priva
 a required client certificate and the CRL, ModSecurity + CRS) in front of it. The printed bundle
 and password log in through Apache, whose Server header names no version; a revocation through
 the CA reloads Apache, which then refuses the certificate in the handshake; Ctrl-C stops every
-process, Apache's children included."""
+process, Apache's children included, and so does SIGTERM however a service manager sends it, with the
+same clean-up (run dir removed, Apache's logs kept)."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import json
@@ -179,6 +181,58 @@ def test_ctrl_c_stops_everything(demo: Demo) -> None:
     assert not front.exists()
     for name, content in live.items():
         assert content in (demo.dir / "apache-logs" / name).read_bytes(), name  # (shutdown lines follow)
+
+
+# How a service manager stops the demo: systemd's default (KillMode=control-group) sends SIGTERM to
+# every process of the unit at once; KillMode=mixed, or an operator's `kill`, sends it to the main
+# process alone, which must then stop the rest itself; and under `make run`, make forwards its own
+# SIGTERM to the script, which so gets a second one while it is already stopping.
+SIGTERM_TO = ["every-process", "the-script-alone", "every-process-twice"]
+
+
+@pytest.mark.parametrize("target", SIGTERM_TO)
+def test_sigterm_stops_everything_and_cleans_up_like_ctrl_c(
+    target: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    need_binary("apache2")
+    need_root()
+    demo_dir = tmp_path_factory.mktemp("demo-apache-term")
+    port = _free_port()
+    proc, output = start_demo(demo_dir, port, DEMO_APACHE="1")
+    try:
+        front = _front_run(output)
+        assert front.exists()
+        live = {log.name: log.read_bytes() for log in (front / "apache" / "logs").iterdir() if log.is_file()}
+        assert "strongroom-access.log" in live
+        if target == "the-script-alone":
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        if target == "every-process-twice":
+            time.sleep(0.3)  # the script is stopping its daemons by now
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while _pgid_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _pgid_members(proc.pid) == []
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert not _answers(demo_dir / "keyd-run" / "keyd.sock")
+        # Exactly as after Ctrl-C: the run dir (the app's socket) is gone, Apache's logs are kept.
+        assert not front.exists()
+        for name, content in live.items():
+            assert content in (demo_dir / "apache-logs" / name).read_bytes(), name
+        assert "demo stopped" in (proc.stdout.read() if proc.stdout else "")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        digest = hashlib.sha256(str(demo_dir).encode()).hexdigest()[:12]
+        shutil.rmtree(f"/run/strongroom-demo-{digest}", ignore_errors=True)
 
 
 @pytest.mark.parametrize("value", ["2", "on", "1; touch /tmp/x", "APACHE", " 1"])
