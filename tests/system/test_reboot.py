@@ -58,8 +58,12 @@ def add_record_with_cards(browser: Browser, pans: list[str]) -> str:
 def reveal(browser: Browser, link: str, password: str) -> operator.Response:
     form_page = browser.get(link)
     assert form_page.status == 200, (form_page.status, form_page.body[:500])
+    # The password field is whichever input of type password the form has (its name is the form's).
+    typed = re.search(r'<input[^>]*type="password"[^>]*>', form_page.body)
+    name = re.search(r'name="([^"]+)"', typed.group(0)) if typed else None
+    assert name is not None, form_page.body[:800]
     form = {"csrf_token": hidden(form_page.body, "csrf_token"), "stepup": hidden(form_page.body, "stepup"),
-            "reason": REASON, "password": password}  # fmt: skip
+            "reason": REASON, name.group(1): password}  # fmt: skip
     return browser.request("POST", link, form=form)
 
 
@@ -70,11 +74,12 @@ def revealed_digits(page: str) -> str:
 
 
 def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
-    unsealed: Server, people: dict[str, Person], passphrase: str
+    unsealed: Server, people: dict[str, Person], passphrase: str, stored_pans: list[str]
 ) -> None:
     c = unsealed.container
     dave = people["dave"]  # a supervisor: may add cards and reveal them
     pans = [made_up_pan("4", 16), made_up_pan("52", 16)]
+    stored_pans += pans
     browser = Browser(unsealed, dave)
     assert browser.login().status == 302
     record = add_record_with_cards(browser, pans)

@@ -1,0 +1,134 @@
+"""After everything else (tests/system runs its modules in name order): no card number, password or
+key material anywhere on the server, in any spelling.
+
+Where: every mail in every mailbox, every log under /var/log, the whole journal (every field, as
+`journalctl -o export` prints it), a `mariadb-dump --all-databases` made inside, and every regular
+file on the container's disk outside /opt/strongroom/.venv and /usr (files above 50 MB are listed,
+not read). What: card numbers in any spelling (`webapp.redact.find_pans`, hex tokens of 32+
+characters skipped: ciphertext, hashes and ids in hex are random digits), the session's keyd
+passphrase and the employees' passwords in every byte form (tests/system/secrets_scan.py). The
+CA's passphrases never leave the admin's machine (the test's host), so they are not looked for here.
+
+So that the scan has something to miss even when this module runs alone, it stores and reveals one
+made-up card of its own first, through the web app, like an employee.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.system.container import Container
+from tests.system.operator import Browser, Person
+from tests.system.secrets_scan import Walk, find_secrets, needles, regular_files
+from tests.system.server import REPO, Server
+from tests.system.test_reboot import CARD_LINK, add_record_with_cards, made_up_pan, reveal, revealed_digits
+from webapp.redact import MAX_TEXT, find_pans
+
+EXCLUDE = ("/opt/strongroom/.venv", "/usr")
+ARTIFACTS = REPO / "test-artifacts" / "system"
+CHUNK = MAX_TEXT - 1024
+OVERLAP = 512  # longer than any spelling of a 19-digit number with separators between its digits
+
+
+def pans_in(text: str) -> set[str]:
+    """The card numbers in `text` of any length (find_pans scans MAX_TEXT at a time)."""
+    found: set[str] = set()
+    for start in range(0, max(1, len(text)), CHUNK - OVERLAP):
+        found |= {f.digits for f in find_pans(text[start : start + CHUNK], skip_hex_tokens=True)}
+    return found
+
+
+def is_text(data: bytes) -> bool:
+    return b"\0" not in data[:8192]
+
+
+class Scan:
+    """Hits: a secret or a stored card in any spelling (asserted everywhere), and the generic detector's
+    candidates (asserted in mails; elsewhere recorded, see the module's docstring)."""
+
+    def __init__(self, secrets: dict[str, str], pans: list[str]) -> None:
+        self.wanted = needles(secrets)
+        # Each stored card as digits and grouped by four (space, dash, dot), each in every byte form.
+        self.pans: list[tuple[str, bytes]] = []
+        for pan in pans:
+            groups = [pan[i : i + 4] for i in range(0, len(pan), 4)]
+            forms = {f"sep={sep!r}": sep.join(groups) for sep in ("", " ", "-", ".")}
+            self.pans += [(f"stored card ...{pan[-4:]} {label}", needle) for label, needle in needles(forms)]
+        self.hits: list[str] = []
+        self.candidates: dict[str, int] = {}
+        self.sources: dict[str, int] = {}
+
+    def check(self, where: str, data: bytes, *, detect: bool = False) -> None:
+        source = where.split(":", 1)[0]
+        self.sources[source] = self.sources.get(source, 0) + len(data)
+        found = find_secrets(data, self.wanted) + find_secrets(data, self.pans)
+        if found:
+            self.hits.append(f"{where}: {', '.join(sorted(set(found)))}")
+        if detect and is_text(data):
+            pans = pans_in(data.decode("utf-8", "replace"))
+            if pans:
+                self.candidates[where] = len(pans)
+
+
+def captured(c: Container, command: str) -> bytes:
+    """A command's output as bytes (journal export fields may be binary), through root's home, then
+    removed before the disk walk."""
+    c.run(f"umask 077; {command} > /root/scan-capture", timeout=300)
+    try:
+        return c.disk_path("/root/scan-capture").read_bytes()
+    finally:
+        c.run(["rm", "-f", "/root/scan-capture"])
+
+
+def test_no_card_number_password_or_key_anywhere(
+    unsealed: Server, people: dict[str, Person], passphrase: str, stored_pans: list[str]
+) -> None:
+    c = unsealed.container
+    dave = people["dave"]
+    pan = made_up_pan("4", 16)
+    browser = Browser(unsealed, dave)
+    assert browser.login().status == 302
+    record = add_record_with_cards(browser, [pan])
+    ((record_id, card_id),) = set(CARD_LINK.findall(browser.get(record).body))
+    shown = reveal(browser, f"/records/{record_id}/reveal/card/{card_id}/pan", dave.password)
+    assert revealed_digits(shown.body) == pan
+    c.run(["journalctl", "--sync"], check=False)
+    c.run(["postqueue", "-f"], check=False)
+
+    secrets = {
+        "keyd passphrase": passphrase,
+        **{f"{p.username}'s password": p.password for p in people.values()},
+    }
+    stored_pans.append(pan)
+    scan = Scan(secrets, stored_pans)
+
+    # The mailboxes and logs are on the disk and in the walk below too; read here explicitly so that
+    # the record says they were, even if the walk's exclusions ever change.
+    for box in sorted(c.disk_path("/var/mail").glob("*")):
+        if box.is_file():
+            scan.check(f"mail:/var/mail/{box.name}", box.read_bytes(), detect=True)
+    journal = captured(c, "journalctl --no-pager -o export")
+    scan.check("journal:journalctl -o export", journal)
+    scan.check("journal:journalctl -o cat", captured(c, "journalctl --no-pager -o cat"), detect=True)
+    database = captured(c, "mariadb-dump --all-databases --single-transaction --hex-blob --skip-dump-date")
+    scan.check("database:mariadb-dump --all-databases", database)
+    walk = Walk()
+    for path, data in regular_files(c.disk_path("/"), exclude=EXCLUDE, walk=walk):
+        where = ("log:" if path.startswith("/var/log/") else "disk:") + path
+        scan.check(where, data, detect=where.startswith("log:"))
+
+    mail_candidates = {w: n for w, n in scan.candidates.items() if w.startswith("mail:")}
+    record_scan = {
+        "files": walk.files, "bytes": walk.bytes, "skipped_over_50MB": walk.skipped,
+        "bytes_by_source": scan.sources, "excluded": EXCLUDE, "stored_cards_looked_for": len(stored_pans),
+        "hits": scan.hits, "detector_candidates": scan.candidates,
+    }  # fmt: skip
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "secrets-scan.json").write_text(json.dumps(record_scan, indent=2))
+    print(f"secrets scan: {walk.files} files, {walk.bytes / 1e6:.1f} MB on disk, journal "
+          f"{len(journal) / 1e6:.1f} MB, skipped {walk.skipped}, "
+          f"detector candidates (logs, journal; not asserted) {sum(scan.candidates.values())} "
+          f"in {len(scan.candidates)} sources")  # fmt: skip
+    assert walk.files > 1000
+    assert not scan.hits, "\n".join(scan.hits)
+    assert not mail_candidates, mail_candidates
