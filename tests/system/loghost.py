@@ -10,10 +10,11 @@ inside the test's `loghost` network namespace (198.51.100.2 and 2001:db8:4::2 th
   server's settings pin (`loghost.ssh_host_key`, made before the install: tests/system/server.py).
 
 The account is a throwaway system user on the host (no home, no password, not locked: sshd refuses a
-locked account's keys when it does not use PAM). Everything lives under /run/strongroom-loghost-PID
-(root's, 0755: sshd refuses a chroot or key path others can write, and /tmp is one). `close()` stops
-both daemons and removes the user and the directory; a run killed outright is reaped by the next one
-(`reap_stale`), like the containers.
+locked account's keys when it does not use PAM), shared by test sessions running in parallel (the
+name is fixed: the server's remote-copy.toml names it) and removed with the last of them. Everything
+else lives under /run/strongroom-loghost-PID (root's, 0755: sshd refuses a chroot or key path others
+can write, and /tmp is one). `close()` stops both daemons and removes the directory (and the account);
+a run killed outright is reaped by the next one (`reap_stale`), like the containers.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import psutil
 
 from ops.rsyslog import Receiver
 from tests.support import need_binary
+from tests.system.images import cache_dir
 from tests.system.network import Network
 from tests.system.server import FQDN, LOGHOST_NAME, REPO, TestCa
 
@@ -108,8 +110,27 @@ def _remove_user() -> None:
         _run("groupdel", PULL_USER, check=False)
 
 
+@contextlib.contextmanager
+def _users_lock() -> Iterator[None]:
+    """One test process at a time adds, shares or removes the account (parallel sessions share it)."""
+    with open(cache_dir() / "loghost-users.lock", "w") as lock:  # the test cache's, which stays anyway
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _live_runs() -> list[Path]:
+    return [
+        base
+        for base in Path("/run").glob(f"{RUN_PREFIX}*")
+        if (named := re.fullmatch(rf"{RUN_PREFIX}(\d+)", base.name))
+        and psutil.pid_exists(int(named.group(1)))
+    ]
+
+
 def reap_stale() -> list[str]:
-    """Remove what log hosts of runs killed outright left (their owner pid, in the name, is dead)."""
+    """Remove what log hosts of runs killed outright left (their owner pid, in the name, is dead).
+
+    The caller holds `_users_lock`."""
     reaped = []
     for base in Path("/run").glob(f"{RUN_PREFIX}*"):
         named = re.fullmatch(rf"{RUN_PREFIX}(\d+)", base.name)
@@ -122,7 +143,7 @@ def reap_stale() -> list[str]:
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(base, ignore_errors=True)
         reaped.append(base.name)
-    if not any(Path("/run").glob(f"{RUN_PREFIX}*")):
+    if not _live_runs():
         _remove_user()  # a killed run's account: no live log host uses it
     return reaped
 
@@ -168,30 +189,37 @@ class LogHost:
         self.rsyslogd_bin = need_binary("rsyslogd")
         self.sshd_bin = need_binary("sshd")
         need_binary("useradd")
-        reap_stale()
         try:
+            with _users_lock():
+                reap_stale()
+                self.base.mkdir(mode=0o755)  # registers this run: the account is not removed under it
+                self._add_user()
             self._setup()
         except BaseException:
             self.close()
             raise
         return self
 
+    def _add_user(self) -> None:
+        try:
+            entry = pwd.getpwnam(PULL_USER)
+        except KeyError:
+            # A system user with its own group (rsyslog gives the logs that group), no home, no shell,
+            # password field "*": no password, and not locked ("!"), which sshd without PAM refuses.
+            _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                 "/nonexistent", "--shell", "/usr/sbin/nologin", "--comment", MARKER, "--password", "*",
+                 PULL_USER)  # fmt: skip
+        else:
+            if entry.pw_gecos != MARKER:
+                raise AssertionError(f"a user {PULL_USER} exists on this host that the test did not make")
+            # Another test session's log host made it: shared (each has its own keys file and chroot).
+        self._made_user = True
+
     def _setup(self) -> None:
-        self.base.mkdir(mode=0o755)
         os.chmod(self.base, 0o755)  # noqa: S103 - sshd's rule: a chroot's parents are root's, not writable by others
         for sub, mode in (("etc", 0o700), ("spool", 0o700), ("keys", 0o755), ("remote", 0o755)):
             (self.base / sub).mkdir(mode=mode)
             os.chmod(self.base / sub, mode)
-        try:
-            pwd.getpwnam(PULL_USER)
-            raise AssertionError(f"a user {PULL_USER} already exists on this host (another test run?)")
-        except KeyError:
-            pass
-        # A system user with its own group (rsyslog gives the logs that group), no home, no shell,
-        # password field "*": no password, and not locked ("!"), which sshd without PAM would refuse.
-        _run("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", "--comment", MARKER, "--password", "*", PULL_USER)  # fmt: skip
-        self._made_user = True
         etc = self.base / "etc"
         cert, key = self.ca.server_cert(LOGHOST_NAME, self.address)
         for src, name in ((cert, "loghost.pem"), (key, "loghost.key"), (self.ca.chain, "ca.pem")):
@@ -324,10 +352,11 @@ Match User {PULL_USER}
             self.stop_sshd()
             self.stop_rsyslog()
         finally:
-            if self._made_user:
-                _remove_user()
+            with _users_lock():
+                shutil.rmtree(self.base, ignore_errors=True)
+                if self._made_user and not _live_runs():
+                    _remove_user()  # the last log host on this machine: the account goes too
                 self._made_user = False
-            shutil.rmtree(self.base, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """What `close` should have removed and did not (the teardown test's view)."""
