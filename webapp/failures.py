@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 
 import sqlalchemy as sa
@@ -56,18 +57,37 @@ _MARIADB_WRITE_REFUSED = {
 _SQLITE_WRITE_REFUSED = {13: "disk full", 8: "read-only"}  # SQLITE_FULL, SQLITE_READONLY (primary codes)
 
 
-def write_refused(exc: BaseException) -> str | None:
-    """ "disk full" or "read-only" when the database refused a write for that reason, else None."""
+_SQLITE_IOERR = 10  # a full disk in WAL mode often shows as this (the -shm file cannot grow)
+
+
+def write_refused(exc: BaseException, *, sqlite_path: str | None = None) -> str | None:
+    """What the database refused a write for ("disk full", "disk error", "read-only"), else None.
+    For an SQLite I/O error the free space next to the database file tells a full disk from a
+    failing one."""
     if not isinstance(exc, sa.exc.DBAPIError):
         return None
     orig = exc.orig
     sqlite_code = getattr(orig, "sqlite_errorcode", None)
     if isinstance(sqlite_code, int):
+        if sqlite_code & 0xFF == _SQLITE_IOERR:
+            return "disk full" if sqlite_path and _no_space(sqlite_path) else "disk error"
         return _SQLITE_WRITE_REFUSED.get(sqlite_code & 0xFF)
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
         return _MARIADB_WRITE_REFUSED.get(args[0])
     return None
+
+
+def _no_space(database: str) -> bool:
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(database)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024  # less than a few pages left: as good as full
+
+
+def sqlite_path(engine: sa.Engine) -> str | None:
+    return engine.url.database if engine.dialect.name == "sqlite" else None
 
 
 def _where(exc: BaseException) -> str:
@@ -88,14 +108,14 @@ def handle(app: Flask, exc: Exception) -> Response:
     if isinstance(exc, QuotaExceeded):
         _record(app, Event.REVEAL_BUDGET_EXCEEDED, end_session=False)
         return Response(render_template("quota_exceeded.html"), status=429, mimetype="text/html")
-    refused = write_refused(exc)
+    refused = write_refused(exc, sqlite_path=sqlite_path(svc.engine))
     if refused is not None:
         svc.event_logger.critical(
             "event %s reason=%s path=%s", Event.DB_WRITE_REFUSED, refused, mask_pans(request.path)
         )
         log.error("database refused the write (%s): %s at %s", refused, type(exc).__name__, _where(exc))
         _record(app, Event.DB_WRITE_REFUSED, end_session=False)
-        page = render_template("db_write_refused.html", disk_full=refused == "disk full")
+        page = render_template("db_write_refused.html", reason=refused)
         return Response(page, status=503, mimetype="text/html")
     if is_db_outage(exc):
         svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, mask_pans(request.path))

@@ -259,3 +259,27 @@ def test_static_files_do_not_extend_the_idle_timeout(
     get(client, "/static/strongroom.css").close()  # type: ignore[arg-type]
     clock.advance(timedelta(minutes=10))  # type: ignore[attr-defined]
     assert get(client, "/").status_code == 302  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (1021, "disk full"),
+        (1114, "disk full"),
+        (3, "disk full"),
+        (1290, "read-only"),
+        (1836, "read-only"),
+        (1792, "read-only"),
+        (2002, None),  # cannot connect: unreachable, not refusing
+        (1205, None),  # lock wait timeout
+        (1644, None),  # a trigger's SIGNAL
+    ],
+)
+def test_mariadb_refusals_are_told_apart_from_outages(code: int, reason: str | None) -> None:
+    import pymysql
+    import sqlalchemy as sa
+
+    from webapp.failures import write_refused
+
+    exc = sa.exc.OperationalError("INSERT ...", {}, pymysql.err.OperationalError(code, "text"))
+    assert write_refused(exc) == reason
