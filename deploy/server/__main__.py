@@ -136,8 +136,9 @@ def run_all(plan: Plan, s: Settings, wheelhouse: Path | None) -> None:
     steps.kernel(plan, SRC)
     steps.apt_updates(plan)
     steps.backup(plan, SRC, s)
-    steps.aide(plan)
     steps.services(plan, s)
+    # Last: AIDE's first database must hold what the install itself did (enabled units included).
+    steps.aide(plan)
 
 
 if __name__ == "__main__":

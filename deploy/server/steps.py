@@ -810,7 +810,14 @@ def aide(plan: Plan) -> None:
     plan.file(Want("/etc/strongroom/aide.conf", aide_conf.render().encode()))
     db = "/var/lib/aide/aide.db.gz"
     if plan.read(db) is not None:
-        return  # made once; after that only an admin's review updates it (docs/hardening.md)
+        # Made once; after that only an admin's review updates it (docs/hardening.md): a run that
+        # changed the server is reported by the next AIDE check like any other change.
+        if plan.changes and not plan.check:
+            plan.note(
+                "this run changed watched files: review `aide --check --config /etc/strongroom/aide.conf`, "
+                "then approve it (docs/runbook.md, Approving changes in AIDE)"
+            )
+        return
 
     def apply() -> None:
         plan.dir("/var/lib/aide", 0o700)
