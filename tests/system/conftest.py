@@ -136,6 +136,7 @@ def alerting(people: dict[str, operator.Person], unsealed: Server, loghost: LogH
     c = unsealed.container
     operator.mail_every(c, 2)
     operator.approve_baseline(c)
+    operator.approve_aide(c)  # the ceremony's state files and the mailer's drop-in, as the runbook says
     fetched = operator.watch_pass(c, "strongroom-remote-copy.service")
     assert fetched.returncode == 0, c.journal("strongroom-remote-copy.service")[-3000:]
     first = operator.watch_pass(c)

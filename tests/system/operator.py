@@ -15,7 +15,9 @@ import re
 import secrets
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -76,7 +78,7 @@ def wait_unsealed(c: Container, timeout: float = 30) -> float:
 
 def key_ceremony(c: Container, passphrase: str) -> None:
     """First boot (docs/keyd.md, First boot): `keyd init` waits for the passphrase at the drop path."""
-    log = "/root/keyd-init.log"
+    log = "/run/keyd-init.log"  # not on the disk AIDE watches
     c.run(f"cd {OPT} && nohup .venv/bin/python -m keyd init --config {KEYD_CONFIG} --key-kind passphrase "
           f"--wait 120 > {log} 2>&1 < /dev/null &")  # fmt: skip
     drop_secret(c, passphrase)
@@ -300,3 +302,18 @@ def mail_every(c: Container, seconds: int) -> None:
 
 def subjects(c: Container, user: str) -> list[str]:
     return [str(m["Subject"]) for m in c.mails(user)]
+
+
+def subject_is(alert: str) -> Callable[[EmailMessage], bool]:
+    """A mail matcher: the alert's bare subject (`Strongroom: NAME` or `Strongroom: NAME (N events)`)."""
+    pattern = re.compile(rf"Strongroom: {re.escape(alert)}(?: \(\d+ events\))?")
+    return lambda message: pattern.fullmatch(str(message["Subject"])) is not None
+
+
+def approve_aide(c: Container) -> None:
+    """docs/runbook.md section 8: the admin's approval of changes they made (AIDE's exit code is a
+    bitmask of what it found: non-zero is expected when there were changes)."""
+    update = c.run(["aide", "--update", "--config", "/etc/strongroom/aide.conf"], check=False, timeout=300)
+    if update.returncode >= 8:  # 1 added, 2 removed, 4 changed; 8 and up are AIDE's own errors
+        raise ContainerError(f"aide --update failed ({update.returncode}): {update.stderr[-1000:]}")
+    c.run(["mv", "/var/lib/aide/aide.db.new.gz", "/var/lib/aide/aide.db.gz"])

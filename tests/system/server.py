@@ -11,6 +11,7 @@ Sections of the example the test knows nothing about are kept as they are; `back
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -97,12 +98,19 @@ def export_checkout(dest: Path) -> Path:
     """What a release of this checkout holds: its files that git tracks, or would (untracked but not
     ignored), copied into `dest`. The install runs from this copy, as an admin's would from a clone:
     never from the developer's venvs, caches and test artifacts, and never from a tree still changing.
+    STRONGROOM_TEST_SOURCE=HEAD exports the last commit instead.
     """
+    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if os.environ.get("STRONGROOM_TEST_SOURCE") == "HEAD":
+        # The last commit only (several people editing one work tree: install what was committed).
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True,
+                                 check=True, timeout=120).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=120)
+        return dest
     listed = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, check=True, timeout=60,
     ).stdout  # fmt: skip
-    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
     for name in filter(None, listed.decode().split("\0")):
         source = REPO / name
         if not source.is_file() or source.is_symlink():
