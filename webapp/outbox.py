@@ -2,12 +2,14 @@
 that raised them, and the alerting mailer (webapp/mail) drains the table. If the mail server is
 down nothing is lost: rows stay unsent until a delivery succeeds.
 
-Bounded: repeated events of one name are coalesced into one pending row per 10-minute window (UTC
-aligned) that carries their count (`n_events`), the first event's time and fields, and the last event's time
-(`last_at`); each occurrence is still in the audit trail. A keyd outage with thousands of failing
-requests adds one row, not thousands. The key is the event name alone: every other field (the
-request path, the actor) can be chosen by a client, and a key an attacker can vary is no bound.
-Sent rows are deleted after a retention time by `flask --app webapp outbox prune`, which runs as a
+Bounded: the web app's events (OutboxSink: as many as anyone can send requests) are coalesced: one
+pending row per event name per 10-minute window (UTC aligned) carries their count (`n_events`), the
+first event's time and fields, and the last event's time (`last_at`); each occurrence is still in
+the audit trail. A keyd outage with thousands of failing requests adds one row, not thousands. The
+key is the event name alone: every other field (the request path, the actor) can be chosen by a
+client, and a key an attacker can vary is no bound. `enqueue` (the watchdog, backups: scheduled,
+once per episode) is not coalesced.
+Sent rows are deleted after a retention time by `flask --app webapp mail prune`, which runs as a
 database user that may do nothing else (db/grants-prune.sql); the web app itself cannot delete.
 
 Other local processes (the ops watchdog, backups) raise their alerts with `enqueue`, in their own
@@ -63,9 +65,8 @@ class OutboxSink:
     def write(self, conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime) -> None:
         for e in entries:
             if e.event in ALERTS:
-                _add(
-                    conn, str(e.event), now=now, actor=e.actor, ip=e.ip, resource=e.resource, detail=e.detail
-                )
+                fields = {"actor": e.actor, "ip": e.ip, "resource": e.resource, "detail": e.detail}
+                _add(conn, str(e.event), now=now, coalesce=True, **fields)
 
     def committed(self, entries: Sequence[AuditEntry]) -> None:
         for e in entries:
@@ -78,8 +79,8 @@ def coalesce_start(now: datetime) -> datetime:
     return datetime.fromtimestamp(seconds - seconds % COALESCE_SECONDS, UTC)
 
 
-def _add(conn: sa.Connection, event: str, *, now: datetime, **fields: str) -> None:
-    """Count one event into this window's pending row of its name, or start one.
+def _add(conn: sa.Connection, event: str, *, now: datetime, coalesce: bool, **fields: str) -> None:
+    """Count one event into this window's pending row of its name (`coalesce`), or start one.
 
     MariaDB: the row is taken FOR UPDATE SKIP LOCKED. The mailer holds the rows it is sending locked
     during the SMTP exchange; a request must neither wait for that nor add to a row that is being
@@ -97,7 +98,7 @@ def _add(conn: sa.Connection, event: str, *, now: datetime, **fields: str) -> No
     )
     if conn.dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=True)
-    found = conn.execute(query).scalar_one_or_none()
+    found = conn.execute(query).scalar_one_or_none() if coalesce else None
     if found is not None:
         conn.execute(
             sa.update(outbox)
@@ -188,13 +189,15 @@ def enqueue(
 ) -> None:
     """Queue one alert in the caller's transaction (for the watchdog, backups: processes that have
     no unit of work). The mailer sends only a bare notification naming the event; the other fields
-    stay on the server for whoever investigates (coalesced: the first event's fields are kept, the
-    enqueuing process logs its own). Raises BadEventName for a malformed name."""
+    stay on the server for whoever investigates. Not coalesced: these processes run on a schedule
+    and raise a finding once per episode (bounded by their timers, not by anyone's traffic), and
+    their row is the only place the finding's resource and detail are kept (they have no audit
+    record). Raises BadEventName for a malformed name."""
     if not isinstance(event, str) or not valid_event_name(event):
         raise BadEventName("event names are dotted lowercase words, e.g. ops.port_new")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    _add(conn, event, now=now, actor=actor, ip=ip, resource=resource, detail=detail)
+    _add(conn, event, now=now, coalesce=False, actor=actor, ip=ip, resource=resource, detail=detail)
 
 
 def pending_kinds(conn: sa.Connection) -> list[str]:

@@ -3,8 +3,9 @@ per event name and 10-minute window, so that an outage or an attacker cannot gro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from flask import Flask
 from tests.webapp.conftest import Person, client_for, get, login
 from tests.webapp.helpers import refuse_audit_inserts
 from webapp import outbox
+from webapp.audit.service import AuditEntry
 from webapp.clock import FakeClock
 from webapp.db.tables import outbox as outbox_table
 from webapp.events import ALERTS, Event
@@ -122,34 +124,49 @@ def _rows(app: Flask) -> list[sa.Row]:
         return list(conn.execute(sa.select(outbox_table).order_by(outbox_table.c.id)))
 
 
-def test_repeated_alerts_are_coalesced_per_name_and_window(app: Flask, clock: FakeClock) -> None:
-    engine = app.extensions["strongroom"].engine
+def _raise(app: Flask, event: Event, when: datetime, resource: str = "-") -> None:
+    """What a request's unit of work does with an alert: OutboxSink.write in its transaction."""
+    sink = outbox.OutboxSink(logger=logging.getLogger("test"))
+    entry = AuditEntry(event=event, outcome="failure", actor="alice", resource=resource)
+    with app.extensions["strongroom"].engine.begin() as conn:
+        sink.write(conn, [entry], now=when)
+
+
+def test_the_web_apps_alerts_are_coalesced_per_name_and_window(app: Flask, clock: FakeClock) -> None:
     start = clock.now()  # 10:00, a window boundary
-    with engine.begin() as conn:
-        for minute, name, resource in [
-            (0, "ops.port_new", "tcp/2222"),
-            (1, "ops.port_new", "tcp/3333"),  # another resource: the same row (the key is the name)
-            (2, "ops.log_gap", "-"),
-            (9, "ops.port_new", "tcp/4444"),
-            (10, "ops.port_new", "tcp/5555"),  # 10:10: a new window, a new row
-        ]:
-            outbox.enqueue(conn, name, now=start + timedelta(minutes=minute), resource=resource)
+    for minute, event, resource in [
+        (0, Event.VAULT_UNAVAILABLE, "/records/1"),
+        (1, Event.VAULT_UNAVAILABLE, "/records/2"),  # another path: the same row (the key is the name)
+        (2, Event.CSRF_REFUSED, "/x"),
+        (9, Event.VAULT_UNAVAILABLE, "/records/3"),
+        (10, Event.VAULT_UNAVAILABLE, "/records/4"),  # 10:10: a new window, a new row
+    ]:
+        _raise(app, event, start + timedelta(minutes=minute), resource)
     rows = _rows(app)
     got = [(r.event, r.n_events, r.resource, r.created_at.minute, r.last_at.minute) for r in rows]
     assert got == [
-        ("ops.port_new", 3, "tcp/2222", 0, 9),  # the first event's fields are kept
-        ("ops.log_gap", 1, "-", 2, 2),
-        ("ops.port_new", 1, "tcp/5555", 10, 10),
+        (Event.VAULT_UNAVAILABLE, 3, "/records/1", 0, 9),  # the first event's fields are kept
+        (Event.CSRF_REFUSED, 1, "/x", 2, 2),
+        (Event.VAULT_UNAVAILABLE, 1, "/records/4", 10, 10),
     ]
 
 
-def test_sent_rows_are_never_added_to(app: Flask, clock: FakeClock) -> None:
+def test_enqueued_findings_keep_a_row_each(app: Flask, clock: FakeClock) -> None:
+    """The watchdog's and backups' findings: scheduled, once per episode, and their row is the only
+    record of their resource: not coalesced."""
     engine = app.extensions["strongroom"].engine
     with engine.begin() as conn:
-        outbox.enqueue(conn, "ops.port_new", now=clock.now())
+        outbox.enqueue(conn, "ops.port_new", now=clock.now(), resource="tcp/2222")
+        outbox.enqueue(conn, "ops.port_new", now=clock.now(), resource="tcp/3333")
+    assert [(r.resource, r.n_events) for r in _rows(app)] == [("tcp/2222", 1), ("tcp/3333", 1)]
+
+
+def test_sent_rows_are_never_added_to(app: Flask, clock: FakeClock) -> None:
+    _raise(app, Event.VAULT_UNAVAILABLE, clock.now())
+    with app.extensions["strongroom"].engine.begin() as conn:
         (row,) = outbox.pending(conn)
         assert outbox.mark_mailed(conn, [row], now=clock.now()) == 1
-        outbox.enqueue(conn, "ops.port_new", now=clock.now())
+    _raise(app, Event.VAULT_UNAVAILABLE, clock.now())
     assert [(r.n_events, r.sent_at is None) for r in _rows(app)] == [(1, False), (1, True)]
 
 
@@ -157,14 +174,12 @@ def test_events_added_while_a_mail_is_out_stay_pending(app: Flask, clock: FakeCl
     """SQLite's mailer cannot lock rows during SMTP: what arrives between its read and its mark is
     kept pending for the next mail, not marked sent unmailed."""
     engine = app.extensions["strongroom"].engine
-    with engine.begin() as conn:
-        for _ in range(3):
-            outbox.enqueue(conn, "ops.port_new", now=clock.now())
+    for _ in range(3):
+        _raise(app, Event.VAULT_UNAVAILABLE, clock.now())
     with engine.connect() as conn:
         read = outbox.pending(conn)  # what the mail says: 3 events
-    with engine.begin() as conn:
-        for _ in range(2):
-            outbox.enqueue(conn, "ops.port_new", now=clock.now())  # arriving during SMTP
+    for _ in range(2):
+        _raise(app, Event.VAULT_UNAVAILABLE, clock.now())  # arriving during SMTP
     with engine.begin() as conn:
         assert outbox.mark_mailed(conn, read, now=clock.now()) == 3
         (left,) = outbox.pending(conn)
