@@ -22,7 +22,9 @@ GRANT SELECT, INSERT ON password_history TO 'strongroom'@'localhost';
 GRANT SELECT, INSERT, UPDATE ON cert_bindings TO 'strongroom'@'localhost';
 -- Ended sessions are kept as evidence (ended_at, end_reason): no DELETE.
 GRANT SELECT, INSERT, UPDATE ON sessions TO 'strongroom'@'localhost';
--- The mailer marks events sent; it never deletes them.
+-- The mailer marks events sent and requests count coalesced events (UPDATE); neither deletes them.
+-- Only the prune job deletes, as its own user (grants-prune.sql): an intruder in the app cannot erase
+-- the alerts it raised.
 GRANT SELECT, INSERT, UPDATE ON outbox TO 'strongroom'@'localhost';
 -- The app may read the schema revision, never move it: migrations run as the database owner.
 GRANT SELECT ON alembic_version TO 'strongroom'@'localhost';
