@@ -198,6 +198,9 @@ if [ -n "$keyd_ids" ] && [ -d "$R/var/lib/strongroom-keyd" ] && [ -n "$(find "$R
         -mindepth 1 -maxdepth 1 -exec chown -h "$keyd_ids" {} +
 fi
 dir /var/lib/strongroom-web 0700 strongroom-web:strongroom-web
+# The alert spool (webapp/mail/spool.py): strongroom-mail.service's ReadWritePaths must exist before
+# its first start (tmpfiles.d makes it only at the next boot).
+dir /var/lib/strongroom-web/alert-spool 0700 strongroom-web:strongroom-web
 # The same as deploy/strongroom-tmpfiles.conf does at every boot (tmpfiles.d is what makes /run).
 dir /run/strongroom-web 0710 strongroom-web:www-data
 

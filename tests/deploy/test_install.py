@@ -157,6 +157,7 @@ PATHS = [
     ("etc/strongroom/webapp.env", 0o640, "root", "strongroom-web"),
     ("var/lib/strongroom-keyd", 0o700, "strongroom-keyd", "strongroom-keyd-clients"),
     ("var/lib/strongroom-web", 0o700, "strongroom-web", "strongroom-web"),
+    ("var/lib/strongroom-web/alert-spool", 0o700, "strongroom-web", "strongroom-web"),
     ("run/strongroom-web", 0o710, "strongroom-web", "www-data"),
     ("etc/systemd/system/strongroom-keyd.service", 0o644, "root", "root"),
     ("etc/systemd/system/strongroom-web.service", 0o644, "root", "root"),
