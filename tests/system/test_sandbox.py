@@ -158,8 +158,7 @@ def test_the_probe_ran_as_each_units_own_user(probes: dict[str, dict[str, object
 
 def test_the_outside_listener_is_reachable_without_a_sandbox(probes: dict[str, dict[str, object]]) -> None:
     assert probes["_control"]["returncode"] == 0, probes["_control"]
-    # The control's one connection, and none from any probe.
-    assert len(probes["_peers"]["accepted"]) == 1, probes["_peers"]  # type: ignore[arg-type]
+    assert len(probes["_peers"]["accepted"]) >= 1, probes["_peers"]  # type: ignore[arg-type]
 
 
 def test_the_web_app_cannot_read_keyd_state_nor_write_the_system(
@@ -193,6 +192,8 @@ def test_the_mailer_reaches_loopback_smtp_only(probes: dict[str, dict[str, objec
     # IPAddressDeny=any, IPAddressAllow=localhost (EPERM), or any other layer that stops it: the
     # outside listener's record (the control's one connection only) is the proof either way.
     assert mail["tcp_outside"] != "ok", (mail, probes["_cgroup"], probes["_peers"])
+    # The control's one connection, and none from any probe.
+    assert len(probes["_peers"]["accepted"]) == 1, probes["_peers"]  # type: ignore[arg-type]
     assert mail["read_keyd_state"] != "ok", mail
     assert mail["write_etc"] == "EROFS", mail
     assert mail["write_opt"] == "EROFS", mail
