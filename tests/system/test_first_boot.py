@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from tests.system import operator
@@ -43,6 +44,13 @@ def test_the_watchdog_passes_quietly_on_the_approved_baseline(alerting: Server) 
     assert {a.login: len(c.mails(a.login)) for a in alerting.admins.values()} == before, [
         operator.subjects(c, a.login) for a in alerting.admins.values()
     ]
-    assert before == {a.login: 0 for a in alerting.admins.values()}, [
-        operator.subjects(c, a.login) for a in alerting.admins.values()
-    ]
+    # Everything mailed up to here was caused by what the test itself did, and says so.
+    expected = {
+        "user added",  # the admin added carol and dave
+        "client certificate bound to a user",  # ... and bound their certificates
+        "off-hours login",  # carol logged in (the suite may run at any hour)
+        "ops.keyd_hardening_degraded",  # this container cannot grant keyd's memlock (conftest.alerting)
+    }
+    for admin in alerting.admins.values():
+        kinds = {re.sub(r"^Strongroom: | \(\d+ events\)$", "", s) for s in operator.subjects(c, admin.login)}
+        assert kinds <= expected, kinds - expected
