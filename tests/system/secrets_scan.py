@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +18,16 @@ BIG = 50 * 1024 * 1024  # files above this are listed, not read
 MIN_FRAGMENT = 12  # an encoded fragment shorter than this could match by chance
 
 
-def spellings(secret: str) -> dict[str, bytes]:
-    """name -> bytes: every form of `secret` searched for."""
-    raw = secret.encode()
+def spellings(secret: str | bytes) -> dict[str, bytes]:
+    """name -> bytes: every form of `secret` (text, or a binary key) searched for."""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
     forms = {
-        "utf-8": raw,
-        "utf-16le": secret.encode("utf-16-le"),
+        "raw": raw,
         "hex": raw.hex().encode(),
         "HEX": raw.hex().upper().encode(),
     }
+    if isinstance(secret, str):
+        forms["utf-16le"] = secret.encode("utf-16-le")
     for shift in range(3):
         usable = (len(raw) - shift) // 3 * 3
         chunk = raw[shift : shift + usable]
@@ -80,7 +81,7 @@ def _excluded(path: str, excluded: tuple[str, ...]) -> bool:
     return any(path == e or path.startswith(e + "/") for e in excluded)
 
 
-def needles(secrets: dict[str, str]) -> list[tuple[str, bytes]]:
+def needles(secrets: Mapping[str, str | bytes]) -> list[tuple[str, bytes]]:
     """('name (form)', bytes) for every secret in every spelling (computed once per scan)."""
     return [(f"{name} ({form})", needle) for name, secret in secrets.items()
             for form, needle in spellings(secret).items()]  # fmt: skip
@@ -89,3 +90,16 @@ def needles(secrets: dict[str, str]) -> list[tuple[str, bytes]]:
 def find_secrets(data: bytes, wanted: list[tuple[str, bytes]]) -> list[str]:
     """The labels of `needles(...)` found in `data` (labels only: never a value)."""
     return [label for label, needle in wanted if needle in data]
+
+
+def find_in_big_file(path: Path, wanted: list[tuple[str, bytes]], chunk: int = 16 << 20) -> list[str]:
+    """`find_secrets` over a file too big to read at once: chunks that overlap by the longest needle."""
+    overlap = max((len(n) for _label, n in wanted), default=1)
+    found: set[str] = set()
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            data = tail + block
+            found.update(find_secrets(data, wanted))
+            tail = data[-overlap:]
+    return sorted(found)
