@@ -21,8 +21,10 @@ def audit_rows(app: Flask, event: str | None = None) -> list[sa.Row]:
 
 
 def events(app: Flask) -> list[str]:
+    """Every event raised to the outbox, oldest row first; a coalesced row counts its n_events."""
     with _conn(app) as conn:
-        return [r.event for r in conn.execute(sa.select(outbox.c.event).order_by(outbox.c.id))]
+        rows = conn.execute(sa.select(outbox.c.event, outbox.c.n_events).order_by(outbox.c.id))
+        return [r.event for r in rows for _ in range(r.n_events)]
 
 
 def user_row(app: Flask, username: str) -> sa.Row:
