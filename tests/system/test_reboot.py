@@ -16,6 +16,7 @@ from keyd.cipher import derive_version_key
 from keyd.keysource import stretch
 from keyd.state import State
 from tests.system import operator
+from tests.system.alarms import record_timing
 from tests.system.container import Container
 from tests.system.operator import Browser, Person
 from tests.system.secrets_scan import Walk, find_in_big_file, find_secrets, needles, regular_files
@@ -111,7 +112,8 @@ def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
     started = time.monotonic()
     c.stop()
     c.start()
-    print(f"reboot: {time.monotonic() - started:.1f} s, failed units: {c.failed_units}")
+    record_timing("reboot: poweroff to booted", time.monotonic() - started)
+    print(f"failed units after the reboot: {c.failed_units}")
     for unit in ("apache2", "mariadb", "strongroom-web", "strongroom-firewall"):
         assert c.unit_state(unit) == "active", f"{unit}: {c.journal(unit)[-2000:]}"
 
@@ -141,8 +143,7 @@ def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
     assert not hits, hits
 
     # The runbook's unseal, then every card decrypts.
-    seconds = operator.unseal(c, passphrase)
-    print(f"unsealed {seconds:.1f} s after the drop")
+    record_timing("reboot: drop file to unsealed", operator.unseal(c, passphrase))
     for record_id, card_id in links:
         shown = reveal(employee, f"/records/{record_id}/reveal/card/{card_id}/pan", dave.password)
         assert shown.status == 200, (shown.status, shown.body[:500])
