@@ -218,7 +218,8 @@ fi
 
 # systemd units (installed, never enabled or started here: docs/deploy.md says when).
 dir /etc/systemd/system 0755 root:root
-units=("$SRC"/deploy/*.service "$SRC"/ops/deploy/*.service "$SRC"/ops/deploy/*.timer \
+# The nightly jobs' timers (outbox prune, purge of retired cards) sit next to their services.
+units=("$SRC"/deploy/*.service "$SRC"/deploy/*.timer "$SRC"/ops/deploy/*.service "$SRC"/ops/deploy/*.timer \
        "$SRC"/ca/deploy/*.service "$SRC"/ca/deploy/*.timer)
 for unit in "${units[@]}"; do
     [ -f "$unit" ] || continue

@@ -162,6 +162,10 @@ PATHS = [
     ("etc/systemd/system/strongroom-keyd.service", 0o644, "root", "root"),
     ("etc/systemd/system/strongroom-web.service", 0o644, "root", "root"),
     ("etc/systemd/system/strongroom-mail.service", 0o644, "root", "root"),
+    ("etc/systemd/system/strongroom-outbox-prune.service", 0o644, "root", "root"),
+    ("etc/systemd/system/strongroom-outbox-prune.timer", 0o644, "root", "root"),
+    ("etc/systemd/system/strongroom-purge-retired.service", 0o644, "root", "root"),
+    ("etc/systemd/system/strongroom-purge-retired.timer", 0o644, "root", "root"),
     ("etc/systemd/system/strongroom-ca-crl.timer", 0o644, "root", "root"),
     ("etc/systemd/system/strongroom-watch.timer", 0o644, "root", "root"),
     ("etc/tmpfiles.d/strongroom.conf", 0o644, "root", "root"),
@@ -190,6 +194,8 @@ def test_owner_and_mode(installed: Installed, path: str, mode: int, owner: str, 
 def test_installed_files_are_the_repository_files(installed: Installed) -> None:
     pairs = [
         ("deploy/strongroom-keyd.service", "etc/systemd/system/strongroom-keyd.service"),
+        ("deploy/strongroom-outbox-prune.timer", "etc/systemd/system/strongroom-outbox-prune.timer"),
+        ("deploy/strongroom-purge-retired.timer", "etc/systemd/system/strongroom-purge-retired.timer"),
         ("deploy/strongroom-tmpfiles.conf", "etc/tmpfiles.d/strongroom.conf"),
         ("apparmor/strongroom-apache2", "etc/apparmor.d/strongroom-apache2"),
         ("apache/strongroom-site.conf", "etc/apache2/sites-available/strongroom.conf"),
@@ -229,16 +235,31 @@ def _drop_logrotate(root: Path) -> None:
     (root / "etc/logrotate.d/strongroom-modsecurity").unlink()
 
 
+def _drop_prune_timer(root: Path) -> None:
+    (root / "etc/systemd/system/strongroom-outbox-prune.timer").unlink()
+
+
+def _edit_purge_timer(root: Path) -> None:
+    with (root / "etc/systemd/system/strongroom-purge-retired.timer").open("a") as f:
+        f.write("OnCalendar=yearly\n")
+
+
 DRIFTS = [
     ("log filter missing", _drop_log_filter, "/etc/apache2/strongroom/logfilter.py installed"),
     ("log filter changed", _edit_log_filter, "/etc/apache2/strongroom/logfilter.py installed"),
     ("logrotate rule writable", _loosen_logrotate, "/etc/logrotate.d/strongroom-modsecurity installed"),
     ("logrotate rule missing", _drop_logrotate, "/etc/logrotate.d/strongroom-modsecurity installed"),
+    ("prune timer missing", _drop_prune_timer, "/etc/systemd/system/strongroom-outbox-prune.timer installed"),
+    (
+        "purge timer changed",
+        _edit_purge_timer,
+        "/etc/systemd/system/strongroom-purge-retired.timer installed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("why", "damage", "drift"), DRIFTS, ids=[d[0] for d in DRIFTS])
-def test_check_reports_the_apache_log_files(
+def test_check_reports_what_was_changed_or_removed(
     tmp_path: Path, why: str, damage: Callable[[Path], None], drift: str
 ) -> None:
     need_root()

@@ -21,8 +21,9 @@ UNITS = (
     "strongroom-web.service",
     "strongroom-mail.service",
     "strongroom-outbox-prune.service",
+    "strongroom-purge-retired.service",
 )
-TIMERS = ("strongroom-outbox-prune.timer",)
+TIMERS = ("strongroom-outbox-prune.timer", "strongroom-purge-retired.timer")
 
 
 def options(unit: str) -> dict[str, list[str]]:
@@ -130,6 +131,32 @@ SPECIFIC: list[tuple[str, str, list[str] | None]] = [
         "ExecStart",
         ["/opt/strongroom/.venv/bin/flask --app webapp mail prune"],
     ),
+    ("strongroom-purge-retired.service", "User", ["strongroom-web"]),
+    ("strongroom-purge-retired.service", "Type", ["oneshot"]),
+    ("strongroom-purge-retired.service", "RestrictAddressFamilies", ["AF_UNIX"]),
+    ("strongroom-purge-retired.service", "PrivateNetwork", ["yes"]),
+    ("strongroom-purge-retired.service", "ReadWritePaths", None),
+    ("strongroom-purge-retired.service", "SystemCallFilter", ["@system-service", "~@privileged"]),
+    (
+        "strongroom-purge-retired.service",
+        "EnvironmentFile",
+        ["/etc/strongroom/webapp.env", "/etc/strongroom/purge-retired.env"],
+    ),
+    (
+        "strongroom-purge-retired.service",
+        "ExecStart",
+        ["/opt/strongroom/.venv/bin/flask --app webapp records purge-retired"],
+    ),
+    (
+        "strongroom-purge-retired.service",
+        "ConditionPathExists",
+        ["/etc/strongroom/webapp.env", "/etc/strongroom/purge-retired.env"],
+    ),
+    (
+        "strongroom-outbox-prune.service",
+        "ConditionPathExists",
+        ["/etc/strongroom/webapp.env", "/etc/strongroom/outbox-prune.env"],
+    ),
 ]
 TABLE = [(u, k, v) for u in UNITS for k, v in COMMON.items()] + SPECIFIC
 
@@ -152,7 +179,8 @@ def test_left_out_on_purpose(unit: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("unit", "limit"), [(UNITS[0], 1.0), (UNITS[1], 1.0), (UNITS[2], 1.5), (UNITS[3], 1.0)]
+    ("unit", "limit"),
+    [(UNITS[0], 1.0), (UNITS[1], 1.0), (UNITS[2], 1.5), (UNITS[3], 1.0), (UNITS[4], 1.0)],
 )
 def test_security_exposure(tmp_path: Path, unit: str, limit: float) -> None:
     analyze = need_binary("systemd-analyze")
@@ -203,12 +231,17 @@ def test_keyd_is_skipped_not_failed_before_init() -> None:
     assert "/etc/strongroom/keyd.toml" in conditions
 
 
-def test_the_prune_timer_starts_the_prune_job_daily() -> None:
-    timer = options("strongroom-outbox-prune.timer")
-    assert timer["OnCalendar"] == ["*-*-* 03:30:00 UTC"]
-    assert timer["Persistent"] == ["true"]
-    assert timer.get("Unit") is None  # the service of the same name
-    assert (DEPLOY / "strongroom-outbox-prune.service").is_file()
+@pytest.mark.parametrize(
+    ("timer", "when"),
+    [("strongroom-outbox-prune.timer", "03:30:00"), ("strongroom-purge-retired.timer", "03:45:00")],
+)
+def test_a_nightly_job_timer_starts_its_job_daily(timer: str, when: str) -> None:
+    opts = options(timer)
+    assert opts["OnCalendar"] == [f"*-*-* {when} UTC"]
+    assert opts["Persistent"] == ["true"]
+    assert opts["WantedBy"] == ["timers.target"]
+    assert opts.get("Unit") is None  # the service of the same name
+    assert (DEPLOY / timer.replace(".timer", ".service")).is_file()
 
 
 def test_the_alert_spool_is_where_the_web_app_writes_and_the_mailer_may_delete() -> None:

@@ -6,7 +6,6 @@ retention. Real keyd; SQLite and MariaDB."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -119,31 +118,27 @@ def _ids(app: Flask, table: sa.Table, column: sa.Column[str] | None = None) -> s
         return set(conn.execute(sa.select(table.c.id if column is None else column)).scalars())
 
 
-# The purge user's grants, exactly as docs/webapp.md ("Retirement") gives them.
-PURGE_GRANTS = re.search(
-    r"```sql\n(.*?)```", (ROOT / "docs" / "webapp.md").read_text().split("### Retirement")[1], re.S
-)
+# The purge user's grants, exactly as the install applies them (docs/webapp.md, "Retirement").
+GRANTS_PURGE = ROOT / "webapp" / "db" / "grants-purge.sql"
+PURGE_USER = "strongroom_purge"
 
 
 @pytest.fixture
 def purge_app(make_app: Callable[..., Flask], db_url: str, request: pytest.FixtureRequest) -> Flask:
-    """The app; on MariaDB with the purge user of the docs (the app's own user has no DELETE there)."""
+    """The app; on MariaDB with the purge user of db/grants-purge.sql (the app's own user has no DELETE
+    there), set up through the real client."""
     if db_url.startswith("sqlite"):
         return make_app(RETIRED_RETENTION_DAYS=30)
     backend = request.getfixturevalue("maria_backend")
-    assert PURGE_GRANTS is not None
     password = secrets.token_urlsafe(18)
     conn = backend.server.root(backend.database)
     try:
         with conn.cursor() as cur:
-            cur.execute("DROP USER IF EXISTS 'strongroom_purge'@'localhost'")
-            for statement in PURGE_GRANTS.group(1).split(";"):
-                if statement.strip():
-                    cur.execute(
-                        statement.replace("'...'", "%s"), (password,) if "'...'" in statement else None
-                    )
+            cur.execute(f"DROP USER IF EXISTS '{PURGE_USER}'@'localhost'")
+            cur.execute(f"CREATE USER '{PURGE_USER}'@'localhost' IDENTIFIED BY %s", (password,))
     finally:
         conn.close()
+    backend.server.client(backend.database, GRANTS_PURGE.read_text())
     return make_app(
         RETIRED_RETENTION_DAYS=30,
         PURGE_DATABASE_URL=backend.server.url("strongroom_purge", password, backend.database),

@@ -164,14 +164,19 @@ def test_secrets_are_generated_once_and_kept(root: Path) -> None:
     secret = re.search(r"^STRONGROOM_SECRET_KEY=(.+)$", env, re.M)
     assert secret is not None
     assert len(secret[1]) >= 32
-    assert set(first) == {"strongroom", "strongroom_keys"}
-    assert first["strongroom"] != first["strongroom_keys"]
+    assert set(first) == {"strongroom", "strongroom_keys", "strongroom_prune", "strongroom_purge"}
+    assert len(set(first.values())) == 4
     assert f"strongroom:{first['strongroom']}@" in env
     assert f"strongroom_keys:{first['strongroom_keys']}@" in keys
     assert "CHANGE-ME" not in env
     assert "@SECRET_KEY@" not in env
     st = (root / "etc/strongroom/keys.env").stat()
     assert st.st_mode & 0o777 == 0o600
+    # The nightly jobs' users: each URL in a root-only file its unit reads (EnvironmentFile=).
+    for user, (path, var, _, _) in steps.JOB_USERS.items():
+        job = root / path.lstrip("/")
+        assert f"{var}=mysql+pymysql://{user}:{first[user]}@" in job.read_text()
+        assert (job.stat().st_mode & 0o777, job.stat().st_uid) == (0o600, 0)
 
     second_plan = check()
     assert steps.webapp_env(second_plan, CHECKOUT, settings()) == first
