@@ -15,6 +15,8 @@ Timings (trigger to the last admin's mail) go to test-artifacts/system/timings.j
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 import secrets
 import subprocess
@@ -22,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,23 @@ SSH_BODY = re.compile(
     r"host: \S+\nuser: alice\nkey: SHA256:[A-Za-z0-9+/]{43}\nfrom: [0-9a-f.:]+\nsession: command\n"
     r"reason: [^\n]+\ntime: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\n"
 )
+
+
+KEYD_TOML = "/etc/strongroom/keyd.toml"
+UNITS = ("strongroom-web", "strongroom-mail", "strongroom-keyd", "apache2", "ssh", "postfix")
+FOUND: dict[str, str] = {}
+
+
+def settings_state(c: Container) -> dict[str, str]:
+    """The files the scenarios change, with owner and mode, and the services they restart."""
+    state = {p: c.run(["sh", "-c", f"stat -c %U:%G:%a {p}; sha256sum < {p}"]).stdout for p in
+             (WEBAPP_ENV, KEYD_TOML, SSH_KEYS)}  # fmt: skip
+    return state | {u: c.unit_state(u) for u in UNITS}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def found(alerting: Server) -> None:
+    FOUND.update(settings_state(alerting.container))
 
 
 @contextmanager
@@ -77,6 +97,20 @@ def made_up_pan() -> str:
     return next(head + d for d in "0123456789" if luhn_ok(head + d))
 
 
+def is_ssh_alert(message: EmailMessage) -> bool:
+    return SSH_SUBJECT.fullmatch(str(message["Subject"])) is not None
+
+
+def without_mta_stamp(message: EmailMessage) -> EmailMessage:
+    """The mail as its sender wrote it. The hook sets no Message-ID, so postfix adds one that starts with
+    a 14-digit timestamp (`<20261205234233.849C82208C0@host>`): Luhn-valid one time in ten, it reads as
+    a card number to the scan, yet it is the MTA's, not the hook's text."""
+    copy = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(copy, EmailMessage)
+    del copy["Message-Id"]
+    return copy
+
+
 # -- SSH: the door for the admins ---------------------------------------------------------------------
 
 
@@ -97,7 +131,7 @@ def test_the_admins_own_keyholder_key_logs_in_without_an_alarm(alerting: Server,
     assert done.stdout.strip() == f"ok-{token}"
     time.sleep(5)  # the hook mails before the session starts: a mail would be there by now
     for login in alarms.admins(alerting):
-        assert not any(SSH_SUBJECT.fullmatch(s) for s in alarms.new_subjects(c, login, marks[login]))
+        assert not any(is_ssh_alert(m) for m in c.mails(login)[marks[login] :])
 
 
 def test_a_login_with_a_key_added_without_keyholder_mails_both_admins(
@@ -116,12 +150,13 @@ def test_a_login_with_a_key_added_without_keyholder_mails_both_admins(
         done = ssh(alerting, intruder, tmp_path / "known_hosts", f"echo harmless-{token}")
         assert done.returncode == 0, done.stderr  # the session goes on: the alarm rings, the door stays
         assert done.stdout.strip() == f"harmless-{token}"
-        seconds = alarms.expect_mail(
-            alerting, marks, started, lambda m: bool(SSH_SUBJECT.fullmatch(str(m["Subject"]))),
-            lambda m: SSH_BODY.fullmatch(alarms.body_text(m)) is not None,
-            forbidden=[token, "echo", public.split()[1], "PRIVATE KEY", intruder.read_text().splitlines()[1]],
-            timeout=60,
-        )  # fmt: skip
+        forbidden = [token, "echo", public.split()[1], "PRIVATE KEY", intruder.read_text().splitlines()[1]]
+        for login in alarms.admins(alerting):
+            left = max(1.0, started + 60 - time.monotonic())
+            message, _ = c.wait_for_mail(login, after=marks[login], match=is_ssh_alert, timeout=left)
+            assert SSH_BODY.fullmatch(alarms.body_text(message)), alarms.body_text(message)
+            alarms.assert_bare(without_mta_stamp(message), forbidden)
+        seconds = time.monotonic() - started
     alarms.record_timing("ssh_without_keyholder", seconds)
     assert c.read_file(SSH_KEYS).decode().count("\n") == 1, "the intruder's key was not removed"
 
@@ -161,7 +196,6 @@ def test_a_login_at_off_hours_mails_both_admins(
 
 # -- the web app: the decrypt budget ------------------------------------------------------------------
 
-KEYD_TOML = "/etc/strongroom/keyd.toml"
 BUDGET = 2  # decrypts per employee per minute (keyd.toml; shipped: keyd's default, 30)
 
 
@@ -311,3 +345,27 @@ def test_an_error_page_shown_to_an_employee_mails_both_admins(
         operator.unseal(c, passphrase)
     alarms.record_timing("error_page_vault_unavailable", seconds)
     assert browser.get("/").status == 200
+
+
+# -- what the scenarios found and left ------------------------------------------------------------
+
+
+# Known defect (deploy/server/steps.py `webapp_env`, helper W's): the install command rewrites webapp.env
+# from deploy/webapp.env.in and keeps only the secret key and the database password, so a setting an
+# admin added there as docs/deploy.md says (here the working hours) is dropped at its next run.
+WEBAPP_ENV_REWRITTEN = "the install command would drop the admin's own settings from webapp.env"
+
+
+def test_an_admins_working_hours_in_webapp_env_survive_the_install_command(off_hours: Server) -> None:
+    check = off_hours.install("--check", check=False)
+    assert check.returncode in (0, 1), check.stdout + check.stderr  # in step / drift, nothing else
+    drift = [line for line in check.stdout.splitlines() if line.startswith("drift:")]
+    if any(WEBAPP_ENV in line for line in drift):
+        pytest.xfail(f"{WEBAPP_ENV_REWRITTEN}: {drift}")
+
+
+def test_the_server_is_left_as_found(alerting: Server) -> None:
+    c = alerting.container
+    assert settings_state(c) == FOUND
+    assert {FOUND[u] for u in UNITS} == {"active"}, FOUND
+    assert operator.is_sealed(c) is False
