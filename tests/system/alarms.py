@@ -62,7 +62,17 @@ def assert_bare(message: email.message.EmailMessage, forbidden: Iterable[str] = 
     raw = message.as_string()
     for word in forbidden:
         assert word not in raw, f"{word!r} is in the mail {message['Subject']!r}"
-    assert not contains_pan(raw), f"a card number in the mail {message['Subject']!r}"
+    # The card-number detector reads what the sender wrote, not what the mail system stamps on in
+    # transit: a Date, Received or Message-Id header ("20261206001502.4C12D3BA5FF@...") is digits and
+    # punctuation that pass a Luhn check one time in ten.
+    written = "\n".join(
+        [f"{name}: {value}" for name, value in message.items() if name.lower() not in _TRANSIT]
+        + [body_text(message)]
+    )
+    assert not contains_pan(written), f"a card number in the mail {message['Subject']!r}"
+
+
+_TRANSIT = {"date", "received", "message-id", "return-path", "delivered-to", "x-original-to"}
 
 
 def expect_alert(

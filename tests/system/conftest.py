@@ -30,12 +30,25 @@ HERE = Path(__file__).resolve().parent
 SYSTEM_TIMEOUT = 1500
 
 
+# One server serves the whole session: these modules see it first, as a new admin does (the install,
+# the first boot, a watchdog that must be quiet before any scenario rings it). The rest keep their
+# order; test_zz_* (the scan of everything the run left) sorts last by name.
+FIRST = ("test_first_boot.py", "test_boot.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.slow)
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(SYSTEM_TIMEOUT))
+    ours = [i for i, item in enumerate(items) if HERE in Path(str(item.path)).parents]
+    for i in ours:
+        items[i].add_marker(pytest.mark.slow)
+        if items[i].get_closest_marker("timeout") is None:
+            items[i].add_marker(pytest.mark.timeout(SYSTEM_TIMEOUT))
+
+    def rank(item: pytest.Item) -> int:
+        name = Path(str(item.path)).name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    for i, item in zip(ours, sorted((items[i] for i in ours), key=rank), strict=True):
+        items[i] = item
 
 
 def need_components() -> None:

@@ -344,7 +344,15 @@ class Container:
         if not path.exists():
             return []
         box = mailbox.mbox(path, create=False)
-        box.lock()  # postfix locks the same way (fcntl + dotlock): never read half a delivery
+        deadline = time.monotonic() + 30
+        while True:  # postfix locks the same way (fcntl + dotlock): never read half a delivery
+            try:
+                box.lock()
+                break
+            except mailbox.ExternalClashError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # a delivery in progress
         try:
             raw = [box.get_bytes(key) for key in box.iterkeys()]
         finally:

@@ -18,6 +18,8 @@ def test_the_web_app_answers_and_keyd_is_sealed_until_the_operator_unseals(
         # The install leaves keyd without a key state: the ceremony is the operator's, not a script's.
         assert c.unit_state("strongroom-keyd") != "active"
         operator.key_ceremony(c, passphrase)
+    # A (re)started keyd is sealed, whatever it was before: the key lives in its memory only.
+    c.run(["systemctl", "stop", "strongroom-keyd"])
     operator.start_keyd(c)
     assert operator.is_sealed(c) is True
     started = time.monotonic()

@@ -59,6 +59,8 @@ FORMAT_NUMBERS = {
     "modsecurity audit log peers": re.compile(r"^\[[^\]]+\] \S+ [0-9a-fA-F.:]+ \d+ [0-9a-fA-F.:]+ \d+$"),
     # ModSecurity's audit log, section H: "Stopwatch: 1733443200123456 4321 ..." (start in microseconds).
     "modsecurity stopwatch": re.compile(r"^Stopwatch2?: \d+ \d+"),
+    # postfix's Message-Id and its log of it: "<20261206001502.4C12D3BA5FF@host>" (time.queue-id).
+    "postfix message ids": re.compile(r"<\d{14}\.[0-9A-F]+@"),
 }
 
 
