@@ -804,14 +804,29 @@ def network_toml(s: Settings) -> str:
 
 
 def firewall(plan: Plan, src: Path, s: Settings) -> None:
-    text = network_toml(s)
+    # The web app and the mailer (both strongroom-web) and keyd talk to this host only. Their units'
+    # IPAddressDeny= is enforced on a cgroup-v2 host only; the firewall's owner rule holds on any
+    # (docs/hardening.md). Numeric uids, read after install.sh made the users: nft would resolve a name
+    # at load time, and a missing one would fail the whole ruleset.
+    passwd = (plan.read("/etc/passwd") or b"").decode()
+    uid_of = {f[0]: f[2] for f in (line.split(":") for line in passwd.splitlines()) if len(f) > 2}
+    uids = []
+    for user in ("strongroom-web", "strongroom-keyd"):
+        uid = uid_of.get(user, "")
+        if not uid.isdigit():
+            if plan.check:
+                continue  # a bare server's check: the user's creation is reported as drift already
+            raise InstallError(f"firewall: user {user} does not exist (deploy/install.sh creates it)")
+        uids.append(uid)
+    text = network_toml(s) + f"local_only_uids = [{', '.join(uids)}]\n"
+    try:
+        rules = render_nft(parse_config(text))
+    except ValueError as exc:  # FirewallConfigError, e.g. a service user with uid 0: fail closed
+        raise InstallError(f"firewall: {exc}") from None
     restart = ("strongroom-firewall",)
     plan.file(Want("/etc/strongroom/network.toml", text.encode()))
     plan.dir("/etc/strongroom/firewall", 0o755)
-    plan.file(
-        Want("/etc/strongroom/firewall/strongroom.nft", render_nft(parse_config(text)).encode()),
-        restarts=restart,
-    )
+    plan.file(Want("/etc/strongroom/firewall/strongroom.nft", rules.encode()), restarts=restart)
     unit = (src / "deploy/server/units/strongroom-firewall.service").read_bytes()
     plan.file(Want("/etc/systemd/system/strongroom-firewall.service", unit), restarts=restart)
 

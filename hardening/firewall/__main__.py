@@ -52,6 +52,8 @@ def check(config: Path) -> None:
         raise click.ClickException(f"{config}: {exc}") from None
     click.echo(f"admins (tcp 22): {', '.join(map(str, parsed.admins))}")
     click.echo(f"employees + CRM (tcp 443): {', '.join(map(str, parsed.https_clients)) or '(none)'}")
+    uids = ", ".join(map(str, parsed.local_only_uids)) or "(none)"
+    click.echo(f"loopback-only senders (uids): {uids}")
     if parsed.vpn is not None:
         click.echo(f"vpn: {parsed.vpn.interface} {parsed.vpn.address}, {len(parsed.vpn.peers)} peer(s)")
 

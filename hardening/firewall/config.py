@@ -5,6 +5,7 @@ Example (`/etc/strongroom/network.toml`)::
     admins = ["192.0.2.10", "2001:db8::10"]                 # may reach tcp 22 (sshd)
     employees = ["198.51.100.0/24", "2001:db8:100::/64"]     # may reach tcp 443 (Apache)
     crm = ["203.0.113.7", "2001:db8:200::7"]                 # the CRM application: tcp 443
+    local_only_uids = [998, 997]   # optional: these users' sockets may send only on "lo" (numeric uids)
 
     [vpn]                      # optional: only the "vpn" variant and the WireGuard template use it
     interface = "wg0"
@@ -18,8 +19,13 @@ Example (`/etc/strongroom/network.toml`)::
     address = "10.77.0.10"
     address6 = "fd77::10"      # optional
 
-Parsing is strict: an unknown key, a malformed or overly broad address, a duplicate, or a peer outside the
-VPN's network is refused with `FirewallConfigError` naming the place, and nothing is rendered.
+`local_only_uids` are numbers, not names: nft resolves a user name when it loads the file, and a name that
+does not exist (yet) would fail the whole ruleset and leave the server unfiltered. The install command
+writes the uids of strongroom-web and strongroom-keyd it reads from /etc/passwd.
+
+Parsing is strict: an unknown key, a malformed or overly broad address, a duplicate, a uid that is not a
+plain number or is root's, or a peer outside the VPN's network is refused with `FirewallConfigError`
+naming the place, and nothing is rendered.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ MAX_ADDRESS_CHARS = 64
 MIN_PREFIX = {4: 8, 6: 32}
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")  # Linux IFNAMSIZ is 16 including the NUL
 _PEER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
-_TOP_KEYS = frozenset({"admins", "employees", "crm", "vpn"})
+# uid 0 would cut root (apt, postfix's delivery, the admins' shells) off the network; 2**32-1 is
+# (uid_t)-1, "no user", which the kernel never gives a socket.
+MAX_UID = 2**32 - 2
+_TOP_KEYS = frozenset({"admins", "employees", "crm", "local_only_uids", "vpn"})
 _VPN_KEYS = frozenset({"interface", "address", "address6", "listen_port", "peers"})
 _PEER_KEYS = frozenset({"name", "public_key", "address", "address6"})
 
@@ -76,6 +85,8 @@ class NetworkConfig:
     employees: tuple[Network, ...]
     crm: tuple[Network, ...]
     vpn: VpnConfig | None
+    # Users whose sockets may send only on the loopback interface (render: an OUTPUT reject rule).
+    local_only_uids: tuple[int, ...] = ()
 
     @property
     def https_clients(self) -> tuple[Network, ...]:
@@ -112,7 +123,8 @@ def parse_config(text: str) -> NetworkConfig:
     employees = _networks(data, "employees")
     crm = _networks(data, "crm")
     vpn = _vpn(data["vpn"]) if "vpn" in data else None
-    return NetworkConfig(admins=admins, employees=employees, crm=crm, vpn=vpn)
+    uids = _uids(data.get("local_only_uids", []), "local_only_uids")
+    return NetworkConfig(admins=admins, employees=employees, crm=crm, vpn=vpn, local_only_uids=uids)
 
 
 def _no_unknown_keys(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
@@ -137,6 +149,27 @@ def _networks(data: dict[str, Any], key: str) -> tuple[Network, ...]:
         if network in result:
             raise FirewallConfigError(f"{where}: {value!r} is listed twice")
         result.append(network)
+    return tuple(result)
+
+
+def _uids(values: object, key: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise FirewallConfigError(f"{key}: must be a list of numeric uids")
+    if len(values) > MAX_ENTRIES:
+        raise FirewallConfigError(f"{key}: more than {MAX_ENTRIES} entries")
+    result: list[int] = []
+    for index, value in enumerate(values):
+        where = f"{key}[{index}]"
+        # bool is an int in Python; a TOML `true` is a typo, never a uid.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FirewallConfigError(f"{where}: {value!r} is not a numeric uid (names are not accepted)")
+        if not 1 <= value <= MAX_UID:
+            raise FirewallConfigError(
+                f"{where}: {value} is not a uid from 1 to {MAX_UID} (root's 0 is refused)"
+            )
+        if value in result:
+            raise FirewallConfigError(f"{where}: {value} is listed twice")
+        result.append(value)
     return tuple(result)
 
 

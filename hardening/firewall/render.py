@@ -4,6 +4,10 @@ Both say the same thing: input and forward DROP; accept established/related, loo
 discovery without which IPv6 does not work at all, tcp 22 from the admins and tcp 443 from the employees
 and the CRM application. In the VPN variant 443 is accepted only when it arrives on the VPN interface and
 is addressed to the server's VPN address; the employees and the CRM reach the WireGuard port instead.
+
+Output is accepted, except for the `local_only_uids`: a socket owned by one of them may send only on `lo`,
+anything else is rejected at once (the caller gets an error, not a hang). systemd's IPAddressDeny= says
+the same for the units, but only on a cgroup-v2 host; this rule holds on any kernel (docs/hardening.md).
 """
 
 from __future__ import annotations
@@ -79,6 +83,12 @@ def render_nft(config: NetworkConfig, variant: Variant = Variant.PLAIN) -> str:
                 f"tcp dport {HTTPS_PORT} accept"
             )
     body = "\n".join(f"\t\t{rule}" for rule in rules)
+    output = ""
+    if config.local_only_uids:
+        uids = ", ".join(str(uid) for uid in config.local_only_uids)
+        # Numeric uids: a user name is resolved when nft loads the file, and a missing user would fail the
+        # whole transaction (input unfiltered). `counter` is the evidence that something tried.
+        output = f'\t\tmeta skuid {{ {uids} }} oif != "lo" counter reject with icmpx type admin-prohibited\n'
     return (
         "#!/usr/sbin/nft -f\n"
         + HEADER
@@ -97,6 +107,7 @@ def render_nft(config: NetworkConfig, variant: Variant = Variant.PLAIN) -> str:
         + "\t}\n"
         + "\tchain output {\n"
         + "\t\ttype filter hook output priority filter; policy accept;\n"
+        + output
         + "\t}\n"
         + "}\n"
     )
@@ -135,6 +146,12 @@ def render_iptables(config: NetworkConfig, variant: Variant = Variant.PLAIN, *, 
                 f"-A INPUT -i {vpn.interface} -s {own.network} -d {own.ip}/{own.max_prefixlen} "
                 f"-p tcp -m tcp --dport {HTTPS_PORT} -j ACCEPT"
             )
+    reject = "icmp6-adm-prohibited" if family == 6 else "icmp-admin-prohibited"
+    # See render_nft: these users' sockets send only on loopback.
+    output = [
+        f"-A OUTPUT -m owner --uid-owner {uid} ! -o lo -j REJECT --reject-with {reject}"
+        for uid in config.local_only_uids
+    ]
     return (
         HEADER
         + f"# Variant: {variant}; load with {'ip6tables' if family == 6 else 'iptables'}-restore.\n"
@@ -142,7 +159,7 @@ def render_iptables(config: NetworkConfig, variant: Variant = Variant.PLAIN, *, 
         + ":INPUT DROP [0:0]\n"
         + ":FORWARD DROP [0:0]\n"
         + ":OUTPUT ACCEPT [0:0]\n"
-        + "\n".join(rules)
+        + "\n".join(rules + output)
         + "\nCOMMIT\n"
     )
 

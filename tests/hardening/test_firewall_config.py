@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hardening.firewall import FirewallConfigError, load_config, parse_config
+from hardening.firewall import (
+    FirewallConfigError,
+    Variant,
+    load_config,
+    parse_config,
+    render_iptables,
+    render_nft,
+)
 from tests.support import need_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +59,31 @@ def test_employees_and_crm_may_be_empty_and_vpn_is_optional() -> None:
     config = parse_config('admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n')
     assert config.https_clients == ()
     assert config.vpn is None
+
+
+def test_local_only_uids_are_optional_numbers() -> None:
+    assert parse_config(GOOD).local_only_uids == ()
+    assert parse_config(GOOD + "local_only_uids = [998, 65534]\n" + VPN).local_only_uids == (998, 65534)
+
+
+def test_the_local_only_rule_changes_nothing_but_output() -> None:
+    plain, local = parse_config(GOOD + VPN), parse_config(GOOD + "local_only_uids = [998, 997]\n" + VPN)
+    for variant in Variant:
+        nft = render_nft(local, variant)
+        rule = '\t\tmeta skuid { 998, 997 } oif != "lo" counter reject with icmpx type admin-prohibited\n'
+        assert rule in nft
+        assert nft.replace(rule, "") == render_nft(plain, variant)
+        for family, reject in ((4, "icmp-admin-prohibited"), (6, "icmp6-adm-prohibited")):
+            rules = [
+                f"-A OUTPUT -m owner --uid-owner {uid} ! -o lo -j REJECT --reject-with {reject}\n"
+                for uid in (998, 997)
+            ]
+            text = render_iptables(local, variant, family=family)
+            assert "".join(rules) in text
+            assert text.replace("".join(rules), "") == render_iptables(plain, variant, family=family)
+
+
+BASE = 'admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n'
 
 
 @pytest.mark.parametrize(
@@ -120,6 +152,20 @@ def test_employees_and_crm_may_be_empty_and_vpn_is_optional() -> None:
             "vpn.peers[1]: 10.77.0.10 is already taken",
         ),
         (GOOD + VPN.replace("name = ", "nmae = "), "vpn.peers[0]: unknown key 'nmae'"),
+        (BASE + "local_only_uids = 998\n", "local_only_uids: must be a list of numeric uids"),
+        (
+            BASE + 'local_only_uids = ["strongroom-web"]\n',
+            "local_only_uids[0]: 'strongroom-web' is not a numeric",
+        ),
+        (BASE + 'local_only_uids = ["998"]\n', "local_only_uids[0]: '998' is not a numeric uid"),
+        (BASE + "local_only_uids = [true]\n", "local_only_uids[0]: True is not a numeric uid"),
+        (BASE + "local_only_uids = [998.0]\n", "local_only_uids[0]: 998.0 is not a numeric uid"),
+        (BASE + "local_only_uids = [0]\n", "local_only_uids[0]: 0 is not a uid from 1 to 4294967294"),
+        (BASE + "local_only_uids = [-1]\n", "local_only_uids[0]: -1 is not a uid"),
+        (BASE + "local_only_uids = [4294967295]\n", "4294967295 is not a uid"),
+        (BASE + "local_only_uids = [998, 997, 998]\n", "local_only_uids[2]: 998 is listed twice"),
+        (BASE + f"local_only_uids = [{', '.join(str(1000 + i) for i in range(257))}]\n", "more than 256"),
+        (BASE + "local_only_uid = [998]\n", "unknown key 'local_only_uid'"),
     ],
 )
 def test_bad_input_is_refused_with_a_precise_reason(text: str, refusal: str) -> None:
@@ -154,7 +200,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_render_writes_three_files_that_the_tools_accept(tmp_path: Path) -> None:
     config = tmp_path / "network.toml"
-    config.write_text(GOOD + VPN)
+    config.write_text(GOOD + "local_only_uids = [998]\n" + VPN)
     for variant in ("plain", "vpn"):
         out = tmp_path / variant
         result = cli("render", str(config), "--out", str(out), "--variant", variant)
@@ -187,8 +233,9 @@ def test_the_vpn_variant_needs_a_vpn_section(tmp_path: Path) -> None:
 
 def test_check_summarises_the_file(tmp_path: Path) -> None:
     config = tmp_path / "network.toml"
-    config.write_text(GOOD + VPN)
+    config.write_text(GOOD + "local_only_uids = [998]\n" + VPN)
     result = cli("check", str(config))
     assert result.returncode == 0, result.stderr
     assert "admins (tcp 22): 192.0.2.10/32, 2001:db8::10/128" in result.stdout
+    assert "loopback-only senders (uids): 998" in result.stdout
     assert "vpn: wg0 10.77.0.1/24, 1 peer(s)" in result.stdout
