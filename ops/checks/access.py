@@ -23,7 +23,7 @@ KEEP_DAYS = 8
 MAX_LINE = 1024
 _LINE = re.compile(
     rb"^(?P<day>\d{4}-\d{2}-\d{2})T\d{2}:\d{2}:\d{2}[+-]\d{4}\t"
-    rb"(?P<serial>[0-9A-Fa-f]{1,64}|-)\t(?P<cn>[^\t]{1,128})\t(?P<method>[A-Z]{1,16})\t(?P<status>\d{3})$"
+    rb"(?P<serial>[0-9A-Fa-f]{1,64}|-)\t(?P<cn>[^\t]{1,128})\t(?P<method>[A-Z]{1,16}|-)\t(?P<status>\d{3})$"
 )
 
 

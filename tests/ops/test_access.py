@@ -46,6 +46,12 @@ def test_hostile_or_foreign_lines_are_refused(line: bytes, why: str) -> None:
     assert parse_line(line) is None, why
 
 
+def test_a_request_refused_before_its_method_was_read_is_still_counted() -> None:
+    # Apache logs "-" for STRONGROOM_METHOD when it refused the request before reading it whole.
+    line = b"2026-11-28T10:00:01+0000\t1A2B\talice\t-\t400"
+    assert parse_line(line) == Request("2026-11-28", "1A2B alice", "-", 400)
+
+
 def _pass(settings: Settings, engine: sa.Engine) -> None:
     run_pass(settings, state=StateDir(settings.state_dir), engine=engine, now=NOW, only=("access",))
 

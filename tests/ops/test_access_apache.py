@@ -33,6 +33,13 @@ REVIEW_FORMAT = next(
     for ln in (ROOT / "docs" / "monitoring.md").read_text().splitlines()
     if ln.startswith('LogFormat "') and ln.rstrip().endswith("strongroom_review")
 )
+# The format logs the method through STRONGROOM_METHOD (a known name or OTHER, never the client's own
+# token): the shipped site's lines that set it come along.
+METHOD_LINES = "\n".join(
+    ln.strip()
+    for ln in (ROOT / "apache" / "strongroom-site.conf").read_text().splitlines()
+    if ln.startswith("SetEnvIf Request_Method")
+)
 
 
 @pytest.fixture
@@ -74,6 +81,7 @@ LoadModule mpm_event_module {MODULES}/mod_mpm_event.so
 LoadModule authz_core_module {MODULES}/mod_authz_core.so
 LoadModule socache_shmcb_module {MODULES}/mod_socache_shmcb.so
 LoadModule ssl_module {MODULES}/mod_ssl.so
+LoadModule setenvif_module {MODULES}/mod_setenvif.so
 User www-data
 Group www-data
 Listen 127.0.0.1:{port}
@@ -84,6 +92,7 @@ MinSpareThreads 1
 MaxSpareThreads 4
 ThreadsPerChild 4
 {REVIEW_FORMAT}
+{METHOD_LINES}
 <VirtualHost 127.0.0.1:{port}>
     DocumentRoot {base}/docroot
     SSLEngine on
