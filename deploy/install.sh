@@ -209,8 +209,9 @@ keep_file /etc/strongroom/keyd.toml 0640 root:strongroom-keyd \
     "$(sed "s/@WEB_UID@/$web_uid/" "$SRC/deploy/keyd.toml.in")"
 if [ ! -e "$R/etc/strongroom/webapp.env" ]; then
     secret="$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')"
+    # The assignment line only: the template's comment names the placeholder too.
     keep_file /etc/strongroom/webapp.env 0640 root:strongroom-web \
-        "$(sed "s|@SECRET_KEY@|$secret|" "$SRC/deploy/webapp.env.in")"
+        "$(sed "/^[[:space:]]*#/!s|@SECRET_KEY@|$secret|" "$SRC/deploy/webapp.env.in")"
     unset secret
 else
     keep_file /etc/strongroom/webapp.env 0640 root:strongroom-web ""

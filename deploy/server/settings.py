@@ -7,6 +7,7 @@ in one go; nothing on the server is touched until the whole file is valid.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import re
 import tomllib
@@ -50,7 +51,7 @@ RESERVED_LOGINS = frozenset(
     | {"postmaster", "abuse", "keyd"}
 )
 
-_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup"}
+_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp"}
 _ADMIN = {"login", "mail", "ssh_key", "keyholder"}
 _MAILT = {"relay", "from"}
 _LOGHOST = {
@@ -72,6 +73,50 @@ _HOST_KEY = re.compile(
 _NETWORK = {"admins", "employees", "crm"}
 _TLS = {"server_cert", "server_key", "ca_chain", "crl"}
 _BACKUP = {"env_file"}
+
+
+# [webapp]: the web app's own settings (STRONGROOM_<NAME> in /etc/strongroom/webapp.env). The names are
+# those of webapp/config.py's DEFAULTS, read from its source with ast: this module runs before the
+# virtualenv exists, and webapp.config imports click.
+WEBAPP_CONFIG = Path(__file__).resolve().parents[2] / "webapp" / "config.py"
+# Names the installer writes itself (from other settings, or generated), and what the deployment fixes
+# (production mode, Apache's proxy headers): an admin's [webapp] value would silently fight them.
+INSTALLER_MANAGED = frozenset(
+    {"SECRET_KEY", "DATABASE_URL", "KEYD_SOCKET", "MAIL_FROM", "ALERT_TO", "MODE", "BEHIND_PROXY"}
+    | {"PROXY_CERT_HEADER", "PROXY_IP_HEADER"}
+)
+MAX_WEBAPP_VALUE = 2048
+# An unquoted value systemd's EnvironmentFile= reads literally; anything else is single-quoted, where
+# systemd reads every character literally except the closing quote (so ' and \ are refused).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+=-]+")
+
+
+def webapp_setting_names(config: Path = WEBAPP_CONFIG) -> frozenset[str]:
+    """The keys of the DEFAULTS dict literal in webapp/config.py."""
+    for node in ast.parse(config.read_text()).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and target.id == "DEFAULTS" and isinstance(value, ast.Dict):
+            return frozenset(k.value for k in value.keys if isinstance(k, ast.Constant))
+    raise RuntimeError(f"{config}: no DEFAULTS dict")  # the checkout itself is broken
+
+
+def webapp_value(value: object) -> str | None:
+    """One [webapp] value as it goes after `STRONGROOM_NAME=` in an EnvironmentFile, or None when it
+    cannot go there safely. The web app parses it as JSON when it parses, else keeps the string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**15 else None
+    if not isinstance(value, str) or not value or len(value) > MAX_WEBAPP_VALUE:
+        return None
+    if _PLAIN_VALUE.fullmatch(value):
+        return value
+    if value != value.strip() or any(c in "'\\" or not c.isprintable() for c in value):
+        return None  # control characters (newline, NUL...), quotes systemd would read, edge spaces
+    return f"'{value}'"
 
 
 class SettingsError(ValueError):
@@ -123,6 +168,8 @@ class Settings:
     crm_networks: tuple[str, ...]
     tls: Tls
     backup_env: str  # "" = no backup settings yet: the timer stays off
+    # [webapp]: (NAME, value as rendered for webapp.env), sorted; written as STRONGROOM_NAME=value.
+    webapp: tuple[tuple[str, str], ...] = ()
 
     @property
     def alert_to(self) -> tuple[str, ...]:
@@ -279,6 +326,8 @@ def parse(text: str) -> Settings:
     backup = r.table(data, "backup", _BACKUP, required=False)
     backup_env = r.path(backup, "env_file", "backup") if backup else ""
 
+    webapp = _webapp(r, data.get("webapp"))
+
     if r.problems:
         raise SettingsError(r.problems)
     return Settings(
@@ -292,7 +341,33 @@ def parse(text: str) -> Settings:
         crm_networks=nets["crm"],
         tls=tls,
         backup_env=backup_env,
+        webapp=webapp,
     )
+
+
+def _webapp(r: _Reader, value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        r.bad("webapp", "must be a table")
+        return ()
+    known = webapp_setting_names()
+    out = []
+    for name in sorted(value):
+        key = f"webapp.{name}" if re.fullmatch(r"[A-Za-z0-9_]{1,64}", name) else "webapp.(a malformed name)"
+        if name in INSTALLER_MANAGED or name.startswith("SMTP_"):
+            r.bad(key, "set by the installer itself (from the other settings), not here")
+        elif name not in known:
+            r.bad(key, "not a setting of the web app (webapp/config.py, docs/webapp.md)")
+        elif (rendered := webapp_value(value[name])) is None:
+            r.bad(
+                key,
+                "a string (no quote, backslash, control character or edge space, at most "
+                f"{MAX_WEBAPP_VALUE} characters), an integer or true/false",
+            )
+        else:
+            out.append((name, rendered))
+    return tuple(out)
 
 
 def _host_key(r: _Reader, lh: dict[str, Any]) -> str:

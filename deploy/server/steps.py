@@ -307,7 +307,7 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
     app_pw = _password(old, r"mysql\+pymysql://strongroom:([0-9a-f]{48})@")
     keys_old = (plan.read("/etc/strongroom/keys.env") or b"").decode()
     keys_pw = _password(keys_old, r"mysql\+pymysql://strongroom_keys:([0-9a-f]{48})@")
-    text = (src / "deploy/webapp.env.in").read_text().replace("@SECRET_KEY@", secret)
+    text = fill_template((src / "deploy/webapp.env.in").read_text(), {"SECRET_KEY": secret})
     text = text.replace("strongroom:CHANGE-ME@", f"strongroom:{app_pw}@")
     managed = {
         "STRONGROOM_SMTP_HOST": "127.0.0.1",
@@ -317,6 +317,13 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
     }
     for key, value in managed.items():
         text = _set_env(text, key, value)
+    # The settings file is the one source of the admin's own web app settings: a hand edit of
+    # webapp.env is drift (--check) and is reverted by the next run.
+    if s.webapp:
+        text = text.rstrip("\n") + "\n# From the settings file's [webapp] table (docs/deploy.md):\n"
+        webapp_accepts(plan, src, s.webapp)
+    for name, value in s.webapp:
+        text = _set_env(text, f"STRONGROOM_{name}", value)
     if plan.file(
         Want(path, text.encode(), 0o640, "root", "strongroom-web"),
         restarts=("strongroom-web", "strongroom-mail"),
@@ -346,6 +353,70 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
         plan.file(Want(path, body.encode(), 0o600))
         passwords[user] = pw
     return passwords
+
+
+def fill_template(text: str, values: dict[str, str]) -> str:
+    """@NAME@ placeholders filled on assignment lines only: the template's comments name them too, and
+    a secret must never land in a comment (it would be there twice, once where nobody looks for it)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith("#"):
+            for name, value in values.items():
+                lines[i] = lines[i].replace(f"@{name}@", value)
+    return "".join(lines)
+
+
+# The web app's own loader (create_app: DEFAULTS, STRONGROOM_* parsed as JSON when they parse, its
+# validation, working hours, budgets), run on the [webapp] values alone with a throwaway secret and an
+# empty instance folder. Prints only the ConfigError's message, which names the setting, never a value.
+_WEBAPP_ACCEPTS = """
+import sys
+from webapp import create_app
+from webapp.config import ConfigError
+try:
+    create_app().extensions["strongroom"].engine.dispose()
+except (ConfigError, ValueError) as exc:
+    print(str(exc).splitlines()[0][:300], file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def webapp_accepts(plan: Plan, src: Path, values: tuple[tuple[str, str], ...]) -> None:
+    """The settings file's checks are stdlib-only (they run before the virtualenv exists) and know the
+    names and the form of each value; whether the web app accepts a value is its own parser's to say,
+    so this runs after the virtualenv step, before webapp.env is written: a refused value stops the
+    install with the old file in place. Without a virtualenv yet (--check on a bare server) the
+    values are checked by the first real run."""
+    python = plan.on_target(VENV_PYTHON)
+    if not python.exists():
+        if plan.check:
+            plan.change("settings [webapp] not checked by the web app: no virtualenv yet")
+            return
+        raise InstallError(f"settings [webapp]: {VENV_PYTHON} is missing")
+    refused = webapp_refuses(str(python), src, values)
+    if refused:
+        raise InstallError(f"settings [webapp]: the web app refuses them: {refused}")
+
+
+def webapp_refuses(python: str, src: Path, values: tuple[tuple[str, str], ...]) -> str:
+    """The web app's message for these rendered values, "" when it accepts them."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env |= {f"STRONGROOM_{name}": _unquote(value) for name, value in values}
+    env["STRONGROOM_SECRET_KEY"] = secrets.token_urlsafe(48)
+    with tempfile.TemporaryDirectory(prefix="strongroom-install-webapp.") as tmp:
+        env["STRONGROOM_INSTANCE_PATH"] = tmp
+        res = subprocess.run(
+            [python, "-B", "-c", _WEBAPP_ACCEPTS], env=env, cwd=str(src), capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+    if res.returncode == 0:
+        return ""
+    return (res.stderr.strip().splitlines() or ["(no message)"])[-1]
+
+
+def _unquote(value: str) -> str:
+    # What systemd's EnvironmentFile= makes of a value settings.webapp_value rendered.
+    return value[1:-1] if value.startswith("'") else value
 
 
 def etc_strongroom(plan: Plan, src: Path, s: Settings) -> None:

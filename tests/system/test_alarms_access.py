@@ -8,8 +8,9 @@
 - Apache: a request ModSecurity blocks, a method the vhost does not allow (405): the watchdog's pass
   (every 5 minutes as shipped, run at once here) finds them in Apache's error log.
 
-Every setting changed for a scenario (webapp.env, keyd.toml, an authorized_keys file) is changed the
-way an admin would, on the server, and put back byte for byte afterwards; keyd is left unsealed.
+Every setting changed for a scenario (the install's settings file, keyd.toml, an authorized_keys
+file) is changed the way an admin would, on the server, and put back byte for byte afterwards; keyd is
+left unsealed.
 Timings (trigger to the last admin's mail) go to test-artifacts/system/timings.json.
 """
 
@@ -164,16 +165,34 @@ def test_a_login_with_a_key_added_without_keyholder_mails_both_admins(
 # -- the web app: off hours -----------------------------------------------------------------------------
 
 
+@contextmanager
+def settings_with(server: Server, extra: str) -> Iterator[None]:
+    """Lines appended to the install's settings file and the install command run, as an admin changes
+    a web app setting (docs/deploy.md, [webapp]); the exact old file back and the install run again."""
+    c = server.container
+    original = c.read_file(server.settings_path).decode()
+    c.run(["sh", "-c", f"cat >> {server.settings_path}"], input=extra)
+    try:
+        server.install()
+        yield
+    finally:
+        c.run(["sh", "-c", f"cat > {server.settings_path}"], input=original)
+        server.install()
+
+
 @pytest.fixture
 def off_hours(alerting: Server, people: dict[str, Person]) -> Iterator[Server]:
-    """Working hours set (webapp.env, docs/webapp.md) to half an hour two hours from now, every day."""
+    """Working hours set (the settings file's [webapp], docs/deploy.md) to half an hour two hours from
+    now, every day."""
     start = (datetime.now(UTC).hour + 2) % 24
     extra = (
-        "# Changed for a test: now is outside the working hours.\n"
-        f"STRONGROOM_WORKING_HOURS={start:02d}:00-{start:02d}:30\n"
-        "STRONGROOM_WORKING_DAYS=mon-sun\nSTRONGROOM_WORKING_TIMEZONE=UTC\n"
+        "\n# Changed for a test: now is outside the working hours.\n[webapp]\n"
+        f'WORKING_HOURS = "{start:02d}:00-{start:02d}:30"\n'
+        'WORKING_DAYS = "mon-sun"\nWORKING_TIMEZONE = "UTC"\n'
     )
-    with edited(alerting.container, WEBAPP_ENV, extra, "strongroom-web"):
+    with settings_with(alerting, extra):
+        env = alerting.container.read_file(WEBAPP_ENV).decode()
+        assert f"STRONGROOM_WORKING_HOURS={start:02d}:00-{start:02d}:30\n" in env
         wait_web(alerting, people["carol"])
         yield alerting
     wait_web(alerting, people["carol"])
@@ -350,18 +369,24 @@ def test_an_error_page_shown_to_an_employee_mails_both_admins(
 # -- what the scenarios found and left ------------------------------------------------------------
 
 
-# Known defect (deploy/server/steps.py `webapp_env`, helper W's): the install command rewrites webapp.env
-# from deploy/webapp.env.in and keeps only the secret key and the database password, so a setting an
-# admin added there as docs/deploy.md says (here the working hours) is dropped at its next run.
-WEBAPP_ENV_REWRITTEN = "the install command would drop the admin's own settings from webapp.env"
-
-
-def test_an_admins_working_hours_in_webapp_env_survive_the_install_command(off_hours: Server) -> None:
-    check = off_hours.install("--check", check=False)
-    assert check.returncode in (0, 1), check.stdout + check.stderr  # in step / drift, nothing else
-    drift = [line for line in check.stdout.splitlines() if line.startswith("drift:")]
-    if any(WEBAPP_ENV in line for line in drift):
-        pytest.xfail(f"{WEBAPP_ENV_REWRITTEN}: {drift}")
+def test_a_hand_edit_of_webapp_env_is_reported_by_check_and_reverted_by_the_install(
+    alerting: Server, people: dict[str, Person]
+) -> None:
+    """The settings file is the one source of webapp.env: an edit by hand is drift, and the next
+    install run puts the file back as the settings say (docs/deploy.md)."""
+    c = alerting.container
+    before = c.read_file(WEBAPP_ENV)
+    assert before.count(b"STRONGROOM_SECRET_KEY=") == 1
+    c.run(["sh", "-c", f"cat >> {WEBAPP_ENV}"], input="STRONGROOM_WORKING_DAYS=sat-sun\n")
+    try:
+        check = alerting.install("--check", check=False)
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert f"drift: {WEBAPP_ENV}" in check.stdout.splitlines(), check.stdout
+    finally:
+        done = alerting.install()
+    assert f"changed: {WEBAPP_ENV}" in done.stdout.splitlines(), done.stdout
+    assert c.read_file(WEBAPP_ENV) == before
+    wait_web(alerting, people["carol"])
 
 
 def test_the_server_is_left_as_found(alerting: Server) -> None:
