@@ -94,12 +94,16 @@ _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+=-]+")
 def webapp_setting_names(config: Path = WEBAPP_CONFIG) -> frozenset[str]:
     """The keys of the DEFAULTS dict literal in webapp/config.py."""
     for node in ast.parse(config.read_text()).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target: ast.expr | None = None
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
         value = getattr(node, "value", None)
         if isinstance(target, ast.Name) and target.id == "DEFAULTS" and isinstance(value, ast.Dict):
-            return frozenset(k.value for k in value.keys if isinstance(k, ast.Constant))
+            return frozenset(
+                k.value for k in value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            )
     raise RuntimeError(f"{config}: no DEFAULTS dict")  # the checkout itself is broken
 
 
