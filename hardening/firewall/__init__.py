@@ -4,6 +4,7 @@
 """
 
 from hardening.firewall.config import (
+    ConnectionLimits,
     FirewallConfigError,
     NetworkConfig,
     VpnConfig,
@@ -14,6 +15,7 @@ from hardening.firewall.config import (
 from hardening.firewall.render import Variant, render_iptables, render_nft
 
 __all__ = [
+    "ConnectionLimits",
     "FirewallConfigError",
     "NetworkConfig",
     "Variant",

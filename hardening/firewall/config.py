@@ -7,6 +7,11 @@ Example (`/etc/strongroom/network.toml`)::
     crm = ["203.0.113.7", "2001:db8:200::7"]                 # the CRM application: tcp 443
     local_only_uids = [998, 997]   # optional: these users' sockets may send only on "lo" (numeric uids)
 
+    [connection_limits]        # optional: concurrent TCP connections per source address (defaults shown)
+    admins = 10                # to tcp 22: a few shells, an scp, a multiplexed master
+    employees = 20             # to tcp 443: a browser opens about 6 per host, more with several windows
+    crm = 64                   # to tcp 443: a server application's connection pool
+
     [vpn]                      # optional: only the "vpn" variant and the WireGuard template use it
     interface = "wg0"
     address = "10.77.0.1/24"   # the server's own address on the VPN, with the VPN's prefix
@@ -24,7 +29,8 @@ does not exist (yet) would fail the whole ruleset and leave the server unfiltere
 writes the uids of strongroom-web and strongroom-keyd it reads from /etc/passwd.
 
 Parsing is strict: an unknown key, a malformed or overly broad address, a duplicate, a uid that is not a
-plain number or is root's, or a peer outside the VPN's network is refused with `FirewallConfigError`
+plain number or is root's, a connection limit that is not a whole number from 1 to
+4096, or a peer outside the VPN's network is refused with `FirewallConfigError`
 naming the place, and nothing is rendered.
 """
 
@@ -53,7 +59,12 @@ _PEER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 # uid 0 would cut root (apt, postfix's delivery, the admins' shells) off the network; 2**32-1 is
 # (uid_t)-1, "no user", which the kernel never gives a socket.
 MAX_UID = 2**32 - 2
-_TOP_KEYS = frozenset({"admins", "employees", "crm", "local_only_uids", "vpn"})
+# Per source address, not per network: one host of a listed network (a compromised laptop) must not hold
+# open every Apache worker (384, apache/strongroom-site.conf) while its colleagues wait. Above 4096 a limit
+# no longer limits anything on this server; a value outside 1..4096 is a typo.
+MAX_CONNECTION_LIMIT = 4096
+_TOP_KEYS = frozenset({"admins", "employees", "crm", "local_only_uids", "connection_limits", "vpn"})
+_LIMIT_KEYS = frozenset({"admins", "employees", "crm"})
 _VPN_KEYS = frozenset({"interface", "address", "address6", "listen_port", "peers"})
 _PEER_KEYS = frozenset({"name", "public_key", "address", "address6"})
 
@@ -80,6 +91,16 @@ class VpnConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Concurrent TCP connections one source address of each list may hold (render: refused with a reset
+    above it). The CRM has its own, higher limit: it is one host whose pool serves many users at once."""
+
+    admins: int = 10
+    employees: int = 20
+    crm: int = 64
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     admins: tuple[Network, ...]
     employees: tuple[Network, ...]
@@ -87,6 +108,7 @@ class NetworkConfig:
     vpn: VpnConfig | None
     # Users whose sockets may send only on the loopback interface (render: an OUTPUT reject rule).
     local_only_uids: tuple[int, ...] = ()
+    limits: ConnectionLimits = ConnectionLimits()
 
     @property
     def https_clients(self) -> tuple[Network, ...]:
@@ -124,7 +146,23 @@ def parse_config(text: str) -> NetworkConfig:
     crm = _networks(data, "crm")
     vpn = _vpn(data["vpn"]) if "vpn" in data else None
     uids = _uids(data.get("local_only_uids", []), "local_only_uids")
-    return NetworkConfig(admins=admins, employees=employees, crm=crm, vpn=vpn, local_only_uids=uids)
+    limits = _limits(data.get("connection_limits", {}))
+    return NetworkConfig(
+        admins=admins, employees=employees, crm=crm, vpn=vpn, local_only_uids=uids, limits=limits
+    )
+
+
+def _limits(table: object) -> ConnectionLimits:
+    if not isinstance(table, dict):
+        raise FirewallConfigError("connection_limits: must be a table ([connection_limits])")
+    _no_unknown_keys(table, _LIMIT_KEYS, "connection_limits")
+    for key, value in table.items():
+        # bool is an int in Python; `true` or 20.0 is a typo, and 0 would lock the whole list out.
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONNECTION_LIMIT:
+            raise FirewallConfigError(
+                f"connection_limits.{key}: {value!r} is not a whole number from 1 to {MAX_CONNECTION_LIMIT}"
+            )
+    return ConnectionLimits(**table)
 
 
 def _no_unknown_keys(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:

@@ -5,6 +5,12 @@ discovery without which IPv6 does not work at all, tcp 22 from the admins and tc
 and the CRM application. In the VPN variant 443 is accepted only when it arrives on the VPN interface and
 is addressed to the server's VPN address; the employees and the CRM reach the WireGuard port instead.
 
+Each TCP accept is capped per source address (`connection_limits`): a listed host may hold at most that
+many connections to the port at once, and the next one is refused with a TCP reset (the client fails at
+once instead of retrying a dropped SYN). This is what keeps one host of the employees' network from holding
+every Apache worker with slow or idle connections (issue 14). The CRM's rules come before the employees'
+so that a CRM host inside the employees' network gets the CRM's own limit.
+
 Output is accepted, except for the `local_only_uids`: a socket owned by one of them may send only on `lo`,
 anything else is rejected at once (the caller gets an error, not a hang). systemd's IPAddressDeny= says
 the same for the units, but only on a cgroup-v2 host; this rule holds on any kernel (docs/hardening.md).
@@ -47,8 +53,15 @@ def _split(networks: Iterable[Network]) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
+def _vpn_limit(config: NetworkConfig) -> int:
+    # A VPN address does not say whether its peer is an employee or the CRM: the looser of the two limits,
+    # so the CRM is never cut off over the tunnel; one peer is still bounded.
+    return max(config.limits.employees, config.limits.crm)
+
+
 def render_nft(config: NetworkConfig, variant: Variant = Variant.PLAIN) -> str:
     vpn = _vpn_of(config, variant)
+    sets: list[str] = []
     rules: list[str] = [
         "ct state invalid drop",
         "ct state established,related accept",
@@ -65,23 +78,39 @@ def render_nft(config: NetworkConfig, variant: Variant = Variant.PLAIN) -> str:
         if v6:
             rules.append(f"{match}ip6 saddr {{ {', '.join(v6)} }} {proto} dport {port} accept")
 
-    allow(config.admins, "tcp", SSH_PORT)
+    def limited(name: str, family: int, match: str, port: int, limit: int) -> None:
+        # One dynamic set per list and family, keyed by the full source address (/32, /128: every employee
+        # of an office /64 is counted alone). The accept is the set's own rule, so a connection is accepted
+        # only when its address could be counted: were the set ever full, new connections are refused
+        # (fail closed) instead of passing uncounted. The second rule refuses the rest with a reset.
+        key, kind = ("ip", "ipv4_addr") if family == 4 else ("ip6", "ipv6_addr")
+        sets.append(f"\tset {name}_v{family} {{\n\t\ttype {kind}\n\t\tsize 65535\n\t\tflags dynamic\n\t}}\n")
+        selector = f"{match} tcp dport {port} ct state new"
+        rules.append(f"{selector} add @{name}_v{family} {{ {key} saddr ct count {limit} }} accept")
+        rules.append(f"{selector} counter reject with tcp reset")
+
+    def allow_tcp(name: str, networks: Iterable[Network], port: int, limit: int) -> None:
+        v4, v6 = _split(networks)
+        if v4:
+            limited(name, 4, f"ip saddr {{ {', '.join(v4)} }}", port, limit)
+        if v6:
+            limited(name, 6, f"ip6 saddr {{ {', '.join(v6)} }}", port, limit)
+
+    allow_tcp("admins", config.admins, SSH_PORT, config.limits.admins)
     if vpn is None:
-        allow(config.https_clients, "tcp", HTTPS_PORT)
+        allow_tcp("crm", config.crm, HTTPS_PORT, config.limits.crm)
+        allow_tcp("employees", config.employees, HTTPS_PORT, config.limits.employees)
     else:
         # The tunnel itself must be reachable from where the peers are; WireGuard then authenticates them.
         allow(config.https_clients, "udp", vpn.listen_port)
         # iifname, not iif: the rules load at boot before wg0 exists. Matching the destination too stops a
         # LAN host from routing a packet for the VPN address in through the wired interface.
         on_vpn = f'iifname "{vpn.interface}" '
-        rules.append(
-            f"{on_vpn}ip saddr {vpn.address.network} ip daddr {vpn.address.ip} tcp dport {HTTPS_PORT} accept"
-        )
+        match = f"{on_vpn}ip saddr {vpn.address.network} ip daddr {vpn.address.ip}"
+        limited("vpn", 4, match, HTTPS_PORT, _vpn_limit(config))
         if vpn.address6 is not None:
-            rules.append(
-                f"{on_vpn}ip6 saddr {vpn.address6.network} ip6 daddr {vpn.address6.ip} "
-                f"tcp dport {HTTPS_PORT} accept"
-            )
+            match = f"{on_vpn}ip6 saddr {vpn.address6.network} ip6 daddr {vpn.address6.ip}"
+            limited("vpn", 6, match, HTTPS_PORT, _vpn_limit(config))
     body = "\n".join(f"\t\t{rule}" for rule in rules)
     output = ""
     if config.local_only_uids:
@@ -98,6 +127,7 @@ def render_nft(config: NetworkConfig, variant: Variant = Variant.PLAIN) -> str:
         + "table inet strongroom\n"
         + "delete table inet strongroom\n"
         + "table inet strongroom {\n"
+        + "".join(sets)
         + "\tchain input {\n"
         + "\t\ttype filter hook input priority filter; policy drop;\n"
         + body
@@ -128,23 +158,40 @@ def render_iptables(config: NetworkConfig, variant: Variant = Variant.PLAIN, *, 
         for kind in ("neighbour-solicitation", "neighbour-advertisement"):
             rules.append(f"-A INPUT -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT")
 
+    mask = 32 if family == 4 else 128
+
     def allow(networks: Iterable[Network], proto: str, port: int) -> None:
         for network in networks:
             if network.version == family:
                 rules.append(f"-A INPUT -s {network} -p {proto} -m {proto} --dport {port} -j ACCEPT")
 
-    allow(config.admins, "tcp", SSH_PORT)
+    def limit(match: str, limit: int) -> None:
+        # See render_nft: at most `limit` connections per full source address, the next one reset.
+        rules.append(
+            f"-A INPUT {match} -m conntrack --ctstate NEW -m connlimit --connlimit-above {limit} "
+            f"--connlimit-mask {mask} --connlimit-saddr -j REJECT --reject-with tcp-reset"
+        )
+        rules.append(f"-A INPUT {match} -j ACCEPT")
+
+    def allow_tcp(networks: Iterable[Network], port: int, most: int) -> None:
+        for network in networks:
+            if network.version == family:
+                limit(f"-s {network} -p tcp -m tcp --dport {port}", most)
+
+    allow_tcp(config.admins, SSH_PORT, config.limits.admins)
     if vpn is None:
-        allow(config.https_clients, "tcp", HTTPS_PORT)
+        allow_tcp(config.crm, HTTPS_PORT, config.limits.crm)
+        allow_tcp(config.employees, HTTPS_PORT, config.limits.employees)
     else:
         allow(config.https_clients, "udp", vpn.listen_port)
         own: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = (
             vpn.address if family == 4 else vpn.address6
         )
         if own is not None:
-            rules.append(
-                f"-A INPUT -i {vpn.interface} -s {own.network} -d {own.ip}/{own.max_prefixlen} "
-                f"-p tcp -m tcp --dport {HTTPS_PORT} -j ACCEPT"
+            limit(
+                f"-i {vpn.interface} -s {own.network} -d {own.ip}/{own.max_prefixlen} "
+                f"-p tcp -m tcp --dport {HTTPS_PORT}",
+                _vpn_limit(config),
             )
     reject = "icmp6-adm-prohibited" if family == 6 else "icmp-admin-prohibited"
     # See render_nft: these users' sockets send only on loopback.

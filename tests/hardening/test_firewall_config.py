@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hardening.firewall import (
+    ConnectionLimits,
     FirewallConfigError,
     Variant,
     load_config,
@@ -64,6 +65,31 @@ def test_employees_and_crm_may_be_empty_and_vpn_is_optional() -> None:
 def test_local_only_uids_are_optional_numbers() -> None:
     assert parse_config(GOOD).local_only_uids == ()
     assert parse_config(GOOD + "local_only_uids = [998, 65534]\n" + VPN).local_only_uids == (998, 65534)
+
+
+def test_connection_limits_default_and_override_per_list() -> None:
+    assert parse_config(GOOD).limits == ConnectionLimits(admins=10, employees=20, crm=64)
+    config = parse_config(GOOD + "[connection_limits]\ncrm = 200\n")
+    assert config.limits == ConnectionLimits(admins=10, employees=20, crm=200)
+    nft = render_nft(config)
+    assert (
+        "ip saddr { 192.0.2.10/32 } tcp dport 22 ct state new add @admins_v4 { ip saddr ct count 10 } accept"
+        in nft
+    )
+    assert "add @crm_v4 { ip saddr ct count 200 } accept" in nft
+    assert "add @employees_v6 { ip6 saddr ct count 20 } accept" in nft
+    # The CRM's rules first: a CRM host inside the employees' network gets the CRM's limit.
+    assert nft.index("@crm_v4") < nft.index("@employees_v4")
+    v6 = render_iptables(config, family=6)
+    assert (
+        "-A INPUT -s 2001:db8:100::/64 -p tcp -m tcp --dport 443 -m conntrack --ctstate NEW -m connlimit "
+        "--connlimit-above 20 --connlimit-mask 128 --connlimit-saddr -j REJECT --reject-with tcp-reset\n"
+        "-A INPUT -s 2001:db8:100::/64 -p tcp -m tcp --dport 443 -j ACCEPT\n"
+    ) in v6
+    # Over the VPN the peer's list is unknown: the looser limit, so the CRM is never cut off there.
+    vpn = parse_config(GOOD + "[connection_limits]\ncrm = 200\n" + VPN)
+    assert "add @vpn_v6 { ip6 saddr ct count 200 } accept" in render_nft(vpn, Variant.VPN)
+    assert "--connlimit-above 200 --connlimit-mask 32" in render_iptables(vpn, Variant.VPN, family=4)
 
 
 def test_the_local_only_rule_changes_nothing_but_output() -> None:
@@ -166,6 +192,21 @@ BASE = 'admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n'
         (BASE + "local_only_uids = [998, 997, 998]\n", "local_only_uids[2]: 998 is listed twice"),
         (BASE + f"local_only_uids = [{', '.join(str(1000 + i) for i in range(257))}]\n", "more than 256"),
         (BASE + "local_only_uid = [998]\n", "unknown key 'local_only_uid'"),
+        (BASE + "connection_limits = 20\n", "connection_limits: must be a table"),
+        (BASE + "[connection_limits]\nemployee = 20\n", "connection_limits: unknown key 'employee'"),
+        (
+            BASE + "[connection_limits]\nemployees = 0\n",
+            "connection_limits.employees: 0 is not a whole number",
+        ),
+        (BASE + "[connection_limits]\ncrm = -1\n", "connection_limits.crm: -1 is not a whole number"),
+        (BASE + "[connection_limits]\nadmins = 4097\n", "connection_limits.admins: 4097 is not"),
+        (BASE + "[connection_limits]\nadmins = 2147483648\n", "2147483648 is not a whole number"),
+        (BASE + "[connection_limits]\nemployees = true\n", "connection_limits.employees: True is not"),
+        (BASE + "[connection_limits]\nemployees = 20.0\n", "connection_limits.employees: 20.0 is not"),
+        (BASE + '[connection_limits]\nemployees = "20"\n', "connection_limits.employees: '20' is not"),
+        (BASE + "[connection_limits]\nemployees = [20]\n", "connection_limits.employees: [20] is not"),
+        (BASE + "[connection_limits]\nemployees = inf\n", "connection_limits.employees: inf is not"),
+        (BASE + "[connection_limits.employees]\nv4 = 20\n", "connection_limits.employees: {'v4': 20}"),
     ],
 )
 def test_bad_input_is_refused_with_a_precise_reason(text: str, refusal: str) -> None:
@@ -200,7 +241,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_render_writes_three_files_that_the_tools_accept(tmp_path: Path) -> None:
     config = tmp_path / "network.toml"
-    config.write_text(GOOD + "local_only_uids = [998]\n" + VPN)
+    # Default connection limits on every list (v4 and v6) and over the VPN: nft must accept them.
+    config.write_text(
+        GOOD.replace('"203.0.113.7"', '"203.0.113.7", "2001:db8:200::7"') + "local_only_uids = [998]\n" + VPN
+    )
     for variant in ("plain", "vpn"):
         out = tmp_path / variant
         result = cli("render", str(config), "--out", str(out), "--variant", variant)
