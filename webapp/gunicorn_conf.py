@@ -62,6 +62,9 @@ forwarded_allow_ips = ""
 # the app as the same WSGI variable as the header Apache sets.
 header_map = "drop"
 errorlog = "-"
+# Both logs read what clients send (paths, headers, refused request lines): card numbers in them are
+# masked, whatever their spelling or encoding (webapp/gunicorn_logging.py).
+logger_class = "webapp.gunicorn_logging.RedactingLogger"
 
 if _bind.startswith("unix:"):
     if not _behind_proxy():
@@ -73,6 +76,7 @@ else:
         raise SystemExit("gunicorn_conf: STRONGROOM_BEHIND_PROXY=true needs a unix: bind behind Apache")
     accesslog = "-"
     # The path without the query string: a card number typed into a search box stays out of the log.
+    # A card number typed into the path is masked by logger_class.
     access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
     certfile = _required("STRONGROOM_TLS_CERT")
     keyfile = _required("STRONGROOM_TLS_KEY")
