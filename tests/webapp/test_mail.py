@@ -391,7 +391,8 @@ def test_a_commit_lost_after_smtp_accepted_resends_with_the_same_message_id(
         code, output = send(app)
         assert code == 1
         assert "database error" in output
-        assert sum(r.n_events for r in pending(app)) == 2  # nothing marked: the mark and its audit record commit together
+        # Nothing marked: the mark and its audit record commit together.
+        assert sum(r.n_events for r in pending(app)) == 2
         with owner_engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER audit_refuses")
         assert send(app)[0] == 0
