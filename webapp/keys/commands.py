@@ -15,11 +15,8 @@ docs/key-rotation.md sets up. The audit records still go through the app's own c
 
 from __future__ import annotations
 
-import getpass
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
 
 import click
 import sqlalchemy as sa
@@ -30,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from keyd.client import KeydAdminClient, KeydClient
 from keyd.errors import KeydError, Unavailable
+from webapp.cli import actor, fail
 from webapp.db.engine import READ_ONLY, make_engine
 from webapp.keys import service
 from webapp.keys.events import KeyEvent
@@ -38,22 +36,10 @@ from webapp.unit import Origin, UnitOfWork
 keys_cli = AppGroup("keys", help="Key rotation: counts per key version, rewrap, retire.")
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _actor() -> str:
-    try:
-        return "cli:" + getpass.getuser()
-    except (KeyError, OSError):
-        return "cli:?"
-
-
 @contextmanager
 def _audited() -> Iterator[UnitOfWork]:
     svc = current_app.extensions["strongroom"]
-    uow: UnitOfWork = svc.unit(Origin(actor=_actor(), ip="local"))
+    uow: UnitOfWork = svc.unit(Origin(actor=actor(), ip="local"))
     try:
         yield uow
     finally:
@@ -65,7 +51,7 @@ def _record(uow: UnitOfWork, event: KeyEvent, *, ok: bool, detail: str = "-") ->
     try:
         uow.commit()
     except sa.exc.SQLAlchemyError:
-        _fail("the database refused the audit record")
+        fail("the database refused the audit record")
 
 
 def _keyd_client() -> KeydClient:
@@ -98,7 +84,7 @@ def versions() -> None:
             counts = _counts()
         except sa.exc.SQLAlchemyError as exc:
             _record(uow, KeyEvent.VERSIONS_LISTED, ok=False, detail=f"db:{type(exc).__name__}")
-            _fail(f"database error ({type(exc).__name__})")
+            fail(f"database error ({type(exc).__name__})")
         try:
             status = _keyd_client().status()
             keyd_line = (
@@ -139,7 +125,7 @@ def rewrap(batch_size: int, restart: bool) -> None:
                 raise Unavailable("keyd reports no key version")
         except KeydError as exc:
             _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=exc.reason or exc.code.value)
-            _fail(f"keyd: {exc.reason or exc.code.value}")
+            fail(f"keyd: {exc.reason or exc.code.value}")
         err = Console(stderr=True)
         with Progress(
             TextColumn(f"rewrap to v{target}"),
@@ -153,7 +139,7 @@ def rewrap(batch_size: int, restart: bool) -> None:
             job = service.Rewrapper(
                 engine,
                 keyd=keyd,
-                actor=_actor()[:64].replace(":", "."),
+                actor=actor()[:64].replace(":", "."),
                 now=svc.clock.now,
                 batch_size=batch_size,
                 progress=lambda n: bar.advance(task, n),
@@ -165,10 +151,10 @@ def rewrap(batch_size: int, restart: bool) -> None:
                 report = job.run(target)
             except KeydError as exc:
                 _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
-                _fail(f"keyd: {exc.reason or exc.code.value}; the checkpoint is kept, run rewrap again")
+                fail(f"keyd: {exc.reason or exc.code.value}; the checkpoint is kept, run rewrap again")
             except sa.exc.SQLAlchemyError as exc:
                 _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"db:{type(exc).__name__}")
-                _fail(f"database error ({type(exc).__name__}); the checkpoint is kept, run rewrap again")
+                fail(f"database error ({type(exc).__name__}); the checkpoint is kept, run rewrap again")
         detail = (
             f"target=v{target} rewrapped={report.rewrapped} current={report.already_current} "
             f"concurrent={report.changed_concurrently} failed={len(report.failures)}"
@@ -182,7 +168,7 @@ def rewrap(batch_size: int, restart: bool) -> None:
     for f in report.failures[:50]:
         click.echo(f"failed\t{f.table}\t{f.row_id}\t{f.field}\t{f.reason}", err=True)
     if not report.ok:
-        _fail(f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost")
+        fail(f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost")
 
 
 def _counts() -> list[service.VersionCount]:
@@ -207,16 +193,16 @@ def retire(min_version: int) -> None:
                 service.check_retire(conn, min_version)
         except service.KeysRefused as exc:
             _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=str(exc))
-            _fail(str(exc))
+            fail(str(exc))
         except sa.exc.SQLAlchemyError as exc:
             # Fail closed: fields that cannot be counted may be fields under the old version.
             _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"db:{type(exc).__name__}")
-            _fail(f"cannot count the stored fields (database error {type(exc).__name__}); nothing retired")
+            fail(f"cannot count the stored fields (database error {type(exc).__name__}); nothing retired")
         try:
             with KeydAdminClient(current_app.config["KEYD_SOCKET"], timeout=10.0) as admin:
-                status = admin.retire(min_version, actor=_actor()[:64].replace(":", "."))
+                status = admin.retire(min_version, actor=actor()[:64].replace(":", "."))
         except KeydError as exc:
             _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
-            _fail(f"keyd refused: {exc.reason or exc.code.value}")
+            fail(f"keyd refused: {exc.reason or exc.code.value}")
         _record(uow, KeyEvent.RETIRED, ok=True, detail=f"min_version={status.min_decrypt_version}")
     click.echo(f"keyd now refuses versions below {status.min_decrypt_version}")

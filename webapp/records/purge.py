@@ -13,17 +13,15 @@ as a purge user that has only that (`STRONGROOM_PURGE_DATABASE_URL`, grants in d
 
 from __future__ import annotations
 
-import getpass
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NoReturn
 
 import click
 import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
+from webapp.cli import actor, fail
 from webapp.clock import to_db
 from webapp.db.engine import make_engine
 from webapp.events import Event
@@ -66,18 +64,6 @@ def purge_retired(
     return Purged(cards=counts[0], items=counts[1])
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _actor() -> str:
-    try:
-        return "cli:" + getpass.getuser()
-    except (KeyError, OSError):
-        return "cli:?"
-
-
 @click.command("purge-retired")
 @click.option("--dry-run", is_flag=True, help="Count what would be purged; delete nothing.")
 @with_appcontext
@@ -87,7 +73,7 @@ def purge_retired_command(dry_run: bool) -> None:
     days = int(current_app.config["RETIRED_RETENTION_DAYS"])
     now = svc.clock.now()
     url = current_app.config.get("PURGE_DATABASE_URL")
-    uow = svc.unit(Origin(actor=_actor(), ip="local"))
+    uow = svc.unit(Origin(actor=actor(), ip="local"))
     # Never a purge without its audit record: with the app's own database the delete and the record are
     # one transaction; with the purge user's, the delete is committed only after the record was.
     engine: sa.Engine | None = make_engine(str(url)) if url else None
@@ -102,7 +88,7 @@ def purge_retired_command(dry_run: bool) -> None:
             uow.discard_writes()
             uow.record(Event.RECORDS_PURGED, ok=False, resource="records", detail=f"db:{type(exc).__name__}")
             uow.commit()
-            _fail(f"database error ({type(exc).__name__}): nothing was purged")
+            fail(f"database error ({type(exc).__name__}): nothing was purged")
         detail = f"cards={purged.cards} items={purged.items} retention_days={days}"
         uow.record(
             Event.RECORDS_PURGED, ok=True, resource="records", detail=detail + (" dry_run" if dry_run else "")
@@ -112,7 +98,7 @@ def purge_retired_command(dry_run: bool) -> None:
         except sa.exc.SQLAlchemyError:
             if tx is not None:
                 tx.rollback()
-            _fail("the database refused the audit record: nothing was purged")
+            fail("the database refused the audit record: nothing was purged")
         if tx is not None:
             tx.commit()
     finally:
