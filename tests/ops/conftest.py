@@ -3,6 +3,9 @@ and a settings builder."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from tests.keyd.conftest import keyd_factory  # noqa: F401 - a real keyd for the
 from webapp.db import migrate
 from webapp.db.engine import make_engine
 from webapp.db.tables import outbox
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +65,18 @@ def queued(engine: sa.Engine) -> list[tuple[str, str, str]]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(outbox).order_by(outbox.c.id)).all()
     return [(r.event, r.resource, r.detail) for r in rows]
+
+
+def mail_send(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real mailer, `flask --app webapp mail send` as a subprocess, configured by `settings` alone:
+    no STRONGROOM_* variable of the environment running the tests leaks into it."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}, **settings}
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "mail", "send"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -4,9 +4,7 @@ pending; up again -> delivered, and only once."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -18,10 +16,9 @@ from aiosmtpd.controller import Controller
 from ops.runner import run_pass
 from ops.settings import Settings
 from ops.state import StateDir
+from tests.ops.conftest import mail_send
 from tests.ops.rsyslog_harness import free_port
 from webapp.db.tables import outbox
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Sink:
@@ -34,26 +31,18 @@ class Sink:
 
 
 def _mail_send(db_url: str, instance: Path, port: int) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
-        "STRONGROOM_DATABASE_URL": db_url,
-        "STRONGROOM_INSTANCE_PATH": str(instance),
-        "STRONGROOM_SECRET_KEY": "x" * 40,
-        "STRONGROOM_SMTP_HOST": "127.0.0.1",
-        "STRONGROOM_SMTP_PORT": str(port),
-        "STRONGROOM_SMTP_STARTTLS": "auto",
-        "STRONGROOM_SMTP_TIMEOUT": "5",
-        "STRONGROOM_MAIL_FROM": "vault@example.internal",
-        "STRONGROOM_ALERT_TO": "admins@example.internal",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "webapp", "mail", "send"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return mail_send(
+        {
+            "STRONGROOM_DATABASE_URL": db_url,
+            "STRONGROOM_INSTANCE_PATH": str(instance),
+            "STRONGROOM_SECRET_KEY": "x" * 40,
+            "STRONGROOM_SMTP_HOST": "127.0.0.1",
+            "STRONGROOM_SMTP_PORT": str(port),
+            "STRONGROOM_SMTP_STARTTLS": "auto",
+            "STRONGROOM_SMTP_TIMEOUT": "5",
+            "STRONGROOM_MAIL_FROM": "vault@example.internal",
+            "STRONGROOM_ALERT_TO": "admins@example.internal",
+        }
     )
 
 

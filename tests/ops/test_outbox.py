@@ -5,10 +5,8 @@ notice waits in postfix's maildrop -> postfix back -> the notice and every alert
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,12 +19,12 @@ from ops.checks import outbox as check
 from ops.postfix import Postfix
 from ops.settings import Settings
 from tests.deploy.test_webapp_env import environment_file, render
+from tests.ops.conftest import mail_send
 from tests.ops.postfix_harness import PrivatePostfix, local_users, private_postfix
 from tests.ops.rsyslog_harness import free_port, wait_for
 from webapp import outbox
 from webapp.db.tables import outbox as outbox_table
 
-ROOT = Path(__file__).resolve().parents[2]
 HOST = "vault.example.internal"
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 BOUND = timedelta(seconds=Settings.outbox_stuck_seconds)
@@ -134,22 +132,14 @@ def _mail_send(
     filled = environment_file(
         render({"SECRET_KEY": "x" * 64, "MAIL_FROM": f"strongroom@{HOST}", "ALERT_TO": ",".join(admins)})
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")},
-        **filled,
-        "STRONGROOM_DATABASE_URL": db_url,
-        "STRONGROOM_INSTANCE_PATH": str(instance),
-        "STRONGROOM_SMTP_PORT": str(port),
-        "STRONGROOM_SMTP_TIMEOUT": "5",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "webapp", "mail", "send"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return mail_send(
+        {
+            **filled,
+            "STRONGROOM_DATABASE_URL": db_url,
+            "STRONGROOM_INSTANCE_PATH": str(instance),
+            "STRONGROOM_SMTP_PORT": str(port),
+            "STRONGROOM_SMTP_TIMEOUT": "5",
+        }
     )
 
 
