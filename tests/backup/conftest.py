@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tests.fixtures.mariadb import PrivateMariaDB, mariadb  # noqa: F401 - the s
 from tests.support import need_binary, need_root
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -31,6 +32,56 @@ def keygen(path: Path) -> str:
         capture_output=True,
     )
     return path.with_suffix(".pub").read_text().strip()
+
+
+@dataclass(frozen=True)
+class SshKeys:
+    """What a loopback sshd at `base` (tests/ops' log host too) needs: its host key `host_ed25519`,
+    root's `authorized_keys` holding the client key, and known_hosts files pinning 127.0.0.1:port."""
+
+    client_key: Path
+    known_hosts: Path  # pins the real host key
+    wrong_known_hosts: Path  # pins another key for the same host:port
+
+
+def ssh_keys(base: Path, port: int) -> SshKeys:
+    host_pub = keygen(base / "host_ed25519")
+    other_pub = keygen(base / "other_host_ed25519")
+    client_pub = keygen(base / "client_ed25519")
+    (base / "authorized_keys").write_text(client_pub + "\n")
+    known, wrong = base / "known_hosts", base / "wrong_known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    wrong.write_text(f"[127.0.0.1]:{port} {other_pub}\n")
+    return SshKeys(base / "client_ed25519", known, wrong)
+
+
+@contextmanager
+def running_sshd(binary: str, conf: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """sshd in the foreground with `conf` (refused by `sshd -t` first), yielded once it sends its
+    banner on 127.0.0.1:port, stopped on leaving; its log goes to `log`."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    subprocess.run([binary, "-t", "-f", str(conf)], check=True, capture_output=True)
+    proc = subprocess.Popen([binary, "-D", "-f", str(conf), "-E", str(log)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"sshd exited: {log.read_text(errors='replace') if log.exists() else ''}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    if s.recv(64).startswith(b"SSH-2.0-"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("sshd did not answer")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @dataclass
@@ -71,13 +122,10 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     binary = need_binary("sshd")
     base = tmp_path / "sshd"
     base.mkdir()
-    host_pub = keygen(base / "host_ed25519")
-    other_pub = keygen(base / "other_host_ed25519")
-    client_pub = keygen(base / "client_ed25519")
-    (base / "authorized_keys").write_text(client_pub + "\n")
     remote_dir = tmp_path / "offsite"
     remote_dir.mkdir()
-    port = _free_port()
+    port = free_port()
+    keys = ssh_keys(base, port)
     conf = base / "sshd_config"
     conf.write_text(
         "\n".join(
@@ -103,32 +151,8 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
             ]
         )
     )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    subprocess.run([binary, "-t", "-f", str(conf)], check=True, capture_output=True)
-    proc = subprocess.Popen([binary, "-D", "-f", str(conf), "-E", str(base / "sshd.log")])
-    known = base / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    wrong = base / "wrong_known_hosts"
-    wrong.write_text(f"[127.0.0.1]:{port} {other_pub}\n")
-    server = Sshd(base, port, remote_dir, base / "client_ed25519", known, wrong, proc)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"sshd exited: {server.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    if s.recv(64).startswith(b"SSH-2.0-"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("sshd did not answer")
-            time.sleep(0.02)
-        yield server
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with running_sshd(binary, conf, port, base / "sshd.log") as proc:
+        yield Sshd(base, port, remote_dir, keys.client_key, keys.known_hosts, keys.wrong_known_hosts, proc)
 
 
 @dataclass(frozen=True)

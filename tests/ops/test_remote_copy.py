@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +25,7 @@ from ops.remote_copy import RemoteCopyFailed
 from ops.runner import run_pass
 from ops.settings import Settings as WatchSettings
 from ops.state import StateDir
-from tests.backup.conftest import keygen
+from tests.backup.conftest import free_port, running_sshd, ssh_keys
 from tests.ops.conftest import queued
 from tests.support import need_binary, need_root
 
@@ -54,27 +52,18 @@ class LogHost:
         return self.chroot / VAULT / "forwarded.log"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def loghost(tmp_path: Path) -> Iterator[LogHost]:
     need_root()  # sshd's privilege separation and chroot need root; the pull account is root here
     binary = need_binary("sshd")
     base = tmp_path / "sshd"
     base.mkdir()
-    host_pub = keygen(base / "host_ed25519")
-    other_pub = keygen(base / "other_ed25519")
-    client_pub = keygen(base / "client_ed25519")
-    (base / "authorized_keys").write_text(client_pub + "\n")
     # sshd refuses a chroot with a group/other-writable component (/tmp is one): /run is not.
     chroot = Path(tempfile.mkdtemp(prefix="strongroom-loghost-", dir="/run"))
     os.chmod(chroot, 0o755)  # noqa: S103 - sshd's rule for a chroot: root's, not writable by others
     (chroot / VAULT).mkdir(mode=0o750)
-    port = _free_port()
+    port = free_port()
+    keys = ssh_keys(base, port)
     conf = base / "sshd_config"
     # The log host's sshd_config for the pull account, as docs/monitoring.md shows it (`Match User
     # strongroom-logpull` there; root here, the only account a test may log in as).
@@ -100,38 +89,20 @@ Match User root
     PermitTTY no
 """
     )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    subprocess.run([binary, "-t", "-f", str(conf)], check=True, capture_output=True)
-    proc = subprocess.Popen([binary, "-D", "-f", str(conf), "-E", str(base / "sshd.log")])
-    known, wrong = base / "known_hosts", base / "wrong_known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    wrong.write_text(f"[127.0.0.1]:{port} {other_pub}\n")
     settings = {
         "host": "127.0.0.1",
         "port": port,
         "user": "root",
-        "key_file": str(base / "client_ed25519"),
-        "known_hosts": str(known),
+        "key_file": str(keys.client_key),
+        "known_hosts": str(keys.known_hosts),
         "remote_path": f"/{VAULT}/forwarded.log",
         "dest": str(tmp_path / "watch" / "remote" / "forwarded.log"),
         "timeout": 10,
     }
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, (base / "sshd.log").read_text(errors="replace")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    if s.recv(64).startswith(b"SSH-2.0-"):
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "sshd did not answer"
-            time.sleep(0.02)
-        yield LogHost(chroot, port, settings, wrong)
+        with running_sshd(binary, conf, port, base / "sshd.log"):
+            yield LogHost(chroot, port, settings, keys.wrong_known_hosts)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         shutil.rmtree(chroot, ignore_errors=True)
 
 
