@@ -421,12 +421,13 @@ def test_the_audit_log_holds_the_walk(walked: Walk, target: Target) -> None:
 def test_no_card_number_in_any_log(walked: Walk, target: Target) -> None:
     scanned = files_under(target.logs)
     assert scanned, f"no log files under {target.logs}"
-    # The walk really went through these logs: Apache logged the card posts and the reveal, and
-    # ModSecurity audited the transactions (the scan itself is checked by the planted-number test).
+    # The walk really went through these logs: Apache logged the card posts and the reveal, by
+    # their route shape only (`/records/*`: no record number, nothing a client typed into the path).
+    # ModSecurity's audit log keeps refused requests only, and this walk has none. The scan itself is
+    # checked by the planted-number test.
     access = "\n".join(f.read_text(errors="replace") for f in scanned if f.name == "strongroom-access.log")
-    assert access.count(f'"POST {walked.record_path}/cards HTTP/1.1" 302') == len(walked.pans)
-    assert f'"POST {walked.record_path}/reveal/card/' in access
-    assert any(f.name == "strongroom-modsec-audit.log" and f.stat().st_size > 0 for f in scanned)
+    assert access.count('"POST /records/* HTTP/1.1" 302') >= len(walked.pans)
+    assert f"{walked.record_path}/" not in access
     assert pan_leaks(target.logs, walked.pans) == []
 
 
