@@ -9,10 +9,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyd.config import Config, ConfigError, load
 from keyd.errors import KeydError, Unavailable
+
+if TYPE_CHECKING:
+    from keyd.client import KeydAdminClient, Status
 
 DESCRIPTION = """\
 keyd holds Strongroom's data key and encrypts/decrypts fields for the web app over a Unix socket.
@@ -24,13 +27,24 @@ First boot (once):
 
 Every boot:
   2. python -m keyd serve --config /etc/strongroom/keyd.toml     (starts sealed)
-  3. umask 077; cat > /dev/shm/ekey-tmp      (type the passphrase, raw key or token PIN; Enter, Ctrl-D)
-     mv /dev/shm/ekey-tmp /dev/shm/ekey      (keyd reads it, deletes it, and unseals)
+  3. python -m keyd unseal --config /etc/strongroom/keyd.toml    (type the passphrase, raw key or
+     token PIN: not echoed; written to the drop file as keyd's user, taken by keyd, state printed)
+     By hand, as keyd's user: umask 077; cat > /dev/shm/ekey-tmp  then  mv /dev/shm/ekey-tmp /dev/shm/ekey
   4. python -m keyd status                   (sealed: false)
+
+Exit codes of status and unseal: 0 unsealed, 3 sealed, 4 keyd unreachable, 1 refused or failed,
+2 usage or config error.
 
 Key rotation: `rotate`, have the web app rewrap every record, check `versions`, then `retire --min-version N`.
 Every refusal and what it means: docs/keyd.md.
 """
+
+# Exit codes (docs/keyd.md): scripts test `keyd status` by its code, not by parsing its output.
+EXIT_UNSEALED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SEALED = 3
+EXIT_UNREACHABLE = 4
 
 # Flags shared by every command; each overrides the same key of the config file.
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -83,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--scrypt-n", type=int, default=2**17, help="scrypt cost N (power of two, >= 2**14)")
     init.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the drop file")
-    sub.add_parser("status", parents=[common], help="sealed or not, key versions")
+    sub.add_parser("status", parents=[common], help="sealed or not, key versions (exit 0/3/4)")
+    unseal = sub.add_parser(
+        "unseal", parents=[common], help="type the key or PIN (no echo) into the drop file, wait for keyd"
+    )
+    unseal.add_argument(
+        "--stdin", action="store_true", help="read the secret from a pipe (scripts); refused on a terminal"
+    )
+    unseal.add_argument("--wait", type=float, default=10.0, help="seconds keyd has to take the drop file")
     sub.add_parser("versions", parents=[common], help="encryptions per key version")
     sub.add_parser("seal", parents=[common], help="drop the key from keyd's memory")
     sub.add_parser("rotate", parents=[common], help="add a new key version and encrypt under it from now on")
@@ -185,10 +206,10 @@ def _remote(config: Config, args: argparse.Namespace) -> int:
                 status = client.status()
         except Unavailable as exc:
             print(f"keyd: unavailable: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_UNREACHABLE
         except KeydError as exc:
             print(f"keyd: {exc.code.value}: {exc.reason or exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
     if args.command == "versions":
         print("version  encryptions  state")
         for v, count in sorted(status.versions.items()):
@@ -200,12 +221,79 @@ def _remote(config: Config, args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"{v:>7}  {count:>11}  {mark}")
-    else:
-        print(f"sealed: {str(status.sealed).lower()}")
-        print(f"mode: {status.mode}")
-        print(f"key_version: {status.key_version}")
-        print(f"min_decrypt_version: {status.min_decrypt_version}")
-    return 0
+        return 0
+    _print_status(status)
+    if args.command == "status":
+        return EXIT_SEALED if status.sealed else EXIT_UNSEALED
+    return 0  # seal/rotate/retire: the command was done
+
+
+def _print_status(status: Status) -> None:
+    print(f"sealed: {str(status.sealed).lower()}")
+    print(f"mode: {status.mode}")
+    print(f"key_version: {status.key_version}")
+    print(f"min_decrypt_version: {status.min_decrypt_version}")
+
+
+def _unseal(config: Config, args: argparse.Namespace) -> int:
+    """Prompt (or --stdin), drop, wait until keyd took it, report the state like `status` does."""
+    from keyd.client import KeydAdminClient
+    from keyd.keysource import wipe
+    from keyd.unseal import UnsealError, check_clear, drop_owner, place, read_secret, wait_taken
+
+    # The client's timeout outlasts scrypt: keyd answers status only after an unseal attempt ends.
+    with KeydAdminClient(config.socket, timeout=30.0) as client:
+        try:
+            before = client.status()
+            if not before.sealed:
+                print("keyd unseal: keyd is already unsealed; nothing was asked", file=sys.stderr)
+                _print_status(before)
+                return EXIT_UNSEALED
+            check_clear(config)  # before the operator types anything
+            owner = drop_owner(config)
+            what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
+            secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=args.stdin)
+            try:
+                ident = place(secret, config, owner)
+            finally:
+                wipe(secret)
+            wait_taken(config.drop_path, ident, args.wait)
+            status = _settled(client)
+        except UnsealError as exc:
+            print(f"keyd unseal: {exc}", file=sys.stderr)
+            return EXIT_USAGE if exc.usage else EXIT_FAILED
+        except Unavailable as exc:
+            print(f"keyd unseal: keyd is unreachable: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except KeydError as exc:
+            print(f"keyd unseal: {exc.code.value}: {exc.reason or exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print("\nkeyd unseal: aborted; no drop file left behind", file=sys.stderr)
+            return EXIT_FAILED
+    _print_status(status)
+    if status.sealed:
+        print(
+            "keyd unseal: keyd took the secret and stays sealed: its wrong_key event says why",
+            file=sys.stderr,
+        )
+        return EXIT_SEALED
+    return EXIT_UNSEALED
+
+
+def _settled(client: KeydAdminClient) -> Status:
+    """keyd's state once it has tried the secret it took.
+
+    keyd deletes the drop file a moment before it takes its vault lock to try the secret, and
+    `status` waits for that lock: a status asked in that moment may still say sealed. So a sealed
+    answer is asked again for a second before it is believed (a wrong key costs that second).
+    """
+    deadline = time.monotonic() + 1.0
+    while True:
+        status: Status = client.status()
+        if not status.sealed or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
     except ConfigError as exc:
         print(f"keyd: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.command == "serve":
         from keyd.server import serve
         from keyd.state import StateError
@@ -227,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if args.command == "init":
         return _init(config, args)
+    if args.command == "unseal":
+        return _unseal(config, args)
     try:
         return _remote(config, args)
     except BrokenPipeError:
