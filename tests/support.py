@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+import sys
+import sysconfig
+import venv
+from pathlib import Path
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ROOT = Path(__file__).resolve().parent.parent
+# The project's own packages: what a copy for another user must hold besides the venv's libraries.
+PACKAGES = tuple(sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"))
 
 
 def component_missing(reason: str) -> None:
@@ -34,3 +42,42 @@ def need_binary(name: str) -> str:
 def need_root() -> None:
     if os.geteuid() != 0:
         component_missing("this test needs root (namespaces, setuid peers, private daemons)")
+
+
+def install_for_others(dest: Path) -> Path:
+    """Install the project and its venv's libraries under `dest` (a fresh venv every user can read and
+    traverse) and return that venv's python.
+
+    The checkout may live where no other user can enter (root's home, a 0700 `mktemp -d`; see README):
+    code a test runs as another uid (setpriv, setuid children) must come from a copy like this, never
+    from the checkout or its .venv, or it fails to import before it proves anything. Files are hard
+    links where the checkout's own modes already let others read them, copies made readable otherwise
+    (a clone made under umask 077); nothing in the checkout itself is ever chmod-ed."""
+    venv.EnvBuilder(symlinks=True, with_pip=False).create(dest)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(dest), "platbase": str(dest)}))
+    ours = Path(sysconfig.get_path("purelib"))
+    shutil.copytree(ours, site, copy_function=_readable_copy, dirs_exist_ok=True)
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, site / name, copy_function=_readable_copy)
+    for top, dirs, _ in os.walk(dest):
+        for d in dirs:
+            path = Path(top, d)
+            if not path.is_symlink():
+                path.chmod(0o755)
+    dest.chmod(0o755)
+    python = dest / "bin" / "python"
+    assert python.exists(), f"no python in the copy at {dest} (made from {sys.executable})"
+    return python
+
+
+def _readable_copy(src: str, dst: str) -> None:
+    mode = os.stat(src).st_mode
+    if mode & stat.S_IROTH:
+        try:
+            os.link(src, dst)  # same modes, no bytes copied: a few thousand files in a blink
+            return
+        except OSError:
+            pass  # another filesystem: copy instead
+    shutil.copy2(src, dst)
+    executable = 0o111 if mode & stat.S_IXUSR else 0
+    os.chmod(dst, 0o644 | executable)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from tests.ops.conftest import queued
 from tests.support import need_binary, need_root
 from webapp.db.engine import make_engine
 
-ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 
@@ -31,7 +29,9 @@ def shared(schema_template: Path) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_unreadable_log_and_hidden_processes_alert(shared: Path, schema_template: Path) -> None:
+def test_unreadable_log_and_hidden_processes_alert(
+    shared: Path, schema_template: Path, python_for_others: Path
+) -> None:
     need_root()
     setpriv = need_binary("setpriv")
     work = shared / "work"
@@ -55,14 +55,15 @@ def test_unreadable_log_and_hidden_processes_alert(shared: Path, schema_template
             f"--reuid={NOBODY}",
             f"--regid={NOBODY}",
             "--clear-groups",
-            sys.executable,
+            # An installed copy, not the checkout: the checkout may sit where nobody cannot enter.
+            str(python_for_others),
             "-m",
             "ops.watch",
             "--config",
             str(conf),
             "run",
         ],
-        cwd=ROOT,
+        cwd=work,
         capture_output=True,
         text=True,
         timeout=120,
