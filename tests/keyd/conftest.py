@@ -48,6 +48,8 @@ class Keyd:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    # An installed copy's python (tests.support.install_for_others), for a keyd given --user.
+    python_for_others: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -91,10 +93,21 @@ class Keyd:
             *self.extra,
         ]
 
+    def _python(self) -> tuple[str, Path]:
+        """The python that runs keyd, and its working directory.
+
+        keyd --user drops to that uid after binding and then still imports (pkcs11 lazily): as that
+        uid it could not read a checkout in a 0700 directory, so it runs from the installed copy."""
+        if "--user" not in self.extra:
+            return sys.executable, ROOT
+        assert self.python_for_others is not None, "keyd --user runs from keyd_factory's installed copy"
+        return str(self.python_for_others), self.base
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        python, cwd = self._python()
         return subprocess.run(
-            [sys.executable, "-m", "keyd", *args, *self.flags()],
-            cwd=ROOT,
+            [python, "-m", "keyd", *args, *self.flags()],
+            cwd=cwd,
             env=self.env,
             capture_output=True,
             text=True,
@@ -119,9 +132,10 @@ class Keyd:
     def start(self) -> None:
         assert self.proc is None
         self.log = self.log_path.open("ab")
+        python, cwd = self._python()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keyd", "serve", *self.flags()],
-            cwd=ROOT,
+            [python, "-m", "keyd", "serve", *self.flags()],
+            cwd=cwd,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -204,14 +218,14 @@ def traversable_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def keyd_factory() -> Iterator[object]:
+def keyd_factory(python_for_others: Path) -> Iterator[object]:
     """Build (and always clean up) keyd instances for one test."""
     need_root()
     made: list[Keyd] = []
     with traversable_tmp() as tmp:
 
         def factory(name: str = "k", **kwargs: object) -> Keyd:
-            k = make_keyd(tmp / name, **kwargs)
+            k = make_keyd(tmp / name, python_for_others=python_for_others, **kwargs)
             made.append(k)
             return k
 
