@@ -59,11 +59,17 @@ def install_for_others(dest: Path) -> Path:
     shutil.copytree(ours, site, copy_function=_readable_copy, dirs_exist_ok=True)
     for name in PACKAGES:
         shutil.copytree(ROOT / name, site / name, copy_function=_readable_copy)
-    for top, dirs, _ in os.walk(dest):
+    # What venv and copytree made follow the caller's umask (077 in some shells): open it up.
+    for top, dirs, files in os.walk(dest):
         for d in dirs:
             path = Path(top, d)
             if not path.is_symlink():
                 path.chmod(0o755)
+        for f in files:
+            path = Path(top, f)
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode) and not mode & stat.S_IROTH:  # never a hard link: those are readable
+                path.chmod(stat.S_IMODE(mode) | 0o444)
     dest.chmod(0o755)
     python = dest / "bin" / "python"
     assert python.exists(), f"no python in the copy at {dest} (made from {sys.executable})"
