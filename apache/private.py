@@ -162,7 +162,7 @@ Mutex file:{s.state_dir} default
 ErrorLog {s.server_error_log}
 LogLevel warn
 {loads}
-# Without User/Group the children would keep serving as root (PLATFORM-NOTES.md).
+# Without User/Group the children would keep serving as root (measured; tests/apache checks their uid).
 User {s.user}
 Group {s.group}
 # The event MPM's sizing and every timeout come from the site file, as in production.

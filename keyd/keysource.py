@@ -197,7 +197,8 @@ class WrongPin(TokenError):
 
 
 # SoftHSM crashes when several threads call into it under python-pkcs11's default
-# C_Initialize(NULL) (PLATFORM-NOTES.md). Every PKCS#11 call in this process goes through this lock.
+# C_Initialize(NULL) (measured: SoftHSM2 2.6.1 with python-pkcs11 0.10.1 segfaulted or corrupted its
+# heap). Every PKCS#11 call in this process goes through this lock.
 TOKEN_LOCK = threading.Lock()
 
 TOKEN_KEY_PREFIX = "strongroom-keyd-v"  # noqa: S105 - a key label, not a secret

@@ -49,7 +49,7 @@ wsgi_app = "webapp:create_app()"
 _bind = os.environ.get("STRONGROOM_BIND", "127.0.0.1:8443")
 bind = [_bind]
 workers = int(os.environ.get("STRONGROOM_WORKERS") or os.environ.get("WEB_CONCURRENCY") or "2")
-# sync workers: threads > 1 would silently switch to gthread (PLATFORM-NOTES.md).
+# sync workers: threads > 1 would silently switch to gthread (gunicorn's documented behaviour).
 worker_class = "sync"
 threads = 1
 timeout = 30

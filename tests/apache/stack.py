@@ -185,7 +185,7 @@ def _typed(value: str) -> object:
 
 def _web_socket_dir(path: Path) -> None:
     """root:www-data 0710: gunicorn creates its socket 0777, so the directory is the only gate, and
-    only Apache's group may pass it (PLATFORM-NOTES.md)."""
+    only Apache's group may pass it (docs/apache.md)."""
     path.mkdir(mode=0o710)
     os.chown(path, 0, _gid(WEB_GROUP))
     os.chmod(path, 0o710)  # noqa: S103 - group traverse only, for Apache's group

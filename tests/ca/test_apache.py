@@ -3,7 +3,7 @@
 A private, self-contained Apache instance: an issued employee certificate gets a 200; after
 `revoke` (whose reload hook sends Apache SIGUSR1, a graceful reload) the same certificate is
 refused; an expired CRL locks everyone out under `SSLCARevocationCheck chain`, and `crl --if-due`
-with the hook restores access. This is the fail-closed behaviour PLATFORM-NOTES.md describes.
+with the hook restores access. This is mod_ssl's fail-closed behaviour (docs/ca.md).
 """
 
 from __future__ import annotations

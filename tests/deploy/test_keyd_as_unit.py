@@ -206,7 +206,7 @@ CAP_SYS_RESOURCE = 24
 
 def can_raise_memlock() -> bool:
     """systemd (PID 1) can always apply LimitMEMLOCK=infinity; this container's root may not be able
-    to (no CAP_SYS_RESOURCE, hard limit 8 MiB: PLATFORM-NOTES.md)."""
+    to (no CAP_SYS_RESOURCE, hard limit 8 MiB: docs/whole-server-test.md)."""
     if resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] == resource.RLIM_INFINITY:
         return True
     status = Path("/proc/self/status").read_text()

