@@ -39,6 +39,14 @@ _SSH_KEY = re.compile(
     r"(ssh-ed25519|sk-ssh-ed25519@openssh\.com|ecdsa-sha2-nistp256|sk-ecdsa-sha2-nistp256@openssh\.com|ssh-rsa)"
     r" [A-Za-z0-9+/]{40,8000}={0,2}( [A-Za-z0-9@._+-]{1,100})?"
 )
+# An admin's password for sudo, as a crypt(3) hash made on the admin's own machine (`mkpasswd -m yescrypt`,
+# `openssl passwd -6`): never the password itself. Only yescrypt ($y$) and sha512crypt ($6$), whose
+# shapes are strict enough that nothing else (a plain password, "*", "!", an empty field, a ':' that
+# would split /etc/shadow) can pass.
+_PASSWORD_HASH = re.compile(
+    r"\$y\$[./A-Za-z0-9]{1,32}\$[./A-Za-z0-9]{1,86}\$[./A-Za-z0-9]{43}"
+    r"|\$6\$(rounds=[1-9][0-9]{3,8}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}"
+)
 _PATH = re.compile(r"/[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*")
 _RELAY = re.compile(r"(\[[A-Za-z0-9.-]{1,253}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?")
 # postfix's relayhost as ops.postfix accepts it: [host.domain] or [IPv4], brackets so no MX lookup.
@@ -52,7 +60,7 @@ RESERVED_LOGINS = frozenset(
 )
 
 _TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp"}
-_ADMIN = {"login", "mail", "ssh_key", "keyholder"}
+_ADMIN = {"login", "mail", "ssh_key", "keyholder", "password_hash"}
 _MAILT = {"relay", "from"}
 _LOGHOST = {
     "address",
@@ -137,6 +145,7 @@ class Admin:
     mail: str
     ssh_key: str
     keyholder: str
+    password_hash: str  # crypt(3), for sudo only: SSH stays key-only
 
 
 @dataclass(frozen=True)
@@ -415,7 +424,8 @@ def _admins(r: _Reader, value: object, hostname: str, relay: str) -> tuple[Admin
             )
         key = r.text(item, "ssh_key", where, _SSH_KEY)
         keyholder = r.text(item, "keyholder", where, _KEYHOLDER)
-        admins.append(Admin(login, address, key, keyholder))
+        password_hash = r.text(item, "password_hash", where, _PASSWORD_HASH)
+        admins.append(Admin(login, address, key, keyholder, password_hash))
     for field in ("login", "keyholder", "ssh_key"):
         seen = [getattr(a, field) for a in admins if getattr(a, field)]
         if len(set(seen)) != len(seen):

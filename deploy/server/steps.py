@@ -749,11 +749,32 @@ def ssh(plan: Plan, src: Path, s: Settings) -> None:
             lambda: run(["groupadd", "--system", ADMIN_GROUP], what="groupadd"),
         )
     for a in s.admins:
-        _admin(plan, a.login)
+        _admin(plan, a.login, a.password_hash)
         line = f'environment="KEYHOLDER={a.keyholder}" {a.ssh_key}\n'
         if plan.ids(a.login, a.login) is not None or not plan.check:
             plan.file(Want(f"/etc/ssh/authorized_keys/{a.login}", line.encode(), 0o644))
     former_admins(plan, s)
+    plan.file(Want(SUDOERS, SUDOERS_RULES.encode(), 0o440), validate=sudoers_accepts)
+
+
+# Admins log in with their key only (sshd: PasswordAuthentication no) and become root with sudo and
+# their own password (settings `password_hash`): a stolen key alone is not root. Never NOPASSWD.
+# use_pty: a command run as root cannot push input into the admin's terminal after sudo exits.
+# sudo logs every command to syslog (auth), which goes to the log host.
+SUDOERS = "/etc/sudoers.d/strongroom-admins"
+SUDOERS_RULES = f"""\
+# Written by strongroom-install (deploy/server/steps.py, docs/deploy.md): edits here are reverted.
+Defaults:%{ADMIN_GROUP} use_pty, passwd_tries=3, timestamp_timeout=5
+%{ADMIN_GROUP} ALL=(ALL:ALL) ALL
+"""
+
+
+def sudoers_accepts(candidate: Path) -> None:
+    """A sudoers file with a syntax error makes sudo refuse everyone: `visudo -cf` checks it first."""
+    res = subprocess.run(["visudo", "-cf", str(candidate)], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
+        raise InstallError(f"visudo -c refuses the new {SUDOERS} (the old one is kept):\n{tail}")
 
 
 def sshd_accepts(candidate: Path) -> None:
@@ -811,31 +832,28 @@ def _retire(plan: Plan, login: str, key: bool, member: bool, account: bool) -> N
         run(["usermod", "--lock", "--expiredate", "1", login], what="usermod --lock")
 
 
-def _admin(plan: Plan, login: str) -> None:
+def _set_password(login: str, password_hash: str) -> None:
+    # chpasswd reads the hash on stdin: it never shows in the process list (ps) as usermod -p would.
+    run(["chpasswd", "--encrypted"], what="chpasswd", input=f"{login}:{password_hash}\n")
+
+
+def _admin(plan: Plan, login: str, password_hash: str) -> None:
     """A login account in the admins' group, shell /bin/sh (the hook execs bash: docs/hardening.md),
-    password '*' (key only: no password to guess, not locked, so sshd admits it without PAM)."""
+    with the admin's password hash: sshd takes only the key (PasswordAuthentication no), the password
+    is sudo's. Not locked, so sshd admits the key without PAM."""
     passwd = plan.read("/etc/passwd") or b""
     entry = next(
         (line.split(":") for line in passwd.decode().splitlines() if line.split(":")[0] == login), None
     )
     if entry is None:
-        plan.change(
-            f"admin account {login} created",
-            lambda: run(
-                [
-                    "useradd",
-                    "--create-home",
-                    "--shell",
-                    "/bin/sh",
-                    "--groups",
-                    ADMIN_GROUP,
-                    "--password",
-                    "*",
-                    login,
-                ],
-                what="useradd",
-            ),
-        )
+
+        def create() -> None:
+            # '*' until chpasswd sets the hash: the account never has an empty password.
+            useradd = ["useradd", "--create-home", "--shell", "/bin/sh", "--groups", ADMIN_GROUP]
+            run([*useradd, "--password", "*", login], what="useradd")
+            _set_password(login, password_hash)
+
+        plan.change(f"admin account {login} created", create)
         return
     groups = (plan.read("/etc/group") or b"").decode().splitlines()
     members = next((g.split(":")[3].split(",") for g in groups if g.split(":")[0] == ADMIN_GROUP), [])
@@ -851,10 +869,11 @@ def _admin(plan: Plan, login: str) -> None:
         )
     shadow = (plan.read("/etc/shadow") or b"").decode().splitlines()
     pw = next((line.split(":")[1] for line in shadow if line.split(":")[0] == login), "")
-    if pw != "*":
+    if pw != password_hash:
+        # The message never carries the hash: install output may be pasted into a ticket.
         plan.change(
-            f"admin {login}: key-only login (password '*')",
-            lambda: run(["usermod", "--password", "*", login], what="usermod"),
+            f"admin {login}: password (for sudo) as in the settings",
+            lambda: _set_password(login, password_hash),
         )
 
 

@@ -42,6 +42,8 @@ class Admin:
     mail: str
     private_key: Path  # on the host, for ssh from the admins network
     public_key: str
+    password: str = ""  # for sudo on the server (settings `password_hash`); SSH stays key-only
+    password_hash: str = ""
 
 
 @dataclass
@@ -131,7 +133,13 @@ def make_admins(directory: Path) -> dict[str, Admin]:
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
         public = key.with_suffix(".pub").read_text().strip()
-        admins[login] = Admin(login, keyholder, f"{login}@{FQDN}", key, public)
+        # The hash is made on the admin's own machine (here: the host), as docs/deploy.md says.
+        password = secrets.token_urlsafe(18)
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"],
+            input=password, check=True, capture_output=True, text=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        admins[login] = Admin(login, keyholder, f"{login}@{FQDN}", key, public, password, hashed)
     return admins
 
 
@@ -156,7 +164,13 @@ def settings_values(
     values: dict[str, Any] = {
         "hostname": FQDN,
         "admins": [
-            {"login": a.login, "mail": a.mail, "ssh_key": a.public_key, "keyholder": a.keyholder}
+            {
+                "login": a.login,
+                "mail": a.mail,
+                "ssh_key": a.public_key,
+                "keyholder": a.keyholder,
+                "password_hash": a.password_hash,
+            }
             for a in admins.values()
         ],
         "mail": {"relay": "", "from": f"strongroom@{FQDN}"},

@@ -22,6 +22,21 @@ def test_the_example_is_valid() -> None:
     assert s.admin_networks == ("192.0.2.10/32", "2001:db8::10/128")
 
 
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$LO0LYdRtUWdKoXbWTmbBTeAI.NiRNh6DzK/2mlmTZnA",
+        "$6$abc$K4v3HcZ8yAmpRfxML6S46NCcqy9r4/KdbQpFvqSWsBf4dgySOEOo1DHJTrmn2BsJK2aNmPN8Tfb826D2o9.z51",
+        "$6$rounds=656000$abcdefgh$INFVkk4fRtS9y1IfYJvDVMIXNucx/JlFBHd7y5OnzHwmOz025FNQh51uVXyLFnf/"
+        "ykhnyKCQzKPb8/5jrVEUQ.",
+    ],
+    ids=["yescrypt", "sha512crypt", "sha512crypt-rounds"],
+)
+def test_a_password_hash_of_mkpasswd_or_openssl_is_taken(hashed: str) -> None:
+    s = parse(edit(r"^password_hash = .*$", f'password_hash = "{hashed}"'))
+    assert s.admins[0].password_hash == hashed
+
+
 def edit(pattern: str, replacement: str) -> str:
     text, n = re.subn(pattern, replacement, EXAMPLE, count=1, flags=re.M)
     assert n == 1, pattern
@@ -49,6 +64,40 @@ def edit(pattern: str, replacement: str) -> str:
             "admins[0].ssh_key",
         ),
         (edit(r"^mail = .*$", 'mail = "security@example.org"'), "admins[0].mail"),
+        # password_hash: a yescrypt or sha512crypt hash, never the password, nothing that locks or
+        # empties the account, nothing that could split an /etc/shadow line.
+        (edit(r"^password_hash = .*\n", ""), "admins[0].password_hash"),
+        (
+            edit(r"^password_hash = .*$", 'password_hash = "correct horse battery staple"'),
+            "admins[0].password_hash",
+        ),
+        (edit(r"^password_hash = .*$", 'password_hash = ""'), "admins[0].password_hash"),
+        (edit(r"^password_hash = .*$", 'password_hash = "*"'), "admins[0].password_hash"),
+        (edit(r"^password_hash = .*$", 'password_hash = "!"'), "admins[0].password_hash"),
+        (edit(r"^password_hash = .*$", "password_hash = 5"), "admins[0].password_hash"),
+        # MD5-crypt and DES: weak; refused.
+        (
+            edit(r"^password_hash = .*$", 'password_hash = "$1$abcdefgh$ABCDEFGHIJKLMNOPQRSTUV"'),
+            "admins[0].password_hash",
+        ),
+        (edit(r"^password_hash = .*$", 'password_hash = "abJnggxhB/yJU"'), "admins[0].password_hash"),
+        # A locked copy of a good hash ("!" in front), and good hashes with a tail.
+        (edit(r"^password_hash = \"", 'password_hash = "!'), "admins[0].password_hash"),
+        (edit(r"^(password_hash = \".*)\"$", r'\1:0:0"'), "admins[0].password_hash"),
+        (edit(r"^(password_hash = \".*)\"$", r'\1\\nroot::0"'), "admins[0].password_hash"),
+        (edit(r"^(password_hash = \".*)\"$", r'\1x"'), "admins[0].password_hash"),
+        (
+            edit(r"^password_hash = .*$", 'password_hash = "$6$salt$' + "A" * 85 + '"'),
+            "admins[0].password_hash",
+        ),
+        (
+            edit(r"^password_hash = .*$", 'password_hash = "$6$' + "s" * 17 + "$" + "A" * 86 + '"'),
+            "admins[0].password_hash",
+        ),
+        (
+            edit(r"^password_hash = .*$", 'password_hash = "$y$j9T$' + "s" * 5000 + "$" + "A" * 43 + '"'),
+            "admins[0].password_hash",
+        ),
         (edit(r"^\[\[admins\]\]$", '[[admins]]\nshell = "/bin/bash"'), "admins[0].shell"),
         (edit(r"^relay = .*$", 'relay = "mail.example.internal; rm -rf /"'), "mail.relay"),
         # ops.postfix's relayhost: brackets (no MX lookup), a real port, lower case.
