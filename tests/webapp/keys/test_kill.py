@@ -19,7 +19,7 @@ from tests.keyd.conftest import ROOT, Running
 from tests.webapp.conftest import SECRET
 from tests.webapp.keys.conftest import decrypt_all, rotate, seed_cards, stored
 from webapp.db import migrate
-from webapp.db.engine import make_engine
+from webapp.db.engine import READ_ONLY, make_engine
 from webapp.keys.tables import key_rewrap_checkpoints
 
 
@@ -65,7 +65,9 @@ def test_sigkill_midway_then_resume(
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with engine.connect() as conn:
+            # A read that takes no write lock: on SQLite a BEGIN IMMEDIATE here waits behind every
+            # batch (its busy handler does not queue) and could starve until the job had finished.
+            with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
                 mark = conn.execute(sa.select(key_rewrap_checkpoints.c.last_id)).scalar()
             if mark is not None:
                 break
