@@ -179,6 +179,8 @@ def _where(loc: tuple[int | str, ...], key_prefix: str) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
+        if part == "[key]":  # pydantic's marker for "the key just named, not its value"
+            continue
         name = part if _PLAIN_KEY.fullmatch(part) else repr(part[:64])
         out += f"{key_prefix}{name}" if index == 0 else f".{name}"
     return f"{out}: " if out else ""
