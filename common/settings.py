@@ -98,7 +98,8 @@ def validate(model: type[M], raw: Mapping[str, Any], *, source: str, key_prefix:
     `key_prefix` is put before each top-level key in a refusal (`STRONGROOM_` for settings that came
     from the environment under that prefix)."""
     try:
-        return model.model_validate(dict(raw))
+        # The context tells a model's own validators that a loader will name the source of a refusal.
+        return model.model_validate(dict(raw), context={"source": source})
     except ValidationError as exc:
         # from None: the ValidationError holds the input, and a traceback would print its context.
         raise SettingsRefused(problems(exc, source=source, key_prefix=key_prefix)) from None

@@ -164,7 +164,7 @@ CASES = [
     Case("index is a symlink", ("list",), 1,
          "error: refusing to run: {ca}/index.json is a symbolic link", setup=_symlinked_index),
     Case("typo in config", ("crl",), 1,
-         "error: {ca}/config.toml: unknown setting(s) crl_dayz", setup=_bad_config),
+         "error: {ca}/config.toml: crl_dayz: is not a known setting", setup=_bad_config),
     Case("wrong root passphrase", ("new-issuing", "--reason", "superseded", "--yes"), 1,
          "error: wrong passphrase for the root CA key (nothing was changed)",
          input="orbit-walnut-cascade-ferry-32\n"),
