@@ -60,31 +60,49 @@ def test_defaults_with_addresses_parse() -> None:
         ({"SMTP_HOST": ""}, "SMTP_HOST"),
         ({"SMTP_HOST": 25}, "SMTP_HOST"),
         ({"SMTP_PORT": 0}, "SMTP_PORT"),
-        ({"SMTP_PORT": 65536}, "SMTP_PORT"),
+        ({"SMTP_PORT": 65536}, "STRONGROOM_SMTP_PORT: must be at most 65535"),
         ({"SMTP_PORT": "25"}, "SMTP_PORT"),
         ({"SMTP_PORT": True}, "SMTP_PORT"),
         ({"SMTP_TIMEOUT": 0}, "SMTP_TIMEOUT"),
-        ({"SMTP_STARTTLS": "off"}, "SMTP_STARTTLS"),
+        ({"SMTP_STARTTLS": "off"}, "STRONGROOM_SMTP_STARTTLS: must be one of 'auto' or 'required'"),
         ({"MAIL_FROM": None}, "MAIL_FROM"),
         ({"MAIL_FROM": "Strongroom <s@vault.example>"}, "MAIL_FROM"),
         ({"MAIL_FROM": "s@vault.example\r\nBcc: x@evil.example"}, "MAIL_FROM"),
-        ({"ALERT_TO": None}, "ALERT_TO must be set"),
-        ({"ALERT_TO": ""}, "ALERT_TO must be set"),
+        ({"ALERT_TO": None}, "STRONGROOM_ALERT_TO: is required"),
+        ({"ALERT_TO": ""}, "STRONGROOM_ALERT_TO: is required"),
         ({"ALERT_TO": "admin@example.com,"}, "ALERT_TO"),
         ({"ALERT_TO": "admin"}, "ALERT_TO"),
-        ({"ALERT_TO": "a@example.com, A@example.com"}, "twice"),
-        ({"ALERT_TO": ",".join(f"a{i}@example.com" for i in range(11))}, "at most 10"),
+        ({"ALERT_TO": "a@example.com, A@example.com"}, "STRONGROOM_ALERT_TO: lists an address twice"),
+        ({"ALERT_TO": ",".join(f"a{i}@example.com" for i in range(11))}, "ALERT_TO: must have at most 10"),
+        ({"ALERT_TO": "admin@example.com,"}, r"STRONGROOM_ALERT_TO\[1\]: is not a plain mail address"),
         ({"ALERT_TO": "admin@example.com\nBcc: x@evil.example"}, "ALERT_TO"),
         ({"SMTP_USER": "alerts"}, "only sent over TLS"),  # loopback in clear: no credentials
         ({"SMTP_USER": "alerts", "SMTP_STARTTLS": "required"}, "SMTP_PASSWORD_FILE"),
         ({"SMTP_USER": "a b", "SMTP_STARTTLS": "required"}, "SMTP_USER"),
-        ({"SMTP_CA_FILE": "relative/ca.pem"}, "absolute path"),
-        ({"SMTP_CA_FILE": "/nonexistent/ca.pem"}, "not a readable file"),
+        ({"SMTP_CA_FILE": "relative/ca.pem"}, "STRONGROOM_SMTP_CA_FILE: must be an absolute path"),
+        ({"SMTP_CA_FILE": "/nonexistent/ca.pem"}, "STRONGROOM_SMTP_CA_FILE: is not a readable file"),
     ],
 )
 def test_bad_settings_are_refused(override: dict[str, Any], message: str) -> None:
     with pytest.raises(MailConfigError, match=message):
         MailSettings.from_config({**BASE, **override})
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"MAIL_FROM": "Hunter-2-Smtp-Secret"},
+        {"ALERT_TO": "admin@example.com, Hunter-2-Smtp-Secret"},
+        {"SMTP_HOST": "Hunter-2-Smtp-Secret!"},
+        {"SMTP_USER": "Hunter-2 Smtp-Secret", "SMTP_STARTTLS": "required"},
+        {"SMTP_PASSWORD_FILE": "Hunter-2-Smtp-Secret"},
+    ],
+)
+def test_a_refusal_never_echoes_the_value(override: dict[str, Any]) -> None:
+    with pytest.raises(MailConfigError) as caught:
+        MailSettings.from_config({**BASE, **override})
+    assert "Hunter" not in str(caught.value)
+    assert caught.value.__cause__ is None
 
 
 def test_credentials_come_from_a_file_and_are_never_printed(tmp_path: Path) -> None:

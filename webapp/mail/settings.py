@@ -1,4 +1,5 @@
-"""The mailer's settings, parsed strictly from the app config (STRONGROOM_SMTP_*, MAIL_FROM, ALERT_TO).
+"""The mailer's settings, declared as a model (common/settings.py) over the app config
+(STRONGROOM_SMTP_*, MAIL_FROM, ALERT_TO) and parsed strictly.
 
 The TLS rule: a mail server on loopback may be spoken to in clear (the local MTA relays onwards);
 anything else needs STARTTLS with a verified certificate, and credentials are only ever sent over TLS.
@@ -12,9 +13,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-STARTTLS_MODES = ("auto", "required")
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from common.settings import AbsolutePath, SettingsModel, SettingsRefused, validate
+
+StartTls = Literal["auto", "required"]
+STARTTLS_MODES: tuple[StartTls, ...] = get_args(StartTls)
 MAX_RECIPIENTS = 10
 MAX_PASSWORD_FILE = 4096
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -45,21 +51,13 @@ def tls_required(host: str, mode: str) -> bool:
     return mode == "required" or not is_loopback(host)
 
 
-def _host(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 253:
-        raise MailConfigError("STRONGROOM_SMTP_HOST must be a host name or an IP address")
+def _host(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
         pass
     if not _HOSTNAME.fullmatch(value):
-        raise MailConfigError("STRONGROOM_SMTP_HOST must be a host name or an IP address")
-    return value
-
-
-def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise MailConfigError(f"STRONGROOM_{name} must be an integer from {low} to {high}")
+        raise ValueError("must be a host name or an IP address")
     return value
 
 
@@ -68,38 +66,66 @@ def plain_address(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 254 and _ADDRESS.fullmatch(value) is not None
 
 
-def _address(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not plain_address(value):
-        raise MailConfigError(f"STRONGROOM_{name}: {value!r:.80} is not a plain mail address (user@host)")
+def _address(value: str) -> str:
+    if not plain_address(value):
+        raise ValueError("is not a plain mail address (user@host)")
     return value
 
 
-def _recipients(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise MailConfigError("STRONGROOM_ALERT_TO must be set: comma-separated admin addresses")
-    if not items or items == [""]:
-        raise MailConfigError("STRONGROOM_ALERT_TO must be set: comma-separated admin addresses")
-    if len(items) > MAX_RECIPIENTS:
-        raise MailConfigError(f"STRONGROOM_ALERT_TO: at most {MAX_RECIPIENTS} addresses")
-    found = tuple(_address("ALERT_TO", item) for item in items)
-    if len({a.lower() for a in found}) != len(found):
-        raise MailConfigError("STRONGROOM_ALERT_TO lists an address twice")
-    return found
+def _split(value: object) -> object:
+    """ALERT_TO is comma-separated in the environment; a list given in an instance file is a list."""
+    return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else value
 
 
-def _optional_file(name: str, value: Any) -> Path | None:
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str) or not Path(value).is_absolute():
-        raise MailConfigError(f"STRONGROOM_{name} must be an absolute path")
-    path = Path(value)
+def _distinct(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    if len({a.lower() for a in addresses}) != len(addresses):
+        raise ValueError("lists an address twice")
+    return addresses
+
+
+def _user(value: str) -> str:
+    if not _USER.fullmatch(value):
+        raise ValueError("must be 1-128 printable characters")
+    return value
+
+
+def _readable(path: Path) -> Path:
     if not path.is_file():
-        raise MailConfigError(f"STRONGROOM_{name}: {path} is not a readable file")
+        raise ValueError("is not a readable file")
     return path
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class MailConfig(SettingsModel):
+    """The mailer's settings as the app config holds them (an unset or empty one is left out)."""
+
+    host: Annotated[str, Field(max_length=253), AfterValidator(_host)] = Field(alias="SMTP_HOST")
+    port: int = Field(alias="SMTP_PORT", ge=1, le=65535)
+    starttls: StartTls = Field(alias="SMTP_STARTTLS")
+    timeout: int = Field(alias="SMTP_TIMEOUT", ge=1, le=300)
+    sender: Address = Field(alias="MAIL_FROM")
+    recipients: Annotated[
+        tuple[Address, ...],
+        BeforeValidator(_split),
+        Field(min_length=1, max_length=MAX_RECIPIENTS),
+        AfterValidator(_distinct),
+    ] = Field(alias="ALERT_TO")
+    ca_file: Annotated[AbsolutePath, AfterValidator(_readable)] | None = Field(None, alias="SMTP_CA_FILE")
+    user: Annotated[str, AfterValidator(_user)] | None = Field(None, alias="SMTP_USER")
+    password_file: Annotated[AbsolutePath, AfterValidator(_readable)] | None = Field(
+        None, alias="SMTP_PASSWORD_FILE"
+    )
+
+
+def _config(cfg: Mapping[str, Any]) -> MailConfig:
+    keys = (f.alias for f in MailConfig.model_fields.values())
+    raw = {key: cfg[key] for key in keys if key is not None and cfg.get(key) not in (None, "")}
+    try:
+        return validate(MailConfig, raw, source="mail settings", key_prefix="STRONGROOM_")
+    except SettingsRefused as exc:
+        raise MailConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -120,22 +146,17 @@ class MailSettings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> MailSettings:
-        host = _host(cfg.get("SMTP_HOST"))
-        mode = cfg.get("SMTP_STARTTLS")
-        starttls = tls_required(host, mode if isinstance(mode, str) else "")
-        user = cfg.get("SMTP_USER") or None
+        config = _config(cfg)
+        starttls = tls_required(config.host, config.starttls)
         password = None
-        if user is not None:
-            if not isinstance(user, str) or not _USER.fullmatch(user):
-                raise MailConfigError("STRONGROOM_SMTP_USER must be 1-128 printable characters")
+        if config.user is not None:
             if not starttls:
                 raise MailConfigError(
                     "SMTP authentication is only sent over TLS: set STRONGROOM_SMTP_STARTTLS=required"
                 )
-            password_file = _optional_file("SMTP_PASSWORD_FILE", cfg.get("SMTP_PASSWORD_FILE"))
-            if password_file is None:
+            if config.password_file is None:
                 raise MailConfigError("STRONGROOM_SMTP_USER needs STRONGROOM_SMTP_PASSWORD_FILE")
-            raw = password_file.read_bytes()[: MAX_PASSWORD_FILE + 1]
+            raw = config.password_file.read_bytes()[: MAX_PASSWORD_FILE + 1]
             if len(raw) > MAX_PASSWORD_FILE:
                 raise MailConfigError("STRONGROOM_SMTP_PASSWORD_FILE is too large")
             try:
@@ -145,13 +166,13 @@ class MailSettings:
             if not password:
                 raise MailConfigError("STRONGROOM_SMTP_PASSWORD_FILE is empty")
         return cls(
-            host=host,
-            port=_int("SMTP_PORT", cfg.get("SMTP_PORT"), 1, 65535),
+            host=config.host,
+            port=config.port,
             starttls=starttls,
-            timeout=_int("SMTP_TIMEOUT", cfg.get("SMTP_TIMEOUT"), 1, 300),
-            sender=_address("MAIL_FROM", cfg.get("MAIL_FROM")),
-            recipients=_recipients(cfg.get("ALERT_TO")),
-            ca_file=_optional_file("SMTP_CA_FILE", cfg.get("SMTP_CA_FILE")),
-            user=user,
+            timeout=config.timeout,
+            sender=config.sender,
+            recipients=config.recipients,
+            ca_file=config.ca_file,
+            user=config.user,
             password=password,
         )
