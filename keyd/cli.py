@@ -134,7 +134,7 @@ def _init(config: Config, args: argparse.Namespace) -> int:
     from keyd import hardening
     from keyd.keysource import DropRefused, TokenError, consume_drop, open_drop
     from keyd.state import StateError, StateStore, hand_over, make_state_dir
-    from keyd.vault import close_ring, create_state
+    from keyd.keyring import close_ring, create_state
 
     store = StateStore(config.state_dir)
     if store.exists():
@@ -284,7 +284,7 @@ def _unseal(config: Config, args: argparse.Namespace) -> int:
 def _settled(client: KeydAdminClient) -> Status:
     """keyd's state once it has tried the secret it took.
 
-    keyd deletes the drop file a moment before it takes its vault lock to try the secret, and
+    keyd deletes the drop file a moment before it takes its barrier lock to try the secret, and
     `status` waits for that lock: a status asked in that moment may still say sealed. So a sealed
     answer is asked again for a second before it is believed (a wrong key costs that second).
     """

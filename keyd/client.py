@@ -21,20 +21,27 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from keyd.envelope import HEADER_LEN, OVERHEAD, header_key_version, key_version
 from keyd.errors import BY_CODE, ErrorCode, KeydError, Unavailable
-from keyd.protocol import (
-    MAX_FRAME,
-    ErrorResponse,
-    Op,
-    ProtocolError,
-    ResponseError,
-    encode_batch,
-    encode_request,
-    encode_single,
-    parse_response,
-)
+from keyd.protocol import MAX_FRAME, Op, ProtocolError
+from keyd.protocol.request import encode_batch, encode_request, encode_single
+from keyd.protocol.response import ErrorResponse, ResponseError, parse_response
 
-__all__ = ["Context", "KeydAdminClient", "KeydClient", "Status", "key_version"]
+# What the web app may know of a stored ciphertext without a key comes from keyd/envelope.py,
+# re-exported here because the web app imports nothing of keyd but this module and keyd.errors:
+# HEADER_LEN (the public header's length), OVERHEAD (what encryption adds to a plaintext), and the
+# key version of a whole value (key_version) or of its header alone (header_key_version). Both raise
+# ValueError for anything that is not a keyd ciphertext.
+__all__ = [
+    "HEADER_LEN",
+    "OVERHEAD",
+    "Context",
+    "KeydAdminClient",
+    "KeydClient",
+    "Status",
+    "header_key_version",
+    "key_version",
+]
 
 _POOL_MAX = 8
 # Most answers fit; a 64 KiB buffer per recv costs more than a second recv for a large batch.
@@ -69,26 +76,6 @@ class Status:
     mode: str
     # Encryptions per key version (an upper bound carried over restarts; exact since this start).
     versions: dict[int, int] = field(default_factory=dict)
-
-
-# The public header of every keyd ciphertext (see keyd/cipher.py): u8 format (1) | u32 key version.
-_CT_FORMAT = 1
-_CT_HEADER = struct.Struct(">BI")
-_CT_OVERHEAD = _CT_HEADER.size + 12 + 16  # header, nonce, GCM tag
-
-
-def key_version(ciphertext: bytes) -> int:
-    """The key version a stored ciphertext was made under (not secret: it is in the clear header).
-
-    For counting fields per version and choosing what to rewrap; raises ValueError for anything that
-    is not a keyd ciphertext. It proves nothing about the ciphertext's integrity: only keyd can.
-    """
-    if len(ciphertext) < _CT_OVERHEAD:
-        raise ValueError("not a keyd ciphertext: too short")
-    fmt, version = _CT_HEADER.unpack_from(ciphertext)
-    if fmt != _CT_FORMAT or version == 0:
-        raise ValueError("not a keyd ciphertext: unknown format")
-    return int(version)
 
 
 class _StaleConnection(Exception):

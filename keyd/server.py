@@ -16,14 +16,15 @@ from pathlib import Path
 from types import FrameType
 
 from keyd import hardening
+from keyd.barrier import Barrier
 from keyd.budgets import Budgets
 from keyd.config import Config
 from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink, FanoutSink, SpoolSink, SyslogSink
 from keyd.keysource import DropIdentity, DropRefusal, DropRefused, consume_drop, open_drop, wipe
-from keyd.protocol import MAX_FRAME, Reason, encode_error
+from keyd.protocol import MAX_FRAME, Reason
+from keyd.protocol.response import encode_error
 from keyd.state import StateStore, hand_over, make_state_dir
-from keyd.vault import Vault
 
 log = logging.getLogger("keyd")
 
@@ -135,9 +136,9 @@ def bind_socket(path: Path, *, uid: int, gid: int) -> socket.socket:
 
 
 class Server:
-    def __init__(self, sock: socket.socket, vault: Vault, events: EventSink, config: Config) -> None:
+    def __init__(self, sock: socket.socket, barrier: Barrier, events: EventSink, config: Config) -> None:
         self.sock = sock
-        self.vault = vault
+        self.barrier = barrier
         self.events = events
         self.config = config
         self._peers = config.allowed_uids | config.admin_uids
@@ -176,7 +177,7 @@ class Server:
                 return
             _set_timeouts(conn, self.config.idle_timeout)
             reader = FrameReader(conn)
-            handle = self.vault.handle
+            handle = self.barrier.handle
             send = conn.sendall
             while True:
                 try:
@@ -207,8 +208,10 @@ class Server:
 class DropPoller:
     """Watches the drop path; a valid secret unseals keyd. Each refused file is reported once."""
 
-    def __init__(self, vault: Vault, events: EventSink, config: Config, *, drop_uids: frozenset[int]) -> None:
-        self.vault = vault
+    def __init__(
+        self, barrier: Barrier, events: EventSink, config: Config, *, drop_uids: frozenset[int]
+    ) -> None:
+        self.barrier = barrier
         self.events = events
         self.path = config.drop_path
         self.interval = config.poll_interval
@@ -238,12 +241,12 @@ class DropPoller:
             self._refused(exc)
             return
         self._last = None
-        if not self.vault.sealed:
+        if not self.barrier.sealed:
             wipe(secret)
             log.warning("drop file consumed and ignored: keyd is already unsealed")
             self.events.emit(Event.DROP_FILE_REFUSED, reason="already_unsealed")
             return
-        self.vault.unseal(secret)
+        self.barrier.unseal(secret)
 
     def _refused(self, exc: DropRefused) -> None:
         try:
@@ -296,14 +299,14 @@ def serve(config: Config) -> int:
         log.warning("hardening degraded: %s", problem)
         events.emit(Event.HARDENING_DEGRADED, detail=problem)
     budgets = Budgets(config.budgets, path=config.state_dir / "budgets.json")
-    vault = Vault(config=config, store=store, events=events, budgets=budgets)
-    server = Server(sock, vault, events, config)
+    barrier = Barrier(config=config, store=store, events=events, budgets=budgets)
+    server = Server(sock, barrier, events, config)
     drop_uids = config.drop_uids or frozenset({os.geteuid()})
-    poller = DropPoller(vault, events, config, drop_uids=drop_uids)
+    poller = DropPoller(barrier, events, config, drop_uids=drop_uids)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # Seal first: the key leaves memory before anything else happens.
-        vault.seal(signal.Signals(signum).name)
+        barrier.seal(signal.Signals(signum).name)
         poller.stop()
         server.stop()
 
@@ -315,7 +318,7 @@ def serve(config: Config) -> int:
     try:
         server.serve_forever()
     finally:
-        vault.seal("shutdown")
+        barrier.seal("shutdown")
         with contextlib.suppress(OSError):
             os.unlink(config.socket)
         sock.close()

@@ -25,7 +25,17 @@ def test_client_imports_no_key_handling_code() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == "['keyd', 'keyd.client', 'keyd.errors', 'keyd.protocol']"
+    assert out.strip() == str(
+        [
+            "keyd",
+            "keyd.client",
+            "keyd.envelope",
+            "keyd.errors",
+            "keyd.protocol",
+            "keyd.protocol.request",
+            "keyd.protocol.response",
+        ]
+    )
 
 
 def test_a_silent_keyd_times_out(tmp_path: Path) -> None:

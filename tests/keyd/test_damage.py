@@ -8,14 +8,16 @@ retirement, not a made-up number.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from keyd.client import Context, KeydClient
+from keyd.envelope import MAX_CIPHERTEXT
 from keyd.errors import IntegrityFailure, KeydError
-from keyd.protocol import MAX_CIPHERTEXT, MAX_FRAME
-from tests.keyd.conftest import Running, unsealed_keyd
+from keyd.protocol import MAX_FRAME
+from tests.keyd.conftest import ROOT, Running, unsealed_keyd
 
 PAN = b"4111111111111111"
 CTX = Context("card-42", "pan")
@@ -51,6 +53,13 @@ DAMAGE: list[tuple[str, Callable[[bytes], bytes], str]] = [
     ("swapped-with-another-field", lambda b: b, "authentication_failed"),
 ]
 IDS = [d[0] for d in DAMAGE]
+
+
+def test_every_documented_kind_of_damage_has_a_row() -> None:
+    """docs/keyd.md's refusal table lists the integrity_failure reasons: each is made by a row here."""
+    doc = (ROOT / "docs" / "keyd.md").read_text()
+    documented = set(re.findall(r"^\| `integrity_failure` \| `(\w+)` \|", doc, re.MULTILINE))
+    assert documented == {reason for _, _, reason in DAMAGE}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The wire format in isolation: round trips, strictness, a fuzzed parser that only says bad_request."""
+"""The wire protocol in isolation (keyd/protocol/): round trips, strictness, a fuzzed parser that
+only says bad_request."""
 
 from __future__ import annotations
 
@@ -10,19 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyd.errors import ErrorCode
-from keyd.protocol import (
-    MAX_ITEMS,
-    ErrorResponse,
-    Op,
-    ProtocolError,
-    Reason,
-    encode_error,
-    encode_items,
-    encode_json,
-    encode_request,
-    parse_request,
-    parse_response,
-)
+from keyd.protocol import MAX_ITEMS, Op, ProtocolError, Reason
+from keyd.protocol.request import encode_request, parse_request
+from keyd.protocol.response import ErrorResponse, encode_error, encode_items, encode_json, parse_response
 
 IDENT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 ITEM = st.tuples(IDENT, IDENT, st.binary(max_size=64))
@@ -118,7 +109,7 @@ def test_responses_round_trip() -> None:
 @settings(max_examples=1000)
 @given(body=st.binary(max_size=100))
 def test_client_response_parser_is_strict(body: bytes) -> None:
-    from keyd.protocol import ResponseError
+    from keyd.protocol.response import ResponseError
 
     # Anything but a parsed answer or ResponseError (IndexError, struct.error...) fails the test.
     with contextlib.suppress(ResponseError):
@@ -126,7 +117,7 @@ def test_client_response_parser_is_strict(body: bytes) -> None:
 
 
 def test_response_with_unknown_reason_is_refused() -> None:
-    from keyd.protocol import ResponseError
+    from keyd.protocol.response import ResponseError
 
     with pytest.raises(ResponseError):
         parse_response(b"\x01\x01\x04nope")
@@ -139,7 +130,8 @@ def test_response_with_unknown_reason_is_refused() -> None:
 def test_single_fast_paths_match_the_general_ones(
     op: Op, actor: str, purpose: str, item: tuple[str, str, bytes]
 ) -> None:
-    from keyd.protocol import encode_one, encode_single
+    from keyd.protocol.request import encode_single
+    from keyd.protocol.response import encode_one
 
     assert encode_single(op, actor, purpose, *item) == encode_request(op, actor, purpose, [item])
     assert encode_one(item[2]) == encode_items([item[2]])
@@ -156,7 +148,7 @@ def test_single_fast_paths_match_the_general_ones(
 )
 def test_client_batch_encoder_sends_only_what_the_server_accepts(items: list[tuple[str, str, bytes]]) -> None:
     from keyd.client import Context
-    from keyd.protocol import encode_batch
+    from keyd.protocol.request import encode_batch
 
     request, errors = encode_batch(Op.ENCRYPT_BATCH, "a", "p", [(Context(r, f), d) for r, f, d in items])
     expected_errors = [None if r not in ("", "bad id") else Reason.BAD_RECORD_ID for r, _, _ in items]

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from keyd.client import Context, KeydClient
 from keyd.errors import ErrorCode, Forbidden, Unavailable
-from keyd.protocol import MAX_FRAME, ErrorResponse, Op, encode_request, parse_response
+from keyd.protocol import MAX_FRAME, Op
+from keyd.protocol.request import encode_request
+from keyd.protocol.response import ErrorResponse, parse_response
 from tests.keyd.conftest import NOBODY, Running
 
 

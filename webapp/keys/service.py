@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from keyd.client import Context, key_version
+from keyd.client import HEADER_LEN, Context, header_key_version, key_version
 from keyd.errors import KeydError, Sealed, Unavailable
 from webapp.clock import to_db
 from webapp.db.engine import READ_ONLY
@@ -63,11 +63,12 @@ class VersionCount:
 
 
 def _header_version(head: bytes | None) -> int | None:
-    # Only the 5-byte header is fetched (SUBSTR in SQL): pad it to a full-length stand-in for key_version.
-    if head is None or len(head) < 5:
+    # Only the header is fetched (SUBSTR in SQL), so only the header is checked: a value cut short
+    # after it is counted under its version here, and keyd refuses it when it is opened.
+    if head is None:
         return None
     try:
-        return key_version(bytes(head[:5]) + bytes(28))
+        return header_key_version(bytes(head))
     except ValueError:
         return None
 
@@ -77,7 +78,7 @@ def count_versions(conn: sa.Connection) -> list[VersionCount]:
     out: list[VersionCount] = []
     for table, columns in ENCRYPTED_COLUMNS.items():
         for name, column in columns.items():
-            head = sa.func.substr(column, 1, 5)
+            head = sa.func.substr(column, 1, HEADER_LEN)
             rows = conn.execute(
                 sa.select(head, sa.func.count()).where(column.is_not(None)).group_by(head)
             ).all()

@@ -1,14 +1,6 @@
-"""keyd's wire protocol: frames, the request schema, the response envelope. Shared with the client.
+"""The request body: parsed and validated by keyd (parse_request), encoded by the client.
 
-Why binary and not JSON: a field round trip must cost well under 25 µs end to end, and JSON plus
-base64 on both sides is a measurable share of that. The format below is parsed with a handful of
-slices and one regex per identifier, and it is strict: every length is bounded, every identifier
-matches a fixed alphabet, nothing may trail the last item, and there is exactly one way to encode a
-given request (no optional fields, no padding, no alternative spellings).
-
-Frame (both directions): ``u32 big-endian body length`` then the body. ``0 < length <= MAX_FRAME``.
-
-Request body::
+Body::
 
     u8  protocol version (1)
     u8  op (see Op)
@@ -20,86 +12,38 @@ Request body::
     for RETIRE: u32 minimum decrypt version
     for the other ops: nothing
 
-Response body::
-
-    u8 protocol version, u8 status (0 = ok, else an error code number)
-    error:   u8 reason length, reason (ASCII token from Reason)
-    ok:      u8 kind
-             kind 1 (items): u16 count, per item: u8 status; ok -> u32 len, data; error -> u8 len, reason
-             kind 2 (json):  the rest of the body is a compact JSON object (status and admin answers)
-
-Only whole-request problems (a frame that does not parse, sealed, forbidden peer) use the error
-envelope; a problem with one item of a batch fails that item alone.
+The client's encoders refuse what keyd's parser would, before anything is sent; the two must agree
+byte for byte (tests/keyd/test_protocol.py).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from keyd.errors import BadRequest, ErrorCode
-
-PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20  # 1 MiB: a batch of MAX_ITEMS card fields fits many times over
-MAX_ITEMS = 1000
-MAX_PLAINTEXT = 16 * 1024  # a field is a card number, a note, a secret: never a document
-# A ciphertext is 5 header bytes + 12 nonce + plaintext + 16 tag (see keyd/cipher.py).
-MAX_CIPHERTEXT = MAX_PLAINTEXT + 33
-
-# Identifiers end up in logs, events and associated data: a closed ASCII alphabet keeps control
-# characters, newlines and look-alike Unicode out of all three.
-ACTOR_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
-PURPOSE_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
-_RECORD = rb"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}"
-RECORD_RE = re.compile(_RECORD)
-FIELD_RE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Every record id of a batch in one regex pass (a third of the cost of one fullmatch per id): the ids
-# joined by "\n", which is outside the alphabet. See all_records_ok.
-_RECORDS_RE = re.compile(rb"(?:" + _RECORD + rb"\n)*" + _RECORD)
-
-
-def all_records_ok(records: list[bytes]) -> bool:
-    """True iff every id matches RECORD_RE (`records` is not empty). False says some id does not.
-
-    The separator count proves that no id contains "\n" itself, so the pieces the regex matches are
-    exactly the ids; a False is followed by the per-id check, which decides which ones fail.
-    """
-    if len(records) == 1:
-        return RECORD_RE.fullmatch(records[0]) is not None
-    joined = b"\n".join(records)
-    return joined.count(b"\n") == len(records) - 1 and _RECORDS_RE.fullmatch(joined) is not None
-
-
-_U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
-
-
-class Op(IntEnum):
-    STATUS = 1
-    ENCRYPT = 2
-    DECRYPT = 3
-    REWRAP = 4
-    ENCRYPT_BATCH = 5
-    DECRYPT_BATCH = 6
-    REWRAP_BATCH = 7
-    # Operator commands: only uids in the admin list may send these.
-    SEAL = 16
-    ROTATE = 17
-    RETIRE = 18
-
-
-CRYPTO_OPS = frozenset(
-    {Op.ENCRYPT, Op.DECRYPT, Op.REWRAP, Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH}
+from keyd.envelope import MAX_CIPHERTEXT, MAX_PLAINTEXT
+from keyd.protocol import (
+    ACTOR_RE,
+    BATCH_OPS,
+    CACHE_MAX,
+    CRYPTO_OPS,
+    FIELD_RE,
+    LENGTH_BYTES,
+    MAX_FRAME,
+    MAX_ITEMS,
+    PLAINTEXT_OPS,
+    PROTOCOL_VERSION,
+    PURPOSE_RE,
+    RECORD_RE,
+    U16,
+    U32,
+    Op,
+    ProtocolError,
+    Reason,
+    all_records_ok,
 )
-BATCH_OPS = frozenset({Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH})
-ADMIN_OPS = frozenset({Op.SEAL, Op.ROTATE, Op.RETIRE})
-PLAINTEXT_OPS = frozenset({Op.ENCRYPT, Op.ENCRYPT_BATCH})  # the ops whose items carry plaintext
 
 
 def clip_ciphertext(data: bytes) -> bytes:
@@ -114,70 +58,7 @@ def clip_ciphertext(data: bytes) -> bytes:
 
 _OPS = {int(op): op for op in Op}
 
-
-class Reason(StrEnum):
-    """Stable machine-readable reasons carried next to the error code. Never free text."""
-
-    # framing and schema (bad_request)
-    EMPTY_FRAME = "empty_frame"
-    FRAME_TOO_LARGE = "frame_too_large"
-    TRUNCATED = "truncated"
-    TRAILING_BYTES = "trailing_bytes"
-    UNSUPPORTED_VERSION = "unsupported_version"
-    UNKNOWN_OP = "unknown_op"
-    BAD_ACTOR = "bad_actor"
-    BAD_PURPOSE = "bad_purpose"
-    BAD_COUNT = "bad_count"
-    BAD_RECORD_ID = "bad_record_id"
-    BAD_FIELD = "bad_field"
-    TOO_LARGE = "too_large"
-    BAD_VERSION = "bad_version"
-    # state
-    SEALED = "sealed"
-    # authorisation (forbidden)
-    PEER_NOT_ALLOWED = "peer_not_allowed"
-    NOT_ADMIN = "not_admin"
-    KEY_EXHAUSTED = "key_version_exhausted"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-    # budgets (quota_exceeded)
-    EMPLOYEE_MINUTE = "employee_minute"
-    EMPLOYEE_HOUR = "employee_hour"
-    EMPLOYEE_DAY = "employee_day"
-    GLOBAL_MINUTE = "global_minute"
-    GLOBAL_HOUR = "global_hour"
-    GLOBAL_DAY = "global_day"
-    # integrity_failure: the stored value cannot be opened (too_large above, for a decrypt or rewrap)
-    AUTHENTICATION_FAILED = "authentication_failed"
-    BAD_CIPHERTEXT = "bad_ciphertext"
-    UNKNOWN_KEY_VERSION = "unknown_key_version"
-    RETIRED_VERSION = "retired_version"
-    # internal
-    INTERNAL = "internal"
-    STATE_WRITE_FAILED = "state_write_failed"
-
-
-CODE_NUMBERS: dict[ErrorCode, int] = {
-    ErrorCode.SEALED: 1,
-    ErrorCode.QUOTA_EXCEEDED: 2,
-    ErrorCode.BAD_REQUEST: 3,
-    ErrorCode.INTEGRITY_FAILURE: 4,
-    ErrorCode.FORBIDDEN: 5,
-    ErrorCode.INTERNAL: 6,
-}
-CODES_BY_NUMBER: dict[int, ErrorCode] = {n: c for c, n in CODE_NUMBERS.items()}
-_REASONS = {r.value.encode("ascii"): r for r in Reason}
-
-KIND_ITEMS = 1
-KIND_JSON = 2
-
-
-class ProtocolError(BadRequest):
-    """A request that does not parse or validate. Carries the stable reason sent on the wire."""
-
-    def __init__(self, reason: Reason) -> None:
-        super().__init__(reason.value)
-        self.refusal = reason
-        self.reason = reason.value
+# --- keyd's side: parse and validate --------------------------------------------------------------
 
 
 # One unit of work: (record id, field, data, error). `error` is set when this item alone failed
@@ -195,15 +76,10 @@ class Request(NamedTuple):
     failed: int = 0  # how many items carry an error
 
 
-# An item's outcome: the output bytes, or (code, reason).
-Outcome = bytes | tuple[ErrorCode, Reason]
-
-
 # Actors, purposes and field names repeat request after request: remember the ones that passed.
 _SEEN_ACTORS: dict[bytes, str] = {}
 _SEEN_PURPOSES: dict[bytes, str] = {}
 _SEEN_FIELDS: set[bytes] = set()
-_SEEN_MAX = 4096
 
 
 def _ident(
@@ -220,7 +96,7 @@ def _ident(
         if pattern.fullmatch(value) is None:
             raise ProtocolError(reason)
         text = value.decode("ascii")
-        if len(seen) >= _SEEN_MAX:
+        if len(seen) >= CACHE_MAX:
             seen.clear()
         seen[value] = text
     return text, end
@@ -244,7 +120,7 @@ def parse_request(body: bytes) -> Request:
     if op in CRYPTO_OPS:
         if pos + 2 > size:
             raise ProtocolError(Reason.TRUNCATED)
-        (count,) = _U16.unpack_from(body, pos)
+        (count,) = U16.unpack_from(body, pos)
         pos += 2
         if op in BATCH_OPS:
             if not 1 <= count <= MAX_ITEMS:
@@ -254,7 +130,7 @@ def parse_request(body: bytes) -> Request:
         limit = MAX_PLAINTEXT if op in PLAINTEXT_OPS else MAX_CIPHERTEXT
         field_ok = FIELD_RE.fullmatch
         seen_fields = _SEEN_FIELDS
-        u32 = _U32.unpack_from
+        u32 = U32.unpack_from
         records: list[bytes] = []
         add_record = records.append
         append = items.append
@@ -285,7 +161,7 @@ def parse_request(body: bytes) -> Request:
                 if field not in seen_fields:
                     if field_ok(field) is None:
                         error = Reason.BAD_FIELD
-                    elif len(seen_fields) < _SEEN_MAX:
+                    elif len(seen_fields) < CACHE_MAX:
                         seen_fields.add(field)
                 if dlen > limit and error is None:
                     error = Reason.TOO_LARGE
@@ -302,13 +178,16 @@ def parse_request(body: bytes) -> Request:
     elif op is Op.RETIRE:
         if pos + 4 > size:
             raise ProtocolError(Reason.TRUNCATED)
-        (arg,) = _U32.unpack_from(body, pos)
+        (arg,) = U32.unpack_from(body, pos)
         pos += 4
         if arg < 1:
             raise ProtocolError(Reason.BAD_VERSION)
     if pos != size:
         raise ProtocolError(Reason.TRAILING_BYTES)
     return Request(op, actor, purpose, items, arg, failed)
+
+
+# --- the client's side: encode, refusing what keyd would ----------------------------------------------
 
 
 def _check_ident(value: str, pattern: re.Pattern[bytes], reason: Reason) -> bytes:
@@ -347,8 +226,8 @@ def encode_batch(
     records: list[bytes] = []
     add_record = records.append
     add = parts.append
-    pack = _U32.pack
-    lens = _LENGTH_BYTES
+    pack = U32.pack
+    lens = LENGTH_BYTES
     for context, data in items:
         record_id = context.record_id
         r = record_id.encode("ascii", "replace") if isinstance(record_id, str) else b""
@@ -381,11 +260,11 @@ def encode_batch(
 def _batch_frame(parts: list[bytes], sent: int) -> bytes:
     if sent > MAX_ITEMS:
         raise ProtocolError(Reason.BAD_COUNT)
-    parts[1] = _U16.pack(sent)
+    parts[1] = U16.pack(sent)
     body = b"".join(parts)
     if len(body) > MAX_FRAME:
         raise ProtocolError(Reason.FRAME_TOO_LARGE)
-    return _U32.pack(len(body)) + body
+    return U32.pack(len(body)) + body
 
 
 def _encode_batch_checked(
@@ -396,8 +275,8 @@ def _encode_batch_checked(
     parts = [_prefix(op, actor, purpose), b""]
     errors: list[Reason | None] = []
     record_ok = RECORD_RE.fullmatch
-    pack = _U32.pack
-    lens = _LENGTH_BYTES
+    pack = U32.pack
+    lens = LENGTH_BYTES
     sent = 0
     for context, data in items:
         record_id = context.record_id
@@ -422,7 +301,6 @@ def _encode_batch_checked(
     return _batch_frame(parts, sent), errors
 
 
-_LENGTH_BYTES = [bytes((i,)) for i in range(256)]
 _FIELD_BYTES: dict[str, bytes] = {}
 
 
@@ -432,7 +310,7 @@ def _field_bytes(field: str) -> bytes | None:
         raw = field.encode("ascii", "replace") if isinstance(field, str) else b""
         if FIELD_RE.fullmatch(raw) is None:
             return None
-        if len(_FIELD_BYTES) < _SEEN_MAX:
+        if len(_FIELD_BYTES) < CACHE_MAX:
             _FIELD_BYTES[field] = raw
         f = raw
     return f
@@ -460,8 +338,8 @@ def encode_request(
     if op in CRYPTO_OPS:
         if items is None:
             raise ProtocolError(Reason.BAD_COUNT)
-        parts.append(_U16.pack(len(items)))
-        pack = _U32.pack
+        parts.append(U16.pack(len(items)))
+        pack = U32.pack
         for record_id, field, data in items:
             if op not in PLAINTEXT_OPS:
                 data = clip_ciphertext(data)
@@ -471,53 +349,11 @@ def encode_request(
     elif op is Op.RETIRE:
         if arg is None:
             raise ProtocolError(Reason.BAD_VERSION)
-        parts.append(_U32.pack(arg))
+        parts.append(U32.pack(arg))
     body = b"".join(parts)
     if len(body) > MAX_FRAME:
         raise ProtocolError(Reason.FRAME_TOO_LARGE)
-    return _U32.pack(len(body)) + body
-
-
-def frame(body: bytes) -> bytes:
-    return _U32.pack(len(body)) + body
-
-
-def encode_error(code: ErrorCode, reason: Reason) -> bytes:
-    r = reason.value.encode("ascii")
-    return frame(bytes((PROTOCOL_VERSION, CODE_NUMBERS[code], len(r))) + r)
-
-
-def encode_items(outcomes: list[Outcome]) -> bytes:
-    parts = [bytes((PROTOCOL_VERSION, 0, KIND_ITEMS)), _U16.pack(len(outcomes))]
-    add = parts.append
-    heads = _OK_HEADS
-    for out in outcomes:
-        if isinstance(out, bytes):
-            head = heads.get(len(out))
-            if head is None:
-                head = b"\x00" + _U32.pack(len(out))
-                if len(heads) < _SEEN_MAX:
-                    heads[len(out)] = head
-            add(head)
-            add(out)
-        else:
-            code, reason = out
-            r = reason.value.encode("ascii")
-            add(bytes((CODE_NUMBERS[code], len(r))))
-            add(r)
-    return frame(b"".join(parts))
-
-
-# b"\x00" + u32 length: the head of an ok item, per length (the lengths of a batch repeat).
-_OK_HEADS: dict[int, bytes] = {}
-
-
-_ONE_OK = bytes((PROTOCOL_VERSION, 0, KIND_ITEMS)) + _U16.pack(1) + b"\x00"
-
-
-def encode_one(data: bytes) -> bytes:
-    """The answer to a single op that succeeded: what encode_items([data]) gives, built directly."""
-    return b"".join((_U32.pack(len(data) + 10), _ONE_OK, _U32.pack(len(data)), data))
+    return U32.pack(len(body)) + body
 
 
 def encode_single(op: Op, actor: str, purpose: str, record_id: str, field: str, data: bytes) -> bytes:
@@ -536,84 +372,14 @@ def encode_single(op: Op, actor: str, purpose: str, record_id: str, field: str, 
         raise ProtocolError(Reason.FRAME_TOO_LARGE)
     return b"".join(
         (
-            _U32.pack(size),
+            U32.pack(size),
             prefix,
             b"\x00\x01",
-            _LENGTH_BYTES[len(r)],
+            LENGTH_BYTES[len(r)],
             r,
-            _LENGTH_BYTES[len(f)],
+            LENGTH_BYTES[len(f)],
             f,
-            _U32.pack(len(data)),
+            U32.pack(len(data)),
             data,
         )
     )
-
-
-def encode_json(obj: dict[str, Any]) -> bytes:
-    return frame(bytes((PROTOCOL_VERSION, 0, KIND_JSON)) + json.dumps(obj, separators=(",", ":")).encode())
-
-
-class ResponseError(Exception):
-    """A response from keyd that does not parse: the connection is out of step and must be dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorResponse:
-    code: ErrorCode
-    reason: str
-
-
-def _reason(raw: bytes) -> str:
-    reason = _REASONS.get(raw)
-    if reason is None:
-        raise ResponseError("unknown reason")
-    return reason.value
-
-
-def parse_response(body: bytes) -> ErrorResponse | list[bytes | ErrorResponse] | dict[str, Any]:
-    """Parse a response body (client side). Raises ResponseError on anything malformed."""
-    if body.startswith(_ONE_OK) and len(body) >= 10 and _U32.unpack_from(body, 6)[0] == len(body) - 10:
-        return [body[10:]]  # the common answer: one item, ok
-    try:
-        if len(body) < 3 or body[0] != PROTOCOL_VERSION:
-            raise ResponseError("bad header")
-        status = body[1]
-        if status:
-            code = CODES_BY_NUMBER.get(status)
-            if code is None or 3 + body[2] != len(body):
-                raise ResponseError("bad error envelope")
-            return ErrorResponse(code, _reason(body[3:]))
-        kind = body[2]
-        if kind == KIND_JSON:
-            obj = json.loads(body[3:])
-            if not isinstance(obj, dict):
-                raise ResponseError("bad json answer")
-            return obj
-        if kind != KIND_ITEMS:
-            raise ResponseError("bad kind")
-        (count,) = _U16.unpack_from(body, 3)
-        pos = 5
-        size = len(body)
-        u32 = _U32.unpack_from
-        out: list[bytes | ErrorResponse] = []
-        append = out.append
-        for _ in range(count):
-            st = body[pos]
-            if st == 0:
-                start = pos + 5
-                pos = start + u32(body, pos + 1)[0]
-                if pos > size:
-                    raise ResponseError("truncated item")
-                append(body[start:pos])
-            else:
-                code = CODES_BY_NUMBER.get(st)
-                n = body[pos + 1]
-                if code is None or pos + 2 + n > len(body):
-                    raise ResponseError("bad item error")
-                out.append(ErrorResponse(code, _reason(body[pos + 2 : pos + 2 + n])))
-                pos += 2 + n
-        if pos != len(body):
-            raise ResponseError("trailing bytes")
-        return out
-    except (IndexError, struct.error, ValueError) as exc:
-        raise ResponseError("malformed response") from exc

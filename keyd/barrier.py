@@ -1,42 +1,30 @@
-"""The vault: keyd's state machine (sealed/unsealed) and the operations it serves.
+"""The barrier (HashiCorp Vault's word for it): keyd's sealed/unsealed state and the operations it serves.
 
-Everything here is transport-free: `handle(body, uid)` takes one request body and returns one response
-frame, so the socket server stays dumb and the tests can drive the logic directly.
+Sealed, nothing passes. Unsealed, it holds the key ring (keyd/keyring.py) and answers each request
+after its checks: the peer's uid, the decrypt budgets, and every stored value's format and key
+version (keyd/envelope.py) before it is opened. Transport-free: `handle(body, uid)` takes one
+request body and returns one response frame, so the socket server stays dumb and the tests can
+drive the logic directly.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from keyd import cipher
+from keyd import cipher, envelope
 from keyd.budgets import Budgets, BudgetWriteFailed
 from keyd.config import Config
 from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink
-from keyd.hardening import LockedSecret
-from keyd.keysource import Token, TokenError, WrongPin, raw_key, stretch, strip_line, token_key_label, wipe
-from keyd.protocol import (
-    ADMIN_OPS,
-    CRYPTO_OPS,
-    Item,
-    Op,
-    Outcome,
-    ProtocolError,
-    Reason,
-    Request,
-    encode_error,
-    encode_items,
-    encode_json,
-    encode_one,
-    parse_request,
-)
-from keyd.state import State, StateStore, Version
+from keyd.keyring import Keyring, WrongKey, add_version, close_ring, open_keyring
+from keyd.keysource import TokenError
+from keyd.protocol import ADMIN_OPS, CRYPTO_OPS, Op, ProtocolError, Reason
+from keyd.protocol.request import Item, Request, parse_request
+from keyd.protocol.response import Outcome, encode_error, encode_items, encode_json, encode_one
+from keyd.state import StateStore
 
 log = logging.getLogger("keyd")
 
@@ -63,132 +51,9 @@ _BUDGET_REASONS = {
 _Opened = tuple[cipher.Aead, bytes, bytes, bytes]
 
 
-class WrongKey(Exception):
-    """The dropped key, passphrase or PIN does not match the state's key check values."""
+class Barrier:
+    """keyd's one state machine: `unseal`/`seal`, and `handle` for every request a peer sends."""
 
-
-@dataclass
-class Keyring:
-    aeads: dict[int, cipher.Aead]
-    master: LockedSecret | None = None  # file mode: kept to derive new versions at rotation
-    token: Token | None = None  # pkcs11 mode: the logged-in session
-    counts: dict[int, int] = field(default_factory=dict)
-
-
-def _open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
-    """Turn the operator's secret into a verified keyring. Raises WrongKey. Wipes `secret`."""
-    try:
-        if state.mode == "file":
-            try:
-                if state.key_kind == "raw":
-                    master = raw_key(secret)
-                else:
-                    master = stretch(secret, salt=state.kdf_salt, **state.kdf)
-            except ValueError:
-                raise WrongKey("malformed key") from None
-            ring = Keyring(aeads={}, master=LockedSecret(master))
-            wipe(master)
-            for v in state.versions:
-                _add_file_aead(state, ring, v)
-        else:
-            line = strip_line(secret)
-            try:
-                pin = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise WrongKey("PIN is not UTF-8") from None
-            finally:
-                wipe(line)
-            try:
-                token = Token(config.pkcs11_module, state.token_label or config.token_label, pin)
-            except WrongPin:
-                raise WrongKey("the token refused the PIN") from None
-            ring = Keyring(aeads={}, token=token)
-            try:
-                for v, version in state.versions.items():
-                    ring.aeads[v] = token.key(version.token_label or token_key_label(v))
-            except TokenError:
-                token.close()
-                raise
-    finally:
-        wipe(secret)
-    for v, version in state.versions.items():
-        if not cipher.check_kcv(ring.aeads[v], v, version.kcv_nonce, version.kcv):
-            close_ring(ring)
-            raise WrongKey(f"key check value of version {v} does not match")
-    ring.counts = {v: version.encryptions_reserved for v, version in state.versions.items()}
-    return ring
-
-
-def _add_file_aead(state: State, ring: Keyring, v: int) -> cipher.Aead:
-    if ring.master is None:
-        raise ValueError("no master key")
-    with ring.master.view() as master:
-        key = cipher.derive_version_key(master, salt=state.hkdf_salt, version=v)
-    aead = ring.aeads[v] = cipher.FileAead(key)
-    wipe(key)
-    return aead
-
-
-def close_ring(ring: Keyring) -> None:
-    if ring.master is not None:
-        ring.master.close()
-    if ring.token is not None:
-        ring.token.close()
-    ring.aeads.clear()
-
-
-def create_state(
-    config: Config, secret: bytearray, *, key_kind: str, scrypt: dict[str, int] | None = None
-) -> tuple[State, Keyring]:
-    """`keyd init`: a fresh state with version 1 and its key check value (and the token key)."""
-    state = State(
-        mode=config.mode,
-        key_kind=key_kind,
-        kdf=dict(scrypt or {}) if key_kind == "passphrase" else {},
-        kdf_salt=os.urandom(16),
-        hkdf_salt=os.urandom(32),
-        token_label=config.token_label if config.mode == "pkcs11" else None,
-        current_version=1,
-        min_decrypt_version=1,
-        versions={},
-    )
-    if config.mode == "file":
-        try:
-            master = (
-                raw_key(secret) if key_kind == "raw" else stretch(secret, salt=state.kdf_salt, **state.kdf)
-            )
-        finally:
-            wipe(secret)
-        ring = Keyring(aeads={}, master=LockedSecret(master))
-        wipe(master)
-    else:
-        line = strip_line(secret)
-        wipe(secret)
-        try:
-            pin = line.decode("utf-8")
-        finally:
-            wipe(line)
-        ring = Keyring(aeads={}, token=Token(config.pkcs11_module, config.token_label, pin))
-    _add_version(state, ring, 1)
-    return state, ring
-
-
-def _add_version(state: State, ring: Keyring, v: int) -> None:
-    label = None
-    if ring.master is not None:
-        aead: cipher.Aead = _add_file_aead(state, ring, v)
-    else:
-        if ring.token is None:
-            raise TokenError("no master key and no token: cannot add a key version")
-        label = token_key_label(v)
-        aead = ring.token.generate_key(label)
-    nonce, kcv = cipher.make_kcv(aead, v)
-    state.versions[v] = Version(number=v, created=time.time(), kcv_nonce=nonce, kcv=kcv, token_label=label)
-    ring.aeads[v] = aead
-    ring.counts[v] = 0
-
-
-class Vault:
     def __init__(self, *, config: Config, store: StateStore, events: EventSink, budgets: Budgets) -> None:
         self.config = config
         self.store = store
@@ -222,7 +87,7 @@ class Vault:
         """Try the operator's secret. True if keyd is now unsealed; on a wrong key it stays sealed."""
         with self._lock:
             try:
-                ring = _open_keyring(self.state, secret, self.config)
+                ring = open_keyring(self.state, secret, self.config)
             except WrongKey as exc:
                 log.warning("unseal refused: %s; keyd stays sealed", exc)
                 self.events.emit(Event.WRONG_KEY, mode=self.state.mode, reason=str(exc))
@@ -373,8 +238,8 @@ class Vault:
         if err is not None:
             return (BAD_REQUEST, err)
         try:
-            v, head, nonce, body = cipher.split(data)
-        except cipher.MalformedCiphertext:
+            v, head, nonce, body = envelope.split(data)
+        except envelope.MalformedCiphertext:
             return (INTEGRITY, Reason.BAD_CIPHERTEXT)
         aead = ring.aeads.get(v)
         if aead is None:
@@ -485,7 +350,7 @@ class Vault:
         with self._lock:
             if req.op is Op.ROTATE:
                 v = self.state.current_version + 1
-                _add_version(self.state, ring, v)
+                add_version(self.state, ring, v)
                 self.state.current_version = v
                 self.store.save(self.state)
                 event: tuple[Event, int] = (Event.ROTATED, v)
