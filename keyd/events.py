@@ -1,7 +1,7 @@
 """keyd's named events and the one interface they flow through.
 
-Alerting (a later issue) subscribes by reading the JSON-lines spool; operators see the same events in
-syslog. Events carry names, reasons, uids, actors and purposes, never plaintext, ciphertext, keys,
+The watchdog alerts from the JSON-lines spool (ops/checks/keyd_events.py); operators see the same events
+in syslog. Events carry names, reasons, uids, actors and purposes, never plaintext, ciphertext, keys,
 PINs or passphrases: `emit` only accepts str and int values, and callers pass identifiers only.
 """
 
