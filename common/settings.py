@@ -102,7 +102,8 @@ def validate(model: type[M], raw: Mapping[str, Any], *, source: str, key_prefix:
         return model.model_validate(dict(raw), context={"source": source})
     except ValidationError as exc:
         # from None: the ValidationError holds the input, and a traceback would print its context.
-        raise SettingsRefused(problems(exc, source=source, key_prefix=key_prefix)) from None
+        hints = {f.alias or name: f.description for name, f in model.model_fields.items() if f.description}
+        raise SettingsRefused(problems(exc, source=source, key_prefix=key_prefix, hints=hints)) from None
 
 
 def load_toml(model: type[M], path: Path, *, max_bytes: int = MAX_BYTES) -> M:
@@ -143,9 +144,17 @@ _RULES: dict[str, str] = {
 _SAFE_CTX = ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern", "expected")
 
 
-def problems(error: ValidationError, *, source: str, key_prefix: str = "") -> list[str]:
-    """One line per problem, `<source>: <key>: <rule>`, built from the key and the rule only."""
-    lines = [f"{source}: {_where(e['loc'], key_prefix)}{_rule(e)}" for e in error.errors()]
+def problems(
+    error: ValidationError, *, source: str, key_prefix: str = "", hints: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per problem, `<source>: <key>: <rule>`, built from the key and the rule only.
+
+    `hints` (a field's `description`) say what to set when a required setting is missing."""
+    lines = []
+    for e in error.errors():
+        line = f"{source}: {_where(e['loc'], key_prefix)}{_rule(e)}"
+        hint = (hints or {}).get(str(e["loc"][0])) if e["type"] == "missing" and len(e["loc"]) == 1 else None
+        lines.append(f"{line}: {hint}" if hint else line)
     if len(lines) > MAX_PROBLEMS:
         lines = [*lines[:MAX_PROBLEMS], f"{source}: and {len(lines) - MAX_PROBLEMS} more problems"]
     return lines

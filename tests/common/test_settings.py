@@ -24,7 +24,7 @@ Writer = Callable[[str | bytes], Path]
 
 
 class Example(SettingsModel):
-    state_dir: AbsolutePath
+    state_dir: AbsolutePath = Field(description="where the state lives")
     port: int = Field(default=25, ge=1, le=65535)
     timeout: float = Field(default=2.0, gt=0, le=300)
     name: str = Field(default="vault", min_length=1, max_length=20)
@@ -72,7 +72,7 @@ def test_a_good_file_gives_typed_immutable_settings(write: Writer) -> None:
 HOSTILE = [
     ("unknown key", GOOD + "sockett = 1\n", ["sockett: is not a known setting"]),
     ("unknown nested key", GOOD + "[logs]\n", []),  # an empty table is fine: the control row
-    ("missing required", "port = 25\n", ["state_dir: is required"]),
+    ("missing required", "port = 25\n", ["state_dir: is required: where the state lives"]),
     ("string for an int", GOOD + 'port = "25"\n', ["port: must be a whole number"]),
     ("float for an int", GOOD + "port = 25.0\n", ["port: must be a whole number"]),
     ("bool for an int", GOOD + "port = true\n", ["port: must be a whole number"]),
@@ -105,7 +105,7 @@ HOSTILE = [
         "several problems, each its own line",
         "port = 0\nsyslog = 1\nnope = 1\n",
         [
-            "state_dir: is required",
+            "state_dir: is required: where the state lives",
             "port: must be at least 1",
             "syslog: must be true or false",
             "nope: is not a known setting",

@@ -27,7 +27,7 @@ from webapp.db.tables import outbox as outbox_table
 
 HOST = "vault.example.internal"
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
-BOUND = timedelta(seconds=Settings.outbox_stuck_seconds)
+BOUND = timedelta(seconds=Settings.model_fields["outbox_stuck_seconds"].default)
 SUBJECT = "Subject: Strongroom: alerts are not being mailed"
 
 

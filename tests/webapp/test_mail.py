@@ -276,7 +276,7 @@ def test_send_refuses_to_run_without_recipients(make_app: Callable[..., Flask]) 
     app = make_app(SMTP_PORT=25, MAIL_FROM="strongroom@vault.example")
     code, output = send(app)
     assert code == 78  # EX_CONFIG: the unit does not restart, its OnFailure= mails root
-    assert "STRONGROOM_ALERT_TO must be set" in output
+    assert "STRONGROOM_ALERT_TO: is required: comma-separated admin addresses" in output
 
 
 def test_mail_run_loops_and_stops_cleanly_on_sigterm(

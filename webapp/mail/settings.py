@@ -105,13 +105,13 @@ class MailConfig(SettingsModel):
     port: int = Field(alias="SMTP_PORT", ge=1, le=65535)
     starttls: StartTls = Field(alias="SMTP_STARTTLS")
     timeout: int = Field(alias="SMTP_TIMEOUT", ge=1, le=300)
-    sender: Address = Field(alias="MAIL_FROM")
+    sender: Address = Field(alias="MAIL_FROM", description="the address alerts are sent from (user@host)")
     recipients: Annotated[
         tuple[Address, ...],
         BeforeValidator(_split),
         Field(min_length=1, max_length=MAX_RECIPIENTS),
         AfterValidator(_distinct),
-    ] = Field(alias="ALERT_TO")
+    ] = Field(alias="ALERT_TO", description="comma-separated admin addresses")
     ca_file: Annotated[AbsolutePath, AfterValidator(_readable)] | None = Field(None, alias="SMTP_CA_FILE")
     user: Annotated[str, AfterValidator(_user)] | None = Field(None, alias="SMTP_USER")
     password_file: Annotated[AbsolutePath, AfterValidator(_readable)] | None = Field(
