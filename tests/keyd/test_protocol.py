@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -12,8 +14,15 @@ from hypothesis import strategies as st
 
 from keyd.errors import ErrorCode
 from keyd.protocol import MAX_ITEMS, Op, ProtocolError, Reason
-from keyd.protocol.request import encode_request, parse_request
-from keyd.protocol.response import ErrorResponse, encode_error, encode_items, encode_json, parse_response
+from keyd.protocol.request import encode_batch, encode_request, encode_single, parse_request
+from keyd.protocol.response import (
+    ErrorResponse,
+    encode_error,
+    encode_items,
+    encode_json,
+    encode_one,
+    parse_response,
+)
 
 IDENT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 ITEM = st.tuples(IDENT, IDENT, st.binary(max_size=64))
@@ -130,9 +139,6 @@ def test_response_with_unknown_reason_is_refused() -> None:
 def test_single_fast_paths_match_the_general_ones(
     op: Op, actor: str, purpose: str, item: tuple[str, str, bytes]
 ) -> None:
-    from keyd.protocol.request import encode_single
-    from keyd.protocol.response import encode_one
-
     assert encode_single(op, actor, purpose, *item) == encode_request(op, actor, purpose, [item])
     assert encode_one(item[2]) == encode_items([item[2]])
     assert parse_response(encode_one(item[2])[4:]) == [item[2]]
@@ -148,7 +154,6 @@ def test_single_fast_paths_match_the_general_ones(
 )
 def test_client_batch_encoder_sends_only_what_the_server_accepts(items: list[tuple[str, str, bytes]]) -> None:
     from keyd.client import Context
-    from keyd.protocol.request import encode_batch
 
     request, errors = encode_batch(Op.ENCRYPT_BATCH, "a", "p", [(Context(r, f), d) for r, f, d in items])
     expected_errors = [None if r not in ("", "bad id") else Reason.BAD_RECORD_ID for r, _, _ in items]
@@ -196,3 +201,64 @@ def test_server_marks_exactly_the_bad_record_ids(items: list[tuple[str, str, byt
     assert [i[3] for i in req.items] == [
         None if r in ("r1", "r2") else Reason.BAD_RECORD_ID for r, _, _ in items
     ]
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    record_id: str
+    field: str
+
+
+# Frames as keyd and its client have always written them: a deployed keyd and web app upgrade one at a
+# time, so the bytes of each message must never change (a new format needs a new PROTOCOL_VERSION).
+GOLDEN = [
+    (
+        "status",
+        lambda: encode_request(Op.STATUS, "keyd-client", "status"),
+        "0000001501010b6b6579642d636c69656e7406737461747573",
+    ),
+    (
+        "encrypt",
+        lambda: encode_single(Op.ENCRYPT, "alice", "card.create", "cust-42", "pan", b"4111111111111111"),
+        "00000036010205616c6963650b636172642e637265617465000107637573742d34320370616e00000010"
+        "34313131313131313131313131313131",
+    ),
+    (
+        "decrypt-batch-with-a-bad-id-left-out",
+        lambda: encode_batch(
+            Op.DECRYPT_BATCH,
+            "bob",
+            "export",
+            [(_Ctx("r1", "pan"), b"abc"), (_Ctx("bad id", "pan"), b"x"), (_Ctx("r2", "note"), b"")],
+        )[0],
+        "00000029010603626f62066578706f727400020272310370616e00000003616263027232046e6f746500000000",
+    ),
+    (
+        "retire",
+        lambda: encode_request(Op.RETIRE, "root", "operator", arg=2),
+        "00000014011204726f6f74086f70657261746f7200000002",
+    ),
+    (
+        "error",
+        lambda: encode_error(ErrorCode.INTEGRITY_FAILURE, Reason.RETIRED_VERSION),
+        "0000001201040f726574697265645f76657273696f6e",
+    ),
+    (
+        "items",
+        lambda: encode_items([b"abc", (ErrorCode.QUOTA_EXCEEDED, Reason.EMPLOYEE_MINUTE), b""]),
+        "0000002301000100030000000003616263020f656d706c6f7965655f6d696e7574650000000000",
+    ),
+    ("one", lambda: encode_one(b"plain"), "0000000f01000100010000000005706c61696e"),
+    (
+        "json",
+        lambda: encode_json({"sealed": False, "key_version": 2}),
+        "000000230100027b227365616c6564223a66616c73652c226b65795f76657273696f6e223a327d",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_the_bytes_on_the_wire_never_change(
+    name: str, make: Callable[[], bytes | None], expected: str
+) -> None:
+    assert make() == bytes.fromhex(expected)
