@@ -41,8 +41,25 @@ class Deps:
     options: dict[str, Path | None] = field(default_factory=dict)
 
 
-def _err(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+class Refused(click.ClickException):
+    """A one-line `Error: ...` on stderr; each subclass has one of the exit codes in the docstring above."""
+
+    exit_code = 1
+
+
+class UsageFailure(Refused):
+    exit_code = 2
+
+
+class FollowUpNeeded(Refused):
+    exit_code = 3
+
+
+class IOFailure(Refused):
+    exit_code = 4
+
+
+_BY_EXIT_CODE = {cls.exit_code: cls for cls in (Refused, UsageFailure, FollowUpNeeded, IOFailure)}
 
 
 def _passphrase_source(opts: dict[str, Path | None], *, new: frozenset[str]) -> Callable[[str], bytes]:
@@ -78,13 +95,20 @@ def _passphrase_source(opts: dict[str, Path | None], *, new: frozenset[str]) -> 
     return get
 
 
+def _ca_dir(ctx: click.Context) -> Path:
+    """--ca-dir, checked here and not by click: `python -m ca COMMAND --help` needs no CA directory."""
+    base = ctx.obj.options["ca_dir"]
+    if base is None:
+        raise UsageFailure("no CA directory: pass --ca-dir DIR or set STRONGROOM_CA_DIR")
+    path: Path = base
+    return path
+
+
 def _authority(ctx: click.Context, *, new: frozenset[str] = frozenset()) -> Authority:
     deps: Deps = ctx.obj
     opts = deps.options
-    base = opts["ca_dir"]
-    assert base is not None  # noqa: S101 - click makes it required
     return Authority(
-        base,
+        _ca_dir(ctx),
         passphrases=_passphrase_source(opts, new=new),
         clock=deps.clock,
         binder=deps.binder,
@@ -99,15 +123,15 @@ class CAGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CAError as e:
-            _err(str(e))
             if e.exit_code == 1:
                 _log_refusal(ctx, str(e))
-            ctx.exit(e.exit_code)
+            raise _BY_EXIT_CODE.get(e.exit_code, Refused)(str(e)) from None
         except OSError as e:
             # A disk full or I/O error mid-operation: issue undoes its own steps; anything else may
             # have completed part of its writes (always index first), so send the admin to look.
-            _err(f"I/O failure: {e.strerror or e} ({e.filename or '-'}); check `python -m ca list`, retry")
-            ctx.exit(4)
+            raise IOFailure(
+                f"I/O failure: {e.strerror or e} ({e.filename or '-'}); check `python -m ca list`, retry"
+            ) from None
 
 
 def _log_refusal(ctx: click.Context, message: str) -> None:
@@ -131,8 +155,7 @@ def _log_refusal(ctx: click.Context, message: str) -> None:
     "--ca-dir",
     type=click.Path(path_type=Path),
     envvar="STRONGROOM_CA_DIR",
-    required=True,
-    help="The CA directory (env STRONGROOM_CA_DIR), e.g. /var/lib/strongroom-ca.",
+    help="The CA directory (env STRONGROOM_CA_DIR), e.g. /var/lib/strongroom-ca. Required by every command.",
 )
 @click.option(
     "--passphrase-file",
@@ -154,13 +177,23 @@ def _log_refusal(ctx: click.Context, message: str) -> None:
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, ca_dir: Path, issuing_file: Path | None, root_file: Path | None, root_key: Path | None
+    ctx: click.Context,
+    ca_dir: Path | None,
+    issuing_file: Path | None,
+    root_file: Path | None,
+    root_key: Path | None,
 ) -> None:
-    """Strongroom's certificate authority: employee, service and server certificates, revocation, CRL."""
+    """Strongroom's certificate authority: employee, service and server certificates, revocation, CRL.
+
+    \b
+    Exit codes: 0 done; 1 refused, nothing changed; 2 usage error; 3 done, but a follow-up step
+    (web app unbind, Apache reload, root CRL renewal) needs the admin; 4 an I/O error (disk full...).
+    The CA directory and every command: docs/ca.md.
+    """
     if not isinstance(ctx.obj, Deps):
         ctx.obj = Deps()
     ctx.obj.options = {
-        "ca_dir": ca_dir.absolute(),
+        "ca_dir": ca_dir.absolute() if ca_dir is not None else None,
         "issuing_file": issuing_file,
         "root_file": root_file,
         "root_key": root_key,
@@ -229,6 +262,7 @@ def _issue_bundle(
     ask_password: bool,
     bind: bool,
 ) -> None:
+    _ca_dir(ctx)
     validate_name(name)
     out = out or Path(f"{name}.p12")
     if out.exists() or out.is_symlink():
@@ -340,6 +374,7 @@ def server(
 
     Writes HOST.key.pem (unencrypted, mode 0600, for Apache) and HOST.crt.pem (certificate + issuing CA).
     """
+    _ca_dir(ctx)
     names = [validate_host(h) for h in hosts]
     key_path, cert_path = out_dir / f"{names[0]}.key.pem", out_dir / f"{names[0]}.crt.pem"
     for p in (key_path, cert_path):
@@ -517,7 +552,3 @@ def show(ctx: click.Context, target: str) -> None:
 
 def main() -> None:
     cli(prog_name="python -m ca")
-
-
-if __name__ == "__main__":
-    main()

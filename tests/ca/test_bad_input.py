@@ -91,88 +91,88 @@ def _symlinked_index(ca: CA) -> None:
 
 CASES = [
     Case("unknown user", ("issue", "zed", "--out", "zed.p12"), 1,
-         "error: the web app refused to bind the certificate to zed: unknown user 'zed' (nothing was issued)",
+         "Error: the web app refused to bind the certificate to zed: unknown user 'zed' (nothing was issued)",
          setup=_unknown_user),
     Case("fingerprint already bound", ("issue", "carol", "--out", "carol.p12"), 1,
-         "error: the web app refused to bind the certificate to carol: fingerprint already bound "
+         "Error: the web app refused to bind the certificate to carol: fingerprint already bound "
          "(nothing was issued)", setup=_fingerprint_taken),
     Case("duplicate active certificate", ("issue", "alice", "--out", "a2.p12"), 1,
-         "error: alice already holds a valid certificate (serial {alice}, expires {alice_expiry}): "
+         "Error: alice already holds a valid certificate (serial {alice}, expires {alice_expiry}): "
          "revoke it first, or pass --replace to renew"),
     Case("replace across profiles", ("service", "alice", "--replace", "--out", "a2.p12"), 1,
-         "error: alice's current certificate has the employee profile: --replace cannot change it"),
+         "Error: alice's current certificate has the employee profile: --replace cannot change it"),
     Case("name with a space", ("issue", "alice smith"), 1,
-         "error: invalid name 'alice smith': use 1-64 letters, digits, '.', '_' or '-', "
+         "Error: invalid name 'alice smith': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("name with a path", ("issue", "../../etc/x"), 1,
-         "error: invalid name '../../etc/x': use 1-64 letters, digits, '.', '_' or '-', "
+         "Error: invalid name '../../etc/x': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("name like an option", ("issue", "--", "-rf"), 1,
-         "error: invalid name '-rf': use 1-64 letters, digits, '.', '_' or '-', "
+         "Error: invalid name '-rf': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("empty name", ("issue", ""), 1,
-         "error: invalid name '': use 1-64 letters, digits, '.', '_' or '-', "
+         "Error: invalid name '': use 1-64 letters, digits, '.', '_' or '-', "
          "starting with a letter or digit"),
     Case("bad host name", ("server", "exa mple.com"), 1,
-         "error: invalid host name 'exa mple.com': give DNS names or IP addresses"),
+         "Error: invalid host name 'exa mple.com': give DNS names or IP addresses"),
     Case("bundle exists", ("issue", "carol", "--out", "carol.p12"), 1,
-         "error: carol.p12 already exists: refusing to overwrite it", setup=_bundle_exists),
+         "Error: carol.p12 already exists: refusing to overwrite it", setup=_bundle_exists),
     Case("server key exists", ("server", "localhost"), 1,
-         "error: localhost.key.pem already exists: refusing to overwrite it", setup=_server_key_exists),
+         "Error: localhost.key.pem already exists: refusing to overwrite it", setup=_server_key_exists),
     Case("revoke unknown name", ("revoke", "nobody", "--reason", "affiliationChanged"), 1,
-         "error: no certificate for 'nobody': not a known name or serial (see `python -m ca list`)"),
+         "Error: no certificate for 'nobody': not a known name or serial (see `python -m ca list`)"),
     Case("revoke unknown serial", ("revoke", "0x1234abcd", "--reason", "keyCompromise"), 1,
-         "error: no certificate for '0x1234abcd': not a known name or serial (see `python -m ca list`)"),
+         "Error: no certificate for '0x1234abcd': not a known name or serial (see `python -m ca list`)"),
     Case("revoke twice", ("revoke", "bob", "--reason", "affiliationChanged"), 1,
-         "error: bob's certificate {bob} is already revoked (since {bob_revoked} UTC, affiliationChanged)"),
+         "Error: bob's certificate {bob} is already revoked (since {bob_revoked} UTC, affiliationChanged)"),
     Case("revoke without a reason", ("revoke", "alice"), 2,
          "Error: Missing option '--reason'. Choose from:"),
     Case("revoke with a made-up reason", ("revoke", "alice", "--reason", "fired"), 2,
          "Error: Invalid value for '--reason': 'fired' is not one of 'unspecified', 'keyCompromise', "
          "'affiliationChanged', 'superseded', 'cessationOfOperation'."),
     Case("unbind a valid certificate", ("unbind", "alice"), 1,
-         "error: alice's certificate {alice} is not revoked: revoke it instead"),
+         "Error: alice's certificate {alice} is not revoked: revoke it instead"),
     Case("wrong issuing passphrase", ("issue", "carol", "--out", "carol.p12"), 1,
-         "error: wrong passphrase for the issuing CA key (nothing was changed)", setup=_wrong_passphrase),
+         "Error: wrong passphrase for the issuing CA key (nothing was changed)", setup=_wrong_passphrase),
     Case("wrong typed passphrase", ("revoke", "alice", "--reason", "keyCompromise"), 1,
-         "error: wrong passphrase for the issuing CA key (nothing was changed)",
+         "Error: wrong passphrase for the issuing CA key (nothing was changed)",
          input="lantern-quartz-meadow-piano-75\n", passphrase=False),
     Case("passphrase file readable by others", ("crl",), 1,
-         "error: the issuing CA passphrase file {secrets}/issuing.pass is readable by others: "
+         "Error: the issuing CA passphrase file {secrets}/issuing.pass is readable by others: "
          "chmod 600 {secrets}/issuing.pass", setup=_open_passphrase_file),
     Case("weak bundle password: short", ("issue", "carol", "--out", "carol.p12", "--ask-password"), 1,
-         "error: the bundle password is too short: use at least 12 characters (nothing was changed)",
+         "Error: the bundle password is too short: use at least 12 characters (nothing was changed)",
          input="Tr0ub4dor&3\nTr0ub4dor&3\n"),
     Case("weak bundle password: guessable", ("issue", "carol", "--out", "carol.p12", "--ask-password"), 1,
-         "error: the bundle password is too easy to guess (strength 1/4, need 3): This is similar to a "
+         "Error: the bundle password is too easy to guess (strength 1/4, need 3): This is similar to a "
          "commonly used password. (nothing was changed)", input="Password1234\nPassword1234\n"),
     Case("weak bundle password: holder name", ("issue", "carol", "--out", "carol.p12", "--ask-password"),
-         1, "error: the bundle password is too easy to guess (strength 2/4, need 3): add more unrelated "
+         1, "Error: the bundle password is too easy to guess (strength 2/4, need 3): add more unrelated "
          "words or characters (nothing was changed)", input="StrongroomCarol1\nStrongroomCarol1\n"),
     Case("corrupt index", ("issue", "carol", "--out", "carol.p12"), 1,
-         "error: the index is not valid JSON (JSONDecodeError); restore a backup", setup=_corrupt_json),
+         "Error: the index is not valid JSON (JSONDecodeError); restore a backup", setup=_corrupt_json),
     Case("index with an unknown field", ("list",), 1,
-         "error: certificate #0: missing fields [], unexpected fields ['is_admin']", setup=_unknown_field),
+         "Error: certificate #0: missing fields [], unexpected fields ['is_admin']", setup=_unknown_field),
     Case("index with a duplicate serial", ("revoke", "alice", "--reason", "keyCompromise"), 1,
-         "error: index: a serial number appears twice", setup=_duplicate_serial),
+         "Error: index: a serial number appears twice", setup=_duplicate_serial),
     Case("index readable by group", ("list",), 1,
-         "error: refusing to run: {ca}/index.json has mode 0640, which lets others read it; "
+         "Error: refusing to run: {ca}/index.json has mode 0640, which lets others read it; "
          "fix it with: chmod 600 {ca}/index.json", setup=_readable_index),
     Case("issuing dir readable by others", ("crl",), 1,
-         "error: refusing to run: {ca}/issuing has mode 0755, which lets others read it; "
+         "Error: refusing to run: {ca}/issuing has mode 0755, which lets others read it; "
          "fix it with: chmod 700 {ca}/issuing", setup=_readable_dir),
     Case("index is a symlink", ("list",), 1,
-         "error: refusing to run: {ca}/index.json is a symbolic link", setup=_symlinked_index),
+         "Error: refusing to run: {ca}/index.json is a symbolic link", setup=_symlinked_index),
     Case("typo in config", ("crl",), 1,
-         "error: {ca}/config.toml: crl_dayz: is not a known setting", setup=_bad_config),
+         "Error: {ca}/config.toml: crl_dayz: is not a known setting", setup=_bad_config),
     Case("wrong root passphrase", ("new-issuing", "--reason", "superseded", "--yes"), 1,
-         "error: wrong passphrase for the root CA key (nothing was changed)",
+         "Error: wrong passphrase for the root CA key (nothing was changed)",
          input="orbit-walnut-cascade-ferry-32\n"),
     Case("new issuing CA with a made-up reason", ("new-issuing", "--reason", "keyCompromise", "--yes"), 2,
          "Error: Invalid value for '--reason': 'keyCompromise' is not one of 'superseded', 'cACompromise', "
          "'cessationOfOperation'."),
     Case("init over an existing CA", ("init",), 1,
-         "error: {ca} already exists and is not empty: refusing to overwrite a CA"),
+         "Error: {ca} already exists and is not empty: refusing to overwrite a CA"),
     Case("days out of range", ("issue", "carol", "--days", "0"), 2,
          "Error: Invalid value for '--days': 0 is not in the range 1<=x<=1095."),
 ]  # fmt: skip
@@ -247,6 +247,6 @@ def test_a_second_admin_is_refused_while_the_lock_is_held(populated: tuple[CA, d
         os.close(fd)
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "error: another CA operation is in progress (the CA lock is held); try again in a moment"
+        "Error: another CA operation is in progress (the CA lock is held); try again in a moment"
     )
     assert snapshot(ca.dir) == before

@@ -58,7 +58,7 @@ def test_unknown_user_reason_comes_through_and_nothing_is_issued(real_binder_ca:
     result = ca.run("issue", "zed", "--out", str(ca.work / "zed.p12"))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "error: the web app refused to bind the certificate to zed: Error: unknown user 'zed' "
+        "Error: the web app refused to bind the certificate to zed: Error: unknown user 'zed' "
         "(nothing was issued)"
     )
     assert json.loads((ca.dir / "index.json").read_text())["certificates"] == []

@@ -118,7 +118,7 @@ def test_a_refused_bind_leaves_no_trace(ca: CA) -> None:
     result = ca.run("issue", "mallory", "--out", str(ca.work / "m.p12"))
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: the web app refused to bind the certificate to mallory: unknown user: mallory "
+        "Error: the web app refused to bind the certificate to mallory: unknown user: mallory "
         "(nothing was issued)"
     ]
     assert snapshot(ca.dir) == before
@@ -137,7 +137,7 @@ def test_a_failed_index_write_undoes_the_bind_and_the_bundle(ca: CA, monkeypatch
     monkeypatch.setattr(authority, "atomic_write", failing_write)
     result = ca.run("issue", "alice", "--out", str(ca.work / "a.p12"))
     assert result.exit_code == 4
-    assert "error: I/O failure: No space left on device" in result.output
+    assert "Error: I/O failure: No space left on device" in result.output
     assert ca.binder.bound == {}  # bound, then unbound again
     assert [c[0] for c in ca.binder.calls] == ["bind", "unbind"]
     assert snapshot(ca.dir) == before
