@@ -4,7 +4,8 @@ A package states its settings once, as a `SettingsModel` subclass: one field per
 its default and its limits (`port: int = Field(default=25, ge=1, le=65535)`). The model is strict (a
 string is never read as a number, `true` is never 1), refuses unknown keys (a typo must not fall back to
 a default silently) and is frozen. `load_toml` reads the file (at most `max_bytes`), validates it, and
-turns every problem into one line `<file>: <key>: <rule>`.
+turns every problem into one line `<file>: <key>: <rule>`. Reading the file is `common/tomlfile.py`
+(standard library only, so keyd can share it without pydantic: docs/keyd.md says why).
 
 A refusal line is built from where (the key) and which rule broke (the limit from the model), never
 from the submitted value: a password pasted into the wrong key must not reach a terminal, a log or a
@@ -15,32 +16,32 @@ raises `ValueError` with a rule ("must be an absolute path"), never the value.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationError
 
+from common.tomlfile import MAX_BYTES, SettingsMissing, SettingsRefused, read_toml
+
 T = TypeVar("T")
 M = TypeVar("M", bound="SettingsModel")
 
-MAX_BYTES = 64 * 1024  # every settings file we ship is under 4 KiB: more is a mistake or an attack
 MAX_PROBLEMS = 20  # past this the admin has the wrong file, and the rest is noise
-_TOML_WHERE = re.compile(r"\((at line \d+, column \d+|at end of document)\)")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-
-class SettingsRefused(ValueError):
-    """The settings were refused; `problems` has one line per problem, none quoting a value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-class SettingsMissing(SettingsRefused):
-    """The settings file does not exist (a package may say what creates it)."""
+__all__ = [
+    "MAX_BYTES",
+    "AbsolutePath",
+    "Array",
+    "SettingsMissing",
+    "SettingsModel",
+    "SettingsRefused",
+    "load_toml",
+    "problems",
+    "read_toml",
+    "validate",
+]
 
 
 class SettingsModel(BaseModel):
@@ -66,30 +67,6 @@ def _absolute(path: Path) -> Path:
 AbsolutePath = Annotated[Path, Strict(False), AfterValidator(_absolute)]
 # A TOML array kept as a tuple, so the settings stay immutable; the items stay strict.
 Array = Annotated[tuple[T, ...], Strict(False)]
-
-
-def read_toml(path: Path, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
-    """The TOML table in `path`, refused if unreadable, larger than `max_bytes`, not UTF-8 or not TOML."""
-    try:
-        with Path(path).open("rb") as handle:
-            raw = handle.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise SettingsMissing([f"{path}: does not exist"]) from None
-    except OSError as exc:
-        raise SettingsRefused([f"{path}: cannot read ({exc.strerror})"]) from None
-    if len(raw) > max_bytes:
-        raise SettingsRefused([f"{path}: larger than {max_bytes} bytes"])
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SettingsRefused([f"{path}: not UTF-8 text"]) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message can quote a character of the file: keep only where the error is.
-        where = _TOML_WHERE.search(str(exc))
-        suffix = f" ({where.group(1)})" if where else ""
-        raise SettingsRefused([f"{path}: not valid TOML{suffix}"]) from None
 
 
 def validate(model: type[M], raw: Mapping[str, Any], *, source: str, key_prefix: str = "") -> M:
