@@ -2,4 +2,4 @@
 
 from keyd.cli import main
 
-raise SystemExit(main())
+main()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
+import functools
 import getpass
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import click
 
 from keyd.config import Config, ConfigError, load
 from keyd.errors import KeydError, Unavailable
@@ -46,113 +49,216 @@ EXIT_USAGE = 2
 EXIT_SEALED = 3
 EXIT_UNREACHABLE = 4
 
-# Flags shared by every command; each overrides the same key of the config file.
+
+class Refused(click.ClickException):
+    """One line `Error: ...` on stderr and exit 1; the subclasses exit with the other codes above."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageFailure(Refused):
+    exit_code = EXIT_USAGE
+
+
+class StillSealed(Refused):
+    exit_code = EXIT_SEALED
+
+
+class Unreachable(Refused):
+    exit_code = EXIT_UNREACHABLE
+
+
+# Options shared by every command; each overrides the same key of the config file. Given after the
+# command (`python -m keyd status --config FILE`), as the units, the runbook and the tests write them.
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--socket", "socket", {"help": "the Unix socket (its directory is created 0750)"}),
-    ("--state-dir", "state_dir", {"help": "keyd's state directory (state.json, budgets.json, events.jsonl)"}),
-    ("--drop-path", "drop_path", {"help": "where the operator drops the key or PIN (default /dev/shm/ekey)"}),
-    ("--allow-uid", "allowed_uids", {"type": int, "action": "append", "help": "a uid served (repeatable)"}),
+    ("--socket", "socket", {"help": "The Unix socket (its directory is created 0750)."}),
+    (
+        "--state-dir",
+        "state_dir",
+        {"help": "keyd's state directory (state.json, budgets.json, events.jsonl)."},
+    ),
+    (
+        "--drop-path",
+        "drop_path",
+        {"help": "Where the operator drops the key or PIN (default /dev/shm/ekey)."},
+    ),
+    ("--allow-uid", "allowed_uids", {"type": int, "multiple": True, "help": "A uid served (repeatable)."}),
     (
         "--admin-uid",
         "admin_uids",
-        {"type": int, "action": "append", "help": "a uid that may seal/rotate/retire"},
+        {"type": int, "multiple": True, "help": "A uid that may seal/rotate/retire."},
     ),
-    ("--drop-uid", "drop_uids", {"type": int, "action": "append", "help": "an owner a drop file may have"}),
-    ("--socket-group", "socket_group", {"help": "the web app's group: may enter the socket directory"}),
-    ("--user", "user", {"help": "drop root privileges to this user after binding the socket"}),
-    ("--mode", "mode", {"choices": ["file", "pkcs11"], "help": "key source (default file)"}),
-    ("--pkcs11-module", "pkcs11_module", {"help": "PKCS#11 library (default SoftHSM2)"}),
-    ("--token-label", "token_label", {"help": "label of the PKCS#11 token"}),
-    ("--poll-interval", "poll_interval", {"type": float, "help": "seconds between drop-file checks"}),
+    ("--drop-uid", "drop_uids", {"type": int, "multiple": True, "help": "An owner a drop file may have."}),
+    ("--socket-group", "socket_group", {"help": "The web app's group: may enter the socket directory."}),
+    ("--user", "user", {"help": "Drop root privileges to this user after binding the socket."}),
+    ("--mode", "mode", {"type": click.Choice(["file", "pkcs11"]), "help": "Key source (default file)."}),
+    ("--pkcs11-module", "pkcs11_module", {"help": "PKCS#11 library (default SoftHSM2)."}),
+    ("--token-label", "token_label", {"help": "Label of the PKCS#11 token."}),
+    ("--poll-interval", "poll_interval", {"type": float, "help": "Seconds between drop-file checks."}),
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="a TOML config file (see keyd/config.py)")
-    for flag, dest, kwargs in _FLAGS:
-        common.add_argument(flag, dest=dest, default=None, **kwargs)
-    common.add_argument(
-        "--budget",
-        action="append",
-        default=None,
-        metavar="SCOPE.WINDOW=N",
-        help="a decrypt budget, e.g. employee.minute=30 or global.day=20000 (repeatable)",
-    )
-    common.add_argument("--no-syslog", action="store_true", help="events to the spool and stderr only")
+def _common(f: Callable[..., None]) -> Callable[..., None]:
+    """The config file and the flags above, on a command; the callback gets the loaded Config."""
+    options = [
+        click.option(
+            "--config", type=click.Path(path_type=Path), help="A TOML config file (see keyd/config.py)."
+        ),
+        *(click.option(flag, dest, default=None, **kwargs) for flag, dest, kwargs in _FLAGS),
+        click.option(
+            "--budget",
+            multiple=True,
+            metavar="SCOPE.WINDOW=N",
+            help="A decrypt budget, e.g. employee.minute=30 or global.day=20000 (repeatable).",
+        ),
+        click.option("--no-syslog", is_flag=True, help="Events to the spool and stderr only."),
+    ]
 
-    parser = argparse.ArgumentParser(
-        prog="python -m keyd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="run the daemon (starts sealed, waits for the drop file)")
-    init = sub.add_parser(
-        "init", parents=[common], help="create the state and key version 1 from a dropped key"
-    )
-    init.add_argument(
-        "--key-kind",
-        choices=["passphrase", "raw"],
-        default="passphrase",
-        help="file mode: a long passphrase (scrypt) or a raw key as 64 hex digits",
-    )
-    init.add_argument("--scrypt-n", type=int, default=2**17, help="scrypt cost N (power of two, >= 2**14)")
-    init.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the drop file")
-    sub.add_parser("status", parents=[common], help="sealed or not, key versions (exit 0/3/4)")
-    unseal = sub.add_parser(
-        "unseal", parents=[common], help="type the key or PIN (no echo) into the drop file, wait for keyd"
-    )
-    unseal.add_argument(
-        "--stdin", action="store_true", help="read the secret from a pipe (scripts); refused on a terminal"
-    )
-    unseal.add_argument("--wait", type=float, default=10.0, help="seconds keyd has to take the drop file")
-    sub.add_parser("versions", parents=[common], help="encryptions per key version")
-    sub.add_parser("seal", parents=[common], help="drop the key from keyd's memory")
-    sub.add_parser("rotate", parents=[common], help="add a new key version and encrypt under it from now on")
-    retire = sub.add_parser("retire", parents=[common], help="refuse decrypts under versions below N")
-    retire.add_argument("--min-version", type=int, required=True, help="the oldest version still decrypted")
-    return parser
+    @functools.wraps(f)
+    def wrapper(**kwargs: Any) -> None:
+        config = _config(kwargs)
+        f(config, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
-def _config(args: argparse.Namespace) -> Config:
-    overrides = {dest: getattr(args, dest) for _, dest, _ in _FLAGS}
-    if args.budget:
-        budgets: dict[str, dict[str, int]] = {}
-        for spec in args.budget:
-            try:
-                key, value = spec.split("=", 1)
-                scope, window = key.split(".", 1)
-                budgets.setdefault(scope, {})[window] = int(value)
-            except ValueError:
-                raise ConfigError(f"bad --budget {spec!r}: use SCOPE.WINDOW=N") from None
-        overrides["budgets"] = budgets
-    if args.no_syslog:
-        overrides["syslog"] = False
-    return load(args.config, overrides)
+def _config(kwargs: dict[str, Any]) -> Config:
+    """Pops the common options from `kwargs` (the rest belong to the command) and loads the config."""
+    overrides: dict[str, Any] = {}
+    for _, dest, _ in _FLAGS:
+        value = kwargs.pop(dest)
+        overrides[dest] = (list(value) or None) if isinstance(value, tuple) else value
+    path, budget_specs, no_syslog = kwargs.pop("config"), kwargs.pop("budget"), kwargs.pop("no_syslog")
+    try:
+        if budget_specs:
+            budgets: dict[str, dict[str, int]] = {}
+            for spec in budget_specs:
+                try:
+                    key, value = spec.split("=", 1)
+                    scope, window = key.split(".", 1)
+                    budgets.setdefault(scope, {})[window] = int(value)
+                except ValueError:
+                    raise ConfigError(f"bad --budget {spec!r}: use SCOPE.WINDOW=N") from None
+            overrides["budgets"] = budgets
+        if no_syslog:
+            overrides["syslog"] = False
+        return load(path, overrides)
+    except ConfigError as exc:
+        raise UsageFailure(f"{exc} — fix the flag or the config file (keys: keyd/config.py)") from None
 
 
-def _init(config: Config, args: argparse.Namespace) -> int:
+class _KeydGroup(click.Group):
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """DESCRIPTION as written: its numbered steps and commands must not be re-wrapped."""
+        formatter.write_paragraph()
+        with formatter.indentation():
+            for line in DESCRIPTION.splitlines():
+                formatter.write(f"{'':>{formatter.current_indent}}{line}\n" if line else "\n")
+
+
+@click.group(cls=_KeydGroup, help=DESCRIPTION.split("\n")[0])
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s keyd[%(process)d] %(levelname)s %(message)s")
+
+
+@cli.command()
+@_common
+def serve(config: Config) -> None:
+    """Run the daemon (starts sealed, waits for the drop file)."""
+    from keyd.server import serve as run
+    from keyd.state import StateError
+
+    try:
+        code = run(config)
+    except (StateError, OSError, ValueError) as exc:
+        raise Refused(f"cannot serve: {exc}") from None
+    sys.exit(code)
+
+
+@cli.command()
+@_common
+@click.option(
+    "--key-kind",
+    type=click.Choice(["passphrase", "raw"]),
+    default="passphrase",
+    help="File mode: a long passphrase (scrypt) or a raw key as 64 hex digits.",
+)
+@click.option("--scrypt-n", type=int, default=2**17, help="scrypt cost N (power of two, >= 2**14).")
+@click.option("--wait", type=float, default=600.0, help="Seconds to wait for the drop file.")
+def init(config: Config, key_kind: str, scrypt_n: int, wait: float) -> None:
+    """Create the state and key version 1 from a dropped key."""
+    _init(config, key_kind=key_kind, n=scrypt_n, wait=wait)
+
+
+@cli.command()
+@_common
+def status(config: Config) -> None:
+    """Sealed or not, key versions (exit 0 unsealed, 3 sealed, 4 unreachable)."""
+    _remote(config, "status")
+
+
+@cli.command()
+@_common
+@click.option("--stdin", is_flag=True, help="Read the secret from a pipe (scripts); refused on a terminal.")
+@click.option("--wait", type=float, default=10.0, help="Seconds keyd has to take the drop file.")
+def unseal(config: Config, stdin: bool, wait: float) -> None:
+    """Type the key or PIN (no echo) into the drop file, wait for keyd (exit codes as status)."""
+    sys.exit(_unseal(config, from_stdin=stdin, wait=wait))
+
+
+@cli.command()
+@_common
+def versions(config: Config) -> None:
+    """Encryptions per key version."""
+    _remote(config, "versions")
+
+
+@cli.command()
+@_common
+def seal(config: Config) -> None:
+    """Drop the key from keyd's memory."""
+    _remote(config, "seal")
+
+
+@cli.command()
+@_common
+def rotate(config: Config) -> None:
+    """Add a new key version and encrypt under it from now on."""
+    _remote(config, "rotate")
+
+
+@cli.command()
+@_common
+@click.option("--min-version", type=int, required=True, help="The oldest version still decrypted.")
+def retire(config: Config, min_version: int) -> None:
+    """Refuse decrypts under versions below N (--min-version)."""
+    _remote(config, "retire", min_version=min_version)
+
+
+def _init(config: Config, *, key_kind: str, n: int, wait: float) -> None:
     from keyd import hardening
+    from keyd.keyring import close_ring, create_state
     from keyd.keysource import DropRefused, TokenError, consume_drop, open_drop
     from keyd.state import StateError, StateStore, hand_over, make_state_dir
-    from keyd.keyring import close_ring, create_state
 
     store = StateStore(config.state_dir)
     if store.exists():
-        print(f"keyd: {store.path} exists; refusing to overwrite a key state", file=sys.stderr)
-        return 1
-    n = args.scrypt_n
-    if config.mode == "file" and args.key_kind == "passphrase" and (n < 2**14 or n & (n - 1)):
-        print("keyd: --scrypt-n must be a power of two >= 16384", file=sys.stderr)
-        return 2
+        raise Refused(
+            f"{store.path} exists; refusing to overwrite a key state — init is for the first boot only: "
+            "start keyd with `serve` and unseal it"
+        )
+    if config.mode == "file" and key_kind == "passphrase" and (n < 2**14 or n & (n - 1)):
+        raise UsageFailure("--scrypt-n must be a power of two >= 16384 — leave it out for the default")
     try:
         make_state_dir(config.state_dir)  # before the secret is consumed: refuse early
     except (StateError, OSError) as exc:
-        print(f"keyd init: {exc}", file=sys.stderr)
-        return 1
-    kind = "pin" if config.mode == "pkcs11" else args.key_kind
+        raise Refused(f"init: {exc}") from None
+    kind = "pin" if config.mode == "pkcs11" else key_kind
     what = {"passphrase": "passphrase", "raw": "raw key (64 hex digits)", "pin": "token PIN"}[kind]
-    print(f"keyd init: waiting up to {args.wait:.0f} s for the {what} at {config.drop_path}", file=sys.stderr)
-    deadline = time.monotonic() + args.wait
+    click.echo(f"keyd init: waiting up to {wait:.0f} s for the {what} at {config.drop_path}", err=True)
+    deadline = time.monotonic() + wait
     # init runs as root: accept the operator's drop as root or as keyd's user, like serve will.
     drop_uids = config.drop_uids or frozenset(
         {os.geteuid()} | ({hardening.resolve_user(config.user)[0]} if config.user else set())
@@ -164,68 +270,86 @@ def _init(config: Config, args: argparse.Namespace) -> int:
                 secret = consume_drop(fd, config.drop_path, allowed_uids=drop_uids)
                 break
         except DropRefused as exc:
-            print(f"keyd init: drop file refused ({exc.reason.value}); see docs/keyd.md", file=sys.stderr)
-            return 1
+            raise Refused(
+                f"init: drop file refused ({exc.reason.value}) — what it means: docs/keyd.md, "
+                "'Refusals and what they mean'; drop it again and rerun init"
+            ) from None
         if time.monotonic() > deadline:
-            print("keyd init: no drop file arrived", file=sys.stderr)
-            return 1
+            raise Refused(
+                f"init: no drop file arrived at {config.drop_path} within {wait:.0f} s — rerun init, then "
+                "drop the key as docs/runbook.md 1.3 shows (or give --wait more seconds)"
+            )
         time.sleep(config.poll_interval)
     if kind == "passphrase" and len(secret.rstrip(b"\r\n")) < 16:
-        print("keyd init: a passphrase must be at least 16 characters", file=sys.stderr)
-        return 1
+        raise Refused("init: a passphrase must be at least 16 characters — rerun init and drop a longer one")
     scrypt = {"n": n, "r": 8, "p": 1}
     try:
         state, ring = create_state(config, secret, key_kind=kind, scrypt=scrypt)
     except (TokenError, ValueError) as exc:
-        print(f"keyd init: {exc}", file=sys.stderr)
-        return 1
+        raise Refused(f"init: {exc}") from None
     close_ring(ring)
     store.save(state)
     if config.user is not None:
         hand_over(config.state_dir, *hardening.resolve_user(config.user))
-    print(
-        f"keyd init: state created in {config.state_dir} (mode {config.mode}, key version 1)", file=sys.stderr
+    click.echo(
+        f"keyd init: state created in {config.state_dir} (mode {config.mode}, key version 1)", err=True
     )
-    return 0
 
 
-def _remote(config: Config, args: argparse.Namespace) -> int:
+# What to do about a refusal: the runbook's table, one row per code and reason.
+_REFUSALS = "what to do: docs/runbook.md, 'When keyd refuses'"
+
+
+def _unreachable(exc: Unavailable) -> Unreachable:
+    return Unreachable(
+        f"keyd is unreachable (unavailable: {exc}) — is it running, and are --socket/--config right? "
+        f"({_REFUSALS})"
+    )
+
+
+def _remote(config: Config, command: str, *, min_version: int = 0) -> None:
+    """status, versions, seal, rotate, retire: one request to keyd, its answer printed."""
     from keyd.client import KeydAdminClient
 
     actor = os.environ.get("SUDO_USER") or getpass.getuser()
     actor = "".join(c for c in actor if c.isalnum() or c in "._-")[:64] or "operator"
     with KeydAdminClient(config.socket, timeout=10.0) as client:
         try:
-            if args.command == "seal":
+            if command == "seal":
                 status = client.seal(actor=actor)
-            elif args.command == "rotate":
+            elif command == "rotate":
                 status = client.rotate(actor=actor)
-            elif args.command == "retire":
-                status = client.retire(args.min_version, actor=actor)
+            elif command == "retire":
+                status = client.retire(min_version, actor=actor)
             else:
                 status = client.status()
         except Unavailable as exc:
-            print(f"keyd: unavailable: {exc}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            raise _unreachable(exc) from None
         except KeydError as exc:
-            print(f"keyd: {exc.code.value}: {exc.reason or exc}", file=sys.stderr)
-            return EXIT_FAILED
-    if args.command == "versions":
-        print("version  encryptions  state")
-        for v, count in sorted(status.versions.items()):
-            mark = (
-                "current"
-                if v == status.key_version
-                else "retired"
-                if v < (status.min_decrypt_version or 0)
-                else ""
-            )
-            print(f"{v:>7}  {count:>11}  {mark}")
-        return 0
-    _print_status(status)
-    if args.command == "status":
-        return EXIT_SEALED if status.sealed else EXIT_UNSEALED
-    return 0  # seal/rotate/retire: the command was done
+            raise Refused(f"keyd refused: {exc.code.value}: {exc.reason or exc} — {_REFUSALS}") from None
+    try:
+        if command == "versions":
+            print("version  encryptions  state")
+            for v, count in sorted(status.versions.items()):
+                mark = (
+                    "current"
+                    if v == status.key_version
+                    else "retired"
+                    if v < (status.min_decrypt_version or 0)
+                    else ""
+                )
+                print(f"{v:>7}  {count:>11}  {mark}")
+            return
+        _print_status(status)
+    except BrokenPipeError:
+        # `keyd status | head -1`: the reader left. Python's documented remedy: point stdout at
+        # /dev/null so the interpreter's final flush does not raise again, and exit non-zero.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    if command == "status":
+        sys.exit(EXIT_SEALED if status.sealed else EXIT_UNSEALED)
+    # seal/rotate/retire: the command was done (exit 0)
 
 
 def _print_status(status: Status) -> None:
@@ -235,7 +359,7 @@ def _print_status(status: Status) -> None:
     print(f"min_decrypt_version: {status.min_decrypt_version}")
 
 
-def _unseal(config: Config, args: argparse.Namespace) -> int:
+def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
     """Prompt (or --stdin), drop, wait until keyd took it, report the state like `status` does."""
     from keyd.client import KeydAdminClient
     from keyd.keysource import wipe
@@ -246,38 +370,33 @@ def _unseal(config: Config, args: argparse.Namespace) -> int:
         try:
             before = client.status()
             if not before.sealed:
-                print("keyd unseal: keyd is already unsealed; nothing was asked", file=sys.stderr)
+                click.echo("keyd unseal: keyd is already unsealed; nothing was asked", err=True)
                 _print_status(before)
                 return EXIT_UNSEALED
             check_clear(config)  # before the operator types anything
             owner = drop_owner(config)
             what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
-            secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=args.stdin)
+            secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=from_stdin)
             try:
                 ident = place(secret, config, owner)
             finally:
                 wipe(secret)
-            wait_taken(config.drop_path, ident, args.wait)
+            wait_taken(config.drop_path, ident, wait)
             status = _settled(client)
         except UnsealError as exc:
-            print(f"keyd unseal: {exc}", file=sys.stderr)
-            return EXIT_USAGE if exc.usage else EXIT_FAILED
+            raise (UsageFailure if exc.usage else Refused)(f"unseal: {exc}") from None
         except Unavailable as exc:
-            print(f"keyd unseal: keyd is unreachable: {exc}", file=sys.stderr)
-            return EXIT_UNREACHABLE
+            raise _unreachable(exc) from None
         except KeydError as exc:
-            print(f"keyd unseal: {exc.code.value}: {exc.reason or exc}", file=sys.stderr)
-            return EXIT_FAILED
+            raise Refused(f"keyd refused: {exc.code.value}: {exc.reason or exc} — {_REFUSALS}") from None
         except KeyboardInterrupt:
-            print("\nkeyd unseal: aborted; no drop file left behind", file=sys.stderr)
-            return EXIT_FAILED
+            click.echo("", err=True)  # the operator's ^C ended the prompt's line
+            raise Refused("unseal aborted; no drop file left behind — run unseal again") from None
     _print_status(status)
     if status.sealed:
-        print(
-            "keyd unseal: keyd took the secret and stays sealed: its wrong_key event says why",
-            file=sys.stderr,
+        raise StillSealed(
+            "keyd took the secret and stays sealed — its wrong_key event says why; run unseal again"
         )
-        return EXIT_SEALED
     return EXIT_UNSEALED
 
 
@@ -296,32 +415,5 @@ def _settled(client: KeydAdminClient) -> Status:
         time.sleep(0.1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s keyd[%(process)d] %(levelname)s %(message)s")
-    try:
-        config = _config(args)
-    except ConfigError as exc:
-        print(f"keyd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.command == "serve":
-        from keyd.server import serve
-        from keyd.state import StateError
-
-        try:
-            return serve(config)
-        except (StateError, OSError, ValueError) as exc:
-            print(f"keyd: cannot serve: {exc}", file=sys.stderr)
-            return 1
-    if args.command == "init":
-        return _init(config, args)
-    if args.command == "unseal":
-        return _unseal(config, args)
-    try:
-        return _remote(config, args)
-    except BrokenPipeError:
-        # `keyd status | head -1`: the reader left. Python's documented remedy: point stdout at
-        # /dev/null so the interpreter's final flush does not raise again, and exit non-zero.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+def main() -> None:
+    cli(prog_name="python -m keyd")
