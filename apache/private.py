@@ -13,7 +13,6 @@ runs in the foreground until SIGTERM or SIGINT; SIGHUP/SIGUSR1 reload gracefully
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import grp
 import os
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
+
+import click
 
 HERE = Path(__file__).resolve().parent
 SITE = HERE / "strongroom-site.conf"
@@ -280,41 +281,84 @@ class PrivateApache:
         self.stop()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m apache.private", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a private instance in the foreground until SIGTERM")
-    run.add_argument("--port", type=int, required=True)
-    run.add_argument("--run-dir", type=Path, required=True)
-    run.add_argument("--web-socket", type=Path, required=True, help="gunicorn's unix socket")
-    run.add_argument("--tls-cert", type=Path, required=True)
-    run.add_argument("--tls-key", type=Path, required=True)
-    run.add_argument("--client-ca", type=Path, required=True)
-    run.add_argument("--crl", type=Path, required=True)
-    run.add_argument("--server-name", default="localhost")
-    run.add_argument("--listen-address", default="127.0.0.1")
-    run.add_argument("--user", default="www-data")
-    run.add_argument("--group", default="www-data")
-    run.add_argument("--apache2", default=shutil.which("apache2") or "/usr/sbin/apache2")
-    return p
+def _default_apache2() -> str:
+    return shutil.which("apache2") or "/usr/sbin/apache2"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+@click.group()
+def cli() -> None:
+    """A private Apache instance running the production vhost unchanged (tests, `make run`)."""
+
+
+@cli.command()
+@click.option("--port", type=int, required=True, help="The TLS port on --listen-address.")
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where Apache writes everything (created).",
+)
+@click.option("--web-socket", type=click.Path(path_type=Path), required=True, help="gunicorn's unix socket.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The server certificate (PEM, with the chain).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path), required=True, help="The server key (PEM, unencrypted)."
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The CA chain client certificates must chain to.",
+)
+@click.option(
+    "--crl",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The CA's CRL (reload with SIGHUP after a new one).",
+)
+@click.option("--server-name", default="localhost", show_default=True)
+@click.option("--listen-address", default="127.0.0.1", show_default=True)
+@click.option("--user", default="www-data", show_default=True, help="The children's user.")
+@click.option("--group", default="www-data", show_default=True, help="The children's group.")
+@click.option(
+    "--apache2",
+    default=_default_apache2,
+    show_default="apache2 on PATH, else /usr/sbin/apache2",
+    help="The apache2 binary.",
+)
+def run(
+    port: int,
+    run_dir: Path,
+    web_socket: Path,
+    tls_cert: Path,
+    tls_key: Path,
+    client_ca: Path,
+    crl: Path,
+    server_name: str,
+    listen_address: str,
+    user: str,
+    group: str,
+    apache2: str,
+) -> None:
+    """Run a private instance in the foreground until SIGTERM (SIGHUP/SIGUSR1: graceful reload)."""
     settings = Settings(
-        run_dir=args.run_dir.resolve(),
-        port=args.port,
-        web_socket=args.web_socket.resolve(),
-        tls_cert=args.tls_cert.resolve(),
-        tls_key=args.tls_key.resolve(),
-        client_ca=args.client_ca.resolve(),
-        crl=args.crl.resolve(),
-        server_name=args.server_name,
-        listen_address=args.listen_address,
-        user=args.user,
-        group=args.group,
+        run_dir=run_dir.resolve(),
+        port=port,
+        web_socket=web_socket.resolve(),
+        tls_cert=tls_cert.resolve(),
+        tls_key=tls_key.resolve(),
+        client_ca=client_ca.resolve(),
+        crl=crl.resolve(),
+        server_name=server_name,
+        listen_address=listen_address,
+        user=user,
+        group=group,
     )
-    apache = PrivateApache(settings, binary=args.apache2)
+    apache = PrivateApache(settings, binary=apache2)
     stopping = False
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -330,20 +374,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, on_reload)
     try:
         apache.start()
-    except (ApacheError, ValueError) as exc:
-        print(f"apache.private: {exc}", file=sys.stderr)
-        return 1
-    print(f"apache listening on https://{settings.listen_address}:{settings.port}", flush=True)
+    except (ApacheError, ValueError, OSError, KeyError) as exc:
+        # OSError: no apache2 at --apache2, an unwritable --run-dir; KeyError: no such --user/--group.
+        # `apache2 -t` may answer in several lines: the error stays one line.
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise click.ClickException(
+            f"{reason} — fix the options, or see {settings.server_error_log}"
+        ) from None
+    click.echo(f"apache listening on https://{settings.listen_address}:{settings.port}")
     try:
         while not stopping:
             if apache.proc is not None and apache.proc.poll() is not None:
-                print("apache.private: apache2 died; see the error log", file=sys.stderr)
-                return 1
+                raise click.ClickException(f"apache2 died — see {settings.server_error_log}")
             time.sleep(0.2)
     finally:
         apache.stop()
-    return 0
+
+
+def main() -> None:
+    cli(prog_name="python -m apache.private")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
