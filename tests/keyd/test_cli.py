@@ -26,7 +26,7 @@ def test_help_lists_every_command_and_the_boot_procedure() -> None:
 def test_bad_config_is_refused() -> None:
     result = _run("status", "--mode", "file", "--budget", "employee.week=3")
     assert result.returncode == 2
-    assert "bad budget week=3" in result.stderr
+    assert "command line: budgets: employee has only the windows minute, hour and day" in result.stderr
 
 
 def test_init_refusals(keyd_factory: object) -> None:
