@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common import atomic
+
 MAGIC = b"STRONGROOM-BACKUP v1\n".ljust(24, b"\0")
 DOMAIN = b"strongroom backup signature v1\0"
 SIG_LEN = 64
@@ -141,19 +143,8 @@ def seal(plaintext: bytes, *, recipient: object, signing_key: Ed25519PrivateKey,
         raise BackupRefused(f"age encryption failed ({type(exc).__name__})") from None
     digest = hashlib.sha512(MAGIC + body.getvalue()).digest()
     signature = signing_key.sign(_message(digest))
-    tmp = out.with_name(f".{out.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(body.getbuffer())
-            f.write(signature)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never half a backup left behind, even under a temporary name
-        raise
+    # Never half a backup, not even under a temporary name; the body is not copied to be joined.
+    atomic.write_chunks(out, (MAGIC, body.getbuffer(), signature), mode=0o600)
 
 
 def check_signature(f: BinaryIO, size: int, verify_key: Ed25519PublicKey) -> None:

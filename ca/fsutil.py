@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ca.errors import CAError, UnsafeEnvironment
+from common import atomic
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -50,31 +51,10 @@ def check_tree(root: Path) -> None:
             check_private(Path(dirpath) / name)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old or the new content, never a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a leftover from a crash: ours, and never trusted
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """Write `data` to `path` so that a crash leaves the old or the new content, never a torn file;
+    private (0600) from its creation."""
+    atomic.write_bytes(path, data, mode=FILE_MODE)
 
 
 def create_exclusive(path: Path, data: bytes) -> None:

@@ -38,9 +38,11 @@ _TEMP = re.compile(r"\..+\.[0-9a-f]{16}\.tmp", re.DOTALL)
 _MAX_STEM = 200
 
 
-def is_temp(name: str) -> bool:
+def is_temp(name: str, *, of: str | None = None) -> bool:
     """True if `name` (a file name, not a path) is a temporary file of this module, e.g. a crash's
-    leftover."""
+    leftover; with `of`, only one made while writing the file named `of`."""
+    if of is not None:
+        return re.fullmatch(rf"\.{re.escape(of[:_MAX_STEM])}\.[0-9a-f]{{16}}\.tmp", name) is not None
     return _TEMP.fullmatch(name) is not None
 
 

@@ -7,8 +7,9 @@ Layout of the state dir (0700, owned by keyd's user)::
     budgets.json    decrypt counters reserved per employee/global window (see keyd/budgets.py)
     events.jsonl    the append-only event spool (see keyd/events.py)
 
-Every JSON file is replaced atomically: write a temp file, fsync it, rename it over the old one,
-fsync the directory. A crash leaves either the old or the new file, never half of one.
+Every JSON file is replaced atomically (common/atomic.py): write a temp file, fsync it, rename it over
+the old one, fsync the directory. A crash leaves either the old or the new file, never half of one (and
+maybe a temporary file, which make_state_dir tolerates).
 """
 
 from __future__ import annotations
@@ -20,26 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import atomic
+
 STATE_FORMAT = 1
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic.write_bytes(path, data, mode=0o600)
 
 
 def read_json(path: Path) -> Any:
@@ -163,7 +152,12 @@ class StateStore:
         atomic_write_json(self.path, state.to_json())
 
 
+# The dot-names are temporary files older versions could leave behind after a crash.
 KEYD_FILES = {"state.json", "budgets.json", "events.jsonl", ".state.json.tmp", ".budgets.json.tmp"}
+
+
+def _keyd_file(name: str) -> bool:
+    return name in KEYD_FILES or any(atomic.is_temp(name, of=f) for f in ("state.json", "budgets.json"))
 
 
 def hand_over(path: Path, uid: int, gid: int) -> None:
@@ -183,7 +177,7 @@ def make_state_dir(path: Path) -> None:
     st = path.lstat()
     if not path.is_dir() or path.is_symlink():
         raise StateError(f"{path} is not a directory")
-    others = sorted(set(os.listdir(path)) - KEYD_FILES)
+    others = sorted(n for n in os.listdir(path) if not _keyd_file(n))
     if others:
         # keyd chmods (and at serve, chowns) this directory: never /var/lib itself.
         raise StateError(f"{path} holds other files ({others[0]}...): give keyd a directory of its own")

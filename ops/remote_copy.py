@@ -30,6 +30,7 @@ import paramiko
 
 from backup.archive import BackupRefused
 from backup.remote import Target, connect
+from common import atomic
 
 DEFAULT_CONFIG = "/etc/strongroom/remote-copy.toml"
 DEFAULT_DEST = Path("/var/lib/strongroom-watch/remote/forwarded.log")
@@ -129,24 +130,7 @@ def _write_atomically(dest: Path, data: bytes) -> None:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         # Whoever can write here can swap the copy the alarm compares with.
         raise RemoteCopyFailed(f"{directory} must be a directory of ours that others cannot write")
-    tmp = directory / f".{dest.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, dest)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic.write_bytes(dest, data, mode=0o600)
 
 
 def fetch(settings: Settings) -> int:

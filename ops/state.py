@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common import atomic
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_STATE_BYTES = 16 * 1024 * 1024
 
@@ -80,15 +82,8 @@ class StateDir:
     def save(self, name: str, data: dict[str, Any]) -> None:
         self.ensure()
         path = self._file(name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, payload, mode=0o600)
 
     def remove(self, name: str) -> None:
         self._file(name).unlink(missing_ok=True)

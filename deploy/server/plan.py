@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Standard library only, like this package: the installer runs it before any virtualenv exists.
+from common import atomic
+
 
 class InstallError(RuntimeError):
     """A step could not be applied; the message says which and never carries a secret."""
@@ -150,21 +153,8 @@ def _write(
     """Atomically: a reader (a service starting) sees the old file or the new one, never half; a file
     that `validate` refuses never replaces the old one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.strongroom-install")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, content)
-        os.fchown(fd, *ids)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if validate is not None:
-            validate(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The temporary name has dots: sudo, cron and apt skip it in their .d directories meanwhile.
+    atomic.write_bytes(target, content, mode=mode, owner=ids, check=validate)
 
 
 def run(

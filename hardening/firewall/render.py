@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from common import atomic
 from hardening.firewall.config import FirewallConfigError, Network, NetworkConfig, VpnConfig
 
 SSH_PORT = 22
@@ -214,12 +213,4 @@ def render_iptables(config: NetworkConfig, variant: Variant = Variant.PLAIN, *, 
 def write_atomic(path: Path, text: str, *, mode: int) -> None:
     """Whole file or nothing, with its mode set before it appears: a half-written ruleset or a briefly
     world-readable VPN config must never exist under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, text.encode("utf-8"), mode=mode)

@@ -4,12 +4,12 @@ with example values). Then `postmap DIR/virtual`."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from common import atomic
 from ops.postfix import Postfix, PostfixConfigError
 
 
@@ -48,10 +48,7 @@ def render(out: Path, myhostname: str, admins: tuple[str, ...], relayhost: str |
         sys.exit(2)
     for name, text in files.items():
         # Whole files or nothing: postfix must never read a half-written main.cf.
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.chmod(0o644)
-        os.replace(tmp, out / name)
+        atomic.write_bytes(out / name, text.encode(), mode=0o644)
 
 
 if __name__ == "__main__":

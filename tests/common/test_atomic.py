@@ -204,22 +204,32 @@ def test_concurrent_writers_never_show_a_partial_file(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["f"]
 
 
-# (name, is it one of our temporary files?)
+# (name, of, is it one of our temporary files?)
 NAMES = [
-    (".state.json.0123456789abcdef.tmp", True),
-    (".f.0123456789abcdef.tmp", True),
-    ("state.json", False),
-    (".state.json.tmp", False),  # the fixed name older versions used
-    (".state.json.0123456789ABCDEF.tmp", False),
-    (".state.json.0123456789abcde.tmp", False),
-    ("x.0123456789abcdef.tmp", False),
-    (".tmp-123-abcd", False),
+    (".state.json.0123456789abcdef.tmp", None, True),
+    (".state.json.0123456789abcdef.tmp", "state.json", True),
+    (".state.json.0123456789abcdef.tmp", "budgets.json", False),
+    (".state.json.0123456789abcdef.tmp", "state", False),
+    (".f.0123456789abcdef.tmp", None, True),
+    ("state.json", None, False),
+    (".state.json.tmp", None, False),  # the fixed name older versions used
+    (".state.json.0123456789ABCDEF.tmp", None, False),
+    (".state.json.0123456789abcde.tmp", None, False),
+    ("x.0123456789abcdef.tmp", None, False),
+    (".tmp-123-abcd", None, False),
 ]
 
 
-@pytest.mark.parametrize(("name", "expected"), NAMES, ids=[n[0] for n in NAMES])
-def test_is_temp(name: str, expected: bool) -> None:
-    assert atomic.is_temp(name) is expected
+@pytest.mark.parametrize(("name", "of", "expected"), NAMES, ids=[f"{n[0]}-of-{n[1]}" for n in NAMES])
+def test_is_temp(name: str, of: str | None, expected: bool) -> None:
+    assert atomic.is_temp(name, of=of) is expected
+
+
+def test_is_temp_knows_the_names_it_makes(tmp_path: Path) -> None:
+    target = tmp_path / ("n" * 255)
+    names: list[str] = []
+    atomic.write_bytes(target, b"x", mode=0o600, check=lambda tmp: names.append(tmp.name))
+    assert [atomic.is_temp(n, of=target.name) for n in names] == [True]
 
 
 def test_a_long_target_name_still_fits(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import atomic
 from webapp.outbox import COALESCE_SECONDS, valid_event_name
 
 MAX_FILES = 256
@@ -43,7 +43,7 @@ SUBDIR = "alert-spool"
 UNRECOGNISED = "-"  # the event name given to a file that does not parse (texts.py: "an unrecognised event")
 _NAME = re.compile(r"([a-z_.]{1,64})\.(\d{1,12})\.(\d{1,10})")
 _BODY = re.compile(r"v1 (\d{1,10}) (\d{1,12}) (\d{1,12})\n")
-_TMP = ".tmp-"
+_TMP = ".tmp-"  # the temporary files of older versions
 
 
 class SpoolError(Exception):
@@ -82,7 +82,8 @@ class Spool:
 
     def _names(self) -> list[str]:
         try:
-            return [n for n in os.listdir(self.path) if not n.startswith(_TMP)]
+            # A file still being written is not there yet: the mailer must not mail and remove it.
+            return [n for n in os.listdir(self.path) if not (n.startswith(_TMP) or atomic.is_temp(n))]
         except FileNotFoundError:
             return []
 
@@ -105,14 +106,7 @@ class Spool:
                 if count == 0 and len(self._names()) >= MAX_FILES:
                     return False
                 body = f"v1 {min(count + 1, MAX_COUNT)} {first} {stamp}\n".encode()
-                tmp = self.path / f"{_TMP}{os.getpid()}-{secrets.token_hex(4)}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                try:
-                    os.write(fd, body)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, target)
+                atomic.write_bytes(target, body, mode=0o600)
                 return True
             except OSError:
                 return False
