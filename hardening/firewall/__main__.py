@@ -22,8 +22,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--variant", type=click.Choice([v.value for v in Variant]), default=Variant.PLAIN.value)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="A directory (created).",
+)
+@click.option(
+    "--variant",
+    type=click.Choice([v.value for v in Variant]),
+    default=Variant.PLAIN.value,
+    show_default=True,
+    help='Which rule set (docs/hardening.md, "Firewall").',
+)
 def render(config: Path, out: Path, variant: str) -> None:
     """Write strongroom.nft, rules.v4 and rules.v6 into OUT."""
     chosen = Variant(variant)
@@ -60,8 +72,18 @@ def check(config: Path) -> None:
 
 @main.command()
 @click.argument("hosts", nargs=-1, required=True)
-@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True, default=(22, 443))
-@click.option("--timeout", type=click.FloatRange(0.05, 30), default=1.0)
+@click.option(
+    "--port",
+    "ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    default=(22, 443),
+    show_default=True,
+    help="A TCP port to try (repeatable).",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0.05, 30), default=1.0, show_default=True, help="Seconds per try."
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object: {host: {port: outcome}}")
 def probe(hosts: tuple[str, ...], ports: tuple[int, ...], timeout: float, as_json: bool) -> None:
     """Try each HOST on each port: open, refused (reachable, not listening) or timeout (dropped)."""

@@ -16,7 +16,14 @@ def main() -> None:
 
 
 @main.command(name="check")
-@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=SYSCTL_FILE)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=SYSCTL_FILE,
+    show_default=True,
+    help="The sysctl file to compare with.",
+)
 def check_command(path: Path) -> None:
     """Compare the running kernel with the sysctl file."""
     try:

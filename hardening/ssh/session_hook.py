@@ -366,12 +366,20 @@ def exec_session(config: HookConfig, original: str | None, kind: str) -> None:
     os.execv(shell, [os.path.basename(shell), "-c", original])  # noqa: S606
 
 
+USAGE = "usage: ssh-session-hook [--config FILE]"
+
+
 def main(argv: list[str]) -> int:
     config_path = DEFAULT_CONFIG
+    if argv[1:] in (["--help"], ["-h"]):
+        # sshd runs the hook with the arguments sshd_config gives it: only an admin types --help.
+        summary = (__doc__ or "").splitlines()[0]
+        print(f"{USAGE}\n\n{summary}\n\n  --config FILE  the hook's settings (default {DEFAULT_CONFIG})")
+        return 0
     if len(argv) == 3 and argv[1] == "--config":
         config_path = Path(argv[2])
     elif len(argv) != 1:
-        print("usage: ssh-session-hook [--config FILE]", file=sys.stderr)
+        print(f"{USAGE} (--help says what it does)", file=sys.stderr)
         return 2
     try:
         config = parse_config(read_root_owned(config_path, MAX_CONFIG_BYTES))

@@ -33,7 +33,7 @@ def server(config: Path, out: Path) -> None:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("name")
-@click.option("--server-public-key", required=True)
+@click.option("--server-public-key", required=True, help="The server's WireGuard public key (wg pubkey).")
 @click.option("--endpoint", required=True, help="the server's public host:port")
 def client(config: Path, name: str, server_public_key: str, endpoint: str) -> None:
     """Print the config for peer NAME's own machine (its private key left as a placeholder)."""
