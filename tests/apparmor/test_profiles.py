@@ -1,12 +1,14 @@
-"""The AppArmor profiles compile, a broken one is caught, and the compiled policy denies what issue 6
-names: the web app cannot read keyd's state, the drop file or the CA; keyd cannot read the web app's
-files or use the network; Apache cannot read /root, the CA (but its two published files) or keyd's
-files. The kernel here has no AppArmor, so nothing is enforced: the questions are asked of the rules
-the parser compiles (tests/apparmor/policy.py); apparmor/README.md says how to check a real host.
+"""The AppArmor profiles compile, a broken one is caught, and the compiled policy denies what each
+process must never reach: the web app cannot read keyd's state, the drop file or the CA; keyd cannot
+read the web app's files or use the network; Apache cannot read /root, the CA (but its two published
+files) or keyd's files. The kernel here has no AppArmor, so nothing is enforced: the questions are
+asked of the rules the parser compiles (tests/apparmor/policy.py); apparmor/README.md says how to
+check a real host.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +141,9 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("strongroom-keyd", "/run/strongroom-keyd/keyd.sock", "rw", True),
     ("strongroom-keyd", "/dev/shm/ekey", "rw", True),
     ("strongroom-keyd", "/opt/strongroom/keyd/server.py", "r", True),
+    ("strongroom-keyd", "/opt/strongroom/common/atomic.py", "r", True),
+    ("strongroom-keyd", "/opt/strongroom/common/atomic.py", "w", False),
+    ("strongroom-keyd", "/opt/strongroom/ca/authority.py", "r", False),
     # Apache: not /root, not the CA but its two published files (read-only), nothing of keyd's.
     ("strongroom-apache2", "/root/.ssh/id_rsa", "r", False),
     ("strongroom-apache2", "/root/ca-backup.tar", "r", False),
@@ -200,8 +205,8 @@ def test_compiled_policy(
     assert decide(rules[name], path).allows(perms) is allowed
 
 
-# The secrets the issue names must be refused by an explicit deny (logged, and stronger than any
-# allow a later edit or abstraction could add), not only by the absence of an allow.
+# The secrets a profile must never reach are refused by an explicit deny (logged, and stronger than
+# any allow a later edit or abstraction could add), not only by the absence of an allow.
 EXPLICIT = [
     ("strongroom-web", KEYD_STATE),
     ("strongroom-web", "/dev/shm/ekey"),
@@ -331,3 +336,41 @@ def test_the_checks_notice_a_weakened_profile(
     (tmp_path / name).write_text(weakened)
     decision = decide(compiled_file_rules(parser, tmp_path / name), path)
     assert decision.denied & 0x7 != 0x7 or decision.granted & 0x6 != 0
+
+
+def _imported_packages(start: str) -> set[str]:
+    """The project's top-level packages that `start`'s code needs: its own, and what they import,
+    followed through every package reached."""
+    ours = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        package = todo.pop()
+        if package in seen:
+            continue
+        seen.add(package)
+        for source in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                else:
+                    continue
+                todo += [n.split(".")[0] for n in names if n.split(".")[0] in ours]
+    return seen
+
+
+def test_keyd_reads_exactly_the_code_it_imports(rules: dict[str, list[FileRule]]) -> None:
+    """keyd's profile lets it read every package its code imports (a missing one fails only in
+    production, at the first import under enforcement) and no other project package."""
+    needed = _imported_packages("keyd")
+    assert {"keyd", "common"} <= needed
+    assert "webapp" not in needed  # the trust boundary, seen from keyd's side
+    ours = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    readable = {
+        package
+        for package in ours
+        if decide(rules["strongroom-keyd"], f"/opt/strongroom/{package}/__init__.py").allows("r")
+    }
+    assert readable == needed
