@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from webapp.db.engine import make_engine
-from webapp.db.tables import metadata
+from webapp.db.schema import metadata  # every table: the registry names them all
 
 config = context.config
 connection = config.attributes.get("connection")
