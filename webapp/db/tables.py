@@ -112,8 +112,8 @@ audit_log = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
-# Durable events for the alerting mailer (a later issue): written in the same transaction as the
-# action that raised them, so an event exists exactly when its action happened.
+# Durable events for the alerting mailer (webapp/mail/, docs/alerts.md): written in the same
+# transaction as the action that raised them, so an event exists exactly when its action happened.
 outbox = sa.Table(
     "outbox",
     metadata,

@@ -1,4 +1,4 @@
-"""Customer records and cards (issue 5, first slice).
+"""Customer records and cards (the first migration of the records tables).
 
 Revision ID: 0003
 Revises: 0002
