@@ -5,24 +5,38 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test check lint typecheck pytest bench sysdeps venv clean
+.PHONY: run test check lint typecheck pytest bench sysdeps venv lock clean
 
 sysdeps:
 	@scripts/sysdeps.sh
 
+# Every package comes from a hash lock (docs/supply-chain.md): pip refuses any file whose hash differs.
+# requirements-dev.txt holds the runtime tree too, at requirements.txt's versions. Wheels only: an sdist
+# would be built with build tools fetched without a hash check.
+PIP_INSTALL := -m pip install -q --disable-pip-version-check --require-hashes
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	@$(PY) $(PIP_INSTALL) --only-binary=:all: -r requirements-dev.txt
 	@touch $@
 
 # sslyze (the TLS scanner of tests/apache) pins cryptography below the project's pin: its own venv.
+# sslyze publishes only an sdist: its build tools come first, from their own hash lock, and build it
+# without build isolation (which would fetch them unchecked).
 SSLYZE_VENV := .venv-sslyze
-$(SSLYZE_VENV)/.stamp: tests/apache/requirements-sslyze.txt
+SSLYZE_LOCKS := tests/apache/requirements-sslyze-build.txt tests/apache/requirements-sslyze.txt
+$(SSLYZE_VENV)/.stamp: $(SSLYZE_LOCKS)
 	@test -x $(SSLYZE_VENV)/bin/python || $(PYTHON) -m venv $(SSLYZE_VENV)
-	@$(SSLYZE_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/apache/requirements-sslyze.txt
+	@$(SSLYZE_VENV)/bin/python $(PIP_INSTALL) --only-binary=:all: -r tests/apache/requirements-sslyze-build.txt
+	@$(SSLYZE_VENV)/bin/python $(PIP_INSTALL) --only-binary=:all: --no-binary=sslyze --no-build-isolation \
+		-r tests/apache/requirements-sslyze.txt
 	@touch $@
 
 venv: $(VENV)/.stamp $(SSLYZE_VENV)/.stamp
+
+# Recompile the hash locks from the *.in files, keeping every pin that still fits (scripts/lock.py).
+# Upgrade with `make lock UPGRADE="--upgrade-package cryptography"` (or UPGRADE=--upgrade: everything).
+lock: $(VENV)/.stamp
+	$(PY) scripts/lock.py $(UPGRADE)
 
 lint: venv
 	$(VENV)/bin/ruff check .
