@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import socket
 import stat
 import subprocess
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+from common import atomic
 from deploy.server.plan import InstallError, Plan, Want, run, warn
 from deploy.server.settings import LOGIN as _LOGIN
 from deploy.server.settings import Settings
@@ -163,11 +163,7 @@ def code(plan: Plan, src: Path) -> None:
         for rel, mode in differ:
             d = dest / rel
             d.parent.mkdir(parents=True, exist_ok=True)
-            tmp = d.with_name(f".{d.name}.strongroom-install")
-            shutil.copyfile(src / rel, tmp)
-            os.chown(tmp, 0, 0)
-            tmp.chmod(mode)
-            os.replace(tmp, d)
+            atomic.write_bytes(d, (src / rel).read_bytes(), mode=mode, owner=(0, 0))
         for rel in extra:
             (dest / rel).unlink()
         for d in [dest, *_dirs(dest)]:
@@ -180,6 +176,7 @@ def code(plan: Plan, src: Path) -> None:
                 "-m",
                 "compileall",
                 "-q",
+                "common",
                 "webapp",
                 "keyd",
                 "ca",
