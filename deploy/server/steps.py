@@ -203,6 +203,17 @@ def _dirs(root: Path) -> list[Path]:
     return out
 
 
+def pip_install(wheelhouse: Path | None) -> list[str]:
+    """The server venv's install: requirements.txt locks the whole tree with hashes (`make lock`), and
+    pip refuses any file whose hash differs, whether from PyPI or from a wheelhouse. Wheels only: an
+    sdist would be built as root with build tools that no hash covers."""
+    pip = [f"{OPT}/.venv/bin/pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
+    pip += ["--require-hashes", "--only-binary=:all:"]
+    if wheelhouse is not None:
+        pip += ["--no-index", "--find-links", str(wheelhouse)]
+    return [*pip, "-r", f"{OPT}/requirements.txt"]
+
+
 def venv(plan: Plan, src: Path, wheelhouse: Path | None) -> None:
     reqs = (src / "requirements.txt").read_bytes()
     stamp = f"{OPT}/.venv/.strongroom-requirements"
@@ -211,10 +222,7 @@ def venv(plan: Plan, src: Path, wheelhouse: Path | None) -> None:
 
     def apply() -> None:
         run(["python3", "-m", "venv", "--clear", f"{OPT}/.venv"], what="python3 -m venv")
-        pip = [f"{OPT}/.venv/bin/pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
-        if wheelhouse is not None:
-            pip += ["--no-index", "--find-links", str(wheelhouse)]
-        run([*pip, "-r", f"{OPT}/requirements.txt"], what="pip install")
+        run(pip_install(wheelhouse), what="pip install")
         run([VENV_PYTHON, "-m", "compileall", "-q", f"{OPT}/.venv/lib"], what="compileall")
         Path(stamp).write_bytes(reqs)
 
