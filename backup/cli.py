@@ -19,11 +19,10 @@ alert in the web app's outbox when they fail (give --alert-database-url, or it d
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -47,18 +46,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
 def _engine(url: str) -> sa.Engine:
     from webapp.db.engine import make_engine
 
     try:
         return make_engine(url)
     except (ValueError, sa.exc.ArgumentError) as exc:
-        _fail(f"bad database URL: {exc}")
+        raise click.ClickException(f"bad database URL: {exc}") from None
 
 
 def _alert(url: str | None, event: str, step: str, reason: str) -> None:
@@ -73,7 +67,7 @@ def _alert(url: str | None, event: str, step: str, reason: str) -> None:
         raise_alert(engine, KeyEvent(event), step=step, reason=reason, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
-        click.echo(f"error: the alert could not be written either ({type(exc).__name__})", err=True)
+        click.echo(f"warning: the alert could not be written either ({type(exc).__name__})", err=True)
 
 
 def _audit_success(url: str | None, event: str, detail: str) -> None:
@@ -87,7 +81,9 @@ def _audit_success(url: str | None, event: str, detail: str) -> None:
         record_success(engine, KeyEvent(event), detail=detail, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
-        _fail(f"the backup worked but its audit record could not be written ({type(exc).__name__})")
+        raise click.ClickException(
+            f"the backup worked but its audit record could not be written ({type(exc).__name__})"
+        ) from None
 
 
 def _sha256(path: Path) -> str:
@@ -138,7 +134,7 @@ def keygen_offline(out: Path) -> None:
         )
         _private_write(out / "backup-recipient.txt", f"{recipient}\n".encode(), 0o644)
     except FileExistsError as exc:
-        _fail(f"{exc.filename} exists: refusing to replace a backup key")
+        raise click.ClickException(f"{exc.filename} exists: refusing to replace a backup key") from None
     click.echo(f"recipient (copy to the server): {recipient}")
     click.echo(f"identity written to {out / 'backup-identity.txt'}: keep it offline, in two places")
 
@@ -153,7 +149,7 @@ def keygen_signing(out: Path) -> None:
         _private_write(out / "backup-signing.key", private, 0o600)
         _private_write(out / "backup-signing.pub", public, 0o644)
     except FileExistsError as exc:
-        _fail(f"{exc.filename} exists: refusing to replace a backup key")
+        raise click.ClickException(f"{exc.filename} exists: refusing to replace a backup key") from None
     click.echo(
         f"signing key written to {out / 'backup-signing.key'}; "
         "keep backup-signing.pub with the offline identity"
@@ -229,7 +225,7 @@ def create(
         archive.seal(snap.archive, recipient=to, signing_key=signer, out=out)
     except (BackupRefused, sa.exc.SQLAlchemyError, OSError) as exc:
         _alert(alert_database_url or database_url, "backup.failed", "create", _reason(exc))
-        _fail(f"backup not created: {_reason(exc)}")
+        raise click.ClickException(f"backup not created: {_reason(exc)}") from None
     m = snap.manifest
     _audit_success(alert_database_url or database_url, "backup.created", f"{out.name} sha256={_sha256(out)}")
     click.echo(str(out))
@@ -263,7 +259,7 @@ def verify(file: Path, signing_pub: Path, identity: Path | None, alert_database_
         )
     except BackupRefused as exc:
         _alert(alert_database_url, "backup.verify_failed", "verify", str(exc))
-        _fail(f"{file.name}: REFUSED: {exc}")
+        raise click.ClickException(f"{file.name}: REFUSED: {exc}") from None
     _print_manifest(file.name, opened.manifest)
 
 
@@ -319,7 +315,7 @@ def _target(
     host: str, port: int, user: str, ssh_key: Path, known_hosts: Path, remote_dir: str
 ) -> remote.Target:
     if not remote_dir.startswith("/"):
-        _fail("--remote-dir must be an absolute path")
+        raise click.ClickException("--remote-dir must be an absolute path")
     return remote.Target(host, port, user, ssh_key, known_hosts, remote_dir)
 
 
@@ -336,7 +332,7 @@ def send(file: Path, alert_database_url: str | None, **kw: Any) -> None:
             sent = remote.send(file, target, progress=lambda n: bar.advance(task, n))
     except (BackupRefused, OSError) as exc:
         _alert(alert_database_url, "backup.failed", "send", _reason(exc))
-        _fail(f"not sent: {_reason(exc)}")
+        raise click.ClickException(f"not sent: {_reason(exc)}") from None
     _audit_success(alert_database_url, "backup.sent", f"{file.name} sha256={sent.sha256}")
     if sent.sent == 0:
         click.echo(f"{sent.remote_path} is already there with the same SHA-256; nothing sent")
@@ -354,7 +350,7 @@ def fetch(name: str, dest: Path, **kw: Any) -> None:
     try:
         out = remote.fetch(name, _target(**kw), dest)
     except (BackupRefused, OSError) as exc:
-        _fail(f"not fetched: {_reason(exc)}")
+        raise click.ClickException(f"not fetched: {_reason(exc)}") from None
     click.echo(str(out))
 
 
@@ -374,7 +370,7 @@ def prune(keep_last: int, keep_days: int, local_dir: Path | None, **kw: Any) -> 
                 for n in remote.local_prune(local_dir, keep_last=keep_last, keep_days=keep_days, now=now)
             ]
     except (BackupRefused, OSError) as exc:
-        _fail(f"prune failed: {_reason(exc)}")
+        raise click.ClickException(f"prune failed: {_reason(exc)}") from None
     for n in gone:
         click.echo(f"pruned {n}")
     click.echo(f"{len(gone)} pruned")
@@ -433,7 +429,7 @@ def restore(
         engine.dispose()
         written = snapshot.restore_keyd_state(opened, keyd_state_dir) if keyd_state_dir is not None else []
     except (BackupRefused, sa.exc.SQLAlchemyError, OSError) as exc:
-        _fail(f"restore refused: {_reason(exc)}")
+        raise click.ClickException(f"restore refused: {_reason(exc)}") from None
     # The restored chain goes on from the backup's head: its next record says where it came from, so
     # the restored database itself shows when, and from which file, it was brought back.
     _audit_success(database_url, "backup.restored", f"{file.name} sha256={_sha256(file)}")
@@ -466,9 +462,9 @@ def _check(database_url: str, keyd_socket: Path) -> None:
             task = bar.add_task("fields", total=None)
             report = check_decryptable(engine, keyd, progress=lambda n: bar.advance(task, n))
     except KeydError as exc:
-        _fail(f"keyd: {exc.reason or exc.code.value}")
+        raise click.ClickException(f"keyd: {exc.reason or exc.code.value}") from None
     except sa.exc.SQLAlchemyError as exc:
-        _fail(f"database error ({type(exc).__name__})")
+        raise click.ClickException(f"database error ({type(exc).__name__})") from None
     finally:
         engine.dispose()
     click.echo(
@@ -478,5 +474,7 @@ def _check(database_url: str, keyd_socket: Path) -> None:
     for t, rid, f, why in report.failures[:50]:
         click.echo(f"failed\t{t}\t{rid}\t{f}\t{why}", err=True)
     if not report.ok:
-        _fail(f"{report.fields - report.decryptable} of {report.fields} fields do not decrypt")
+        raise click.ClickException(
+            f"{report.fields - report.decryptable} of {report.fields} fields do not decrypt"
+        )
     click.echo("100% of encrypted fields decrypt through keyd")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
 
 import click
 import sqlalchemy as sa
@@ -30,11 +28,6 @@ from webapp.db.engine import make_engine
 DEFAULT_CONFIG = "/etc/strongroom/watch.toml"
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -43,7 +36,9 @@ def _settings(ctx: click.Context) -> Settings:
     try:
         return load(Path(ctx.obj["config"]))
     except SettingsError as exc:
-        _fail(str(exc))
+        raise click.ClickException(
+            f"{exc} — fix the settings file given by --config (every key: ops/deploy/watch.toml)"
+        ) from None
 
 
 def _engine(settings: Settings) -> sa.Engine:
@@ -59,6 +54,10 @@ def _engine(settings: Settings) -> sa.Engine:
 )
 @click.pass_context
 def cli(ctx: click.Context, config: str) -> None:
+    """The watchdog: checks, their baseline, and the daily access report (docs/monitoring.md).
+
+    Exit 0 when the command completed (alerts, if any, are queued), 1 when it could not.
+    """
     ctx.obj = {"config": config}
 
 
@@ -74,9 +73,11 @@ def run_cmd(ctx: click.Context, checks: tuple[str, ...]) -> None:
             settings, state=StateDir(settings.state_dir), engine=engine, now=_now(), only=checks or None
         )
     except StateError as exc:
-        _fail(str(exc))
+        raise click.ClickException(f"{exc} — fix the state directory (state_dir in the settings)") from None
     except Exception as exc:  # noqa: BLE001 - reported and exit 1: the timer's OnFailure= alerts
-        _fail(f"the pass did not complete: {type(exc).__name__}")
+        raise click.ClickException(
+            f"the pass did not complete: {type(exc).__name__} — check the database and the journal; rerun"
+        ) from None
     finally:
         engine.dispose()
     for f in outcome.alerted:
@@ -99,7 +100,9 @@ def baseline_record(ctx: click.Context) -> None:
     try:
         digest = runner.record_baseline(settings, state=StateDir(settings.state_dir), now=_now())
     except Exception as exc:  # noqa: BLE001 - reported, exit 1
-        _fail(f"could not record the baseline: {type(exc).__name__}: {exc}")
+        raise click.ClickException(
+            f"could not record the baseline: {type(exc).__name__}: {exc} — fix that, then record again"
+        ) from None
     click.echo(
         f"proposed baseline recorded; review it with `baseline show --proposed`, then approve {digest}"
     )
@@ -109,17 +112,18 @@ def baseline_record(ctx: click.Context) -> None:
 @click.option("--proposed", is_flag=True, help="Show the proposal awaiting approval.")
 @click.pass_context
 def baseline_show(ctx: click.Context, proposed: bool) -> None:
+    """Print the baseline (or the proposal) and its digest."""
     settings = _settings(ctx)
     state = StateDir(settings.state_dir)
     name = runner.PROPOSED if proposed else runner.BASELINE
     try:
         data = state.load(name)
         if data is None:
-            _fail(f"no {name}")
+            raise click.ClickException(f"no {name} — record one with `baseline record`")
         click.echo(json.dumps(data, indent=1, sort_keys=True))
         click.echo(f"digest {runner.digest(state, name)}")
     except (StateError, runner.BaselineError) as exc:
-        _fail(str(exc))
+        raise click.ClickException(str(exc)) from None
 
 
 @baseline_cli.command("approve")
@@ -131,7 +135,7 @@ def baseline_approve(ctx: click.Context, digest: str) -> None:
     try:
         runner.approve_baseline(StateDir(settings.state_dir), digest)
     except (StateError, runner.BaselineError) as exc:
-        _fail(str(exc))
+        raise click.ClickException(str(exc)) from None
     click.echo("baseline approved")
 
 
@@ -146,12 +150,12 @@ def report_cmd(ctx: click.Context, day: str | None, notify: bool) -> None:
     try:
         the_day = date.fromisoformat(day) if day else (when - timedelta(days=1)).date()
     except ValueError:
-        _fail("--day must be YYYY-MM-DD")
+        raise click.ClickException("--day must be YYYY-MM-DD, e.g. 2026-12-05") from None
     state = StateDir(settings.state_dir)
     try:
         counts = state.load(f"check-{access.NAME}")
     except StateError as exc:
-        _fail(str(exc))
+        raise click.ClickException(f"{exc} — fix the state directory (state_dir in the settings)") from None
     text = access.daily_report(counts, the_day.isoformat())
     click.echo(text, nl=False)
     if notify:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ops.rsyslog import PRODUCTION_RECEIVER, PRODUCTION_SENDER, Receiver, Sender
@@ -26,6 +24,7 @@ def cli() -> None:
 def sender(
     target: str, port: int, permitted_peer: str, ca_file: str, cert_file: str, key_file: str, local_copy: str
 ) -> None:
+    """Print the vault server's rsyslog config: forward over TLS to the log host, keep a local copy."""
     _emit(Sender(target, port, permitted_peer, ca_file, cert_file, key_file, local_copy))
 
 
@@ -51,6 +50,7 @@ def receiver(
     directory: str,
     reader_group: str,
 ) -> None:
+    """Print the log host's rsyslog config: accept the vault server's log over TLS, a file per host."""
     _emit(Receiver(port, permitted_peer, ca_file, cert_file, key_file, directory, reader_group or None))
 
 
@@ -58,8 +58,7 @@ def _emit(config: Sender | Receiver) -> None:
     try:
         text = config.render()
     except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"{exc} — fix that option") from None
     click.echo(text, nl=False)
 
 

@@ -151,7 +151,7 @@ def test_bad_settings_file_fails(tmp_path: Path) -> None:
     path.write_text("state_dir = [")
     code, out = _invoke(path, "run")
     assert code == 1
-    assert out.startswith("error: ")
+    assert out.startswith("Error: ")
 
 
 def test_a_second_pass_waits_for_the_first(config: Path, tmp_path: Path, engine: sa.Engine) -> None:
