@@ -36,10 +36,9 @@ from webapp.clock import Clock, SystemClock
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.headers import SecurityHeaders
-from webapp.keys.commands import keys_cli  # also puts the rewrap checkpoint table on the shared schema
+from webapp.keys.commands import keys_cli
 from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
-from webapp.records import tables as _records_tables  # noqa: F401 - puts the records tables on the shared schema
 from webapp.request import origin, services, unit
 from webapp.unit import Origin, UnitOfWork
 from webapp.vault import Vault, make_vault

@@ -24,7 +24,7 @@ from webapp import create_app
 from webapp.clock import FakeClock
 from webapp.db import migrate
 from webapp.db.engine import make_engine
-from webapp.db.tables import metadata
+from webapp.db.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 GRANTS = ROOT / "webapp" / "db" / "grants.sql"
