@@ -128,12 +128,13 @@ def problems(
 
     `hints` (a field's `description`) say what to set when a required setting is missing."""
     lines = []
+    prefix = f"{source}: " if source else ""  # no source: the caller names it (a CLI, once)
     for e in error.errors():
-        line = f"{source}: {_where(e['loc'], key_prefix)}{_rule(e)}"
+        line = f"{prefix}{_where(e['loc'], key_prefix)}{_rule(e)}"
         hint = (hints or {}).get(str(e["loc"][0])) if e["type"] == "missing" and len(e["loc"]) == 1 else None
         lines.append(f"{line}: {hint}" if hint else line)
     if len(lines) > MAX_PROBLEMS:
-        lines = [*lines[:MAX_PROBLEMS], f"{source}: and {len(lines) - MAX_PROBLEMS} more problems"]
+        lines = [*lines[:MAX_PROBLEMS], f"{prefix}and {len(lines) - MAX_PROBLEMS} more problems"]
     return lines
 
 

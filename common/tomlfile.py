@@ -42,10 +42,17 @@ def read_toml(path: Path, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SettingsRefused([f"{path}: not UTF-8 text"]) from None
+    return loads_toml(text, source=str(path))
+
+
+def loads_toml(text: str, *, source: str = "") -> dict[str, Any]:
+    """The TOML table in `text`; a refusal says where the syntax broke, after `source` if one is given."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message can quote a character of the file: keep only where the error is.
         where = _TOML_WHERE.search(str(exc))
         suffix = f" ({where.group(1)})" if where else ""
-        raise SettingsRefused([f"{path}: not valid TOML{suffix}"]) from None
+        raise SettingsRefused(
+            [f"{source}: not valid TOML{suffix}" if source else f"not valid TOML{suffix}"]
+        ) from None

@@ -18,6 +18,7 @@ from common.settings import (
     load_toml,
     validate,
 )
+from common.tomlfile import loads_toml
 
 SECRET = "Hunter2-S3cret-Passw0rd"
 Writer = Callable[[str | bytes], Path]
@@ -207,3 +208,13 @@ def test_problems_are_capped(write: Writer) -> None:
         load_toml(Example, write(text))
     assert len(caught.value.problems) == 21
     assert caught.value.problems[-1].endswith(": and 10 more problems")
+
+
+def test_without_a_source_the_caller_names_it() -> None:
+    # A command that prints "<file>: " once before the refusal passes no source.
+    with pytest.raises(SettingsRefused) as caught:
+        validate(Example, {"state_dir": "/x", "port": 0, "nope": 1}, source="")
+    assert caught.value.problems == ["port: must be at least 1", "nope: is not a known setting"]
+    with pytest.raises(SettingsRefused) as caught:
+        loads_toml("port = [")
+    assert caught.value.problems == ["not valid TOML (at end of document)"]

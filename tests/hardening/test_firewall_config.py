@@ -116,12 +116,18 @@ BASE = 'admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n'
     ("text", "refusal"),
     [
         ("admins = [", "not valid TOML"),
-        ('admins = ["192.0.2.10"]\nemployees = []\n', "crm: missing"),
+        ('admins = ["192.0.2.10"]\nemployees = []\n', "crm: is required: write crm = [] if there are none"),
         ("admins = []\nemployees = []\ncrm = []\n", "admins: at least one address is required"),
         ('admins = "192.0.2.10"\nemployees = []\ncrm = []\n', "admins: must be a list"),
-        ('admins = ["192.0.2.10"]\nemployees = []\ncrm = []\nadmin = []\n', "unknown key 'admin'"),
-        ('admins = ["192.0.2.300"]\nemployees = []\ncrm = []\n', "admins[0]: '192.0.2.300' is not an IP"),
-        ('admins = ["192.0.2.10"]\nemployees = ["example.com"]\ncrm = []\n', "employees[0]: 'example.com'"),
+        ('admins = ["192.0.2.10"]\nemployees = []\ncrm = []\nadmin = []\n', "admin: is not a known setting"),
+        (
+            'admins = ["192.0.2.300"]\nemployees = []\ncrm = []\n',
+            "admins[0]: is not an IP address or network",
+        ),
+        (
+            'admins = ["192.0.2.10"]\nemployees = ["example.com"]\ncrm = []\n',
+            "employees[0]: is not an IP address or network",
+        ),
         ('admins = ["192.0.2.10"]\nemployees = [42]\ncrm = []\n', "employees[0]: must be a string, not int"),
         ('admins = ["192.0.2.10/24"]\nemployees = []\ncrm = []\n', "has host bits set"),
         ('admins = ["0.0.0.0/0"]\nemployees = []\ncrm = []\n', "too broad"),
@@ -134,28 +140,28 @@ BASE = 'admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n'
         ('admins = [" 192.0.2.10"]\nemployees = []\ncrm = []\n', "is not an IPv4 or IPv6 address"),
         (
             'admins = ["192.0.2.10", "192.0.2.10/32"]\nemployees = []\ncrm = []\n',
-            "admins[1]: '192.0.2.10/32' is listed twice",
+            "admins: [1] is listed twice",
         ),
         (
             "admins = ["
             + ", ".join(f'"10.0.{i // 250}.{i % 250 + 1}"' for i in range(257))
             + "]\nemployees = []\ncrm = []\n",
-            "more than 256",
+            "admins: must have at most 256 entries",
         ),
-        (GOOD + "[vpn]\ninterface = 'wg0'\naddress = '10.77.0.1/24'\n", "vpn.listen_port: missing"),
+        (GOOD + "[vpn]\ninterface = 'wg0'\naddress = '10.77.0.1/24'\n", "vpn.listen_port: is required"),
         (
             GOOD + VPN.replace('"wg0"', '"wg0; drop"'),
-            "vpn.interface: 'wg0; drop' is not a valid interface name",
+            "vpn.interface: is not a valid interface name",
         ),
         (GOOD + VPN.replace('"wg0"', '"averyveryverylongname"'), "not a valid interface name"),
         (GOOD + VPN.replace("10.77.0.1/24", "10.77.0.1"), "must be an IPv4 address with its prefix"),
         (GOOD + VPN.replace("10.77.0.1/24", "10.77.0.0/24"), "the network's own or broadcast address"),
         (
             GOOD + VPN.replace("10.77.0.1/24", "fd77::2/64"),
-            "vpn.address: 'fd77::2/64' is not an IPv4 address",
+            "vpn.address: is not an IPv4 address",
         ),
-        (GOOD + VPN.replace("51820", "70000"), "vpn.listen_port: 70000 is not a port number"),
-        (GOOD + VPN.replace("51820", "true"), "vpn.listen_port: True is not a port number"),
+        (GOOD + VPN.replace("51820", "70000"), "vpn.listen_port: must be at most 65535"),
+        (GOOD + VPN.replace("51820", "true"), "vpn.listen_port: must be a whole number"),
         (GOOD + VPN.replace('"alice"', '"Alice Smith"'), "vpn.peers[0].name"),
         (GOOD + VPN.replace(KEY_A, "not-a-key"), "vpn.peers[0].public_key: not a WireGuard public key"),
         (GOOD + VPN.replace(KEY_A, KEY_A[:-2] + "!="), "bad base64"),
@@ -163,56 +169,103 @@ BASE = 'admins = ["192.0.2.10"]\nemployees = []\ncrm = []\n'
             GOOD + VPN.replace('"10.77.0.10"', '"10.78.0.10"'),
             "is not a host address inside the VPN's 10.77.0.0/24",
         ),
-        (GOOD + VPN.replace('"10.77.0.10"', '"10.77.0.1"'), "10.77.0.1 is already taken"),
+        (GOOD + VPN.replace('"10.77.0.10"', '"10.77.0.1"'), "vpn: peers[0].address is already taken"),
         (
             GOOD + VPN.replace('"fd77::10"', '"fd78::10"'),
-            "vpn.peers[0].address6: fd78::10 is not a host address",
+            "vpn: peers[0].address6 is not a host address inside the VPN's fd77::/64",
         ),
-        (GOOD + VPN + VPN.split("[[vpn.peers]]")[1].join(["[[vpn.peers]]", ""]), "'alice' is listed twice"),
+        (
+            GOOD + VPN + VPN.split("[[vpn.peers]]")[1].join(["[[vpn.peers]]", ""]),
+            "vpn: peers[1].name is listed twice",
+        ),
         (
             GOOD + VPN + "[[vpn.peers]]" + VPN.split("[[vpn.peers]]")[1].replace("alice", "bob"),
             "the same key is used by two peers",
         ),
         (
             GOOD + VPN + f'[[vpn.peers]]\nname = "bob"\npublic_key = "{KEY_B}"\naddress = "10.77.0.10"\n',
-            "vpn.peers[1]: 10.77.0.10 is already taken",
+            "vpn: peers[1].address is already taken",
         ),
-        (GOOD + VPN.replace("name = ", "nmae = "), "vpn.peers[0]: unknown key 'nmae'"),
-        (BASE + "local_only_uids = 998\n", "local_only_uids: must be a list of numeric uids"),
+        (GOOD + VPN.replace("name = ", "nmae = "), "vpn.peers[0].nmae: is not a known setting"),
+        (BASE + "local_only_uids = 998\n", "local_only_uids: must be a list"),
         (
             BASE + 'local_only_uids = ["strongroom-web"]\n',
-            "local_only_uids[0]: 'strongroom-web' is not a numeric",
+            "local_only_uids[0]: is not a numeric uid (names are not accepted)",
         ),
-        (BASE + 'local_only_uids = ["998"]\n', "local_only_uids[0]: '998' is not a numeric uid"),
-        (BASE + "local_only_uids = [true]\n", "local_only_uids[0]: True is not a numeric uid"),
-        (BASE + "local_only_uids = [998.0]\n", "local_only_uids[0]: 998.0 is not a numeric uid"),
-        (BASE + "local_only_uids = [0]\n", "local_only_uids[0]: 0 is not a uid from 1 to 4294967294"),
-        (BASE + "local_only_uids = [-1]\n", "local_only_uids[0]: -1 is not a uid"),
-        (BASE + "local_only_uids = [4294967295]\n", "4294967295 is not a uid"),
-        (BASE + "local_only_uids = [998, 997, 998]\n", "local_only_uids[2]: 998 is listed twice"),
-        (BASE + f"local_only_uids = [{', '.join(str(1000 + i) for i in range(257))}]\n", "more than 256"),
-        (BASE + "local_only_uid = [998]\n", "unknown key 'local_only_uid'"),
+        (
+            BASE + 'local_only_uids = ["998"]\n',
+            "local_only_uids[0]: is not a numeric uid (names are not accepted)",
+        ),
+        (
+            BASE + "local_only_uids = [true]\n",
+            "local_only_uids[0]: is not a numeric uid (names are not accepted)",
+        ),
+        (
+            BASE + "local_only_uids = [998.0]\n",
+            "local_only_uids[0]: is not a numeric uid (names are not accepted)",
+        ),
+        (
+            BASE + "local_only_uids = [0]\n",
+            "local_only_uids[0]: is not a uid from 1 to 4294967294 (root's 0 is refused)",
+        ),
+        (
+            BASE + "local_only_uids = [-1]\n",
+            "local_only_uids[0]: is not a uid from 1 to 4294967294 (root's 0 is refused)",
+        ),
+        (
+            BASE + "local_only_uids = [4294967295]\n",
+            "local_only_uids[0]: is not a uid from 1 to 4294967294 (root's 0 is refused)",
+        ),
+        (BASE + "local_only_uids = [998, 997, 998]\n", "local_only_uids: [2] is listed twice"),
+        (
+            BASE + f"local_only_uids = [{', '.join(str(1000 + i) for i in range(257))}]\n",
+            "local_only_uids: must have at most 256 entries",
+        ),
+        (BASE + "local_only_uid = [998]\n", "local_only_uid: is not a known setting"),
         (BASE + "connection_limits = 20\n", "connection_limits: must be a table"),
-        (BASE + "[connection_limits]\nemployee = 20\n", "connection_limits: unknown key 'employee'"),
+        (BASE + "[connection_limits]\nemployee = 20\n", "connection_limits.employee: is not a known setting"),
         (
             BASE + "[connection_limits]\nemployees = 0\n",
-            "connection_limits.employees: 0 is not a whole number",
+            "connection_limits.employees: must be at least 1",
         ),
-        (BASE + "[connection_limits]\ncrm = -1\n", "connection_limits.crm: -1 is not a whole number"),
-        (BASE + "[connection_limits]\nadmins = 4097\n", "connection_limits.admins: 4097 is not"),
-        (BASE + "[connection_limits]\nadmins = 2147483648\n", "2147483648 is not a whole number"),
-        (BASE + "[connection_limits]\nemployees = true\n", "connection_limits.employees: True is not"),
-        (BASE + "[connection_limits]\nemployees = 20.0\n", "connection_limits.employees: 20.0 is not"),
-        (BASE + '[connection_limits]\nemployees = "20"\n', "connection_limits.employees: '20' is not"),
-        (BASE + "[connection_limits]\nemployees = [20]\n", "connection_limits.employees: [20] is not"),
-        (BASE + "[connection_limits]\nemployees = inf\n", "connection_limits.employees: inf is not"),
-        (BASE + "[connection_limits.employees]\nv4 = 20\n", "connection_limits.employees: {'v4': 20}"),
+        (BASE + "[connection_limits]\ncrm = -1\n", "connection_limits.crm: must be at least 1"),
+        (BASE + "[connection_limits]\nadmins = 4097\n", "connection_limits.admins: must be at most 4096"),
+        (
+            BASE + "[connection_limits]\nadmins = 2147483648\n",
+            "connection_limits.admins: must be at most 4096",
+        ),
+        (
+            BASE + "[connection_limits]\nemployees = true\n",
+            "connection_limits.employees: must be a whole number",
+        ),
+        (
+            BASE + "[connection_limits]\nemployees = 20.0\n",
+            "connection_limits.employees: must be a whole number",
+        ),
+        (
+            BASE + '[connection_limits]\nemployees = "20"\n',
+            "connection_limits.employees: must be a whole number",
+        ),
+        (
+            BASE + "[connection_limits]\nemployees = [20]\n",
+            "connection_limits.employees: must be a whole number",
+        ),
+        (
+            BASE + "[connection_limits]\nemployees = inf\n",
+            "connection_limits.employees: must be a whole number",
+        ),
+        (
+            BASE + "[connection_limits.employees]\nv4 = 20\n",
+            "connection_limits.employees: must be a whole number",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_precise_reason(text: str, refusal: str) -> None:
     with pytest.raises(FirewallConfigError) as caught:
         parse_config(text)
-    assert refusal in str(caught.value)
+    # Each problem is a line of its own that names the place and the rule, never the value.
+    lines = str(caught.value).splitlines()
+    assert any(refusal in line for line in lines), lines
 
 
 def test_an_oversized_or_binary_file_is_refused(tmp_path: Path) -> None:
@@ -224,7 +277,7 @@ def test_an_oversized_or_binary_file_is_refused(tmp_path: Path) -> None:
     binary.write_bytes(b"admins = [\xff]")
     with pytest.raises(FirewallConfigError, match="not UTF-8"):
         load_config(binary)
-    with pytest.raises(FirewallConfigError, match="cannot read"):
+    with pytest.raises(FirewallConfigError, match=r"missing\.toml: does not exist"):
         load_config(tmp_path / "missing.toml")
 
 
@@ -262,7 +315,8 @@ def test_render_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
     config.write_text(GOOD.replace("203.0.113.7", "203.0.113.700"))
     result = cli("render", str(config), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
-    assert "crm[0]: '203.0.113.700' is not an IP address" in result.stderr
+    assert f"{config}: crm[0]: is not an IP address or network\n" in result.stderr
+    assert "203.0.113.700" not in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 

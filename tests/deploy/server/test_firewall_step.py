@@ -58,7 +58,10 @@ def test_the_service_users_uids_are_rendered_and_nft_accepts_them(tmp_path: Path
     [
         ({"strongroom-web": WEB_UID}, "firewall: user strongroom-keyd does not exist"),
         ({"strongroom-keyd": KEYD_UID}, "firewall: user strongroom-web does not exist"),
-        ({"strongroom-web": 0, "strongroom-keyd": KEYD_UID}, "local_only_uids[0]: 0 is not a uid"),
+        (
+            {"strongroom-web": 0, "strongroom-keyd": KEYD_UID},
+            "local_only_uids[0]: is not a uid from 1 to 4294967294 (root's 0 is refused)",
+        ),
     ],
 )
 def test_without_its_users_the_step_writes_nothing(
