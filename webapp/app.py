@@ -8,15 +8,12 @@ all. The audit chain head is therefore locked only for the last moment of a requ
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import argon2
 from flask import Flask, g, redirect, render_template, request, url_for
 from flask.helpers import get_debug_flag
 from flask.typing import ResponseReturnValue
@@ -39,31 +36,11 @@ from webapp.headers import SecurityHeaders
 from webapp.keys.commands import keys_cli
 from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
-from webapp.request import origin, services, unit
-from webapp.unit import Origin, UnitOfWork
+from webapp.request import origin, unit
+from webapp.services import Services, install, services
 from webapp.vault import Vault, make_vault
 
 DEV_SECRET_FILE = "dev-secret-key"  # noqa: S105 - a file name, not a secret
-
-
-@dataclass
-class Services:
-    """The collaborators every request and command uses; tests pass their own."""
-
-    engine: Engine
-    clock: Clock
-    vault: Vault
-    events: EventSink
-    hasher: argon2.PasswordHasher
-    hours: WorkingHours
-    login_policy: LoginPolicy
-    audit_logger: logging.Logger
-    event_logger: logging.Logger
-
-    def unit(self, origin: Origin) -> UnitOfWork:
-        return UnitOfWork(
-            self.engine, clock=self.clock, events=self.events, audit_logger=self.audit_logger, origin=origin
-        )
 
 
 class StrongroomFlask(Flask):
@@ -129,7 +106,7 @@ def create_app(
         app.debug = False
 
     url = app.config["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'strongroom.db'}"
-    app.extensions["strongroom"] = Services(
+    svc = Services(
         engine=engine or make_engine(url),
         clock=clock or SystemClock(),
         vault=vault or make_vault(app.config["KEYD_SOCKET"], timeout=float(app.config["KEYD_TIMEOUT"])),
@@ -149,6 +126,7 @@ def create_app(
         audit_logger=syslog.audit_logger(),
         event_logger=syslog.event_logger(),
     )
+    install(app, svc)
     app.session_interface = DbSessionInterface()
     app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
 
@@ -189,14 +167,12 @@ def create_app(
     _register_error_pages(app)
 
     from webapp.admin.commands import register as register_commands
-    from webapp.admin.views import bp as admin_bp
     from webapp.audit.views import bp as audit_bp
     from webapp.auth.views import bp as auth_bp
     from webapp.records.views import bp as records_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(audit_bp)
-    app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     register_commands(app)
     app.cli.add_command(keys_cli)

@@ -47,7 +47,8 @@ from webapp.config import ConfigError
 from webapp.db.engine import is_sqlite
 from webapp.db.tables import UtcDateTime, metadata
 from webapp.events import Event
-from webapp.request import origin, services, unit
+from webapp.request import origin, unit
+from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
 
 request_counters = sa.Table(

@@ -33,7 +33,8 @@ from webapp.db.tables import sessions
 from webapp.events import ALERTS, Event
 from webapp.mail.spool import Spool, SpoolError, spool_path
 from webapp.redact import mask_pans
-from webapp.request import origin, services
+from webapp.request import origin
+from webapp.services import services
 from webapp.unit import Origin
 
 log = logging.getLogger("strongroom.errors")

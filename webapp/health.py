@@ -22,6 +22,7 @@ from webapp.audit import service as audit
 from webapp.audit.service import AuditEntry
 from webapp.events import Event
 from webapp.failures import is_db_outage, sqlite_path, write_refused
+from webapp.services import Services
 
 PROBE_ACTOR = "health"
 
@@ -60,7 +61,7 @@ def keyd_problem(vault: Any) -> str | None:
     return None
 
 
-def problems(svc: Any) -> list[str]:
+def problems(svc: Services) -> list[str]:
     """Every problem found (both are checked: an operator wants the whole picture at once)."""
     found = [database_problem(svc.engine, now=svc.clock.now()), keyd_problem(svc.vault)]
     return [p for p in found if p is not None]

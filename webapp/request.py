@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from flask import current_app, g, request
 
@@ -15,10 +14,8 @@ from webapp.auth.certs import (
     der_from_folded_pem,
     der_from_tls,
 )
+from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
-
-if TYPE_CHECKING:
-    from webapp.app import Services
 
 
 @dataclass(frozen=True)
@@ -35,11 +32,6 @@ class RequestOrigin:
     @property
     def serial(self) -> str:
         return self.cert.serial if self.cert else "-"
-
-
-def services() -> Services:
-    svc: Services = current_app.extensions["strongroom"]
-    return svc
 
 
 def origin() -> RequestOrigin:

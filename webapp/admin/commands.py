@@ -26,6 +26,7 @@ from webapp.db import migrate
 from webapp.db.engine import READ_ONLY
 from webapp.db.tables import ROLES
 from webapp.events import Event
+from webapp.services import services
 from webapp.unit import Origin
 
 users_cli = AppGroup("users", help="Manage users.")
@@ -42,7 +43,7 @@ def _fail(message: str) -> NoReturn:
 @contextmanager
 def _admin() -> Iterator[service.AdminContext]:
     """One audited unit of work; refusals keep their audit record and exit 1."""
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     try:
         actor = "cli:" + getpass.getuser()
     except (KeyError, OSError):
@@ -188,7 +189,7 @@ def audit_verify(expect_head: str | None) -> None:
         if not seq.isdigit() or len(digest) != 64:
             _fail("--expect-head must be SEQ:HASH")
         anchor = (int(seq), digest.lower())
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     with svc.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
         result = audit.verify(conn, expect_head=anchor)
     # Problems first: recording the verification can itself fail on a tampered chain (a forged row
@@ -206,7 +207,7 @@ def audit_verify(expect_head: str | None) -> None:
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Create the schema or migrate it to the newest revision (run as the DB owner, not the app user)."""
-    migrate.upgrade(current_app.extensions["strongroom"].engine)
+    migrate.upgrade(services().engine)
     click.echo("database is at the newest revision")
 
 
@@ -216,7 +217,7 @@ def health() -> None:
     """Exit 0 when requests can work: an audit append that rolls back, keyd answering, unsealed."""
     from webapp.health import problems
 
-    found = problems(current_app.extensions["strongroom"])
+    found = problems(services())
     for problem in found[:-1]:
         click.echo(f"error: {problem}", err=True)
     if found:

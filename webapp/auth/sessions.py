@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, Request, g, request
@@ -25,9 +25,8 @@ from werkzeug.wrappers import Response
 from webapp.clock import from_db, to_db
 from webapp.db.tables import sessions
 from webapp.events import Event
-
-if TYPE_CHECKING:
-    from webapp.app import Services
+from webapp.request import origin, unit
+from webapp.services import services
 
 _SID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
@@ -60,10 +59,6 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
 
 
 class DbSessionInterface(SessionInterface):
-    def _services(self, app: Flask) -> Services:
-        services: Services = app.extensions["strongroom"]
-        return services
-
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         # Errors here would bypass the request's failure handling (Flask calls this before
         # dispatch): remember them and let the first before_request hook raise them.
@@ -74,19 +69,16 @@ class DbSessionInterface(SessionInterface):
             return ServerSession()
 
     def _open(self, app: Flask, request: Request) -> ServerSession:
-        from webapp.request import origin, unit
-
         sid = request.cookies.get(app.config["SESSION_COOKIE_NAME"], "")
         if not _SID.match(sid):
             return ServerSession()
-        services = self._services(app)
         uow = unit()
         row = uow.conn.execute(
             sa.select(sessions).where(sessions.c.id_hash == sid_hash(sid), sessions.c.ended_at.is_(None))
         ).first()
         if row is None:
             return ServerSession()
-        now = services.clock.now()
+        now = services(app).clock.now()
         who = origin()
         reason, event = None, None
         if now - from_db(row.last_seen_at) > timedelta(seconds=app.config["SESSION_IDLE_TIMEOUT"]):
@@ -111,14 +103,11 @@ class DbSessionInterface(SessionInterface):
         return ServerSession(data, sid=sid)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        from webapp.request import origin, unit
-
         assert isinstance(session, ServerSession)  # noqa: S101 - open_session only makes these
         if request.endpoint == "static" and not session.modified:
             return  # fetching a stylesheet is not activity: it must not extend the idle timeout
         name = app.config["SESSION_COOKIE_NAME"]
-        services = self._services(app)
-        now = services.clock.now()
+        now = services(app).clock.now()
         conn = unit().conn
         if session.sid is not None and (session.end_reason or session.rotate_requested):
             end_sessions(

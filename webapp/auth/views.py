@@ -11,7 +11,8 @@ from webapp.auth.forms import LoginForm, LogoutForm
 from webapp.auth.service import active_binding, attempt_login
 from webapp.auth.sessions import ServerSession
 from webapp.events import Event
-from webapp.request import origin, services, unit
+from webapp.request import origin, unit
+from webapp.services import services
 from webapp.validation import accepts
 from webapp.vault import require_open
 

@@ -31,6 +31,7 @@ from webapp.cli import actor, fail
 from webapp.db.engine import READ_ONLY, make_engine
 from webapp.keys import service
 from webapp.keys.events import KeyEvent
+from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
 
 keys_cli = AppGroup("keys", help="Key rotation: counts per key version, rewrap, retire.")
@@ -38,7 +39,7 @@ keys_cli = AppGroup("keys", help="Key rotation: counts per key version, rewrap, 
 
 @contextmanager
 def _audited() -> Iterator[UnitOfWork]:
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     uow: UnitOfWork = svc.unit(Origin(actor=actor(), ip="local"))
     try:
         yield uow
@@ -55,7 +56,7 @@ def _record(uow: UnitOfWork, event: KeyEvent, *, ok: bool, detail: str = "-") ->
 
 
 def _keyd_client() -> KeydClient:
-    vault = current_app.extensions["strongroom"].vault
+    vault = services().vault
     if not isinstance(vault, KeydClient):
         raise Unavailable("the keyd client is not installed")
     return vault
@@ -65,8 +66,7 @@ def _maintenance_engine() -> sa.Engine:
     """The engine of STRONGROOM_KEYS_DATABASE_URL (one per command), else the app's own."""
     url = current_app.config.get("KEYS_DATABASE_URL")
     if not url:
-        engine: sa.Engine = current_app.extensions["strongroom"].engine
-        return engine
+        return services().engine
     ctx = click.get_current_context()
     made: sa.Engine | None = ctx.meta.get("strongroom_keys_engine")
     if made is None:
@@ -115,7 +115,7 @@ def versions() -> None:
 @click.option("--restart", is_flag=True, help="Forget a saved checkpoint and start from the first row.")
 def rewrap(batch_size: int, restart: bool) -> None:
     """Re-encrypt every stored field under keyd's newest key version (resumes after a crash)."""
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     engine = _maintenance_engine()
     with _audited() as uow:
         try:

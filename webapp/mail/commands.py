@@ -32,6 +32,7 @@ from webapp.events import Event
 from webapp.mail.delivery import Mailer, PassResult
 from webapp.mail.settings import MailConfigError, MailSettings
 from webapp.mail.spool import Spool, SpoolError, spool_path
+from webapp.services import services
 from webapp.unit import Origin
 
 mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
@@ -53,7 +54,7 @@ def _mailer() -> Mailer:
         spool = Spool(spool_path(current_app.config, current_app.instance_path))
     except SpoolError as exc:
         _fail(str(exc), EX_CONFIG)
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit, spool=spool)
 
 
@@ -148,7 +149,7 @@ def _retention_days() -> int:
 def prune() -> None:
     """Delete outbox rows sent more than OUTBOX_RETENTION_DAYS ago (pending rows are never deleted)."""
     days = _retention_days()
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     url = current_app.config.get("OUTBOX_PRUNE_DATABASE_URL")
     engine = make_engine(str(url)) if url else svc.engine
     now = svc.clock.now()

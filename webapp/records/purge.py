@@ -26,6 +26,7 @@ from webapp.clock import to_db
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.records.tables import cards, customer_records, items
+from webapp.services import services
 from webapp.unit import Origin
 
 RETENTION_DEFAULT_DAYS = 365
@@ -69,7 +70,7 @@ def purge_retired(
 @with_appcontext
 def purge_retired_command(dry_run: bool) -> None:
     """Delete cards and items retired longer ago than RETIRED_RETENTION_DAYS (audited)."""
-    svc = current_app.extensions["strongroom"]
+    svc = services()
     days = int(current_app.config["RETIRED_RETENTION_DAYS"])
     now = svc.clock.now()
     url = current_app.config.get("PURGE_DATABASE_URL")

@@ -38,7 +38,8 @@ from webapp.records.forms import (
     SearchForm,
 )
 from webapp.records.permissions import ITEM_CLASS, SECRET_FIELDS, Act, FieldClass, Matrix
-from webapp.request import origin, services, unit
+from webapp.request import origin, unit
+from webapp.services import services
 from webapp.validation import InputRefused, accepts
 
 bp = Blueprint("records", __name__, url_prefix="/records")
