@@ -1,31 +1,57 @@
-"""The narrow view of keyd that the web app depends on (the real one is `keyd.client.KeydClient`).
+"""The whole of keyd that the web app uses: `Vault`, exactly the `keyd.client.KeydClient` methods it
+calls, so that anything else standing in for keyd is checked against the same interface.
 
-Only `status()` is used in this issue: the home page and the health check. `Sealed` or `Unavailable`
-raised anywhere in a request becomes the 503 "vault is sealed / unavailable" page, with the request's
-transaction rolled back.
+- `status()`: the home page and the health check (is keyd there, is it unsealed), the key commands;
+- `encrypt` / `decrypt`: the records service, for every stored card and item field and every reveal;
+- `rewrap_batch`: the key rotation job (webapp/keys).
+
+`MissingKeydClient` refuses every one of them with `Unavailable` (fail closed). `Sealed` or
+`Unavailable` raised anywhere in a request becomes the 503 "vault is sealed / unavailable" page, with
+the request's transaction rolled back (webapp/failures.py).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from keyd.errors import Sealed, Unavailable
+from keyd.errors import KeydError, Sealed, Unavailable
 
-
-class VaultStatus(Protocol):
-    @property
-    def sealed(self) -> bool: ...
+if TYPE_CHECKING:
+    from keyd.client import Context, Status
 
 
 class Vault(Protocol):
-    def status(self) -> VaultStatus: ...
+    def status(self) -> Status: ...
+
+    def encrypt(self, plaintext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
+
+    def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
+
+    def rewrap_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]: ...
 
 
 class MissingKeydClient:
-    """Stands in while keyd.client is not installed: every call is `Unavailable` (fail closed)."""
+    """Stands in when no keyd client can be made: every call is `Unavailable` (fail closed)."""
 
-    def status(self) -> VaultStatus:
-        raise Unavailable("the keyd client is not installed")
+    def _refuse(self) -> Unavailable:
+        return Unavailable("the keyd client is not installed")
+
+    def status(self) -> Status:
+        raise self._refuse()
+
+    def encrypt(self, plaintext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        raise self._refuse()
+
+    def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        raise self._refuse()
+
+    def rewrap_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        raise self._refuse()
 
 
 def make_vault(socket_path: str, *, timeout: float) -> Vault:
@@ -37,7 +63,7 @@ def make_vault(socket_path: str, *, timeout: float) -> Vault:
     return client
 
 
-def require_open(vault: Vault) -> VaultStatus:
+def require_open(vault: Vault) -> Status:
     status = vault.status()
     if status.sealed:
         raise Sealed("the vault is sealed")

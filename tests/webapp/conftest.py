@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from tests.fixtures.mariadb import PrivateMariaDB, mariadb  # noqa: F401 - the session fixture
 from tests.fixtures.pki import Issued, TestCA
+from tests.webapp.fakes import FakeVault
 from webapp import create_app
 from webapp.clock import FakeClock
 from webapp.db import migrate
@@ -38,27 +39,6 @@ PASSWORDS = {
     "bob": "Velvet-Orchard-Granite-2963",
     "audrey": "Cobalt-Harbor-Thimble-5521",
 }
-
-
-@dataclass(frozen=True)
-class Status:
-    sealed: bool
-    key_version: int = 1
-    min_decrypt_version: int = 1
-    mode: str = "test"
-
-
-class FakeVault:
-    """Stands in for KeydClient where a test is not about keyd itself."""
-
-    def __init__(self) -> None:
-        self.sealed = False
-        self.error: Exception | None = None
-
-    def status(self) -> Status:
-        if self.error is not None:
-            raise self.error
-        return Status(sealed=self.sealed)
 
 
 class FakeTlsSocket:

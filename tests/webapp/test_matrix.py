@@ -56,15 +56,16 @@ class Fixture:
 def _seed(app: Flask) -> Fixture:
     svc = app.extensions["strongroom"]
     now = svc.clock.now()
-    keyd = service.cipher(svc.vault)
     with svc.engine.begin() as conn:
         record_id = service.add_record(conn, CRM, actor="seed", now=now)
         card = service.NewCard(pan=parse_pan("4111111111111111"), cardholder="Ada Lovelace", expiry="12/2028")
-        card_id = service.add_card(conn, keyd, record_id, card, actor="seed", now=now)
+        card_id = service.add_card(conn, svc.vault, record_id, card, actor="seed", now=now)
         item_ids = {}
         for kind, (value, doc_type) in ITEM_VALUES.items():
             clean, hint = item_rules.check(kind, value, doc_type)
-            item_ids[kind] = service.add_item(conn, keyd, record_id, kind, clean, hint, actor="seed", now=now)
+            item_ids[kind] = service.add_item(
+                conn, svc.vault, record_id, kind, clean, hint, actor="seed", now=now
+            )
     return Fixture(record_id, card_id, item_ids)
 
 

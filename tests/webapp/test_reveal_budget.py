@@ -14,6 +14,7 @@ from keyd.client import KeydClient
 from tests.keyd.conftest import GENEROUS, Keyd, make_keyd, raw_key, traversable_tmp
 from tests.support import need_root
 from tests.webapp.conftest import Person
+from tests.webapp.fakes import FakeVault
 from tests.webapp.helpers import audit_rows, events
 from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     REASON,
@@ -86,16 +87,14 @@ def test_quota_exceeded_anywhere_else_is_the_same_clear_page(
     make_app: Callable[..., Flask], staff: dict[str, Person]
 ) -> None:
     """The net in webapp/failures.py for any other path that decrypts: 429, audited, an alert.
-    A stand-in vault raises keyd's own exception (no route but reveal decrypts today)."""
+    The in-memory vault raises keyd's own exception (no route but reveal decrypts today)."""
     from keyd.errors import QuotaExceeded
-
-    class SpentVault:
-        def status(self) -> object:
-            raise QuotaExceeded("global_day")
 
     app = make_app()
     client = logged_in(app, staff["clerk"])
-    app.extensions["strongroom"].vault = SpentVault()
+    spent = FakeVault()
+    spent.error = QuotaExceeded("global_day")
+    app.extensions["strongroom"].vault = spent
     r = client.get("/", base_url="https://vault.example")
     assert r.status_code == 429
     assert "Reveal limit reached" in r.text

@@ -11,44 +11,24 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 import sqlalchemy as sa
 
 from keyd.client import Context
-from keyd.errors import Unavailable
 from webapp.clock import to_db
 from webapp.records.cards import Pan
+from webapp.records.errors import Refused
 from webapp.records.tables import cards, customer_records, items
 from webapp.redact import PAN_REFUSAL, contains_pan
-
-DEFAULT_CRM_REF_PATTERN = r"^C[0-9]{6,10}$"
-
-
-class CardCipher(Protocol):
-    def encrypt(self, plaintext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
-    def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
-
-
-def cipher(vault: object) -> CardCipher:
-    """The app's keyd client as a cipher; anything else (no client installed) is keyd unavailable."""
-    if not (hasattr(vault, "encrypt") and hasattr(vault, "decrypt")):
-        raise Unavailable("the keyd client cannot encrypt")
-    return vault
-
-
-class RecordRefused(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+from webapp.vault import Vault
 
 
 def check_crm_ref(value: str, pattern: str) -> str:
     # Whatever pattern the site configured: a card number typed into the search box is named as such.
     if contains_pan(value):
-        raise RecordRefused(f"CRM reference: {PAN_REFUSAL}")
+        raise Refused(f"CRM reference: {PAN_REFUSAL}")
     if not re.fullmatch(pattern, value):
-        raise RecordRefused("CRM reference: wrong format")
+        raise Refused("CRM reference: wrong format")
     return value
 
 
@@ -80,10 +60,10 @@ def get_record(conn: sa.Connection, record_id: int, *, for_update: bool = False)
 
 
 def writable_record(conn: sa.Connection, record_id: int) -> sa.Row | None:
-    """The record, locked; RecordRefused when it is retired (retired records are read-only)."""
+    """The record, locked; Refused when it is retired (retired records are read-only)."""
     row = get_record(conn, record_id, for_update=True)
     if row is not None and row.retired_at is not None:
-        raise RecordRefused("record is retired: it is read-only")
+        raise Refused("record is retired: it is read-only")
     return row
 
 
@@ -127,17 +107,23 @@ def get_card(conn: sa.Connection, record_id: int, card_id: str) -> sa.Row | None
     ).one_or_none()
 
 
-def get_item(conn: sa.Connection, record_id: int, item_id: str) -> sa.Row | None:
+def get_item(conn: sa.Connection, record_id: int, kind: str, item_id: str) -> sa.Row | None:
+    """The item of this record and this kind (the URL's kind is what the permission matrix checked)."""
     return conn.execute(
         sa.select(items.c.id, items.c.kind, items.c.hint, items.c.retired_at, items.c.created_at).where(
-            items.c.id == item_id, items.c.record_id == record_id
+            items.c.id == item_id, items.c.record_id == record_id, items.c.kind == kind
         )
     ).one_or_none()
 
 
+def get_object(conn: sa.Connection, record_id: int, kind: str, obj_id: str) -> sa.Row | None:
+    """The card (kind "card") or item of this record that a URL names."""
+    return get_card(conn, record_id, obj_id) if kind == "card" else get_item(conn, record_id, kind, obj_id)
+
+
 def writable(row: sa.Row | None, what: str) -> None:
     if row is not None and row.retired_at is not None:
-        raise RecordRefused(f"{what} is retired: it is read-only")
+        raise Refused(f"{what} is retired: it is read-only")
 
 
 @dataclass(frozen=True)
@@ -148,12 +134,12 @@ class NewCard:
 
 
 def add_card(
-    conn: sa.Connection, keyd: CardCipher, record_id: int, card: NewCard, *, actor: str, now: datetime
+    conn: sa.Connection, vault: Vault, record_id: int, card: NewCard, *, actor: str, now: datetime
 ) -> str:
     card_id = secrets.token_hex(16)
 
     def seal(field: str, value: str) -> bytes:
-        return keyd.encrypt(
+        return vault.encrypt(
             value.encode("utf-8"), context=Context(card_id, field), actor=actor, purpose="card.add"
         )
 
@@ -181,7 +167,7 @@ def add_card(
 
 def edit_card(
     conn: sa.Connection,
-    keyd: CardCipher,
+    vault: Vault,
     card_id: str,
     *,
     cardholder: str,
@@ -192,7 +178,7 @@ def edit_card(
     """Re-encrypt cardholder and expiry under the same id (same context); the PAN never changes:
     a new number is a new card."""
     name_ct, expiry_ct = (
-        keyd.encrypt(v.encode("utf-8"), context=Context(card_id, f), actor=actor, purpose="card.edit")
+        vault.encrypt(v.encode("utf-8"), context=Context(card_id, f), actor=actor, purpose="card.edit")
         for f, v in (("cardholder", cardholder), ("expiry", expiry))
     )
     conn.execute(
@@ -212,7 +198,7 @@ def retire_card(conn: sa.Connection, card_id: str, *, actor: str, now: datetime)
 
 def add_item(
     conn: sa.Connection,
-    keyd: CardCipher,
+    vault: Vault,
     record_id: int,
     kind: str,
     value: str,
@@ -222,7 +208,7 @@ def add_item(
     now: datetime,
 ) -> str:
     item_id = secrets.token_hex(16)
-    value_ct = keyd.encrypt(
+    value_ct = vault.encrypt(
         value.encode("utf-8"), context=Context(item_id, "value"), actor=actor, purpose=f"{kind}.add"
     )
     conn.execute(
@@ -241,7 +227,7 @@ def add_item(
 
 def edit_item(
     conn: sa.Connection,
-    keyd: CardCipher,
+    vault: Vault,
     item_id: str,
     kind: str,
     value: str,
@@ -250,7 +236,7 @@ def edit_item(
     actor: str,
     now: datetime,
 ) -> None:
-    value_ct = keyd.encrypt(
+    value_ct = vault.encrypt(
         value.encode("utf-8"), context=Context(item_id, "value"), actor=actor, purpose=f"{kind}.edit"
     )
     conn.execute(
@@ -277,7 +263,7 @@ _FIELDS = {
 
 
 def unchecked_decrypt(
-    conn: sa.Connection, keyd: CardCipher, card_id: str, field: str, *, actor: str, purpose: str
+    conn: sa.Connection, vault: Vault, card_id: str, field: str, *, actor: str, purpose: str
 ) -> bytes:
     """¡DANGER! Decrypts a card or item field with no permission, step-up or budget check of its own.
 
@@ -287,4 +273,4 @@ def unchecked_decrypt(
     """
     column = _FIELDS[field]
     blob = conn.execute(sa.select(column).where(column.table.c.id == card_id)).scalar_one()
-    return keyd.decrypt(bytes(blob), context=Context(card_id, field), actor=actor, purpose=purpose)
+    return vault.decrypt(bytes(blob), context=Context(card_id, field), actor=actor, purpose=purpose)
