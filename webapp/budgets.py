@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app, g, render_template, request
+from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_login import current_user
 from sqlalchemy.dialects import mysql, sqlite
@@ -47,6 +47,7 @@ from webapp.config import ConfigError
 from webapp.db.engine import is_sqlite
 from webapp.db.tables import UtcDateTime, metadata
 from webapp.events import Event
+from webapp.refusals import refuse
 from webapp.request import origin, unit
 from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
@@ -308,21 +309,17 @@ def _rules_of_app() -> tuple[Rule, ...]:
 
 def _refused(exc: BudgetExceeded) -> Response:
     c = exc.count
-    uow = unit()
-    uow.discard_writes()
-    uow.record(
-        Event.BUDGET_REFUSED,
-        ok=False,
-        resource=request.path[:200],
-        detail=f"budget={c.rule.name} count={c.n} limit={c.rule.limit}",
-    )
     whose = "your" if c.rule.scope == "employee" else "the vault's overall"
     message = (
         f"Too many requests: {whose} request budget is used up until {c.renews_at:%H:%M} UTC. "
         "If you need more, ask an administrator."
     )
-    body = render_template("error.html", status=429, message=message)
-    response = Response(body, status=429, mimetype="text/html")
+    response = refuse(
+        Event.BUDGET_REFUSED,
+        f"budget={c.rule.name} count={c.n} limit={c.rule.limit}",
+        status=429,
+        message=message,
+    )
     now = services().clock.now()
     response.headers["Retry-After"] = str(max(1, math.ceil((c.renews_at - now).total_seconds())))
     return response

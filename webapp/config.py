@@ -7,6 +7,7 @@ the mapping passed to `create_app(config)`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -56,6 +57,17 @@ DEFAULTS: dict[str, Any] = {
     "WTF_CSRF_SSL_STRICT": False,
     "WTF_CSRF_TIME_LIMIT": 3600,
     "AUDIT_PAGE_SIZE": 50,
+    # Customer records (webapp/records). The CRM reference format: an anchored regular expression.
+    "CRM_REF_PATTERN": r"^C[0-9]{6,10}$",
+    # Seconds a revealed value stays on screen; seconds a reveal form (its step-up token) stays valid.
+    "REVEAL_HIDE_SECONDS": 30,
+    "STEPUP_TTL": 300,
+    # Days a retired card or item is kept (masked, never revealed) before `records purge-retired`
+    # deletes it. The purge's own database user (PURGE_DATABASE_URL) has no default, like the other
+    # jobs' users: the installer writes it into that job's environment file only.
+    "RETIRED_RETENTION_DAYS": 365,
+    # None: the shipped matrix (webapp/records/permissions.json); else a JSON file path or a mapping.
+    "RECORDS_PERMISSIONS": None,
     # Alert mail (webapp/mail, docs/alerts.md): checked when the mailer starts, not by the web app.
     # STARTTLS is always required for a non-loopback host; "required" forces it on loopback too.
     "SMTP_HOST": "127.0.0.1",
@@ -92,6 +104,13 @@ _INTS = (
     "MAX_VALUE_LENGTH",
     "MAX_PARAMETERS",
 )
+# Integer settings with a range of their own: (lowest, highest).
+RANGES = {
+    "REVEAL_HIDE_SECONDS": (5, 300),
+    "STEPUP_TTL": (30, 900),
+    # Never 0: a purge would then delete what was retired a second ago.
+    "RETIRED_RETENTION_DAYS": (1, 3650),
+}
 
 
 class ConfigError(click.ClickException):
@@ -110,6 +129,11 @@ def validate(cfg: dict[str, Any]) -> None:
     for name in _INTS:
         if not isinstance(cfg[name], int) or isinstance(cfg[name], bool) or cfg[name] <= 0:
             raise ConfigError(f"STRONGROOM_{name} must be a positive integer")
+    for name, (lo, hi) in RANGES.items():
+        value = cfg[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"STRONGROOM_{name} must be an integer from {lo} to {hi}")
+    _check_crm_ref_pattern(cfg["CRM_REF_PATTERN"])
     for name in ("BEHIND_PROXY", "SESSION_BIND_IP"):
         if not isinstance(cfg[name], bool):
             raise ConfigError(f"STRONGROOM_{name} must be true or false")
@@ -120,3 +144,12 @@ def validate(cfg: dict[str, Any]) -> None:
         )
     if not cfg["SESSION_COOKIE_SECURE"] or cfg["SESSION_COOKIE_SAMESITE"] != "Strict":
         raise ConfigError("session cookies must be Secure and SameSite=Strict")
+
+
+def _check_crm_ref_pattern(pattern: object) -> None:
+    try:
+        re.compile(pattern)  # type: ignore[call-overload]
+    except (re.error, TypeError):
+        raise ConfigError("STRONGROOM_CRM_REF_PATTERN must be a regular expression") from None
+    if not (isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")):
+        raise ConfigError("STRONGROOM_CRM_REF_PATTERN must be anchored (^...$)")

@@ -24,7 +24,7 @@ import os
 import traceback
 
 import sqlalchemy as sa
-from flask import Flask, g, render_template, request, session
+from flask import Flask, g, request, session
 from flask.wrappers import Response
 
 from keyd.errors import QuotaExceeded, Sealed, Unavailable
@@ -33,6 +33,7 @@ from webapp.db.tables import sessions
 from webapp.events import ALERTS, Event
 from webapp.mail.spool import Spool, SpoolError, spool_path
 from webapp.redact import mask_pans
+from webapp.refusals import page
 from webapp.request import origin
 from webapp.services import services
 from webapp.unit import Origin
@@ -104,11 +105,10 @@ def handle(app: Flask, exc: Exception) -> Response:
     if isinstance(exc, Sealed | Unavailable):
         event = Event.VAULT_SEALED if isinstance(exc, Sealed) else Event.VAULT_UNAVAILABLE
         _record(app, event, end_session=False)
-        page = render_template("vault_unavailable.html", sealed=isinstance(exc, Sealed))
-        return Response(page, status=503, mimetype="text/html")
+        return page("vault_unavailable.html", status=503, sealed=isinstance(exc, Sealed))
     if isinstance(exc, QuotaExceeded):
         _record(app, Event.REVEAL_BUDGET_EXCEEDED, end_session=False)
-        return Response(render_template("quota_exceeded.html"), status=429, mimetype="text/html")
+        return page("quota_exceeded.html", status=429)
     refused = write_refused(exc, sqlite_path=sqlite_path(svc.engine))
     if refused is not None:
         svc.event_logger.critical(
@@ -116,18 +116,17 @@ def handle(app: Flask, exc: Exception) -> Response:
         )
         log.error("database refused the write (%s): %s at %s", refused, type(exc).__name__, _where(exc))
         _record(app, Event.DB_WRITE_REFUSED, end_session=False)
-        page = render_template("db_write_refused.html", reason=refused)
-        return Response(page, status=503, mimetype="text/html")
+        return page("db_write_refused.html", status=503, reason=refused)
     if is_db_outage(exc):
         svc.event_logger.critical("event %s path=%s", Event.DB_UNAVAILABLE, mask_pans(request.path))
         log.error("database unavailable: %s at %s", type(exc).__name__, _where(exc))
         _record(app, Event.DB_UNAVAILABLE, end_session=False)
-        return Response(render_template("db_unavailable.html"), status=503, mimetype="text/html")
+        return page("db_unavailable.html", status=503)
     log.error("unexpected %s at %s", type(exc).__name__, _where(exc))
     _record(app, Event.ERROR_UNEXPECTED, end_session=True)
     if app.config["MODE"] == "development":
         raise exc
-    response = Response(render_template("safe_mode.html"), status=500, mimetype="text/html")
+    response = page("safe_mode.html", status=500)
     response.delete_cookie(
         app.config["SESSION_COOKIE_NAME"], path="/", secure=True, httponly=True, samesite="Strict"
     )

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from webapp.records.cards import CardRefused, Pan, check_expiry, check_name, luhn_ok, parse_pan
+from webapp.records.cards import Pan, check_expiry, check_name, luhn_ok, parse_pan
+from webapp.records.errors import Refused
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
@@ -69,7 +70,7 @@ def test_known_brands(number: str, brand: str) -> None:
     ],
 )
 def test_bad_pans(raw: str, reason: str) -> None:
-    with pytest.raises(CardRefused) as caught:
+    with pytest.raises(Refused) as caught:
         parse_pan(raw)
     assert reason in caught.value.reason
 
@@ -82,7 +83,7 @@ def test_expiry_uses_the_given_clock() -> None:
         (13, 2027, "month"),
         (1, 2047, "far"),
     ):
-        with pytest.raises(CardRefused, match=reason):
+        with pytest.raises(Refused, match=reason):
             check_expiry(month, year, now=NOW)
 
 
@@ -101,7 +102,7 @@ def test_expiry_uses_the_given_clock() -> None:
     ],
 )
 def test_bad_names(raw: str) -> None:
-    with pytest.raises(CardRefused):
+    with pytest.raises(Refused):
         check_name(raw)
 
 

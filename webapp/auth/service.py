@@ -1,4 +1,7 @@
-"""Login: the certificate names the user, the password must be that user's.
+"""Login and step-up: the certificate names the user, the password must be that user's.
+
+`authenticate` is the one password check, for the login and for every reveal's step-up alike: the
+password (and PIN) read as the deployment's entry mode requires, verified under the same lockout.
 
 Lockout (PCI DSS 8.3.4): `LOCKOUT_THRESHOLD` consecutive failures lock the account for
 `LOCKOUT_MINUTES`; attempts during the lock fail whatever the password. Counters live in the users
@@ -15,8 +18,9 @@ import argon2
 import sqlalchemy as sa
 from flask_login import UserMixin
 
-from webapp.auth import passwords
+from webapp.auth import keypad, passwords
 from webapp.clock import from_db, to_db
+from webapp.config import LOGIN_ENTRIES
 from webapp.db.tables import cert_bindings, users
 from webapp.events import Event
 from webapp.unit import UnitOfWork
@@ -79,7 +83,97 @@ class LoginPolicy:
     lock_for: timedelta
 
 
-def attempt_login(
+KEYBOARD, KEYPAD, KEYPAD_PIN = LOGIN_ENTRIES
+
+
+def keypad_for(mode: str) -> tuple[list[tuple[str, str]], dict[str, str] | None]:
+    """The keypad a password page of this entry mode draws, as (token, character) pairs, and the
+    layout to keep in the session until the answer comes back; none for the keyboard."""
+    if mode == KEYBOARD:
+        return [], None
+    return keypad.new_layout(keypad.DIGITS if mode == KEYPAD_PIN else keypad.KEYS)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a password form sent, to be read as the deployment's entry mode (LOGIN_ENTRY) requires:
+    "keyboard" (password typed), "keypad" (password clicked on the keypad) or "keypad-pin" (password
+    typed, PIN clicked on a digit keypad)."""
+
+    mode: str
+    typed: str | None
+    clicked: str
+    layout: dict[str, str] | None  # the page's keypad layout, already taken out of the session
+
+    def secrets(self) -> tuple[str | None, str | None]:
+        """(password, PIN), None where it did not arrive as the mode requires.
+
+        A secret sent the wrong way (typed where the keypad is required, or the reverse) counts as
+        missing: a keylogger-resistant deployment must not quietly accept typed passwords.
+        """
+        if self.mode == KEYBOARD:
+            return (self.typed, None) if not self.clicked else (None, None)
+        decoded = keypad.decode(self.clicked, self.layout) if self.layout is not None else None
+        if self.mode == KEYPAD:
+            return (decoded, None) if self.typed is None else (None, None)
+        return self.typed, decoded  # keypad-pin: password typed, PIN clicked
+
+    @property
+    def complete(self) -> bool:
+        password, pin = self.secrets()
+        return password is not None and (pin is not None or self.mode != KEYPAD_PIN)
+
+
+@dataclass(frozen=True)
+class Checked:
+    user: User | None  # who passed; None: refused
+    incomplete: bool = False  # the secrets did not arrive as the entry mode requires: nothing checked
+    locked: bool = False  # the account is locked now (a step-up that locks it ends the session)
+
+
+def authenticate(
+    uow: UnitOfWork,
+    hasher: argon2.PasswordHasher,
+    *,
+    binding: Binding,
+    username: str,
+    entry: Entry,
+    now: datetime,
+    policy: LoginPolicy,
+    # A reveal's step-up records its own event names (same lockout counter), so the audit log does
+    # not show a reveal as a login.
+    success_event: Event = Event.LOGIN_SUCCESS,
+    failure_event: Event = Event.LOGIN_FAILURE,
+) -> Checked:
+    """Check the password (and, in keypad-pin mode, the PIN) the employee entered, under the lockout.
+
+    An incomplete entry is not an attempt: nothing is checked, counted or recorded (the caller says
+    why it refused)."""
+    password, pin = entry.secrets()
+    if password is None or not entry.complete:
+        return Checked(None, incomplete=True)
+    user = _attempt(
+        uow,
+        hasher,
+        binding=binding,
+        username=username,
+        password=password,
+        now=now,
+        policy=policy,
+        pin=pin,
+        require_pin=entry.mode == KEYPAD_PIN,
+        success_event=success_event,
+        failure_event=failure_event,
+    )
+    if user is not None:
+        return Checked(user)
+    locked_until = uow.conn.execute(
+        sa.select(users.c.locked_until).where(users.c.id == binding.user_id)
+    ).scalar()
+    return Checked(None, locked=locked_until is not None and from_db(locked_until) > now)
+
+
+def _attempt(
     uow: UnitOfWork,
     hasher: argon2.PasswordHasher,
     *,
@@ -88,12 +182,10 @@ def attempt_login(
     password: str,
     now: datetime,
     policy: LoginPolicy,
-    pin: str | None = None,
-    require_pin: bool = False,
-    # A reveal's step-up re-checks the password through this same function (same lockout counter)
-    # and records its own event names, so the audit log does not show a reveal as a login.
-    success_event: Event = Event.LOGIN_SUCCESS,
-    failure_event: Event = Event.LOGIN_FAILURE,
+    pin: str | None,
+    require_pin: bool,
+    success_event: Event,
+    failure_event: Event,
 ) -> User | None:
     conn = uow.conn
     resource = f"user:{binding.user_id}"

@@ -6,11 +6,11 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required, login_user, logout_user
 
-from webapp.auth import keypad
 from webapp.auth.forms import LoginForm, LogoutForm
-from webapp.auth.service import active_binding, attempt_login
+from webapp.auth.service import Entry, active_binding, authenticate, keypad_for
 from webapp.auth.sessions import ServerSession
 from webapp.events import Event
+from webapp.refusals import refuse
 from webapp.request import origin, unit
 from webapp.services import services
 from webapp.validation import accepts
@@ -38,8 +38,14 @@ def login() -> ResponseReturnValue:
     if binding is None:
         # Without a certificate bound to an active user the login page is not shown at all.
         detail = "no_certificate" if who.cert is None else "certificate_not_bound"
-        uow.record(Event.CERT_REFUSED, ok=False, resource="/login", detail=detail)
-        return render_template("no_certificate.html"), 403
+        return refuse(
+            Event.CERT_REFUSED,
+            detail,
+            status=403,
+            resource="/login",
+            keep=True,
+            template="no_certificate.html",
+        )
     if current_user.is_authenticated:
         uow.record(Event.PAGE_VIEW, ok=True, resource="/login", detail="already_logged_in")
         return redirect(url_for("auth.home"))
@@ -49,22 +55,25 @@ def login() -> ResponseReturnValue:
     if request.method == "POST":
         # The layout is single-use: whatever happens next, this page's tokens are dead.
         layout = session.pop("keypad", None)
-        password, pin = _entered(form, mode, layout if isinstance(layout, dict) else None)
-        user = None
-        if password is None or (mode == "keypad-pin" and pin is None):
+        valid = form.validate()  # an invalid form is an incomplete entry: nothing is checked
+        entry = Entry(
+            mode,
+            typed=(form.password.data or None) if valid else None,
+            clicked=(form.keypad.data or "") if valid else "",
+            layout=layout if isinstance(layout, dict) else None,
+        )
+        checked = authenticate(
+            uow,
+            svc.hasher,
+            binding=binding,
+            username=form.username.data or "",
+            entry=entry,
+            now=now,
+            policy=svc.login_policy,
+        )
+        if checked.incomplete:
             uow.record(Event.LOGIN_FAILURE, ok=False, resource="/login", detail="incomplete_form")
-        else:
-            user = attempt_login(
-                uow,
-                svc.hasher,
-                binding=binding,
-                username=form.username.data or "",
-                password=password,
-                now=now,
-                policy=svc.login_policy,
-                pin=pin,
-                require_pin=mode == "keypad-pin",
-            )
+        user = checked.user
         if not svc.hours.contains(now):
             uow.record(
                 Event.LOGIN_OFF_HOURS,
@@ -84,32 +93,14 @@ def login() -> ResponseReturnValue:
         error = LOGIN_FAILED
     else:
         uow.record(Event.LOGIN_PAGE, ok=True, resource="/login")
-    pairs: list[tuple[str, str]] = []
-    if mode != "keyboard":
-        pairs, layout_map = keypad.new_layout(keypad.DIGITS if mode == "keypad-pin" else keypad.KEYS)
+    pairs, layout_map = keypad_for(mode)
+    if layout_map is not None:
         session["keypad"] = layout_map
     form.password.data = None
     form.keypad.data = None
     return render_template(
         "login.html", form=form, mode=mode, keypad=pairs, error=error, username=binding.username
     )
-
-
-def _entered(form: LoginForm, mode: str, layout: dict[str, str] | None) -> tuple[str | None, str | None]:
-    """(password, PIN) as this deployment's entry mode says they must arrive; None where they did not.
-
-    A secret sent the wrong way (typed where the keypad is required, or the reverse) counts as
-    missing: a keylogger-resistant deployment must not quietly accept typed passwords.
-    """
-    if not form.validate():
-        return None, None
-    typed, clicked = form.password.data or None, form.keypad.data or ""
-    if mode == "keyboard":
-        return (typed, None) if not clicked else (None, None)
-    decoded = keypad.decode(clicked, layout) if layout is not None else None
-    if mode == "keypad":
-        return (decoded, None) if typed is None else (None, None)
-    return typed, decoded  # keypad-pin: password typed, PIN clicked
 
 
 @bp.post("/logout")

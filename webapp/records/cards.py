@@ -1,6 +1,6 @@
 """Card input rules: PAN (length, Luhn, brand by IIN), expiry, cardholder name. Pure functions.
 
-Every refusal is a `CardRefused` whose reason names the rule, never the value.
+Every refusal is a `Refused` (webapp/records/errors.py) whose reason names the rule, never the value.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+from webapp.records.errors import Refused
 from webapp.redact import luhn_ok  # the one Luhn check (the free-text detector's)
 
 # Field names that would carry a card security code. PCI DSS 3.3.1.2: never stored after
@@ -18,12 +19,6 @@ CVV_FIELDS = ("cvv", "cvc", "cvv2", "cvc2", "csc", "security_code", "cid")
 NAME_MAX = 26  # ISO/IEC 7813 track 1 name field
 NAME_PUNCTUATION = frozenset(" .'-")
 MAX_YEARS_AHEAD = 20
-
-
-class CardRefused(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _in(prefix: str, lo: int, hi: int) -> bool:
@@ -73,44 +68,40 @@ class Pan:
 def parse_pan(raw: str) -> Pan:
     digits = re.sub(r"[ -]", "", raw)
     if not digits.isascii() or not digits.isdigit():
-        raise CardRefused("card number: digits only (spaces and dashes allowed)")
+        raise Refused("card number: digits only (spaces and dashes allowed)")
     if not 13 <= len(digits) <= 19:
-        raise CardRefused("card number: must have 13 to 19 digits")
+        raise Refused("card number: must have 13 to 19 digits")
     if not luhn_ok(digits):
-        raise CardRefused("card number: check digit is wrong (Luhn)")
+        raise Refused("card number: check digit is wrong (Luhn)")
     for brand, lengths, test in _BRANDS:
         if test(digits):  # type: ignore[operator]
             if len(digits) not in lengths:
-                raise CardRefused(f"card number: wrong length for {brand}")
+                raise Refused(f"card number: wrong length for {brand}")
             return Pan(digits, brand)
-    raise CardRefused("card number: unknown card brand")
+    raise Refused("card number: unknown card brand")
 
 
 def check_expiry(month: int, year: int, *, now: datetime) -> str:
     if not 1 <= month <= 12:
-        raise CardRefused("expiry: month must be 1 to 12")
+        raise Refused("expiry: month must be 1 to 12")
     if (year, month) < (now.year, now.month):
-        raise CardRefused("expiry: the card has expired")
+        raise Refused("expiry: the card has expired")
     if year > now.year + MAX_YEARS_AHEAD:
-        raise CardRefused("expiry: year is too far ahead")
+        raise Refused("expiry: year is too far ahead")
     return f"{month:02d}/{year:04d}"
 
 
 def check_name(raw: str) -> str:
     name = unicodedata.normalize("NFC", raw.strip())
     if not name:
-        raise CardRefused("cardholder name: required")
+        raise Refused("cardholder name: required")
     if len(name) > NAME_MAX:
-        raise CardRefused(f"cardholder name: at most {NAME_MAX} characters")
+        raise Refused(f"cardholder name: at most {NAME_MAX} characters")
     for ch in name:
         if unicodedata.category(ch).startswith("C"):
-            raise CardRefused("cardholder name: control or invisible characters")
+            raise Refused("cardholder name: control or invisible characters")
         if not (unicodedata.category(ch).startswith("L") or ch in NAME_PUNCTUATION):
-            raise CardRefused("cardholder name: letters, spaces and . ' - only")
+            raise Refused("cardholder name: letters, spaces and . ' - only")
     if "  " in name:
-        raise CardRefused("cardholder name: repeated spaces")
+        raise Refused("cardholder name: repeated spaces")
     return name
-
-
-def masked(brand: str, last4: str) -> str:
-    return f"{brand} •••• {last4}"

@@ -23,14 +23,12 @@ from flask.cli import with_appcontext
 
 from webapp.cli import actor, fail
 from webapp.clock import to_db
+from webapp.config import RANGES
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.records.tables import cards, customer_records, items
 from webapp.services import services
 from webapp.unit import Origin
-
-RETENTION_DEFAULT_DAYS = 365
-RETENTION_RANGE = (1, 3650)
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def purge_retired(
     conn: sa.Connection, *, now: datetime, retention_days: int, dry_run: bool = False
 ) -> Purged:
     """Delete (or, with dry_run, count) every card and item whose retirement is past the retention."""
-    lo, hi = RETENTION_RANGE
+    lo, hi = RANGES["RETIRED_RETENTION_DAYS"]
     if not lo <= retention_days <= hi:  # never 0: that would purge what was retired a second ago
         raise ValueError(f"retention must be {lo} to {hi} days")
     cutoff = now - timedelta(days=retention_days)

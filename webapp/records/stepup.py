@@ -18,18 +18,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from webapp.clock import to_db
+from webapp.records.errors import Refused
 from webapp.records.tables import stepup_tokens
 from webapp.redact import PAN_REFUSAL, contains_pan
 
 REASON_MIN, REASON_MAX = 10, 140
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _DIGITS = re.compile(r"\d(?:[ -]?\d){7,}")  # 8+ digits: a PAN fragment, an account number...
-
-
-class StepUpRefused(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _hash(token: str) -> str:
@@ -51,9 +46,9 @@ def issue(conn: sa.Connection, *, user_id: int, target: str, now: datetime, ttl:
 
 
 def consume(conn: sa.Connection, token: str, *, user_id: int, target: str, now: datetime) -> None:
-    """Spend the token or raise StepUpRefused (unknown, another user's or field's, used, expired)."""
+    """Spend the token or raise Refused (unknown, another user's or field's, used, expired)."""
     if not _TOKEN.match(token):
-        raise StepUpRefused("step-up token: malformed")
+        raise Refused("step-up token: malformed")
     spent = conn.execute(
         sa.update(stepup_tokens)
         .where(
@@ -66,22 +61,22 @@ def consume(conn: sa.Connection, token: str, *, user_id: int, target: str, now: 
         .values(used_at=to_db(now))
     ).rowcount
     if spent != 1:
-        raise StepUpRefused("step-up token: already used, expired or not issued for this field")
+        raise Refused("step-up token: already used, expired or not issued for this field")
 
 
 def check_reason(raw: str) -> str:
     reason = unicodedata.normalize("NFC", raw.strip())
     if len(reason) < REASON_MIN:
-        raise StepUpRefused(f"reason: at least {REASON_MIN} characters")
+        raise Refused(f"reason: at least {REASON_MIN} characters")
     if len(reason) > REASON_MAX:
-        raise StepUpRefused(f"reason: at most {REASON_MAX} characters")
+        raise Refused(f"reason: at most {REASON_MAX} characters")
     # The reason lands in the audit log and in keyd's events: it must never carry what is revealed.
     if contains_pan(reason):
-        raise StepUpRefused(f"reason: {PAN_REFUSAL}")
+        raise Refused(f"reason: {PAN_REFUSAL}")
     if any(unicodedata.category(c).startswith("C") for c in reason):
-        raise StepUpRefused("reason: control or invisible characters")
+        raise Refused("reason: control or invisible characters")
     if _DIGITS.search(reason):
-        raise StepUpRefused("reason: must not contain long digit runs (card or account numbers)")
+        raise Refused("reason: must not contain long digit runs (card or account numbers)")
     return reason
 
 

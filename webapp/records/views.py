@@ -1,33 +1,28 @@
-"""Records routes. Each checks the permission matrix (field class × action), validates every
-parameter through a form, and audits what it showed, changed or refused, in the request's one unit
-of work. The reveal route adds a one-time step-up (token + fresh password) and a typed reason."""
+"""Records routes. Each checks the permission matrix (field class × action, access.py), validates
+every parameter through a form, and audits what it showed, changed or refused, in the request's one
+unit of work. The reveal routes are the step-up flow of reveal.py."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from functools import wraps
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, redirect, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
-from flask_login import current_user, login_required, logout_user
+from flask_login import current_user, login_required
 
-from keyd.errors import IntegrityFailure, QuotaExceeded
-from webapp.auth import keypad
-from webapp.auth.forms import LogoutForm
-from webapp.auth.service import active_binding, attempt_login
-from webapp.auth.sessions import ServerSession
-from webapp.clock import from_db
-from webapp.config import ConfigError
-from webapp.db.tables import users
 from webapp.events import Event
 from webapp.records import cards as card_rules
 from webapp.records import items as item_rules
-from webapp.records import permissions, purge, service, stepup
+from webapp.records import purge, service
+from webapp.records import reveal as reveal_flow
+from webapp.records.access import load_matrix, may, require, require_item, require_reveal
+from webapp.records.errors import Refused
+from webapp.records.formatting import first_error, masked, record_resource, render
 from webapp.records.forms import (
     CardEditForm,
     CardForm,
@@ -37,50 +32,23 @@ from webapp.records.forms import (
     RevealForm,
     SearchForm,
 )
-from webapp.records.permissions import ITEM_CLASS, SECRET_FIELDS, Act, FieldClass, Matrix
-from webapp.request import origin, unit
+from webapp.records.permissions import ITEM_CLASS, Act, FieldClass
+from webapp.refusals import refuse
+from webapp.request import unit
 from webapp.services import services
 from webapp.validation import InputRefused, accepts
 
 bp = Blueprint("records", __name__, url_prefix="/records")
 bp.cli.add_command(purge.purge_retired_command)  # flask --app webapp records purge-retired
-MATRIX = "strongroom.records.matrix"
 CVV_REFUSED = (
     "card security codes (CVV/CVC) are never accepted or stored: the form was refused, nothing was saved"
 )
 KINDS = "any(bank, identity, note)"
-_RANGES = {
-    "REVEAL_HIDE_SECONDS": (5, 300),
-    "STEPUP_TTL": (30, 900),
-    "RETIRED_RETENTION_DAYS": purge.RETENTION_RANGE,
-}
 
 
 @bp.record_once
-def _configure(state: BlueprintSetupState) -> None:
-    cfg = state.app.config
-    cfg.setdefault("CRM_REF_PATTERN", service.DEFAULT_CRM_REF_PATTERN)
-    # Seconds a revealed value stays on screen; seconds a reveal form (its step-up token) stays valid.
-    cfg.setdefault("REVEAL_HIDE_SECONDS", 30)
-    cfg.setdefault("STEPUP_TTL", 300)
-    # Days a retired card or item is kept (masked, never revealed) before `records purge-retired`
-    # deletes it; None for PURGE_DATABASE_URL: the app's own database (development, tests).
-    cfg.setdefault("RETIRED_RETENTION_DAYS", purge.RETENTION_DEFAULT_DAYS)
-    cfg.setdefault("PURGE_DATABASE_URL", None)
-    # None: the shipped matrix (webapp/records/permissions.json); else a JSON file path or a mapping.
-    cfg.setdefault("RECORDS_PERMISSIONS", None)
-    pattern = cfg["CRM_REF_PATTERN"]
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError):
-        raise ConfigError("STRONGROOM_CRM_REF_PATTERN must be a regular expression") from None
-    if not (isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")):
-        raise ConfigError("STRONGROOM_CRM_REF_PATTERN must be anchored (^...$)")
-    for name, (lo, hi) in _RANGES.items():
-        value = cfg[name]
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ConfigError(f"STRONGROOM_{name} must be an integer from {lo} to {hi}")
-    state.app.extensions[MATRIX] = permissions.load(cfg["RECORDS_PERMISSIONS"])
+def _load_matrix(state: BlueprintSetupState) -> None:
+    load_matrix(state.app)  # a bad matrix stops the start, as a bad setting does (webapp/config.py)
 
 
 _ROW_ID = re.compile(r"[0-9a-f]{32}")
@@ -99,96 +67,23 @@ def _ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
         abort(404)
 
 
-def matrix() -> Matrix:
-    found: Matrix = current_app.extensions[MATRIX]
-    return found
-
-
-def may(field_class: FieldClass, action: Act) -> bool:
-    return matrix().allows(current_user.role, field_class, action)
-
-
-def _denied(field_class: FieldClass, action: Act) -> Response:
-    uow = unit()
-    uow.discard_writes()
-    # The route's name and record, not the raw path: a path segment is whatever the client typed
-    # (a PAN typed into an id would otherwise land in the audit log).
-    record_id = (request.view_args or {}).get("record_id")
-    resource = f"{request.endpoint}:{record_id}" if record_id is not None else str(request.endpoint)
-    uow.record(
-        Event.ACCESS_DENIED, ok=False, resource=resource[:200], detail=f"matrix:{field_class}:{action}"
-    )
-    body = render_template("error.html", status=403, message="You are not allowed to do this.")
-    return Response(body, status=403, mimetype="text/html")
-
-
-def require(field_class: FieldClass, action: Act) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            if not may(field_class, action):
-                return _denied(field_class, action)
-            return view(*args, **kwargs)
-
-        return checked
-
-    return wrap
-
-
-def require_item(action: Act) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """As `require`, with the field class taken from the item kind in the URL, before any lookup."""
-
-    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            field_class = ITEM_CLASS[kwargs["kind"]]
-            if not may(field_class, action):
-                return _denied(field_class, action)
-            return view(*args, **kwargs)
-
-        return checked
-
-    return wrap
-
-
-def _refuse(event: Event, reason: str, resource: str, *, status: int = 400, keep: bool = False) -> Response:
-    """A specific refusal, audited. Nothing the action wrote is kept unless `keep` (a spent step-up
-    token and a counted wrong password must stay spent and counted)."""
-    uow = unit()
-    if not keep:
-        uow.discard_writes()
-    uow.record(event, ok=False, resource=resource[:200], detail=reason[:200])
-    body = render_template("error.html", status=status, message=f"Refused: {reason}.")
-    return Response(body, status=status, mimetype="text/html")
-
-
 def _invalid(form: Any, where: str) -> InputRefused:
-    field, errors = next(iter(form.errors.items()))
-    return InputRefused(f"{where}: parameter '{field}' {errors[0].lower().rstrip('.')}")
+    field, message = first_error(form)
+    return InputRefused(f"{where}: parameter '{field}' {message}")
 
 
 def _pattern() -> str:
     return str(current_app.config["CRM_REF_PATTERN"])
 
 
-def _page(record_id: int) -> str:
-    return f"record:{record_id}"
-
-
 def _writable_or_404(record_id: int) -> None:
-    """A record that does not exist is 404; a retired one raises RecordRefused (read-only)."""
+    """A record that does not exist is 404; a retired one raises Refused (read-only)."""
     if service.writable_record(unit().conn, record_id) is None:
         abort(404)
 
 
-def _now() -> Any:
+def _now() -> datetime:
     return services().clock.now()
-
-
-def _render(template: str, **context: Any) -> str:
-    return render_template(
-        template, user=current_user, logout=LogoutForm(), can=matrix().can(current_user.role), **context
-    )
 
 
 @bp.get("/")
@@ -203,13 +98,13 @@ def index() -> ResponseReturnValue:
             raise _invalid(form, "query")
         try:
             crm_ref = service.check_crm_ref(form.crm_ref.data or "", _pattern())
-        except service.RecordRefused as exc:
-            return _refuse(Event.RECORD_REFUSED, exc.reason, "/records")
+        except Refused as exc:
+            return refuse(Event.RECORD_REFUSED, exc.reason, resource="/records")
         rows = service.find_records(unit().conn, crm_ref)
         unit().record(Event.RECORDS_LISTED, ok=True, resource=f"crm:{crm_ref}", detail=f"rows={len(rows)}")
     else:
         unit().record(Event.PAGE_VIEW, ok=True, resource="/records")
-    return _render("records/index.html", search=form, add=RecordForm(), rows=rows)
+    return render("records/index.html", search=form, add=RecordForm(), rows=rows)
 
 
 @bp.post("/")
@@ -222,10 +117,10 @@ def add() -> ResponseReturnValue:
         raise _invalid(form, "form")
     try:
         crm_ref = service.check_crm_ref(form.crm_ref.data or "", _pattern())
-    except service.RecordRefused as exc:
-        return _refuse(Event.RECORD_REFUSED, exc.reason, "/records")
+    except Refused as exc:
+        return refuse(Event.RECORD_REFUSED, exc.reason, resource="/records")
     record_id = service.add_record(unit().conn, crm_ref, actor=current_user.username, now=_now())
-    unit().record(Event.RECORD_ADDED, ok=True, resource=_page(record_id), detail=f"crm:{crm_ref}")
+    unit().record(Event.RECORD_ADDED, ok=True, resource=record_resource(record_id), detail=f"crm:{crm_ref}")
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -245,13 +140,13 @@ def view(record_id: int) -> ResponseReturnValue:
     unit().record(
         Event.RECORD_VIEWED,
         ok=True,
-        resource=_page(record_id),
+        resource=record_resource(record_id),
         detail=f"cards_masked={len(shown)} items_masked={len(found)}",
     )
-    return _render(
+    return render(
         "records/record.html",
         record=row,
-        cards=[(c, card_rules.masked(c.brand, c.last4)) for c in shown],
+        cards=[(c, masked(c.brand, c.last4)) for c in shown],
         items=found,
         kinds=kinds,
         card_form=CardForm(),
@@ -269,10 +164,10 @@ def retire(record_id: int) -> ResponseReturnValue:
     conn = unit().conn
     try:
         _writable_or_404(record_id)
-    except service.RecordRefused as exc:
-        return _refuse(Event.RECORD_REFUSED, exc.reason, _page(record_id))
+    except Refused as exc:
+        return refuse(Event.RECORD_REFUSED, exc.reason, resource=record_resource(record_id))
     service.retire_record(conn, record_id, actor=current_user.username, now=_now())
-    unit().record(Event.RECORD_RETIRED, ok=True, resource=_page(record_id))
+    unit().record(Event.RECORD_RETIRED, ok=True, resource=record_resource(record_id))
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -282,10 +177,10 @@ def retire(record_id: int) -> ResponseReturnValue:
 def _card_fields(form: CardForm | CardEditForm, resource: str) -> Response | None:
     # Before anything else, whatever the rest of the form says: a security code is never accepted.
     if any(name in request.form for name in card_rules.CVV_FIELDS):
-        return _refuse(Event.CARD_REFUSED, "cvv_present: " + CVV_REFUSED, resource)
+        return refuse(Event.CARD_REFUSED, "cvv_present: " + CVV_REFUSED, resource=resource)
     if not form.validate():
-        field, _errors = next(iter(form.errors.items()))
-        return _refuse(Event.CARD_REFUSED, f"{field}: missing or out of range", resource)
+        field, _message = first_error(form)
+        return refuse(Event.CARD_REFUSED, f"{field}: missing or out of range", resource=resource)
     return None
 
 
@@ -294,7 +189,7 @@ def _card_fields(form: CardForm | CardEditForm, resource: str) -> Response | Non
 @login_required
 @require(FieldClass.CARD_MASKED, Act.ADD)
 def add_card(record_id: int) -> ResponseReturnValue:
-    resource = _page(record_id)
+    resource = record_resource(record_id)
     form = CardForm()
     if (refused := _card_fields(form, resource)) is not None:
         return refused
@@ -309,11 +204,9 @@ def add_card(record_id: int) -> ResponseReturnValue:
                 int(form.exp_month.data or 0), int(form.exp_year.data or 0), now=now
             ),
         )
-    except (service.RecordRefused, card_rules.CardRefused) as exc:
-        return _refuse(Event.CARD_REFUSED, exc.reason, resource)
-    card_id = service.add_card(
-        conn, service.cipher(svc.vault), record_id, card, actor=current_user.username, now=now
-    )
+    except Refused as exc:
+        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
+    card_id = service.add_card(conn, svc.vault, record_id, card, actor=current_user.username, now=now)
     unit().record(
         Event.CARD_ADDED, ok=True, resource=f"card:{card_id}", detail=f"{resource} {card.pan.brand}"
     )
@@ -334,12 +227,12 @@ def _card_or_404(record_id: int, card_id: str) -> sa.Row:
 def card(record_id: int, card_id: str) -> ResponseReturnValue:
     row = _card_or_404(record_id, card_id)
     record = service.get_record(unit().conn, record_id)
-    unit().record(Event.CARD_VIEWED, ok=True, resource=f"card:{card_id}", detail=_page(record_id))
-    return _render(
+    unit().record(Event.CARD_VIEWED, ok=True, resource=f"card:{card_id}", detail=record_resource(record_id))
+    return render(
         "records/card.html",
         record=record,
         card=row,
-        label=card_rules.masked(row.brand, row.last4),
+        label=masked(row.brand, row.last4),
         edit_form=CardEditForm(),
         retire_form=RetireForm(),
     )
@@ -361,18 +254,18 @@ def edit_card(record_id: int, card_id: str) -> ResponseReturnValue:
         service.writable(_card_or_404(record_id, card_id), "card")
         name = card_rules.check_name(form.cardholder.data or "")
         expiry = card_rules.check_expiry(int(form.exp_month.data or 0), int(form.exp_year.data or 0), now=now)
-    except (service.RecordRefused, card_rules.CardRefused) as exc:
-        return _refuse(Event.CARD_REFUSED, exc.reason, resource)
+    except Refused as exc:
+        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
     service.edit_card(
         conn,
-        service.cipher(svc.vault),
+        svc.vault,
         card_id,
         cardholder=name,
         expiry=expiry,
         actor=current_user.username,
         now=now,
     )
-    unit().record(Event.CARD_EDITED, ok=True, resource=resource, detail=_page(record_id))
+    unit().record(Event.CARD_EDITED, ok=True, resource=resource, detail=record_resource(record_id))
     return redirect(url_for("records.card", record_id=record_id, card_id=card_id))
 
 
@@ -386,10 +279,10 @@ def retire_card(record_id: int, card_id: str) -> ResponseReturnValue:
     try:
         _writable_or_404(record_id)
         service.writable(_card_or_404(record_id, card_id), "card")
-    except service.RecordRefused as exc:
-        return _refuse(Event.CARD_REFUSED, exc.reason, resource)
+    except Refused as exc:
+        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
     service.retire_card(conn, card_id, actor=current_user.username, now=_now())
-    unit().record(Event.CARD_RETIRED, ok=True, resource=resource, detail=_page(record_id))
+    unit().record(Event.CARD_RETIRED, ok=True, resource=resource, detail=record_resource(record_id))
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -397,16 +290,16 @@ def retire_card(record_id: int, card_id: str) -> ResponseReturnValue:
 
 
 def _item_or_404(record_id: int, kind: str, item_id: str) -> sa.Row:
-    item = service.get_item(unit().conn, record_id, item_id)
-    if item is None or item.kind != kind:  # the URL's kind is what the matrix checked
+    item = service.get_item(unit().conn, record_id, kind, item_id)
+    if item is None:
         abort(404)
     return item
 
 
 def _item_value(kind: str, form: ItemForm) -> tuple[str, str]:
     if not form.validate():
-        field, errors = next(iter(form.errors.items()))
-        raise item_rules.ItemRefused(f"{field}: {errors[0].lower().rstrip('.')}")
+        field, message = first_error(form)
+        raise Refused(f"{field}: {message}")
     return item_rules.check(kind, form.value.data or "", form.doc_type.data or "")
 
 
@@ -415,16 +308,16 @@ def _item_value(kind: str, form: ItemForm) -> tuple[str, str]:
 @login_required
 @require_item(Act.ADD)
 def add_item(record_id: int, kind: str) -> ResponseReturnValue:
-    resource = _page(record_id)
+    resource = record_resource(record_id)
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
         _writable_or_404(record_id)
         value, hint = _item_value(kind, ItemForm())
-    except (service.RecordRefused, item_rules.ItemRefused) as exc:
-        return _refuse(Event.ITEM_REFUSED, exc.reason, resource)
+    except (Refused, item_rules.ItemRefused) as exc:
+        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
     item_id = service.add_item(
-        conn, service.cipher(svc.vault), record_id, kind, value, hint, actor=current_user.username, now=now
+        conn, svc.vault, record_id, kind, value, hint, actor=current_user.username, now=now
     )
     unit().record(Event.ITEM_ADDED, ok=True, resource=f"{kind}:{item_id}", detail=resource)
     return redirect(url_for("records.view", record_id=record_id))
@@ -437,8 +330,8 @@ def add_item(record_id: int, kind: str) -> ResponseReturnValue:
 def item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     row = _item_or_404(record_id, kind, item_id)
     record = service.get_record(unit().conn, record_id)
-    unit().record(Event.ITEM_VIEWED, ok=True, resource=f"{kind}:{item_id}", detail=_page(record_id))
-    return _render(
+    unit().record(Event.ITEM_VIEWED, ok=True, resource=f"{kind}:{item_id}", detail=record_resource(record_id))
+    return render(
         "records/item.html",
         record=record,
         item=row,
@@ -461,12 +354,10 @@ def edit_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
         _writable_or_404(record_id)
         service.writable(_item_or_404(record_id, kind, item_id), kind)
         value, hint = _item_value(kind, ItemForm())
-    except (service.RecordRefused, item_rules.ItemRefused) as exc:
-        return _refuse(Event.ITEM_REFUSED, exc.reason, resource)
-    service.edit_item(
-        conn, service.cipher(svc.vault), item_id, kind, value, hint, actor=current_user.username, now=now
-    )
-    unit().record(Event.ITEM_EDITED, ok=True, resource=resource, detail=_page(record_id))
+    except (Refused, item_rules.ItemRefused) as exc:
+        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
+    service.edit_item(conn, svc.vault, item_id, kind, value, hint, actor=current_user.username, now=now)
+    unit().record(Event.ITEM_EDITED, ok=True, resource=resource, detail=record_resource(record_id))
     return redirect(url_for("records.item", record_id=record_id, kind=kind, item_id=item_id))
 
 
@@ -480,64 +371,19 @@ def retire_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     try:
         _writable_or_404(record_id)
         service.writable(_item_or_404(record_id, kind, item_id), kind)
-    except service.RecordRefused as exc:
-        return _refuse(Event.ITEM_REFUSED, exc.reason, resource)
+    except Refused as exc:
+        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
     service.retire_item(conn, item_id, actor=current_user.username, now=_now())
-    unit().record(Event.ITEM_RETIRED, ok=True, resource=resource, detail=_page(record_id))
+    unit().record(Event.ITEM_RETIRED, ok=True, resource=resource, detail=record_resource(record_id))
     return redirect(url_for("records.view", record_id=record_id))
 
 
-# --- reveal ----------------------------------------------------------------------------------------
+# --- reveal (the step-up flow: reveal.py) ---------------------------------------------------------
 
 REVEAL_URL = (
     "/<int:record_id>/reveal/<any(card, bank, identity, note):kind>/<obj_id>"
     "/<any(pan, cardholder, expiry, value):field>"
 )
-STEPUP_KEYPAD = "stepup_keypad"
-
-
-def require_reveal(view: Callable[..., Any]) -> Callable[..., Any]:
-    """The matrix cell of the field in the URL; a (kind, field) pair that names no secret is 404."""
-
-    @wraps(view)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        field_class = SECRET_FIELDS.get((kwargs["kind"], kwargs["field"]))
-        if field_class is None:
-            abort(404)
-        if not may(field_class, Act.REVEAL):
-            return _denied(field_class, Act.REVEAL)
-        return view(*args, **kwargs)
-
-    return checked
-
-
-def _revealable_or_404(record_id: int, kind: str, obj_id: str, *, lock: bool = False) -> str | None:
-    """None if the field may be revealed, else why not (a retired card or item, a retired record).
-
-    Retired means no longer readable (docs/webapp.md, "Retirement"): only the masked form is shown.
-    With `lock`, the record row is locked for the rest of the request: every retire locks it first
-    (service.writable_record), so a retirement cannot land between this check and the decrypt.
-    """
-    record = service.get_record(unit().conn, record_id, for_update=lock)
-    if record is None:
-        abort(404)
-    row = _card_or_404(record_id, obj_id) if kind == "card" else _item_or_404(record_id, kind, obj_id)
-    if record.retired_at is not None:
-        return "the record is retired: its values can no longer be revealed"
-    if row.retired_at is not None:
-        return f"the {'card' if kind == 'card' else 'item'} is retired: it can no longer be revealed"
-    return None
-
-
-def _entered(form: RevealForm, mode: str, layout: dict[str, str] | None) -> tuple[str | None, str | None]:
-    """(password, PIN) entered as the login entry mode requires (see auth.views._entered)."""
-    typed, clicked = form.stepup_typed.data or None, form.keypad.data or ""
-    if mode == "keyboard":
-        return (typed, None) if not clicked else (None, None)
-    decoded = keypad.decode(clicked, layout) if layout is not None else None
-    if mode == "keypad":
-        return (decoded, None) if typed is None else (None, None)
-    return typed, decoded  # keypad-pin: password typed, PIN clicked
 
 
 @bp.get(REVEAL_URL)
@@ -545,31 +391,7 @@ def _entered(form: RevealForm, mode: str, layout: dict[str, str] | None) -> tupl
 @login_required
 @require_reveal
 def reveal_form(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturnValue:
-    cfg, target = current_app.config, f"{kind}:{obj_id}:{field}"
-    if (retired := _revealable_or_404(record_id, kind, obj_id)) is not None:
-        return _refuse(Event.REVEAL_REFUSED, retired, target, status=403)
-    token = stepup.issue(
-        unit().conn, user_id=int(current_user.id), target=target, now=_now(), ttl=cfg["STEPUP_TTL"]
-    )
-    mode = cfg["LOGIN_ENTRY"]
-    pairs: list[tuple[str, str]] = []
-    if mode != "keyboard":
-        pairs, layout = keypad.new_layout(keypad.DIGITS if mode == "keypad-pin" else keypad.KEYS)
-        session[STEPUP_KEYPAD] = layout
-    unit().record(Event.REVEAL_FORM, ok=True, resource=target)
-    form = RevealForm()
-    form.stepup.data = token
-    return _render(
-        "records/reveal.html",
-        form=form,
-        mode=mode,
-        keypad=pairs,
-        record_id=record_id,
-        kind=kind,
-        obj_id=obj_id,
-        field=field,
-        reason_max=stepup.REASON_MAX,
-    )
+    return reveal_flow.show_form(record_id, kind, obj_id, field)
 
 
 @bp.post(REVEAL_URL)
@@ -577,83 +399,4 @@ def reveal_form(record_id: int, kind: str, obj_id: str, field: str) -> ResponseR
 @login_required
 @require_reveal
 def reveal(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturnValue:
-    svc, uow, cfg = services(), unit(), current_app.config
-    now, target = svc.clock.now(), f"{kind}:{obj_id}:{field}"
-    layout = session.pop(STEPUP_KEYPAD, None)  # single use, whatever happens next
-    form = RevealForm()
-    if not form.validate():
-        field_name, _errors = next(iter(form.errors.items()))
-        return _refuse(Event.REVEAL_REFUSED, f"{field_name}: missing or too long", target)
-    # Checked again here, whatever the form said: a step-up token issued before a retirement is
-    # worth nothing after it.
-    if (retired := _revealable_or_404(record_id, kind, obj_id, lock=True)) is not None:
-        return _refuse(Event.REVEAL_REFUSED, retired, target, status=403)
-    try:
-        reason = stepup.check_reason(form.reason.data or "")
-        # Spent from here on, whatever follows: every password attempt needs a fresh reveal form.
-        stepup.consume(uow.conn, form.stepup.data or "", user_id=int(current_user.id), target=target, now=now)
-    except stepup.StepUpRefused as exc:
-        return _refuse(Event.REVEAL_REFUSED, exc.reason, target)
-    mode = cfg["LOGIN_ENTRY"]
-    password, pin = _entered(form, mode, layout if isinstance(layout, dict) else None)
-    if password is None or (mode == "keypad-pin" and pin is None):
-        return _refuse(Event.REVEAL_REFUSED, "password: required for every reveal", target, keep=True)
-    binding = active_binding(uow.conn, origin().fingerprint, now=now)
-    if binding is None:
-        abort(403)
-    ok = attempt_login(
-        uow,
-        svc.hasher,
-        binding=binding,
-        username=current_user.username,
-        password=password,
-        now=now,
-        policy=svc.login_policy,
-        pin=pin,
-        require_pin=mode == "keypad-pin",
-        success_event=Event.STEPUP_SUCCESS,
-        failure_event=Event.STEPUP_FAILURE,
-    )
-    if ok is None:
-        locked = uow.conn.execute(
-            sa.select(users.c.locked_until).where(users.c.id == binding.user_id)
-        ).scalar()
-        if locked is not None and from_db(locked) > now:
-            # Locked by wrong step-up passwords: the session ends too (fail closed).
-            logout_user()
-            if isinstance(session, ServerSession):
-                session.end("stepup_lockout")
-        return _refuse(
-            Event.REVEAL_REFUSED, "password: incorrect, nothing was revealed", target, status=403, keep=True
-        )
-    purpose = stepup.purpose(reason)
-    detail = f"tag={stepup.reason_tag(reason)} reason={reason}"
-    try:
-        plaintext = service.unchecked_decrypt(
-            uow.conn, service.cipher(svc.vault), obj_id, field, actor=current_user.username, purpose=purpose
-        )
-    except QuotaExceeded as exc:
-        uow.record(
-            Event.REVEAL_BUDGET_EXCEEDED, ok=False, resource=target, detail=f"keyd:{exc.reason or '-'}"
-        )
-        page = render_template("quota_exceeded.html", user=current_user, logout=LogoutForm())
-        return Response(page, status=429, mimetype="text/html")
-    except IntegrityFailure:
-        return _refuse(
-            Event.REVEAL_INTEGRITY_FAILED,
-            "the stored value failed its integrity check; operators have been alerted",
-            target,
-            status=500,
-            keep=True,
-        )
-    uow.record(Event.REVEALED, ok=True, resource=target, detail=detail[:200])
-    value = plaintext.decode("utf-8")
-    if field == "pan":
-        value = " ".join(value[i : i + 4] for i in range(0, len(value), 4))
-    return _render(
-        "records/revealed.html",
-        value=value,
-        hide_after=cfg["REVEAL_HIDE_SECONDS"],
-        record_id=record_id,
-        what=f"{kind} {field}",
-    )
+    return reveal_flow.reveal(record_id, kind, obj_id, field)
