@@ -28,7 +28,8 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     vault,
 )
 from webapp.records import service
-from webapp.records.items import ItemRefused, contains_pan, iban
+from webapp.records.errors import Refused
+from webapp.records.items import contains_pan, iban
 from webapp.records.tables import cards, items
 
 
@@ -161,7 +162,7 @@ BAD_IBANS = [
 
 @pytest.mark.parametrize(("raw", "reason"), BAD_IBANS)
 def test_bad_ibans_are_refused_by_rule_without_the_value(raw: str, reason: str) -> None:
-    with pytest.raises(ItemRefused) as refused:
+    with pytest.raises(Refused) as refused:
         iban(raw)
     assert refused.value.reason == reason
     assert str(refused.value) == reason

@@ -1,6 +1,6 @@
 """Input rules for the other sensitive items: bank accounts (IBAN), identity documents, notes.
 
-Pure functions, like cards.py. Every refusal is an `ItemRefused` whose reason names the rule, never
+Pure functions, like cards.py. Every refusal is the package's one `Refused` whose reason names the rule, never
 the value. Each rule returns (value to encrypt, masked hint to store in clear).
 """
 
@@ -14,6 +14,7 @@ from stdnum import numdb
 from stdnum.exceptions import ValidationError
 from stdnum.iso7064 import mod_97_10
 
+from webapp.records.errors import Refused
 from webapp.redact import PAN_REFUSAL, contains_pan
 
 NOTE_MAX = 2000
@@ -23,21 +24,15 @@ DOC_MIN, DOC_MAX = 5, 20
 _BBAN_FIELD = re.compile(r"(\d+)!?[nac]")
 
 
-class ItemRefused(ValueError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def clean_text(raw: str, what: str, *, max_len: int) -> str:
     """NFC, stripped, bounded, and free of control, format (invisible) and unassigned characters."""
     text = unicodedata.normalize("NFC", raw.strip())
     if not text:
-        raise ItemRefused(f"{what}: required")
+        raise Refused(f"{what}: required")
     if len(text) > max_len:
-        raise ItemRefused(f"{what}: at most {max_len} characters")
+        raise Refused(f"{what}: at most {max_len} characters")
     if any(unicodedata.category(c).startswith("C") for c in text):
-        raise ItemRefused(f"{what}: control or invisible characters")
+        raise Refused(f"{what}: control or invisible characters")
     return text
 
 
@@ -57,31 +52,31 @@ def iban(raw: str) -> tuple[str, str]:
     be refused for that. The checks run in a fixed order so that each refusal names one rule."""
     value = re.sub(r"[ ]", "", raw).upper()
     if not value.isascii() or not value.isalnum():
-        raise ItemRefused("IBAN: letters and digits only (spaces allowed)")
+        raise Refused("IBAN: letters and digits only (spaces allowed)")
     country = value[:2]
     length = _iban_length(country) if country.isalpha() else None
     if length is None:
-        raise ItemRefused("IBAN: unknown country code")
+        raise Refused("IBAN: unknown country code")
     if len(value) != length or not value[2:4].isdigit():
-        raise ItemRefused(f"IBAN: wrong length for {country}")
+        raise Refused(f"IBAN: wrong length for {country}")
     if not mod_97_10.is_valid(value[4:] + value[:4]):
-        raise ItemRefused("IBAN: check digits are wrong")
+        raise Refused("IBAN: check digits are wrong")
     try:
         iso13616.validate(value, check_country=False)
     except ValidationError:
         # stdnum's exceptions carry no value, but ours names the rule and stays the one refusal type.
-        raise ItemRefused(f"IBAN: the account part does not have {country}'s format") from None
+        raise Refused(f"IBAN: the account part does not have {country}'s format") from None
     return value, f"{country} •••• {value[-4:]}"
 
 
 def identity(raw: str, doc_type: str) -> tuple[str, str]:
     if doc_type not in DOC_TYPES:
-        raise ItemRefused("document type: unknown")
+        raise Refused("document type: unknown")
     value = re.sub(r"[ -]", "", raw).upper()
     if not value.isascii() or not value.isalnum():
-        raise ItemRefused("document number: letters and digits only")
+        raise Refused("document number: letters and digits only")
     if not DOC_MIN <= len(value) <= DOC_MAX:
-        raise ItemRefused(f"document number: {DOC_MIN} to {DOC_MAX} characters")
+        raise Refused(f"document number: {DOC_MIN} to {DOC_MAX} characters")
     return value, f"{doc_type} •••• {value[-2:]}"
 
 
@@ -89,7 +84,7 @@ def note(raw: str) -> tuple[str, str]:
     # A card number pasted into a note would escape every card control: masking, reveal, budgets.
     # Checked first, so that one written with invisible separators gets this message, not a vaguer one.
     if contains_pan(raw):
-        raise ItemRefused(f"note: {PAN_REFUSAL}")
+        raise Refused(f"note: {PAN_REFUSAL}")
     text = clean_text(raw, "note", max_len=NOTE_MAX)
     return text, f"note, {len(text)} characters"
 
@@ -101,4 +96,4 @@ def check(kind: str, raw: str, doc_type: str = "") -> tuple[str, str]:
         return identity(raw, doc_type)
     if kind == "note":
         return note(raw)
-    raise ItemRefused("item kind: unknown")
+    raise Refused("item kind: unknown")

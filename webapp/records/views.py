@@ -314,7 +314,7 @@ def add_item(record_id: int, kind: str) -> ResponseReturnValue:
     try:
         _writable_or_404(record_id)
         value, hint = _item_value(kind, ItemForm())
-    except (Refused, item_rules.ItemRefused) as exc:
+    except Refused as exc:
         return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
     item_id = service.add_item(
         conn, svc.vault, record_id, kind, value, hint, actor=current_user.username, now=now
@@ -354,7 +354,7 @@ def edit_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
         _writable_or_404(record_id)
         service.writable(_item_or_404(record_id, kind, item_id), kind)
         value, hint = _item_value(kind, ItemForm())
-    except (Refused, item_rules.ItemRefused) as exc:
+    except Refused as exc:
         return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
     service.edit_item(conn, svc.vault, item_id, kind, value, hint, actor=current_user.username, now=now)
     unit().record(Event.ITEM_EDITED, ok=True, resource=resource, detail=record_resource(record_id))
