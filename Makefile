@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test check lint typecheck pytest bench sysdeps venv lock clean
+.PHONY: run test check lint typecheck pytest bench sysdeps venv lock audit clean
 
 sysdeps:
 	@scripts/sysdeps.sh
@@ -37,6 +37,11 @@ venv: $(VENV)/.stamp $(SSLYZE_VENV)/.stamp
 # Upgrade with `make lock UPGRADE="--upgrade-package cryptography"` (or UPGRADE=--upgrade: everything).
 lock: $(VENV)/.stamp
 	$(PY) scripts/lock.py $(UPGRADE)
+
+# No locked release has a known advisory: pip-audit against the vendored PyPA advisory data, served on
+# loopback as an OSV API (scripts/audit.py; refresh the data with scripts/advisories.py refresh CLONE).
+audit: $(VENV)/.stamp
+	$(PY) scripts/audit.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
