@@ -1,6 +1,6 @@
 """The supply chain, checked: every third-party import is a declared dependency, every lock pins the whole
 tree with hashes and matches its inputs, every install checks those hashes, and no locked release has a
-known advisory (docs/supply-chain.md)."""
+known advisory in the vendored PyPA advisory data (docs/supply-chain.md)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,21 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from deploy.server.steps import pip_install
-from tests.support import component_missing
+from scripts import advisories, audit
+from tests.support import component_missing, need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_IN = ROOT / "requirements.in"
 DEV_IN = ROOT / "requirements-dev.in"
-LOCKS = (
-    "requirements.txt",
-    "requirements-dev.txt",
-    "tests/apache/requirements-sslyze.txt",
-    "tests/apache/requirements-sslyze-build.txt",
-)
+LOCKS = audit.LOCKS  # as scripts/lock.py compiles them
 # Test and tool code: it may use the dev dependencies. Every other package ships to the server.
 DEV_PACKAGES = {"tests", "bench", "scripts"}
 # Scripts that run in a venv of their own, with the dependencies declared for it.
@@ -215,29 +212,240 @@ def test_the_locks_match_their_inputs() -> None:
     assert res.returncode == 0, f"{res.stderr[-3000:]}\n{res.stdout[-6000:]}"
 
 
-@pytest.mark.parametrize("lock", [lock for lock in LOCKS if lock != "requirements.txt"])
-def test_no_locked_release_has_a_known_advisory(lock: str) -> None:
-    # requirements.txt is covered by requirements-dev.txt (checked above to hold it at the same versions).
-    _need_pypi("https://pypi.org/pypi/pip/json")
+# The advisory check. pip-audit's own sources, api.osv.dev and PyPI's per-release JSON
+# (https://pypi.org/pypi/NAME/VERSION/json), cannot be reached from every network the project is built
+# on (only PyPI's package index can), so scripts/audit.py serves the OSV query API that api.osv.dev
+# would, on loopback, from the PyPA advisory database vendored in scripts/advisories/, and the real
+# pip-audit audits each lock against it. `make audit` is the same code.
+
+PLANTED_HASH = "--hash=sha256:" + "0" * 64  # pip-audit reads pins and never downloads: any hash will do
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[audit.StandIn]:
+    with audit.osv_stand_in() as running:
+        yield running
+
+
+def test_the_advisory_data_names_its_source_and_covers_every_locked_package(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = audit.source()
+    assert source["database"] == "https://github.com/pypa/advisory-database"
+    assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+    assert source["license"].startswith("CC-BY-4.0")
+    # The docs name the snapshot a reader relies on: a refresh updates them too.
+    snapshot = f"{source['date'][:10]} (commit {source['commit'][:7]})"
+    assert snapshot in (ROOT / "docs/supply-chain.md").read_text()
+    with capsys.disabled():  # the age is shown on every run, not only when a test fails
+        print(f"\n{audit.snapshot_age()}")
+    data = audit.load()
+    pinned = {name for lock in LOCKS for name in audit.pins(ROOT / lock)}
+    assert pinned - set(data) == set(), "locked without advisory data: scripts/advisories.py refresh CLONE"
+    # Each file holds records about its own package only, and enough of them to be the real database.
+    assert all(
+        any(audit.canonical(a["package"]["name"]) == name for a in r["affected"])
+        for name in data
+        for r in data[name]
+    )
+    assert sum(map(len, data.values())) > 50
+    assert len(data["cryptography"]) > 3
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_no_locked_release_has_a_known_advisory(lock: str, stand_in: audit.StandIn) -> None:
+    found = audit.audit_lock(ROOT / lock, stand_in.url)
+    assert found.vulnerable == {}, "upgrade these (make lock UPGRADE='--upgrade-package NAME')"
+    assert found.unaudited == []
+    # pip-audit asked the stand-in about every pinned release: nothing was passed without a question.
+    asked = {(name, str(Version(version))) for name, version in stand_in.queries}
+    pinned = {(name, str(Version(version))) for name, version in audit.pins(ROOT / lock).items()}
+    assert pinned - asked == set()
+    assert len(found.audited) == len(pinned)
+
+
+def _planted(tmp_path: Path, pins: dict[str, str]) -> Path:
+    lock = tmp_path / "planted.txt"
+    lock.write_text("".join(f"{name}=={version} \\\n    {PLANTED_HASH}\n" for name, version in pins.items()))
+    return lock
+
+
+def test_the_audit_reports_a_planted_vulnerable_release(tmp_path: Path, stand_in: audit.StandIn) -> None:
+    markupsafe = audit.pins(ROOT / "requirements.txt")["markupsafe"]
+    lock = _planted(tmp_path, {"Jinja2": "2.10", "cryptography": "3.2", "markupsafe": markupsafe})
+    found = audit.audit_lock(lock, stand_in.url)
+    # Jinja2 2.10: the str.format_map sandbox escape (fixed in 2.10.1) and the ReDoS (fixed in 2.11.3).
+    assert {"PYSEC-2019-217", "PYSEC-2021-66"} <= set(found.vulnerable.pop("jinja2 2.10"))
+    # cryptography 3.2: the RSA decryption timing leak (CVE-2020-25659, fixed in 3.2.1) among others.
+    assert "PYSEC-2021-62" in found.vulnerable.pop("cryptography 3.2")
+    assert found.vulnerable == {}  # the locked MarkupSafe has none
+    assert set(found.audited) == {"jinja2", "cryptography", "markupsafe"}
+
+
+def test_make_audit_fails_on_a_planted_vulnerable_release(tmp_path: Path) -> None:
+    assert re.search(r"^audit: .*\n\t\$\(PY\) scripts/audit\.py\b", (ROOT / "Makefile").read_text(), re.M)
+    lock = _planted(tmp_path, {"jinja2": "2.10"})
     res = subprocess.run(
-        [
-            *(sys.executable, "-m", "pip_audit", "--vulnerability-service", "pypi", "--disable-pip"),
-            *("--require-hashes", "-r", str(ROOT / lock), "--format", "json", "--progress-spinner", "off"),
-        ],
+        [sys.executable, str(ROOT / "scripts/audit.py"), str(lock)],
         capture_output=True,
         text=True,
         check=False,
         timeout=240,
     )
-    assert res.returncode in (0, 1), res.stderr[-3000:]
-    report = json.loads(res.stdout)["dependencies"]
-    vulnerable = {
-        f"{d['name']} {d['version']}": [v["id"] for v in d["vulns"]] for d in report if d.get("vulns")
+    assert res.returncode == 1, res.stderr
+    assert "PYSEC-2019-217" in res.stdout
+    assert "days old" in res.stdout
+    assert res.stderr.startswith("Error: 1 locked releases have a known advisory"), res.stderr
+
+
+def test_the_audit_refuses_a_package_it_has_no_data_for(tmp_path: Path, stand_in: audit.StandIn) -> None:
+    lock = _planted(tmp_path, {"jinja2": "2.10", "not-in-any-lock": "1.0"})
+    with pytest.raises(
+        audit.AuditError, match="no advisory data for not-in-any-lock — run scripts/advisories"
+    ):
+        audit.audit_lock(lock, stand_in.url)
+    # The stand-in itself answers "unknown", never "no advisory", and refuses what is not an OSV query.
+    for path, body, status in [
+        ("/v1/query", {"package": {"name": "not-in-any-lock", "ecosystem": "PyPI"}, "version": "1.0"}, 404),
+        ("/v1/query", {"package": {"name": "jinja2", "ecosystem": "npm"}, "version": "2.10"}, 400),
+        ("/v1/query", {"version": "2.10"}, 400),
+        ("/v1/query", {"package": {"name": "jinja2", "ecosystem": "PyPI"}, "version": "2.x"}, 400),
+        ("/v1/querybatch", {"queries": []}, 404),
+    ]:
+        url = stand_in.url.replace("/v1/query", path)
+        request = urllib.request.Request(url, data=json.dumps(body).encode())  # noqa: S310 - loopback
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the loopback stand-in
+        assert refused.value.code == status, (path, body)
+        refused.value.close()
+
+
+RECORD = {
+    "id": "TEST-1",
+    "affected": [
+        {
+            "package": {"name": "Some_Pkg", "ecosystem": "PyPI"},
+            "ranges": [
+                {"type": "GIT", "events": [{"introduced": "0"}, {"fixed": "acb672b6"}]},
+                {
+                    "type": "ECOSYSTEM",
+                    "events": [
+                        {"last_affected": "2.3"},
+                        {"introduced": "2.0"},
+                        {"fixed": "1.5"},
+                        {"introduced": "1.0"},
+                    ],
+                },
+            ],
+            "versions": ["0.5", "0.9-bulbasaur"],
+        },
+        {
+            "package": {"name": "other", "ecosystem": "PyPI"},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+        },
+        {"package": {"name": "some-pkg", "ecosystem": "npm"}, "versions": ["3.0"]},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("version", "affected"),
+    [
+        ("0.5", True),  # listed
+        ("0.5.0", True),  # listed, as pip orders it
+        ("0.9", False),  # not the listed legacy "0.9-bulbasaur", which pip cannot install
+        ("1.0", True),  # introduced
+        ("1.4.9", True),
+        ("1.5rc1", True),  # a pre-release before the fix
+        ("1.5", False),  # fixed
+        ("1.9", False),
+        ("2.0rc1", False),  # before the second introduction
+        ("2.0", True),
+        ("2.3", True),  # last affected
+        ("2.3.post1", False),
+        ("3.0", False),  # only the npm package of that name
+    ],
+)
+def test_the_stand_in_matches_releases_as_osv_does(version: str, affected: bool) -> None:
+    assert audit.affects(RECORD, "some-pkg", version) is affected
+
+
+def test_the_stand_in_matches_open_ranges_and_fails_closed_on_what_it_cannot_order() -> None:
+    assert audit.affects(RECORD, "other", "0.0.1.dev0")
+    assert audit.affects(RECORD, "other", "99")
+    assert not audit.affects(RECORD, "unrelated", "1.0")
+    unorderable = {
+        "id": "TEST-2",
+        "affected": [
+            {
+                "package": {"name": "p", "ecosystem": "PyPI"},
+                "ranges": [
+                    {"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.0-bulbasaur"}]}
+                ],
+            }
+        ],
     }
-    assert vulnerable == {}, "upgrade these (make lock UPGRADE='--upgrade-package NAME')"
-    unaudited = [f"{d['name']}: {d['skip_reason']}" for d in report if "skip_reason" in d]
-    if unaudited:
-        component_missing(
-            f"PyPI's advisory data could not be read for {len(unaudited)} of {len(report)} releases "
-            f"(pip-audit reads https://pypi.org/pypi/NAME/VERSION/json), e.g. {unaudited[0]}"
-        )
+    with pytest.raises(audit.AuditError, match="cannot order"):
+        audit.affects(unorderable, "p", "2.0")
+    with pytest.raises(audit.AuditError, match="not a PEP 440 version"):
+        audit.affects(RECORD, "some-pkg", "0.9-bulbasaur")
+
+
+ADVISORY_YAML = """\
+id: {id}
+details: A test advisory.
+affected:
+- package:
+    name: {name}
+    ecosystem: PyPI
+  ranges:
+  - type: ECOSYSTEM
+    events:
+    - introduced: '0'
+    - fixed: 2.10.1
+  versions:
+  - 2.9
+  - 2.10
+published: 2019-04-07T00:29:00Z
+"""
+
+
+def test_refresh_vendors_the_locked_packages_from_a_clone(tmp_path: Path) -> None:
+    git = need_binary("git")
+    clone = tmp_path / "advisory-database"
+    for folder, id_, name in [
+        ("jinja2", "PYSEC-T-2", "jinja2"),
+        ("Jinja2", "PYSEC-T-1", "Jinja2"),
+        ("other", "PYSEC-T-3", "other"),
+    ]:
+        (clone / "vulns" / folder).mkdir(parents=True, exist_ok=True)
+        (clone / "vulns" / folder / f"{id_}.yaml").write_text(ADVISORY_YAML.format(id=id_, name=name))
+    (clone / "vulns" / "jinja2" / "PYSEC-T-9.yaml").write_text(
+        ADVISORY_YAML.format(id="PYSEC-T-9", name="jinja2")
+    )
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(clone), *args], check=True, capture_output=True, text=True
+        ).stdout
+
+    run("init", "-q")
+    run("add", "vulns/jinja2/PYSEC-T-2.yaml", "vulns/Jinja2", "vulns/other")
+    run("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "advisories")
+    commit = run("rev-parse", "HEAD").strip()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stale.json").write_text("[]")
+
+    assert advisories.refresh(clone, data, {"jinja2", "flask"}) == {"flask": 0, "jinja2": 2}
+
+    assert sorted(p.name for p in data.iterdir()) == ["SOURCE", "flask.json", "jinja2.json"]
+    records = json.loads((data / "jinja2.json").read_text())
+    # Only the committed HEAD (not PYSEC-T-9, left uncommitted), sorted; versions and dates stay text.
+    assert [r["id"] for r in records] == ["PYSEC-T-1", "PYSEC-T-2"]
+    assert records[0]["affected"][0]["versions"] == ["2.9", "2.10"]
+    assert records[0]["published"] == "2019-04-07T00:29:00Z"
+    assert json.loads((data / "flask.json").read_text()) == []
+    assert f"commit: {commit}\n" in (data / "SOURCE").read_text()
+    assert audit.affects(records[0], "jinja2", "2.10")
+    assert not audit.affects(records[0], "jinja2", "2.10.1")
