@@ -65,6 +65,19 @@ ENTRY_POINTS = [
         "hardening/ssh/session_hook.py",
     ),
     EntryPoint("flask", (sys.executable, "-m", "flask", "--app", "webapp"), "flask", "webapp"),
+    # `make audit` and the advisory data's refresh.
+    EntryPoint(
+        "scripts/audit.py",
+        (sys.executable, str(ROOT / "scripts/audit.py")),
+        "scripts.audit:main",
+        "scripts/audit.py",
+    ),
+    EntryPoint(
+        "scripts/advisories.py",
+        (sys.executable, str(ROOT / "scripts/advisories.py")),
+        "scripts.advisories:cli",
+        "scripts/advisories.py",
+    ),
 ]
 
 # Files with a `__main__` that are not commands a person runs, and why.
