@@ -98,8 +98,9 @@ if target == "flask":
     from flask.cli import ScriptInfo, cli as command
 
     info = ScriptInfo(app_import_path="webapp")
-    info.load_app()  # raises here, instead of flask printing a traceback and listing its own commands only
     ctx = click.Context(command, info_name="flask", obj=info)
+    with ctx.scope(cleanup=False):  # as flask loads it: inside its command line (webapp/app.py)
+        info.load_app()  # raises here, rather than flask listing only its own commands
 else:
     module, attribute = target.split(":")
     command = getattr(importlib.import_module(module), attribute)

@@ -3,6 +3,11 @@
 Each request runs in one unit of work (webapp/unit.py): the session load, the view's writes, the
 session save, the audit records and the outbox events commit together, at the very end, or not at
 all. The audit chain head is therefore locked only for the last moment of a request.
+
+Settings the app cannot run with stop `create_app` with a one-line `ConfigError`, so that a server
+never starts half-configured. Under Flask's command line alone (`flask --app webapp ...`) the app
+loads without them: the commands are listed and their --help works with no settings at all, and
+running one refuses with that same line (webapp/cli.py).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 from flask import Flask, g, redirect, render_template, request, url_for
+from flask.cli import ScriptInfo
 from flask.helpers import get_debug_flag
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
@@ -25,10 +32,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from webapp import budgets, failures, syslog, validation
 from webapp import config as config_module
+from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
+from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
 from webapp.auth.hours import WorkingHours
 from webapp.auth.service import LoginPolicy, User, load_user
 from webapp.auth.sessions import DbSessionInterface
+from webapp.auth.views import bp as auth_bp
 from webapp.clock import Clock, SystemClock
 from webapp.db.engine import make_engine
 from webapp.events import Event
@@ -36,11 +46,15 @@ from webapp.headers import SecurityHeaders
 from webapp.keys.commands import keys_cli
 from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
+from webapp.records.purge import records_cli
+from webapp.records.views import bp as records_bp
 from webapp.request import origin, unit
-from webapp.services import Services, install, services
+from webapp.services import Services, install, install_unusable, services
 from webapp.vault import Vault, make_vault
 
 DEV_SECRET_FILE = "dev-secret-key"  # noqa: S105 - a file name, not a secret
+# Every `flask --app webapp` command (docs/webapp.md).
+COMMANDS = (users_cli, certs_cli, audit_cli, db_cli, health, keys_cli, mail_cli, records_cli)
 
 
 class StrongroomFlask(Flask):
@@ -87,6 +101,44 @@ def create_app(
     clock: Clock | None = None,
     vault: Vault | None = None,
     events: EventSink | None = None,
+) -> Flask:
+    """The web app. Settings come from `config`, else the environment and the instance file;
+    collaborators passed in (tests do) replace the real ones."""
+    try:
+        return _configured(config, engine=engine, clock=clock, vault=vault, events=events)
+    except config_module.ConfigError as exc:
+        if not _loaded_by_flask_cli():
+            raise
+        return _without_settings(exc)
+
+
+def _loaded_by_flask_cli() -> bool:
+    """True while Flask's command line loads the app, to list its commands or to run one."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.find_object(ScriptInfo) is not None
+
+
+def _without_settings(problem: config_module.ConfigError) -> Flask:
+    """An app that has the commands and nothing else: each command refuses to run with `problem`."""
+    app = Flask("webapp")
+    install_unusable(app, problem)
+    for command in COMMANDS:
+        app.cli.add_command(command)
+
+    @app.before_request
+    def _refuse() -> None:  # `flask run`: not one request without the settings
+        raise problem
+
+    return app
+
+
+def _configured(
+    config: dict[str, Any] | None,
+    *,
+    engine: Engine | None,
+    clock: Clock | None,
+    vault: Vault | None,
+    events: EventSink | None,
 ) -> Flask:
     instance_path = (config or {}).get("INSTANCE_PATH") or os.environ.get("STRONGROOM_INSTANCE_PATH")
     app = StrongroomFlask("webapp", instance_path=instance_path or None, instance_relative_config=True)
@@ -166,17 +218,11 @@ def create_app(
     CSRFProtect(app)
     _register_error_pages(app)
 
-    from webapp.admin.commands import register as register_commands
-    from webapp.audit.views import bp as audit_bp
-    from webapp.auth.views import bp as auth_bp
-    from webapp.records.views import bp as records_bp
-
     app.register_blueprint(auth_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(records_bp)
-    register_commands(app)
-    app.cli.add_command(keys_cli)
-    app.cli.add_command(mail_cli)  # alert delivery (webapp/mail)
+    for command in COMMANDS:
+        app.cli.add_command(command)
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:

@@ -1,6 +1,6 @@
 """Every audit and alert event has a name from this one enum: no free strings.
 
-`ALERTS` are the events that also go to the outbox for the alerting mailer (a later issue).
+`ALERTS` are the events that also go to the outbox, which the mailer (webapp/mail) sends to the admins.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ def install(app: Flask, svc: Services) -> None:
     app.extensions[EXTENSION] = svc
 
 
+def install_unusable(app: Flask, problem: Exception) -> None:
+    """For an app built without its settings: `services()` raises `problem` instead."""
+    app.extensions[UNUSABLE] = problem
+
+
 def services(app: Flask | None = None) -> Services:
     """The services of `app`, or of the current app (inside a request or a command).
 

@@ -66,29 +66,29 @@ def test_a_new_binding_replaces_the_previous_one(
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        (["certs", "bind", "nobody", "CERT"], "error: no such user: nobody"),
-        (["certs", "bind", "bob", "ALICE_CERT"], "error: certificate already bound"),
-        (["certs", "bind", "bob", "GARBAGE"], "error: cannot read a PEM certificate"),
-        (["certs", "bind", "bob", "MISSING"], "error: cannot read a PEM certificate"),
+        (["certs", "bind", "nobody", "CERT"], "Error: no such user: nobody"),
+        (["certs", "bind", "bob", "ALICE_CERT"], "Error: certificate already bound"),
+        (["certs", "bind", "bob", "GARBAGE"], "Error: cannot read a PEM certificate"),
+        (["certs", "bind", "bob", "MISSING"], "Error: cannot read a PEM certificate"),
         (
             ["certs", "unbind", "ab" * 32, "--reason", "x"],
-            "error: no certificate with that fingerprint is bound",
+            "Error: no certificate with that fingerprint is bound",
         ),
-        (["users", "disable", "nobody"], "error: no such user: nobody"),
-        (["users", "add", "bob", "--role", "clerk", "--password-stdin"], "error: user already exists: bob"),
-        (["users", "add", "eve", "--role", "clerk", "--password-stdin"], "error: password refused"),
-        (["users", "add", "eve vil", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+        (["users", "disable", "nobody"], "Error: no such user: nobody"),
+        (["users", "add", "bob", "--role", "clerk", "--password-stdin"], "Error: user already exists: bob"),
+        (["users", "add", "eve", "--role", "clerk", "--password-stdin"], "Error: password refused"),
+        (["users", "add", "eve vil", "--role", "clerk", "--password-stdin"], "Error: usernames are"),
         # The CA refuses such names (and "-x" reads as an option): no user it could never certify.
-        (["users", "add", "_eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
-        (["users", "add", ".eve", "--role", "clerk", "--password-stdin"], "error: usernames are"),
+        (["users", "add", "_eve", "--role", "clerk", "--password-stdin"], "Error: usernames are"),
+        (["users", "add", ".eve", "--role", "clerk", "--password-stdin"], "Error: usernames are"),
         # A username is in clear in every audit record; a reason is stored with the binding.
         (
             ["users", "add", "4111.1111.1111.1111", "--role", "clerk", "--password-stdin"],
-            "error: username: contains what looks like a card number",
+            "Error: username: contains what looks like a card number",
         ),
         (
             ["certs", "unbind", "ab" * 32, "--reason", "card 4111/1111/1111/1111"],
-            "error: reason: contains what looks like a card number",
+            "Error: reason: contains what looks like a card number",
         ),
     ],
 )
@@ -191,7 +191,7 @@ def test_the_ca_contract_as_a_subprocess(
     )
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [
-        "error: certificate already bound (fingerprints are never reused)"
+        "Error: certificate already bound (fingerprints are never reused)"
     ]
     gone = subprocess.run(
         [*flask, "certs", "unbind", fp, "--reason", "left the company"],
@@ -211,5 +211,5 @@ def test_the_ca_contract_as_a_subprocess(
 def test_an_unknown_username_is_named_masked_when_it_is_a_card_number(app: Flask) -> None:
     code, _, err = _run(app, "users", "disable", "4111.1111.1111.1111")
     assert code == 1
-    assert err == "error: no such user: ************1111\n"
+    assert err == "Error: no such user: ************1111\n"
     assert "4111" not in audit_rows(app)[-1].resource

@@ -106,7 +106,7 @@ def test_a_refused_audit_append_is_unhealthy(
     assert code == 1
     # SQLite's RAISE(ABORT) is an IntegrityError; MariaDB's SIGNAL an OperationalError (1644), which
     # the app, too, cannot tell from an outage.
-    assert re.fullmatch(r"error: database (write failed|unavailable) \(\w+\)\n", output), output
+    assert re.fullmatch(r"Error: database (write failed|unavailable) \(\w+\)\n", output), output
 
 
 @pytest.mark.parametrize(

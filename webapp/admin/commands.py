@@ -1,6 +1,8 @@
-"""`flask --app webapp ...` admin commands. Every one is audited (actor `cli:<os user>`).
+"""`flask --app webapp users|certs|audit|db|health`: the admin commands. Every one is audited
+(actor `cli:<os user>`).
 
-Exit 0 on success; exit 1 with a one-line reason on stderr otherwise (the CA tool relies on this).
+Exit 0 on success; exit 1 with one line `Error: <reason>` on stderr otherwise (the CA tool relies on
+this).
 Passwords are prompted for (hidden) or read from stdin with --password-stdin, never taken as
 arguments: argv is visible to every local user.
 """
@@ -12,43 +14,39 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import sqlalchemy as sa
-from flask import Flask, current_app
-from flask.cli import AppGroup, with_appcontext
+from flask import current_app
+from flask.cli import with_appcontext
 
 from webapp.admin import service
 from webapp.audit import service as audit
 from webapp.auth.certs import BadCertificate, CertInfo
+from webapp.cli import Command, Group, actor
 from webapp.db import migrate
 from webapp.db.engine import READ_ONLY
 from webapp.db.tables import ROLES
 from webapp.events import Event
+from webapp.health import problems
 from webapp.services import services
 from webapp.unit import Origin
 
-users_cli = AppGroup("users", help="Manage users.")
-certs_cli = AppGroup("certs", help="Bind client certificates to users.")
-audit_cli = AppGroup("audit", help="Check the audit trail.")
-db_cli = AppGroup("db", help="Create or migrate the database.")
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+users_cli = Group("users", help="Add users, reset their passwords and PINs, disable, unlock, list them.")
+certs_cli = Group("certs", help="Bind client certificates to users, revoke bindings, list them.")
+audit_cli = Group("audit", help="Check the audit trail.")
+db_cli = Group("db", help="Create or migrate the database.")
+DB_NEXT_STEP = (
+    "check it with `flask --app webapp health`; a missing or old schema needs `flask --app webapp db upgrade`"
+)
 
 
 @contextmanager
 def _admin() -> Iterator[service.AdminContext]:
     """One audited unit of work; refusals keep their audit record and exit 1."""
     svc = services()
-    try:
-        actor = "cli:" + getpass.getuser()
-    except (KeyError, OSError):
-        actor = "cli:?"
-    uow = svc.unit(Origin(actor=actor, ip="local"))
+    uow = svc.unit(Origin(actor=actor(), ip="local"))
     ctx = service.AdminContext(
         uow=uow, hasher=svc.hasher, now=svc.clock.now(), min_score=current_app.config["PASSWORD_MIN_SCORE"]
     )
@@ -59,11 +57,15 @@ def _admin() -> Iterator[service.AdminContext]:
         try:
             uow.abandon()
         except sa.exc.SQLAlchemyError:
-            _fail("the database refused the audit record; nothing was changed")
-        _fail(str(exc))
+            raise click.ClickException(
+                "the database refused the audit record; nothing was changed — run `flask --app webapp health`"
+            ) from None
+        raise click.ClickException(str(exc)) from None
     except sa.exc.SQLAlchemyError as exc:
         uow.rollback()
-        _fail(f"database error ({type(exc).__name__}); nothing was changed")
+        raise click.ClickException(
+            f"database error ({type(exc).__name__}); nothing was changed — {DB_NEXT_STEP}"
+        ) from None
     finally:
         uow.close()
 
@@ -74,7 +76,7 @@ def _read_password(from_stdin: bool) -> str:
         return line[:-1] if line.endswith("\n") else line
     first = getpass.getpass("New password: ")
     if getpass.getpass("Repeat it: ") != first:
-        _fail("the two passwords differ")
+        raise click.ClickException("the two passwords differ; nothing was changed — run the command again")
     return first
 
 
@@ -85,9 +87,10 @@ _stdin_option = click.option(
 
 @users_cli.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the user may do.")
 @_stdin_option
 def users_add(username: str, role: str, password_stdin: bool) -> None:
+    """Add a user with a ROLE and a password (prompted for twice, hidden)."""
     password = _read_password(password_stdin)
     with _admin() as ctx:
         service.add_user(ctx, username, role, password)
@@ -98,6 +101,7 @@ def users_add(username: str, role: str, password_stdin: bool) -> None:
 @click.argument("username")
 @_stdin_option
 def users_reset_password(username: str, password_stdin: bool) -> None:
+    """Give a user a new password (prompted for twice, hidden) and end their sessions."""
     password = _read_password(password_stdin)
     with _admin() as ctx:
         service.reset_password(ctx, username, password)
@@ -115,31 +119,50 @@ def users_set_pin(username: str, pin_stdin: bool) -> None:
     else:
         pin = getpass.getpass("New PIN: ")
         if getpass.getpass("Repeat it: ") != pin:
-            _fail("the two PINs differ")
+            raise click.ClickException("the two PINs differ; nothing was changed — run the command again")
     with _admin() as ctx:
         service.set_pin(ctx, username, pin)
     click.echo(f"PIN of {username} set; their sessions were ended")
 
 
-def _simple(name: str, action: Callable[[service.AdminContext, str], Any], done: str) -> None:
-    @users_cli.command(name)
+def _simple(name: str, action: Callable[[service.AdminContext, str], Any], what: str, done: str) -> None:
+    @users_cli.command(name, help=what)
     @click.argument("username")
     def command(username: str) -> None:
         with _admin() as ctx:
             action(ctx, username)
         click.echo(done.format(username=username))
 
-    command.__doc__ = done.format(username="USERNAME")
 
-
-_simple("disable", lambda c, u: service.set_active(c, u, active=False), "disabled {username}; sessions ended")
-_simple("enable", lambda c, u: service.set_active(c, u, active=True), "enabled {username}")
-_simple("unlock", service.unlock, "unlocked {username}")
-_simple("kill-sessions", service.kill_sessions, "ended every session of {username}")
+_simple(
+    "disable",
+    lambda c, u: service.set_active(c, u, active=False),
+    "Disable a user: they cannot log in, and their sessions end.",
+    "disabled {username}; sessions ended",
+)
+_simple(
+    "enable",
+    lambda c, u: service.set_active(c, u, active=True),
+    "Enable a disabled user again.",
+    "enabled {username}",
+)
+_simple(
+    "unlock",
+    service.unlock,
+    "Lift a lockout after too many failed logins, before it ends by itself.",
+    "unlocked {username}",
+)
+_simple(
+    "kill-sessions",
+    service.kill_sessions,
+    "End every session of a user (they must log in again).",
+    "ended every session of {username}",
+)
 
 
 @users_cli.command("list")
 def users_list() -> None:
+    """List users: name, role, active or disabled, failed logins, lock."""
     with _admin() as ctx:
         rows = service.list_users(ctx)
     for r in rows:
@@ -152,10 +175,14 @@ def users_list() -> None:
 @click.argument("username")
 @click.argument("cert_pem_file", type=click.Path(dir_okay=False, path_type=Path))
 def certs_bind(username: str, cert_pem_file: Path) -> None:
+    """Bind the client certificate in CERT_PEM_FILE to a user (the CA tool runs this when it issues)."""
     try:
         cert = CertInfo.from_pem(cert_pem_file.read_bytes())
     except (OSError, BadCertificate) as exc:
-        _fail(f"cannot read a PEM certificate from {cert_pem_file} ({type(exc).__name__})")
+        raise click.ClickException(
+            f"cannot read a PEM certificate from {cert_pem_file} ({type(exc).__name__}) — "
+            "give the certificate file the CA issued"
+        ) from None
     with _admin() as ctx:
         service.bind_cert(ctx, username, cert)
     click.echo(f"bound {cert.fingerprint} (serial {cert.serial}) to {username}")
@@ -165,6 +192,7 @@ def certs_bind(username: str, cert_pem_file: Path) -> None:
 @click.argument("fingerprint")
 @click.option("--reason", required=True, help="Why (recorded with the binding).")
 def certs_unbind(fingerprint: str, reason: str) -> None:
+    """Revoke the binding of the certificate with this SHA-256 FINGERPRINT and end its sessions."""
     with _admin() as ctx:
         ended = service.unbind_cert(ctx, fingerprint, reason)
     click.echo(f"revoked binding; {ended} session(s) ended")
@@ -172,6 +200,7 @@ def certs_unbind(fingerprint: str, reason: str) -> None:
 
 @certs_cli.command("list")
 def certs_list() -> None:
+    """List certificate bindings: user, status, fingerprint, serial, expiry, subject."""
     with _admin() as ctx:
         rows = service.list_certs(ctx)
     for r in rows:
@@ -183,11 +212,14 @@ def certs_list() -> None:
 @audit_cli.command("verify")
 @click.option("--expect-head", help="SEQ:HASH of a record seen in the remote (syslog) copy.")
 def audit_verify(expect_head: str | None) -> None:
+    """Check the audit log's hash chain from its first record to its head (exit 1 if broken)."""
     anchor = None
     if expect_head:
         seq, _, digest = expect_head.partition(":")
         if not seq.isdigit() or len(digest) != 64:
-            _fail("--expect-head must be SEQ:HASH")
+            raise click.ClickException(
+                "--expect-head must be SEQ:HASH — copy it from the newest record of the remote syslog copy"
+            )
         anchor = (int(seq), digest.lower())
     svc = services()
     with svc.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
@@ -200,7 +232,10 @@ def audit_verify(expect_head: str | None) -> None:
         event = Event.AUDIT_VERIFIED if result.ok else Event.AUDIT_VERIFY_FAILED
         ctx.uow.record(event, ok=result.ok, resource="audit_log", detail=f"checked={result.checked}")
     if not result.ok:
-        _fail(f"audit chain broken ({len(result.problems)} problem(s))")
+        raise click.ClickException(
+            f"audit chain broken ({len(result.problems)} problem(s), listed above) — "
+            "see 'The audit log' in docs/admin-guide.md"
+        )
     click.echo(f"audit chain intact: {result.checked} records, head {result.head_seq}:{result.head_hash}")
 
 
@@ -211,21 +246,14 @@ def db_upgrade() -> None:
     click.echo("database is at the newest revision")
 
 
-@click.command("health")
+@click.command("health", cls=Command)
 @with_appcontext
 def health() -> None:
-    """Exit 0 when requests can work: an audit append that rolls back, keyd answering, unsealed."""
-    from webapp.health import problems
-
+    """Check that requests can work: exit 0 only when an audit append (rolled back) works and keyd
+    answers, unsealed."""
     found = problems(services())
     for problem in found[:-1]:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"Error: {problem}", err=True)
     if found:
-        _fail(found[-1])
+        raise click.ClickException(found[-1])
     click.echo("ok")
-
-
-def register(app: Flask) -> None:
-    for group in (users_cli, certs_cli, audit_cli, db_cli):
-        app.cli.add_command(group)
-    app.cli.add_command(health)

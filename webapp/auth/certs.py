@@ -2,7 +2,7 @@
 
 Two sources, never both:
 - TLS mode (gunicorn terminating TLS itself): the DER straight from the TLS socket.
-- Proxy mode (Apache in front, issue 6): a PEM in a request header that Apache sets. mod_headers
+- Proxy mode (Apache in front, docs/apache.md): a PEM in a request header that Apache sets. mod_headers
   folds its newlines into spaces; the PEM is rebuilt strictly. The header is trusted only when the
   app is configured to run behind the proxy AND the request arrived on a Unix socket (the app's
   private socket, reachable only by Apache); anywhere else the header is ignored and an event raised.

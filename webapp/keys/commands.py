@@ -21,20 +21,19 @@ from contextlib import contextmanager
 import click
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from keyd.client import KeydAdminClient, KeydClient
 from keyd.errors import KeydError, Unavailable
-from webapp.cli import actor, fail
+from webapp.cli import Group, actor
 from webapp.db.engine import READ_ONLY, make_engine
+from webapp.events import Event
 from webapp.keys import service
-from webapp.keys.events import KeyEvent
 from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
 
-keys_cli = AppGroup("keys", help="Key rotation: counts per key version, rewrap, retire.")
+keys_cli = Group("keys", help="Key rotation: counts per key version, rewrap, retire.")
 
 
 @contextmanager
@@ -47,12 +46,14 @@ def _audited() -> Iterator[UnitOfWork]:
         uow.close()
 
 
-def _record(uow: UnitOfWork, event: KeyEvent, *, ok: bool, detail: str = "-") -> None:
+def _record(uow: UnitOfWork, event: Event, *, ok: bool, detail: str = "-") -> None:
     uow.record(event, ok=ok, resource="keys", detail=detail[:200])
     try:
         uow.commit()
     except sa.exc.SQLAlchemyError:
-        fail("the database refused the audit record")
+        raise click.ClickException(
+            "the database refused the audit record — check the database with `flask --app webapp health`"
+        ) from None
 
 
 def _keyd_client() -> KeydClient:
@@ -83,8 +84,10 @@ def versions() -> None:
         try:
             counts = _counts()
         except sa.exc.SQLAlchemyError as exc:
-            _record(uow, KeyEvent.VERSIONS_LISTED, ok=False, detail=f"db:{type(exc).__name__}")
-            fail(f"database error ({type(exc).__name__})")
+            _record(uow, Event.VERSIONS_LISTED, ok=False, detail=f"db:{type(exc).__name__}")
+            raise click.ClickException(
+                f"database error ({type(exc).__name__}) — check the database with `flask --app webapp health`"
+            ) from None
         try:
             status = _keyd_client().status()
             keyd_line = (
@@ -93,7 +96,7 @@ def versions() -> None:
             )
         except KeydError as exc:
             keyd_line = f"keyd: {exc.reason or exc.code.value} (versions in keyd unknown)"
-        _record(uow, KeyEvent.VERSIONS_LISTED, ok=True)
+        _record(uow, Event.VERSIONS_LISTED, ok=True)
     click.echo(keyd_line)
     click.echo("table\tfield\tversion\tcount")
     for c in counts:
@@ -124,8 +127,10 @@ def rewrap(batch_size: int, restart: bool) -> None:
             if target is None:
                 raise Unavailable("keyd reports no key version")
         except KeydError as exc:
-            _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=exc.reason or exc.code.value)
-            fail(f"keyd: {exc.reason or exc.code.value}")
+            _record(uow, Event.REWRAP_FAILED, ok=False, detail=exc.reason or exc.code.value)
+            raise click.ClickException(
+                f"keyd: {exc.reason or exc.code.value} — check keyd with `python -m keyd status`"
+            ) from None
         err = Console(stderr=True)
         with Progress(
             TextColumn(f"rewrap to v{target}"),
@@ -150,16 +155,20 @@ def rewrap(batch_size: int, restart: bool) -> None:
             try:
                 report = job.run(target)
             except KeydError as exc:
-                _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
-                fail(f"keyd: {exc.reason or exc.code.value}; the checkpoint is kept, run rewrap again")
+                _record(uow, Event.REWRAP_FAILED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
+                raise click.ClickException(
+                    f"keyd: {exc.reason or exc.code.value}; the checkpoint is kept — run rewrap again"
+                ) from None
             except sa.exc.SQLAlchemyError as exc:
-                _record(uow, KeyEvent.REWRAP_FAILED, ok=False, detail=f"db:{type(exc).__name__}")
-                fail(f"database error ({type(exc).__name__}); the checkpoint is kept, run rewrap again")
+                _record(uow, Event.REWRAP_FAILED, ok=False, detail=f"db:{type(exc).__name__}")
+                raise click.ClickException(
+                    f"database error ({type(exc).__name__}); the checkpoint is kept — run rewrap again"
+                ) from None
         detail = (
             f"target=v{target} rewrapped={report.rewrapped} current={report.already_current} "
             f"concurrent={report.changed_concurrently} failed={len(report.failures)}"
         )
-        _record(uow, KeyEvent.REWRAPPED if report.ok else KeyEvent.REWRAP_FAILED, ok=report.ok, detail=detail)
+        _record(uow, Event.REWRAPPED if report.ok else Event.REWRAP_FAILED, ok=report.ok, detail=detail)
     for table in report.restarted:
         click.echo(f"restarted {table} from the first row: its checkpoint was for another key version")
     for table, last in report.resumed.items():
@@ -168,7 +177,10 @@ def rewrap(batch_size: int, restart: bool) -> None:
     for f in report.failures[:50]:
         click.echo(f"failed\t{f.table}\t{f.row_id}\t{f.field}\t{f.reason}", err=True)
     if not report.ok:
-        fail(f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost")
+        raise click.ClickException(
+            f"{len(report.failures)} field(s) could not be rewrapped (listed above); nothing else was lost"
+            "; they keep their old version — run rewrap again"
+        )
 
 
 def _counts() -> list[service.VersionCount]:
@@ -192,17 +204,20 @@ def retire(min_version: int) -> None:
             with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
                 service.check_retire(conn, min_version)
         except service.KeysRefused as exc:
-            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=str(exc))
-            fail(str(exc))
+            _record(uow, Event.RETIRE_REFUSED, ok=False, detail=str(exc))
+            raise click.ClickException(str(exc)) from None
         except sa.exc.SQLAlchemyError as exc:
             # Fail closed: fields that cannot be counted may be fields under the old version.
-            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"db:{type(exc).__name__}")
-            fail(f"cannot count the stored fields (database error {type(exc).__name__}); nothing retired")
+            _record(uow, Event.RETIRE_REFUSED, ok=False, detail=f"db:{type(exc).__name__}")
+            raise click.ClickException(
+                f"cannot count the stored fields (database error {type(exc).__name__}); nothing retired — "
+                "check the database with `flask --app webapp health`"
+            ) from None
         try:
             with KeydAdminClient(current_app.config["KEYD_SOCKET"], timeout=10.0) as admin:
                 status = admin.retire(min_version, actor=actor()[:64].replace(":", "."))
         except KeydError as exc:
-            _record(uow, KeyEvent.RETIRE_REFUSED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
-            fail(f"keyd refused: {exc.reason or exc.code.value}")
-        _record(uow, KeyEvent.RETIRED, ok=True, detail=f"min_version={status.min_decrypt_version}")
+            _record(uow, Event.RETIRE_REFUSED, ok=False, detail=f"keyd:{exc.reason or exc.code.value}")
+            raise click.ClickException(f"keyd refused: {exc.reason or exc.code.value}") from None
+        _record(uow, Event.RETIRED, ok=True, detail=f"min_version={status.min_decrypt_version}")
     click.echo(f"keyd now refuses versions below {status.min_decrypt_version}")

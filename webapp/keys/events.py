@@ -1,6 +1,6 @@
 """Audit event names of key rotation and backups: members of the one enum, `webapp.events.Event`.
 
-`KeyEvent` is kept as the name the keys and backup code use; it is the same enum.
+`KeyEvent` is the name backup/ uses; it is the same enum (webapp's own code says `Event`).
 """
 
 from __future__ import annotations

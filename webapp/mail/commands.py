@@ -15,18 +15,16 @@ its audit record goes through the web app's own user. strongroom-outbox-prune.ti
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from datetime import timedelta
 from types import FrameType
-from typing import NoReturn
 
 import click
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
 
 from webapp import outbox
+from webapp.cli import Group, SettingsUnusable
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.mail.delivery import Mailer, PassResult
@@ -35,25 +33,19 @@ from webapp.mail.spool import Spool, SpoolError, spool_path
 from webapp.services import services
 from webapp.unit import Origin
 
-mail_cli = AppGroup("mail", help="Deliver the outbox's alerts by mail.")
+mail_cli = Group("mail", help="Deliver the outbox's alerts by mail; prune what was sent.")
 MAX_PASSES = 100  # `send` drains at most this many passes of PASS_LIMIT rows per event name
-EX_CONFIG = 78  # sysexits.h: configuration error (the unit's RestartPreventExitStatus=)
-
-
-def _fail(message: str, status: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(status)
 
 
 def _mailer() -> Mailer:
     try:
         settings = MailSettings.from_config(current_app.config)
     except MailConfigError as exc:
-        _fail(str(exc), EX_CONFIG)
+        raise SettingsUnusable(str(exc)) from None
     try:
         spool = Spool(spool_path(current_app.config, current_app.instance_path))
     except SpoolError as exc:
-        _fail(str(exc), EX_CONFIG)
+        raise SettingsUnusable(str(exc)) from None
     svc = services()
     return Mailer(engine=svc.engine, clock=svc.clock, settings=settings, units=svc.unit, spool=spool)
 
@@ -64,7 +56,7 @@ def _one_round(mailer: Mailer) -> PassResult | str:
     try:
         total = mailer.deliver_spool()
     except OSError as exc:  # the spool directory unreadable: say so, still send the outbox
-        click.echo(f"error: alert spool unreadable ({type(exc).__name__})", err=True)
+        click.echo(f"Error: alert spool unreadable ({type(exc).__name__})", err=True)
         total = PassResult(mails_failed=1, failures=["alert spool unreadable"])
     if total.spooled_sent:
         click.echo(
@@ -100,11 +92,11 @@ def send() -> None:
     """One delivery pass (repeated while more than one batch is pending)."""
     result = _one_round(_mailer())
     if isinstance(result, str):
-        _fail(result)
+        raise click.ClickException(result)
     for failure in result.failures:
         click.echo(f"failed: {failure}", err=True)
     if not result.ok:
-        _fail(_summary(result))
+        raise click.ClickException(_summary(result))
     click.echo(_summary(result))
 
 
@@ -124,7 +116,7 @@ def run(interval: int) -> None:
     while not stop.is_set():
         result = _one_round(mailer)
         if isinstance(result, str):
-            click.echo(f"error: {result}", err=True)
+            click.echo(f"Error: {result}", err=True)
         elif result.mails_sent or not result.ok:
             for failure in result.failures:
                 click.echo(f"failed: {failure}", err=True)
@@ -139,8 +131,8 @@ MAX_RETENTION_DAYS = 3650
 def _retention_days() -> int:
     value = current_app.config.get("OUTBOX_RETENTION_DAYS", outbox.DEFAULT_RETENTION_DAYS)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RETENTION_DAYS:
-        _fail(
-            f"STRONGROOM_OUTBOX_RETENTION_DAYS must be an integer from 1 to {MAX_RETENTION_DAYS}", EX_CONFIG
+        raise SettingsUnusable(
+            f"STRONGROOM_OUTBOX_RETENTION_DAYS must be an integer from 1 to {MAX_RETENTION_DAYS}"
         )
     return value
 
@@ -157,7 +149,10 @@ def prune() -> None:
         with engine.begin() as conn:
             deleted = outbox.prune(conn, now=now, retention=timedelta(days=days))
     except sa.exc.SQLAlchemyError as exc:
-        _fail(f"database error ({type(exc).__name__}); nothing pruned")
+        raise click.ClickException(
+            f"database error ({type(exc).__name__}); nothing pruned — "
+            "check the database with `flask --app webapp health`"
+        ) from None
     finally:
         if url:
             engine.dispose()
@@ -166,7 +161,10 @@ def prune() -> None:
         uow.record(Event.OUTBOX_PRUNED, ok=True, resource="outbox", detail=f"deleted={deleted} days={days}")
         uow.commit()
     except sa.exc.SQLAlchemyError as exc:
-        _fail(f"pruned {deleted} row(s) but could not audit it ({type(exc).__name__})")
+        raise click.ClickException(
+            f"pruned {deleted} row(s) but could not audit it ({type(exc).__name__}) — "
+            "check the database with `flask --app webapp health`"
+        ) from None
     finally:
         uow.close()
     click.echo(f"pruned {deleted} sent row(s) older than {days} day(s)")

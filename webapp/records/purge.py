@@ -19,9 +19,8 @@ from datetime import datetime, timedelta
 import click
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import with_appcontext
 
-from webapp.cli import actor, fail
+from webapp.cli import Group, actor
 from webapp.clock import to_db
 from webapp.config import RANGES
 from webapp.db.engine import make_engine
@@ -63,9 +62,11 @@ def purge_retired(
     return Purged(cards=counts[0], items=counts[1])
 
 
-@click.command("purge-retired")
+records_cli = Group("records", help="Purge cards and items retired longer ago than their retention.")
+
+
+@records_cli.command("purge-retired")
 @click.option("--dry-run", is_flag=True, help="Count what would be purged; delete nothing.")
-@with_appcontext
 def purge_retired_command(dry_run: bool) -> None:
     """Delete cards and items retired longer ago than RETIRED_RETENTION_DAYS (audited)."""
     svc = services()
@@ -87,7 +88,10 @@ def purge_retired_command(dry_run: bool) -> None:
             uow.discard_writes()
             uow.record(Event.RECORDS_PURGED, ok=False, resource="records", detail=f"db:{type(exc).__name__}")
             uow.commit()
-            fail(f"database error ({type(exc).__name__}): nothing was purged")
+            raise click.ClickException(
+                f"database error ({type(exc).__name__}): nothing was purged — "
+                "check the database with `flask --app webapp health`"
+            ) from None
         detail = f"cards={purged.cards} items={purged.items} retention_days={days}"
         uow.record(
             Event.RECORDS_PURGED, ok=True, resource="records", detail=detail + (" dry_run" if dry_run else "")
@@ -97,7 +101,10 @@ def purge_retired_command(dry_run: bool) -> None:
         except sa.exc.SQLAlchemyError:
             if tx is not None:
                 tx.rollback()
-            fail("the database refused the audit record: nothing was purged")
+            raise click.ClickException(
+                "the database refused the audit record: nothing was purged — "
+                "check the database with `flask --app webapp health`"
+            ) from None
         if tx is not None:
             tx.commit()
     finally:

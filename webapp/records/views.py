@@ -18,8 +18,8 @@ from flask_login import current_user, login_required
 from webapp.events import Event
 from webapp.records import cards as card_rules
 from webapp.records import items as item_rules
-from webapp.records import purge, service
 from webapp.records import reveal as reveal_flow
+from webapp.records import service
 from webapp.records.access import load_matrix, may, require, require_item, require_reveal
 from webapp.records.errors import Refused
 from webapp.records.formatting import first_error, masked, record_resource, render
@@ -39,7 +39,6 @@ from webapp.services import services
 from webapp.validation import InputRefused, accepts
 
 bp = Blueprint("records", __name__, url_prefix="/records")
-bp.cli.add_command(purge.purge_retired_command)  # flask --app webapp records purge-retired
 CVV_REFUSED = (
     "card security codes (CVV/CVC) are never accepted or stored: the form was refused, nothing was saved"
 )
