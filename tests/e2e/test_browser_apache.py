@@ -34,7 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.apache.stack import running_stack, traversable_dir
 from tests.fixtures.pki import TestCA
 from tests.support import component_missing
-from tests.webapp.test_browser import ARGS, CHROMIUM
+from tests.webapp.auth.test_browser import ARGS, CHROMIUM
 from webapp.db.engine import make_engine
 from webapp.db.tables import audit_log
 from webapp.records.cards import luhn_ok, parse_pan

@@ -5,7 +5,7 @@ KeydClient's signatures). It keeps what a test relies on from the real one: a se
 with `Sealed`, a ciphertext carries keyd's header (format byte and key version), holds no plaintext
 and opens only under the context it was sealed with (`IntegrityFailure` otherwise); `error` makes
 every call fail as keyd can (unreachable, a spent decrypt budget). The suites about keyd, encryption
-or what reaches the database use the real keyd (tests/webapp/test_records_support.py).
+or what reaches the database use the real keyd (tests/webapp/records/support.py).
 """
 
 from __future__ import annotations

@@ -20,8 +20,7 @@ from flask import Flask
 from keyd.client import KeydClient
 from tests.keyd.conftest import Keyd
 from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
-from tests.webapp.smtpsink import Sink, smtp_server
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     SUPERVISOR_PASSWORD,
     add_card,
     add_record,
@@ -33,6 +32,7 @@ from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
     token_of,
     vault,
 )
+from tests.webapp.smtpsink import Sink, smtp_server
 from webapp import create_app
 from webapp.db.tables import metadata
 from webapp.redact import MAX_TEXT, find_pans

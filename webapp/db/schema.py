@@ -4,7 +4,7 @@ Each feature keeps its tables beside its code (db/tables.py the shared ones, rec
 keys/tables.py, budgets.py), all on the one `metadata` of db/tables.py. This module names every one
 of them, so importing it is all it takes to have the complete schema (the Alembic environment, the
 tests), and no module is imported only for the side effect of adding its tables.
-tests/webapp/test_db.py checks that every table defined in webapp/ is listed here.
+tests/webapp/db/test_db.py checks that every table defined in webapp/ is listed here.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from werkzeug.test import TestResponse
 
 from tests.webapp.conftest import Person, get, post
 from tests.webapp.helpers import audit_rows
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     ADMIN_PASSWORD,
     CRM,
     IBAN,

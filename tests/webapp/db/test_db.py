@@ -12,7 +12,7 @@ from flask import Flask
 
 from webapp.db.schema import TABLES, metadata
 
-WEBAPP = Path(__file__).resolve().parents[2] / "webapp"
+WEBAPP = Path(__file__).resolve().parents[3] / "webapp"
 
 
 def test_migrations_build_exactly_the_declared_schema(owner_engine: sa.Engine) -> None:

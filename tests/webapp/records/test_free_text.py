@@ -17,7 +17,7 @@ from werkzeug.test import TestResponse
 from tests.webapp.conftest import Person, get, post
 from tests.webapp.helpers import audit_rows
 from tests.webapp.pan_spellings import GUARDED, HARMLESS, HOSTILE, PAN
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     SUPERVISOR_PASSWORD,
     add_card,
     add_item,

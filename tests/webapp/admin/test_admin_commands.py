@@ -19,7 +19,7 @@ from tests.webapp.helpers import audit_rows, events, user_row
 from webapp.db.tables import cert_bindings
 from webapp.events import Event
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(app: Flask, *args: str, stdin: str | None = None) -> tuple[int, str, str]:

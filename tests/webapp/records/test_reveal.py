@@ -10,7 +10,7 @@ from flask import Flask
 
 from tests.webapp.conftest import Person, csrf_token, get, post
 from tests.webapp.helpers import audit_rows, events, user_row
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     IBAN,
     REASON,
     SUPERVISOR_PASSWORD,

@@ -17,8 +17,8 @@ import pytest
 from flask import Flask
 
 from tests.webapp.conftest import Person, client_for, get, login
+from tests.webapp.mail.test_delivery import count_in, mail_config, send
 from tests.webapp.smtpsink import Sink, free_port, smtp_server
-from tests.webapp.test_mail import count_in, mail_config, send
 from webapp.clock import FakeClock
 from webapp.mail import spool as spool_module
 from webapp.mail.spool import Spool, spool_path

@@ -16,9 +16,9 @@ import pytest
 from keyd.client import KeydClient
 from tests.keyd.conftest import unsealed_keyd
 from tests.support import component_missing
+from tests.webapp.auth.test_browser import ARGS, CHROMIUM
 from tests.webapp.conftest import CHEAP_ARGON2, SECRET
-from tests.webapp.test_browser import ARGS, CHROMIUM
-from tests.webapp.test_records_support import SUPERVISOR_PASSWORD
+from tests.webapp.records.support import SUPERVISOR_PASSWORD
 from tests.webapp.tls_server import Server, serve
 from webapp import create_app
 from webapp.records import service

@@ -13,7 +13,7 @@ from keyd.errors import IntegrityFailure
 from tests.keyd.conftest import Keyd
 from tests.webapp.conftest import Person, get, post
 from tests.webapp.helpers import audit_rows, events
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     IBAN,
     SUPERVISOR_PASSWORD,
     add_card,

@@ -19,7 +19,7 @@ from tests.keyd.conftest import Keyd, unsealed_keyd
 from tests.keyd.test_damage import DAMAGE
 from tests.webapp.conftest import Person, get
 from tests.webapp.helpers import audit_rows, events, live_sessions
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     SUPERVISOR_PASSWORD,
     add_card,
     add_item,

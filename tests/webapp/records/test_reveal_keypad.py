@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 
 from tests.webapp.conftest import Person, client_for, csrf_token, get, post
 from tests.webapp.helpers import audit_rows, user_row
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     REASON,
     SUPERVISOR_PASSWORD,
     add_card,

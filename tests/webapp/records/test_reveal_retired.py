@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 from tests.webapp.conftest import ROOT, Person, get, post
 from tests.webapp.helpers import audit_rows
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     SUPERVISOR_PASSWORD,
     add_card,
     add_item,
@@ -148,7 +148,7 @@ def purge_app(make_app: Callable[..., Flask], db_url: str, request: pytest.Fixtu
 def test_purge_deletes_only_what_was_retired_longer_ago_than_the_retention(
     purge_app: Flask, make_app: Callable[..., Flask], clock: FakeClock, ca: object, tmp_path: object
 ) -> None:
-    from tests.webapp.test_records_support import add_person
+    from tests.webapp.records.support import add_person
 
     app = purge_app
     clerk_person = add_person(app, ca, tmp_path, "carl", "clerk", "Juniper-Falcon-Meadow-3194")  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ def test_purge_without_the_right_fails_closed_and_is_audited(
     make_app: Callable[..., Flask], db_url: str, clock: FakeClock, ca: object, tmp_path: object
 ) -> None:
     """On MariaDB the app's own user may not DELETE cards: without the purge user, nothing goes."""
-    from tests.webapp.test_records_support import add_person
+    from tests.webapp.records.support import add_person
 
     app = make_app(RETIRED_RETENTION_DAYS=1)
     clerk = logged_in(app, add_person(app, ca, tmp_path, "carl", "clerk", "Juniper-Falcon-Meadow-3194"))  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from tests.support import need_root
 from tests.webapp.conftest import Person
 from tests.webapp.fakes import FakeVault
 from tests.webapp.helpers import audit_rows, events
-from tests.webapp.test_records_support import (  # noqa: F401 - fixtures
+from tests.webapp.records.support import (  # noqa: F401 - fixtures
     REASON,
     SUPERVISOR_PASSWORD,
     add_card,
