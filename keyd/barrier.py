@@ -24,6 +24,7 @@ from keyd.keysource import TokenError
 from keyd.protocol import ADMIN_OPS, CRYPTO_OPS, Op, ProtocolError, Reason
 from keyd.protocol.request import Item, Request, parse_request
 from keyd.protocol.response import Outcome, encode_error, encode_items, encode_json, encode_one
+from keyd.shares import ShareCollector
 from keyd.state import StateStore
 
 log = logging.getLogger("keyd")
@@ -63,6 +64,12 @@ class Barrier:
         if self.state.mode != config.mode:
             raise ValueError(f"state is in {self.state.mode} mode but keyd is configured for {config.mode}")
         self._ring: Keyring | None = None
+        # key_kind "shares": the custodians' shares delivered so far (locked pages), until M are in
+        self._shares = (
+            ShareCollector(self.state.shares, timeout=config.share_timeout, events=events)
+            if self.state.shares is not None
+            else None
+        )
         self._lock = threading.Lock()  # state changes, rotation, encryption reservations
         self._allowed = config.allowed_uids
         self._admins = config.admin_uids
@@ -103,8 +110,28 @@ class Barrier:
         self.events.emit(Event.UNSEALED, mode=self.state.mode, key_version=self.state.current_version)
         return True
 
+    @property
+    def takes_shares(self) -> bool:
+        """Sealed with custodian shares: a drop file holds one share, not the whole secret."""
+        return self._shares is not None and self._ring is None
+
+    def deliver_share(self, content: bytearray, *, uid: int | None) -> bool:
+        """One custodian's share (keyd/shares.py). True once it completed M and keyd is unsealed."""
+        if self._shares is None:
+            raise ValueError("this key is not split into shares")
+        with self._lock:
+            master = self._shares.offer(content, uid=uid)
+        return master is not None and self.unseal(master)
+
+    def expire_shares(self) -> None:
+        if self._shares is not None:
+            with self._lock:
+                self._shares.expire()
+
     def seal(self, why: str) -> None:
         with self._lock:
+            if self._shares is not None:
+                self._shares.clear()  # shares waiting for the others are key material too
             ring, self._ring = self._ring, None
             if ring is None:
                 return
@@ -338,6 +365,7 @@ class Barrier:
             "min_decrypt_version": state.min_decrypt_version,
             "versions": {str(v): counts.get(v, 0) for v in sorted(state.versions)},
             "counts_exact": ring is not None,
+            **({"shares": self._shares.progress()} if self._shares is not None else {}),
         }
 
     def _admin(self, req: Request) -> bytes:

@@ -27,6 +27,9 @@ First boot (once):
   1. python -m keyd init --config /etc/strongroom/keyd.toml [--key-kind passphrase|raw]
      init waits for the key at the drop path (default /dev/shm/ekey); in another shell, as keyd's
      user, type it into the drop file (see step 3 below). init creates the state and key version 1.
+     Split knowledge: --key-kind shares --shares 3 --threshold 2 --custodian A --custodian B
+     --custodian C makes the key itself and shows each custodian their share once; at every boot
+     any 2 of them each run step 3 with their own share.
 
 Every boot:
   2. python -m keyd serve --config /etc/strongroom/keyd.toml     (starts sealed)
@@ -36,7 +39,7 @@ Every boot:
   4. python -m keyd status                   (sealed: false)
 
 Exit codes of status and unseal: 0 unsealed, 3 sealed, 4 keyd unreachable, 1 refused or failed,
-2 usage or config error.
+2 usage or config error. unseal with a custodian share: 0 accepted (keyd may wait for more), 1 refused.
 
 Key rotation: `rotate`, have the web app rewrap every record, check `versions`, then `retire --min-version N`.
 Every refusal and what it means: docs/keyd.md.
@@ -181,14 +184,33 @@ def serve(config: Config) -> None:
 @_common
 @click.option(
     "--key-kind",
-    type=click.Choice(["passphrase", "raw"]),
+    type=click.Choice(["passphrase", "raw", "shares"]),
     default="passphrase",
-    help="File mode: a long passphrase (scrypt) or a raw key as 64 hex digits.",
+    help="File mode: a long passphrase (scrypt), a raw key as 64 hex digits, or custodian shares "
+    "(keyd makes the key and splits it: --shares, --threshold, --custodian).",
 )
 @click.option("--scrypt-n", type=int, default=2**17, help="scrypt cost N (power of two, >= 2**14).")
 @click.option("--wait", type=float, default=600.0, help="Seconds to wait for the drop file.")
-def init(config: Config, key_kind: str, scrypt_n: int, wait: float) -> None:
-    """Create the state and key version 1 from a dropped key."""
+@click.option("--shares", "share_count", type=int, help="Shares: how many custodians (N, at most 16).")
+@click.option("--threshold", type=int, help="Shares: how many of them unseal keyd (M, at least 2).")
+@click.option(
+    "--custodian", "custodians", multiple=True, help="Shares: a custodian's name, one per share, in order."
+)
+def init(
+    config: Config,
+    key_kind: str,
+    scrypt_n: int,
+    wait: float,
+    share_count: int | None,
+    threshold: int | None,
+    custodians: tuple[str, ...],
+) -> None:
+    """Create the state and key version 1 from a dropped key, or split a new key among custodians."""
+    if key_kind == "shares":
+        _init_shares(config, count=share_count, threshold=threshold, custodians=list(custodians))
+        return
+    if share_count is not None or threshold is not None or custodians:
+        raise UsageFailure("--shares, --threshold and --custodian go with --key-kind shares")
     _init(config, key_kind=key_kind, n=scrypt_n, wait=wait)
 
 
@@ -296,6 +318,76 @@ def _init(config: Config, *, key_kind: str, n: int, wait: float) -> None:
     )
 
 
+def _init_shares(config: Config, *, count: int | None, threshold: int | None, custodians: list[str]) -> None:
+    """A random master, split M-of-N, each share handed to its custodian and acknowledged; only the
+    shares' verifiers and the custodians' names are saved. Events record who split and who took which."""
+    from keyd import hardening, shares
+    from keyd.events import Event, SpoolSink
+    from keyd.handout import HandoutAborted, check_custodians, hand_out
+    from keyd.keyring import close_ring, create_state
+    from keyd.keysource import wipe
+    from keyd.state import StateError, StateStore, hand_over, make_state_dir
+    from keyd.unseal import operator_login
+
+    store = StateStore(config.state_dir)
+    if store.exists():
+        raise Refused(
+            f"{store.path} exists; refusing to overwrite a key state — init is for the first boot only: "
+            "start keyd with `serve` and unseal it"
+        )
+    if config.mode != "file":
+        raise UsageFailure("--key-kind shares is for file mode — a PKCS#11 token keeps its own key")
+    if count is None or threshold is None:
+        raise UsageFailure(
+            "--key-kind shares needs --shares N and --threshold M — e.g. --shares 3 --threshold 2"
+        )
+    try:
+        shares.check_parameters(count, threshold)
+        check_custodians(custodians, count)
+    except (ValueError, HandoutAborted) as exc:
+        raise UsageFailure(f"{exc} — fix the flags") from None
+    try:
+        make_state_dir(config.state_dir)
+    except (StateError, OSError) as exc:
+        raise Refused(f"init: {exc}") from None
+    events = SpoolSink(config.state_dir / "events.jsonl")
+    by: dict[str, str | int] = {"uid": os.getuid(), "login": operator_login()}
+    master = bytearray(os.urandom(shares.SECRET_LEN))
+    split = shares.split(master, count=count, threshold=threshold)
+    try:
+        events.emit(Event.SHARES_SPLIT, threshold=threshold, count=count, **by)
+        click.echo(f"keyd init: a new key, split into {count} shares; any {threshold} unseal keyd", err=True)
+        try:
+            hand_out(
+                split,
+                custodians,
+                threshold=threshold,
+                acknowledged=lambda i, name: events.emit(
+                    Event.SHARE_ACKNOWLEDGED, index=i, custodian=name, **by
+                ),
+            )
+        except HandoutAborted as exc:
+            raise Refused(f"init: {exc}; nothing was saved — run init again (all shares are new)") from None
+        except KeyboardInterrupt:
+            raise Refused("init aborted; nothing was saved — run init again (all shares are new)") from None
+        state, ring = create_state(config, bytearray(master), key_kind="shares")
+        state.shares = shares.ShareSet.record(split, threshold=threshold, custodians=custodians)
+        close_ring(ring)
+    finally:
+        wipe(master)
+        for _, value in split:
+            wipe(value)
+        events.close()
+    store.save(state)
+    if config.user is not None:
+        hand_over(config.state_dir, *hardening.resolve_user(config.user))
+    click.echo(
+        f"keyd init: state created in {config.state_dir} (mode file, key version 1, {threshold} of {count} "
+        "custodian shares)",
+        err=True,
+    )
+
+
 # What to do about a refusal: the runbook's table, one row per code and reason.
 _REFUSALS = "what to do: docs/runbook.md, 'When keyd refuses'"
 
@@ -357,6 +449,8 @@ def _print_status(status: Status) -> None:
     print(f"mode: {status.mode}")
     print(f"key_version: {status.key_version}")
     print(f"min_decrypt_version: {status.min_decrypt_version}")
+    if status.shares is not None and status.sealed:
+        print(f"shares: {status.shares.received} of {status.shares.threshold} received")
 
 
 def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
@@ -375,6 +469,8 @@ def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
                 return EXIT_UNSEALED
             check_clear(config)  # before the operator types anything
             owner = drop_owner(config)
+            if before.shares is not None:
+                return _unseal_share(client, config, before, owner, from_stdin=from_stdin, wait=wait)
             what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
             secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=from_stdin)
             try:
@@ -398,6 +494,56 @@ def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
             "keyd took the secret and stays sealed — its wrong_key event says why; run unseal again"
         )
     return EXIT_UNSEALED
+
+
+def _unseal_share(
+    client: KeydAdminClient,
+    config: Config,
+    before: Status,
+    owner: tuple[int, int],
+    *,
+    from_stdin: bool,
+    wait: float,
+) -> int:
+    """One custodian's share: checked here, dropped, and judged by keyd. 0 accepted, 1 refused."""
+    from keyd.keysource import wipe
+    from keyd.unseal import operator_login, place, read_secret, share_delivery, wait_taken
+
+    secret = read_secret("keyd unseal: your custodian share (not shown): ", from_stdin=from_stdin)
+    index, content = share_delivery(secret, operator_login())
+    try:
+        ident = place(content, config, owner)
+    finally:
+        wipe(content)
+    wait_taken(config.drop_path, ident, wait)
+    status = _share_settled(client, index)
+    _print_status(status)
+    if before.shares is not None and index in before.shares.indices:
+        raise Refused(f"keyd already held share {index}: the repeat was refused (event share_duplicate)")
+    if not status.sealed:
+        return EXIT_UNSEALED
+    if status.shares is not None and index in status.shares.indices:
+        click.echo(
+            f"keyd unseal: share {index} accepted: {status.shares.received} of {status.shares.threshold} "
+            "shares received; keyd waits for the other custodians",
+            err=True,
+        )
+        return EXIT_UNSEALED
+    raise Refused(
+        f"keyd refused share {index} (its share_refused event says why) — check the share with its "
+        f"custodian and run unseal again ({_REFUSALS})"
+    )
+
+
+def _share_settled(client: KeydAdminClient, index: int) -> Status:
+    """keyd's state once it has judged share `index`: unsealed, or holding it, or (after a second) not."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        status: Status = client.status()
+        held = status.shares is not None and index in status.shares.indices
+        if not status.sealed or held or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
 
 
 def _settled(client: KeydAdminClient) -> Status:

@@ -38,6 +38,7 @@ __all__ = [
     "Context",
     "KeydAdminClient",
     "KeydClient",
+    "ShareProgress",
     "Status",
     "header_key_version",
     "key_version",
@@ -60,6 +61,18 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def _share_progress(obj: Any) -> ShareProgress | None:
+    """The status's `shares` object (absent before shares existed, and for other kinds of key)."""
+    if obj is None:
+        return None
+    return ShareProgress(
+        received=int(obj["received"]),
+        threshold=int(obj["threshold"]),
+        count=int(obj["count"]),
+        indices=tuple(int(i) for i in obj.get("indices", ())),
+    )
+
+
 @dataclass(frozen=True)
 class Context:
     """Bound to the ciphertext as associated data: it decrypts only for this record and field."""
@@ -76,6 +89,30 @@ class Status:
     mode: str
     # Encryptions per key version (an upper bound carried over restarts; exact since this start).
     versions: dict[int, int] = field(default_factory=dict)
+    # key_kind "shares": the custodian shares keyd holds now; None for every other kind of key.
+    shares: ShareProgress | None = None
+    # Re-keying: the current secret generation, every generation keyd needs (oldest first), the one
+    # a sealed keyd waits for next, and whether a `keyd rekey` waits for its new secret.
+    generation: int = 1
+    generations: tuple[SecretGeneration, ...] = ()
+    awaiting_generation: int | None = None
+    rekey_armed: bool = False
+
+
+@dataclass(frozen=True)
+class SecretGeneration:
+    number: int
+    mode: str
+    key_kind: str
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShareProgress:
+    received: int
+    threshold: int
+    count: int
+    indices: tuple[int, ...] = ()
 
 
 class _StaleConnection(Exception):
@@ -279,6 +316,7 @@ class KeydClient:
                 min_decrypt_version=result.get("min_decrypt_version"),
                 mode=str(result["mode"]),
                 versions={int(k): int(v) for k, v in result.get("versions", {}).items()},
+                shares=_share_progress(result.get("shares")),
             )
         except (KeyError, TypeError, ValueError):
             raise Unavailable("keyd sent a malformed status") from None

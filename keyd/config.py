@@ -13,6 +13,7 @@ Example (`/etc/strongroom/keyd.toml`)::
     mode = "file"                # or "pkcs11"
     pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"
     token_label = "strongroom"
+    share_timeout = 900          # seconds a custodian share waits for the others (key_kind "shares")
 
     [budgets.employee]
     minute = 30
@@ -182,6 +183,8 @@ class Config:
     # a token name, not a secret (a PKCS#11 label has 32 bytes)
     token_label: str = field(default="strongroom", metadata=rule(Text(32)))
     poll_interval: float = field(default=0.25, metadata=rule(Number(0.01, 10)))
+    # key_kind "shares": a delivered custodian share waits this long for the others, then is discarded
+    share_timeout: float = field(default=900.0, metadata=rule(Number(1, 86400)))
     idle_timeout: float = field(default=300.0, metadata=rule(Number(1, 86400)))
     max_connections: int = field(default=128, metadata=rule(Count(1, 4096)))
     syslog: bool = field(default=True, metadata=rule(Flag()))

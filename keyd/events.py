@@ -38,6 +38,15 @@ class Event(StrEnum):
     KEY_VERSION_EXHAUSTED = "key_version_exhausted"
     HARDENING_DEGRADED = "hardening_degraded"
     STATE_WRITE_FAILED = "state_write_failed"
+    # Custodian shares (keyd/shares.py): the record of split knowledge, who did what and when.
+    # A share's index and the deliverer's uid/login travel; a share's value never does.
+    SHARES_SPLIT = "shares_split"  # init: the master was made and split (threshold, count, by whom)
+    SHARE_ACKNOWLEDGED = "share_acknowledged"  # init: custodian NAME confirmed holding share INDEX
+    SHARE_DELIVERED = "share_delivered"  # a valid share is held (index, uid, login, received)
+    SHARES_COMBINED = "shares_combined"  # M shares combined in memory (then `unsealed` or `wrong_key`)
+    SHARE_REFUSED = "share_refused"  # malformed, bad checksum or not one of this key's shares
+    SHARE_DUPLICATE = "share_duplicate"  # an index already held was delivered again
+    SHARE_TIMED_OUT = "share_timed_out"  # a held share waited past share_timeout and was discarded
 
 
 # Events an operator must look at; the rest are informational.
@@ -54,6 +63,9 @@ ALERTS = frozenset(
         Event.KEY_VERSION_EXHAUSTED,
         Event.HARDENING_DEGRADED,
         Event.STATE_WRITE_FAILED,
+        Event.SHARE_REFUSED,
+        Event.SHARE_DUPLICATE,
+        Event.SHARE_TIMED_OUT,
     }
 )
 

@@ -15,6 +15,7 @@ from keyd import cipher
 from keyd.config import Config
 from keyd.hardening import LockedSecret
 from keyd.keysource import Token, TokenError, WrongPin, raw_key, stretch, strip_line, token_key_label, wipe
+from keyd.shares import combined_master
 from keyd.state import State, Version
 
 
@@ -39,6 +40,8 @@ def open_keyring(state: State, secret: bytearray, config: Config) -> Keyring:
             try:
                 if state.key_kind == "raw":
                     master = raw_key(secret)
+                elif state.key_kind == "shares":
+                    master = combined_master(secret)  # the custodians' shares, combined by the barrier
                 else:
                     master = stretch(secret, salt=state.kdf_salt, **state.kdf)
             except ValueError:
@@ -112,7 +115,11 @@ def create_state(
     if config.mode == "file":
         try:
             master = (
-                raw_key(secret) if key_kind == "raw" else stretch(secret, salt=state.kdf_salt, **state.kdf)
+                raw_key(secret)
+                if key_kind == "raw"
+                else combined_master(secret)
+                if key_kind == "shares"
+                else stretch(secret, salt=state.kdf_salt, **state.kdf)
             )
         finally:
             wipe(secret)

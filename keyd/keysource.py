@@ -75,6 +75,11 @@ def consume_drop(fd: int, path: Path, *, allowed_uids: frozenset[int]) -> bytear
 
     The checks run on the descriptor, so a file swapped in after the open cannot slip past them.
     """
+    return consume_drop_owned(fd, path, allowed_uids=allowed_uids)[0]
+
+
+def consume_drop_owned(fd: int, path: Path, *, allowed_uids: frozenset[int]) -> tuple[bytearray, int]:
+    """consume_drop, and the uid that owned the file: who delivered a custodian share."""
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -107,7 +112,7 @@ def consume_drop(fd: int, path: Path, *, allowed_uids: frozenset[int]) -> bytear
         except DropRefused:
             wipe(content)
             raise
-        return content
+        return content, st.st_uid
     finally:
         os.close(fd)
 

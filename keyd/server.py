@@ -21,7 +21,7 @@ from keyd.budgets import Budgets
 from keyd.config import Config
 from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink, FanoutSink, SpoolSink, SyslogSink
-from keyd.keysource import DropIdentity, DropRefusal, DropRefused, consume_drop, open_drop, wipe
+from keyd.keysource import DropIdentity, DropRefusal, DropRefused, consume_drop_owned, open_drop, wipe
 from keyd.protocol import MAX_FRAME, Reason
 from keyd.protocol.response import encode_error
 from keyd.state import StateStore, hand_over, make_state_dir
@@ -222,6 +222,7 @@ class DropPoller:
     def run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                self.barrier.expire_shares()  # a custodian share that waited too long goes
                 self.poll_once()
             except Exception:
                 # The poller is the only way in for the key: it must survive anything one poll meets.
@@ -236,7 +237,7 @@ class DropPoller:
             if fd is None:
                 self._last = None
                 return
-            secret = consume_drop(fd, self.path, allowed_uids=self.drop_uids)
+            secret, owner = consume_drop_owned(fd, self.path, allowed_uids=self.drop_uids)
         except DropRefused as exc:
             self._refused(exc)
             return
@@ -246,7 +247,10 @@ class DropPoller:
             log.warning("drop file consumed and ignored: keyd is already unsealed")
             self.events.emit(Event.DROP_FILE_REFUSED, reason="already_unsealed")
             return
-        self.barrier.unseal(secret)
+        if self.barrier.takes_shares:
+            self.barrier.deliver_share(secret, uid=owner)
+        else:
+            self.barrier.unseal(secret)
 
     def _refused(self, exc: DropRefused) -> None:
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common import atomic
+from keyd.shares import ShareSet
 
 STATE_FORMAT = 1
 
@@ -70,6 +71,8 @@ class State:
     current_version: int
     min_decrypt_version: int
     versions: dict[int, Version] = field(default_factory=dict)
+    # key_kind "shares": M, N, a salted hash per custodian share and the custodians' names (keyd/shares.py)
+    shares: ShareSet | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +95,7 @@ class State:
                 }
                 for v in sorted(self.versions.values(), key=lambda v: v.number)
             },
+            **({"shares": self.shares.to_json(b64)} if self.shares is not None else {}),
         }
 
     @classmethod
@@ -122,11 +126,16 @@ class State:
                 current_version=int(obj["current_version"]),
                 min_decrypt_version=int(obj["min_decrypt_version"]),
                 versions=versions,
+                shares=ShareSet.from_json(obj["shares"], unb64) if "shares" in obj else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"state file does not parse: {type(exc).__name__}") from exc
         if state.mode not in ("file", "pkcs11") or state.current_version not in state.versions:
             raise StateError("state file is inconsistent")
+        if (state.shares is not None) != (state.key_kind == "shares") or (
+            state.shares and state.mode != "file"
+        ):
+            raise StateError("state file is inconsistent: custodian shares")
         if not 1 <= state.min_decrypt_version <= state.current_version:
             raise StateError("state file is inconsistent: min decrypt version")
         return state

@@ -224,3 +224,40 @@ def wait_taken(path: Path, ident: tuple[int, int], timeout: float) -> None:
         + (": removed it again" if removed else "")
         + ". Is keyd watching this drop path? A refused file is named in keyd's drop_file_refused event"
     )
+
+
+# --- custodian shares -----------------------------------------------------------------------------
+
+
+def operator_login() -> str:
+    """Who runs this command, as keyd records it: the sudo caller, else the login (an identifier only)."""
+    import getpass
+
+    login = os.environ.get("SUDO_USER") or getpass.getuser()
+    kept = "".join(c for c in login if c.isascii() and (c.isalnum() or c in "._-")).lstrip("._-")
+    return kept[:64] or "operator"
+
+
+def share_delivery(secret: bytearray, login: str) -> tuple[int, bytearray]:
+    """The share's index, and the drop file's content: the share's line, then `login=NAME`, which
+    keyd records with the delivery (the file itself is owned by keyd's user, not by the custodian).
+
+    The share is checked here first (format and check value), so a typo is caught before anything is
+    written. Wipes `secret`; the caller wipes the content.
+    """
+    from keyd.shares import ShareRefused, parse_share
+
+    try:
+        try:
+            index, value = parse_share(secret)
+        except ShareRefused as exc:
+            raise UnsealError(
+                f"that is not a valid share ({exc.reason.value}): nothing was written; type it again, "
+                "exactly as written down"
+            ) from None
+        wipe(value)
+        content = secret.strip(b" \t\r\n")
+        content += b"\nlogin=" + login.encode("ascii") + b"\n"
+        return index, content
+    finally:
+        wipe(secret)

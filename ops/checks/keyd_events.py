@@ -46,6 +46,9 @@ ALARMS: dict[Event, Alert] = {
     Event.KEY_VERSION_EXHAUSTED: Alert.KEYD_KEY_VERSION_EXHAUSTED,
     Event.HARDENING_DEGRADED: Alert.KEYD_HARDENING_DEGRADED,
     Event.STATE_WRITE_FAILED: Alert.KEYD_STATE_WRITE_FAILED,
+    Event.SHARE_REFUSED: Alert.KEYD_SHARE_REFUSED,
+    Event.SHARE_DUPLICATE: Alert.KEYD_SHARE_DUPLICATE,
+    Event.SHARE_TIMED_OUT: Alert.KEYD_SHARE_TIMED_OUT,
 }
 assert set(ALARMS) == ALERTS, "keyd.events.ALERTS and the watchdog's alarms must be the same set"  # noqa: S101
 _KINDS = {e.value: e for e in Event}

@@ -254,6 +254,21 @@ GOLDEN = [
         lambda: encode_json({"sealed": False, "key_version": 2}),
         "000000230100027b227365616c6564223a66616c73652c226b65795f76657273696f6e223a327d",
     ),
+    (
+        # key_kind "shares": status gains one object; a client that does not know it ignores it.
+        "status-with-shares",
+        lambda: encode_json(
+            {
+                "sealed": True,
+                "mode": "file",
+                "key_version": 1,
+                "shares": {"received": 1, "threshold": 2, "count": 3, "indices": [3]},
+            }
+        ),
+        "0000006e0100027b227365616c6564223a747275652c226d6f6465223a2266696c65222c226b65795f76657273696f6e"
+        "223a312c22736861726573223a7b227265636569766564223a312c227468726573686f6c64223a322c22636f756e7422"
+        "3a332c22696e6469636573223a5b335d7d7d",
+    ),
 ]
 
 
