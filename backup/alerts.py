@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from webapp import outbox
 from webapp.audit import service as audit
-from webapp.keys.events import KeyEvent
+from webapp.events import Event
 
 
-def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, now: datetime) -> None:
+def raise_alert(engine: sa.Engine, event: Event, *, step: str, reason: str, now: datetime) -> None:
     """Insert the alert (outbox) and its audit record; raises if the database refuses (the caller
     then exits non-zero, which the scheduler reports: the alert is never silently lost)."""
     detail = f"{step}:{reason}"[:200]
@@ -28,12 +28,12 @@ def raise_alert(engine: sa.Engine, event: KeyEvent, *, step: str, reason: str, n
         )
 
 
-def record_success(engine: sa.Engine, event: KeyEvent, *, detail: str, now: datetime) -> None:
+def record_success(engine: sa.Engine, event: Event, *, detail: str, now: datetime) -> None:
     with engine.begin() as conn:
         _audit(conn, event, ok=True, detail=detail, now=now)
 
 
-def _audit(conn: sa.Connection, event: KeyEvent, *, ok: bool, detail: str, now: datetime) -> None:
+def _audit(conn: sa.Connection, event: Event, *, ok: bool, detail: str, now: datetime) -> None:
     entry = audit.AuditEntry(
         event=event,
         outcome=audit.SUCCESS if ok else audit.FAILURE,

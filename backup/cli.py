@@ -60,11 +60,11 @@ def _alert(url: str | None, event: str, step: str, reason: str) -> None:
         click.echo("warning: no --alert-database-url: this failure raised no alert", err=True)
         return
     from backup.alerts import raise_alert
-    from webapp.keys.events import KeyEvent
+    from webapp.events import Event
 
     try:
         engine = _engine(url)
-        raise_alert(engine, KeyEvent(event), step=step, reason=reason, now=_now())
+        raise_alert(engine, Event(event), step=step, reason=reason, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
         click.echo(f"warning: the alert could not be written either ({type(exc).__name__})", err=True)
@@ -74,11 +74,11 @@ def _audit_success(url: str | None, event: str, detail: str) -> None:
     if not url:
         return
     from backup.alerts import record_success
-    from webapp.keys.events import KeyEvent
+    from webapp.events import Event
 
     try:
         engine = _engine(url)
-        record_success(engine, KeyEvent(event), detail=detail, now=_now())
+        record_success(engine, Event(event), detail=detail, now=_now())
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:
         raise click.ClickException(

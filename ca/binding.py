@@ -46,9 +46,10 @@ def default_webapp_dir() -> Path:
 
 
 def _one_line(text: str) -> str:
-    """The web app's reason: its `error: ...` line if there is one (it may log other lines), else the last."""
+    """The web app's reason: its `Error: ...` line if there is one (it may log other lines), else the last,
+    without the prefix (the CA's own message says "Error:" once)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.lower().startswith("error:")]
+    errors = [ln[len("error:") :].strip() for ln in lines if ln.lower().startswith("error:")]
     line = (errors or lines or ["no reason given"])[-1]
     return "".join(ch for ch in line if ch.isprintable())[:300]
 

@@ -58,7 +58,7 @@ def test_unknown_user_reason_comes_through_and_nothing_is_issued(real_binder_ca:
     result = ca.run("issue", "zed", "--out", str(ca.work / "zed.p12"))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "Error: the web app refused to bind the certificate to zed: Error: unknown user 'zed' "
+        "Error: the web app refused to bind the certificate to zed: unknown user 'zed' "
         "(nothing was issued)"
     )
     assert json.loads((ca.dir / "index.json").read_text())["certificates"] == []
@@ -84,4 +84,4 @@ def test_the_reason_is_one_printable_line(tmp_path: Path) -> None:
     binder = WebappBinder([sys.executable, "-c", noisy], cwd=tmp_path)
     with pytest.raises(BindError) as info:
         binder.unbind("ab" * 32, "test")
-    assert str(info.value) == "Error: no such user [31mred"
+    assert str(info.value) == "no such user [31mred"
