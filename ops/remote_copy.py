@@ -19,11 +19,10 @@ import os
 import posixpath
 import re
 import stat
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import paramiko
@@ -158,11 +157,6 @@ def fetch(settings: Settings) -> int:
     return len(data)
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
 @click.group()
 @click.option("--config", default=DEFAULT_CONFIG, show_default=True, help="Settings file (TOML).")
 @click.pass_context
@@ -178,7 +172,7 @@ def fetch_cmd(ctx: click.Context) -> None:
     try:
         size = fetch(load(ctx.obj["config"]))
     except RemoteCopyFailed as exc:
-        _fail(str(exc))
+        raise click.ClickException(str(exc)) from None
     click.echo(f"fetched {size} bytes")
 
 

@@ -4,13 +4,18 @@ with example values). Then `postmap DIR/virtual`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from common import atomic
 from ops.postfix import Postfix, PostfixConfigError
+
+
+class Refused(click.ClickException):
+    """A refused value: one line, exit 2, as the installer expects."""
+
+    exit_code = 2
 
 
 @click.group()
@@ -41,11 +46,9 @@ def render(out: Path, myhostname: str, admins: tuple[str, ...], relayhost: str |
     try:
         files = Postfix(myhostname=myhostname, admins=admins, relayhost=relayhost).render()
     except PostfixConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise Refused(f"{exc} — fix the option; nothing was written") from None
     if not out.is_dir():
-        click.echo(f"error: {out} is not a directory", err=True)
-        sys.exit(2)
+        raise Refused(f"{out} is not a directory — create it or pass another --out")
     for name, text in files.items():
         # Whole files or nothing: postfix must never read a half-written main.cf.
         atomic.write_bytes(out / name, text.encode(), mode=0o644)

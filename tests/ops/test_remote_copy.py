@@ -220,7 +220,7 @@ def test_the_command_line_exit_status(loghost: LogHost, tmp_path: Path) -> None:
     assert (ok.returncode, ok.stdout) == (0, f"fetched {len(_line(1))} bytes\n"), ok.stderr
     conf.write_text(conf.read_text() + 'surprise = "x"\n')
     bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    assert (bad.returncode, bad.stderr) == (1, "error: unknown setting(s): surprise\n")
+    assert (bad.returncode, bad.stderr) == (1, "Error: unknown setting(s): surprise\n")
 
 
 BASE = {
