@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,13 +20,30 @@ from keyd.budgets import Budgets, BudgetWriteFailed
 from keyd.config import Config
 from keyd.errors import ErrorCode
 from keyd.events import Event, EventSink
-from keyd.keyring import Keyring, WrongKey, add_version, close_ring, open_keyring
+from keyd.keyring import (
+    Keyring,
+    RekeyRefused,
+    RekeySpec,
+    WrongKey,
+    add_version,
+    adopt,
+    awaited,
+    close_ring,
+    forget_generations,
+    open_next,
+    prepare_rekey,
+    retirable,
+    without_generations,
+)
 from keyd.keysource import TokenError
 from keyd.protocol import ADMIN_OPS, CRYPTO_OPS, Op, ProtocolError, Reason
 from keyd.protocol.request import Item, Request, parse_request
 from keyd.protocol.response import Outcome, encode_error, encode_items, encode_json, encode_one
 from keyd.shares import ShareCollector
 from keyd.state import StateStore
+
+# How long a `keyd rekey` request waits for its secret at the drop path before it is forgotten.
+REKEY_WINDOW = 120.0
 
 log = logging.getLogger("keyd")
 
@@ -61,9 +79,12 @@ class Barrier:
         self.events = events
         self.budgets = budgets
         self.state = store.load()
-        if self.state.mode != config.mode:
+        if config.mode not in {g.mode for g in self.state.generations()}:
+            # During a re-key from file to PKCS#11 mode either configured mode is right.
             raise ValueError(f"state is in {self.state.mode} mode but keyd is configured for {config.mode}")
         self._ring: Keyring | None = None
+        self._partial: Keyring | None = None  # sealed: the generations opened so far (oldest first)
+        self._rekey: tuple[RekeySpec, str, float] | None = None  # armed: spec, actor, deadline
         # key_kind "shares": the custodians' shares delivered so far (locked pages), until M are in
         self._shares = (
             ShareCollector(self.state.shares, timeout=config.share_timeout, events=events)
@@ -92,17 +113,28 @@ class Barrier:
 
     def unseal(self, secret: bytearray) -> bool:
         """Try the operator's secret. True if keyd is now unsealed; on a wrong key it stays sealed."""
+        # Between a re-key and the old secret's retirement the state has two secret generations: the
+        # secret is tried for the oldest one not yet opened, and keyd unseals when all are open.
         with self._lock:
+            gen = awaited(self.state, self._partial) or self.state.current()
             try:
-                ring = open_keyring(self.state, secret, self.config)
+                ring = open_next(self.state, self._partial, secret, self.config)
             except WrongKey as exc:
                 log.warning("unseal refused: %s; keyd stays sealed", exc)
-                self.events.emit(Event.WRONG_KEY, mode=self.state.mode, reason=str(exc))
+                self.events.emit(Event.WRONG_KEY, mode=gen.mode, reason=str(exc), generation=gen.number)
                 return False
             except TokenError as exc:
                 log.error("unseal failed: %s; keyd stays sealed", exc)
-                self.events.emit(Event.WRONG_KEY, mode=self.state.mode, reason=str(exc))
+                self.events.emit(Event.WRONG_KEY, mode=gen.mode, reason=str(exc), generation=gen.number)
                 return False
+            nxt = awaited(self.state, ring)
+            if nxt is not None:
+                self._partial = ring
+                log.info(
+                    "secret of generation %d accepted; waiting for generation %d's", gen.number, nxt.number
+                )
+                return False
+            self._partial = None
             old, self._ring = self._ring, ring
             if old is not None:
                 close_ring(old)
@@ -133,6 +165,10 @@ class Barrier:
             if self._shares is not None:
                 self._shares.clear()  # shares waiting for the others are key material too
             ring, self._ring = self._ring, None
+            partial, self._partial = self._partial, None
+            self._rekey = None
+            if partial is not None:
+                close_ring(partial)  # the older generations opened so far
             if ring is None:
                 return
             close_ring(ring)
@@ -269,11 +305,12 @@ class Barrier:
         except envelope.MalformedCiphertext:
             return (INTEGRITY, Reason.BAD_CIPHERTEXT)
         aead = ring.aeads.get(v)
-        if aead is None:
-            return (INTEGRITY, Reason.UNKNOWN_KEY_VERSION)
+        # Retired first: a version whose secret was retired has no key left, and is still "retired".
         if v < self.state.min_decrypt_version:
             self.events.emit(Event.RETIRED_VERSION_USED, key_version=v, actor=req.actor, purpose=req.purpose)
             return (INTEGRITY, Reason.RETIRED_VERSION)
+        if aead is None:
+            return (INTEGRITY, Reason.UNKNOWN_KEY_VERSION)
         return (aead, nonce, body, cipher.associated_data(head, record_id, field))
 
     def _charge(self, req: Request, n: int) -> tuple[int, tuple[ErrorCode, Reason] | None]:
@@ -365,7 +402,27 @@ class Barrier:
             "min_decrypt_version": state.min_decrypt_version,
             "versions": {str(v): counts.get(v, 0) for v in sorted(state.versions)},
             "counts_exact": ring is not None,
+            **self._generations_status(),
             **({"shares": self._shares.progress()} if self._shares is not None else {}),
+        }
+
+    def _generations_status(self) -> dict[str, Any]:
+        """The secret generations (oldest first), which one unseal waits for, and a pending re-key."""
+        state = self.state
+        waiting = awaited(state, self._partial) if self._ring is None else None
+        return {
+            "generation": state.generation,
+            "generations": [
+                {
+                    "number": g.number,
+                    "mode": g.mode,
+                    "key_kind": g.key_kind,
+                    "versions": sorted(v.number for v in state.versions.values() if v.generation == g.number),
+                }
+                for g in state.generations()
+            ],
+            "awaiting_generation": waiting.number if waiting is not None else None,
+            "rekey_armed": self.rekey_armed,
         }
 
     def _admin(self, req: Request) -> bytes:
@@ -375,6 +432,8 @@ class Barrier:
         ring = self._ring
         if ring is None:
             return encode_error(ErrorCode.SEALED, Reason.SEALED)
+        if req.op in (Op.REKEY, Op.RETIRE_SECRET):
+            return self._rekey_admin(ring, req)
         with self._lock:
             if req.op is Op.ROTATE:
                 v = self.state.current_version + 1
@@ -383,7 +442,11 @@ class Barrier:
                 self.store.save(self.state)
                 event: tuple[Event, int] = (Event.ROTATED, v)
             else:
-                if req.arg is None or req.arg > self.state.current_version:
+                if (
+                    req.arg is None
+                    or req.arg > self.state.current_version
+                    or req.arg < min(self.state.versions)  # a retired secret's versions are gone for good
+                ):
                     return encode_error(BAD_REQUEST, Reason.BAD_VERSION)
                 self.state.min_decrypt_version = req.arg
                 self.store.save(self.state)
@@ -391,3 +454,89 @@ class Barrier:
         self.events.emit(event[0], key_version=event[1], actor=req.actor)
         log.info("%s: key version %d", event[0].value, event[1])
         return encode_json(self.status())
+
+    # --- re-keying: a new operator secret (keyd/keyring.py) ---------------------------------------
+
+    @property
+    def rekey_armed(self) -> bool:
+        armed = self._rekey
+        return armed is not None and time.monotonic() < armed[2]
+
+    def _rekey_admin(self, ring: Keyring, req: Request) -> bytes:
+        with self._lock:
+            if req.op is Op.REKEY:
+                if req.rekey is None:  # pragma: no cover - the parser guarantees it
+                    return encode_error(BAD_REQUEST, Reason.BAD_REKEY)
+                if self.state.retained:
+                    return encode_error(BAD_REQUEST, Reason.OLD_SECRET_RETAINED)
+                args = req.rekey
+                spec = RekeySpec(
+                    kind=args.kind,
+                    scrypt_n=1 << args.scrypt_log_n if args.kind == "passphrase" else 0,
+                    token_label=args.token_label,
+                )
+                self._rekey = (spec, req.actor, time.monotonic() + REKEY_WINDOW)
+                log.info("re-key armed by %s: waiting for the new %s at the drop path", req.actor, spec.kind)
+                return encode_json(self._status())
+            if not self.state.retained:
+                return encode_error(BAD_REQUEST, Reason.NO_OLD_SECRET)
+            gone = retirable(self.state)
+            if not gone:
+                return encode_error(BAD_REQUEST, Reason.OLD_VERSIONS_LIVE)
+            new = without_generations(self.state, gone)
+            try:
+                self.store.save(new)
+            except OSError:
+                log.exception("cannot write the state file")
+                self.events.emit(Event.STATE_WRITE_FAILED, file="state.json")
+                return encode_error(INTERNAL, Reason.STATE_WRITE_FAILED)
+            self.state = new
+            forget_generations(ring, new, gone)  # the old master is overwritten, the token closed
+        for g in gone:
+            self.events.emit(Event.SECRET_RETIRED, generation=g, actor=req.actor)
+            log.info("secret generation %d retired by %s", g, req.actor)
+        return encode_json(self.status())
+
+    def rekey(self, secret: bytearray, *, uid: int) -> bool:
+        """The armed re-key, with the new secret the drop owner `uid` delivered. Wipes `secret`.
+
+        Fails closed: any refusal leaves the state and the ring as they were. The new state (with the
+        old generation retained) is saved atomically before the ring uses it, so a crash on either
+        side of the save leaves a state that unseals with the secrets the operator has.
+        """
+        with self._lock:
+            armed, self._rekey = self._rekey, None
+            ring = self._ring
+            if armed is None or ring is None or time.monotonic() >= armed[2]:
+                secret[:] = bytes(len(secret))
+                self.events.emit(Event.REKEY_REFUSED, reason="not_armed", uid=uid)
+                return False
+            spec, actor, _ = armed
+            try:
+                made = prepare_rekey(self.state, ring, spec, secret, self.config)
+            except (RekeyRefused, TokenError) as exc:
+                log.warning("re-key refused: %s; nothing changed", exc)
+                self.events.emit(Event.REKEY_REFUSED, reason=str(exc), uid=uid, actor=actor)
+                return False
+            try:
+                self.store.save(made.state)
+            except OSError:
+                made.discard()
+                log.exception("cannot write the state file: re-key abandoned, nothing changed")
+                self.events.emit(Event.STATE_WRITE_FAILED, file="state.json")
+                self.events.emit(Event.REKEY_REFUSED, reason="state_write_failed", uid=uid, actor=actor)
+                return False
+            self.state = made.state
+            adopt(ring, made)
+            generation, mode = made.state.generation, made.state.mode
+        log.info("re-keyed to secret generation %d (%s), key version %d", generation, mode, made.version)
+        self.events.emit(
+            Event.REKEYED,
+            generation=generation,
+            mode=mode,
+            key_kind=spec.kind,
+            key_version=made.version,
+            uid=uid,
+            actor=actor,
+        )
+        return True

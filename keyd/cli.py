@@ -42,6 +42,8 @@ Exit codes of status and unseal: 0 unsealed, 3 sealed, 4 keyd unreachable, 1 ref
 2 usage or config error. unseal with a custodian share: 0 accepted (keyd may wait for more), 1 refused.
 
 Key rotation: `rotate`, have the web app rewrap every record, check `versions`, then `retire --min-version N`.
+Re-keying (a new operator secret, or file to PKCS#11): `rekey --to ...`, rewrap, retire, `retire-secret`
+(docs/key-rotation.md). Until `retire-secret`, every boot needs the old secret, then the new one.
 Every refusal and what it means: docs/keyd.md.
 """
 
@@ -259,6 +261,35 @@ def retire(config: Config, min_version: int) -> None:
     _remote(config, "retire", min_version=min_version)
 
 
+@cli.command()
+@_common
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["passphrase", "raw", "pkcs11"]),
+    required=True,
+    help="The new secret: a passphrase (scrypt), a raw key (64 hex digits), or a PKCS#11 token's PIN.",
+)
+@click.option("--new-token-label", default="", help="With --to pkcs11: the label of the new token.")
+@click.option("--scrypt-n", type=int, default=2**17, help="With --to passphrase: scrypt cost N.")
+@click.option(
+    "--stdin", is_flag=True, help="Read the new secret from a pipe (scripts); refused on a terminal."
+)
+@click.option("--wait", type=float, default=10.0, help="Seconds keyd has to take the drop file.")
+def rekey(config: Config, to: str, new_token_label: str, scrypt_n: int, stdin: bool, wait: float) -> None:
+    """Replace the operator secret: a new secret generation and key version (keyd unsealed)."""
+    from keyd.rekey import rekey as run
+
+    run(config, to=to, token_label=new_token_label, scrypt_n=scrypt_n, from_stdin=stdin, wait=wait)
+
+
+@cli.command("retire-secret")
+@_common
+def retire_secret(config: Config) -> None:
+    """Forget the old secret once every version under it is retired (after a rekey and rewrap)."""
+    _remote(config, "retire-secret")
+
+
 def _init(config: Config, *, key_kind: str, n: int, wait: float) -> None:
     from keyd import hardening
     from keyd.keyring import close_ring, create_state
@@ -413,6 +444,8 @@ def _remote(config: Config, command: str, *, min_version: int = 0) -> None:
                 status = client.rotate(actor=actor)
             elif command == "retire":
                 status = client.retire(min_version, actor=actor)
+            elif command == "retire-secret":
+                status = client.retire_secret(actor=actor)
             else:
                 status = client.status()
         except Unavailable as exc:
@@ -451,6 +484,14 @@ def _print_status(status: Status) -> None:
     print(f"min_decrypt_version: {status.min_decrypt_version}")
     if status.shares is not None and status.sealed:
         print(f"shares: {status.shares.received} of {status.shares.threshold} received")
+    if status.generation > 1 or len(status.generations) > 1:
+        # After a re-key: which secrets keyd needs, oldest first, and the one it waits for.
+        print(f"secret_generation: {status.generation}")
+        for g in status.generations:
+            versions = ",".join(str(v) for v in g.versions)
+            print(f"secret {g.number}: {g.mode} {g.key_kind} (versions {versions})")
+        if status.sealed and status.awaiting_generation is not None:
+            print(f"waiting_for_secret: {status.awaiting_generation}")
 
 
 def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
@@ -472,6 +513,10 @@ def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
             if before.shares is not None:
                 return _unseal_share(client, config, before, owner, from_stdin=from_stdin, wait=wait)
             what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
+            if len(before.generations) > 1:  # mid re-key: one secret per generation, oldest first
+                gen = next(g for g in before.generations if g.number == before.awaiting_generation)
+                kind = "token PIN" if gen.mode == "pkcs11" else gen.key_kind
+                what = f"{kind} of secret generation {gen.number}"
             secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=from_stdin)
             try:
                 ident = place(secret, config, owner)
@@ -489,6 +534,13 @@ def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
             click.echo("", err=True)  # the operator's ^C ended the prompt's line
             raise Refused("unseal aborted; no drop file left behind — run unseal again") from None
     _print_status(status)
+    if status.sealed and status.awaiting_generation != before.awaiting_generation:
+        click.echo(
+            f"keyd unseal: secret generation {before.awaiting_generation} accepted; keyd waits for "
+            f"generation {status.awaiting_generation}'s secret: run unseal again",
+            err=True,
+        )
+        return EXIT_SEALED
     if status.sealed:
         raise StillSealed(
             "keyd took the secret and stays sealed — its wrong_key event says why; run unseal again"

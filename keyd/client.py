@@ -24,7 +24,7 @@ from typing import Any, Self
 from keyd.envelope import HEADER_LEN, OVERHEAD, header_key_version, key_version
 from keyd.errors import BY_CODE, ErrorCode, KeydError, Unavailable
 from keyd.protocol import MAX_FRAME, Op, ProtocolError
-from keyd.protocol.request import encode_batch, encode_request, encode_single
+from keyd.protocol.request import RekeyArgs, encode_batch, encode_request, encode_single
 from keyd.protocol.response import ErrorResponse, ResponseError, parse_response
 
 # What the web app may know of a stored ciphertext without a key comes from keyd/envelope.py,
@@ -38,6 +38,7 @@ __all__ = [
     "Context",
     "KeydAdminClient",
     "KeydClient",
+    "SecretGeneration",
     "ShareProgress",
     "Status",
     "header_key_version",
@@ -317,6 +318,20 @@ class KeydClient:
                 mode=str(result["mode"]),
                 versions={int(k): int(v) for k, v in result.get("versions", {}).items()},
                 shares=_share_progress(result.get("shares")),
+                generation=int(result.get("generation", 1)),
+                generations=tuple(
+                    SecretGeneration(
+                        number=int(g["number"]),
+                        mode=str(g["mode"]),
+                        key_kind=str(g["key_kind"]),
+                        versions=tuple(int(v) for v in g.get("versions", ())),
+                    )
+                    for g in result.get("generations", ())
+                ),
+                awaiting_generation=(
+                    None if result.get("awaiting_generation") is None else int(result["awaiting_generation"])
+                ),
+                rekey_armed=bool(result.get("rekey_armed", False)),
             )
         except (KeyError, TypeError, ValueError):
             raise Unavailable("keyd sent a malformed status") from None
@@ -374,3 +389,20 @@ class KeydAdminClient(KeydClient):
 
     def retire(self, min_version: int, *, actor: str) -> Status:
         return self._admin(Op.RETIRE, actor, min_version)
+
+    def rekey(self, kind: str, *, actor: str, scrypt_n: int = 2**17, token_label: str = "") -> Status:
+        """Arm keyd to take a new secret (`kind` passphrase, raw or pin) from its drop path.
+
+        The secret itself never travels over the socket: the operator drops it like an unseal.
+        """
+        log_n = (
+            scrypt_n.bit_length() - 1
+            if kind == "passphrase" and scrypt_n == 1 << (scrypt_n.bit_length() - 1)
+            else 0
+        )
+        spec = RekeyArgs(kind, log_n, token_label if kind == "pin" else "")
+        return self._status(encode_request(Op.REKEY, actor, "operator", rekey=spec))
+
+    def retire_secret(self, *, actor: str) -> Status:
+        """Drop the old secret generation once none of its versions may be decrypted."""
+        return self._admin(Op.RETIRE_SECRET, actor)

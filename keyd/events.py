@@ -47,6 +47,10 @@ class Event(StrEnum):
     SHARE_REFUSED = "share_refused"  # malformed, bad checksum or not one of this key's shares
     SHARE_DUPLICATE = "share_duplicate"  # an index already held was delivered again
     SHARE_TIMED_OUT = "share_timed_out"  # a held share waited past share_timeout and was discarded
+    # Re-keying (keyd/keyring.py): who replaced the operator secret and when; never the secret.
+    REKEYED = "rekeyed"  # a new secret generation and key version (generation, mode, uid, actor)
+    REKEY_REFUSED = "rekey_refused"  # the new secret was refused before anything changed (reason)
+    SECRET_RETIRED = "secret_retired"  # noqa: S105 - an event name: an old generation's secret dropped
 
 
 # Events an operator must look at; the rest are informational.

@@ -242,6 +242,9 @@ class DropPoller:
             self._refused(exc)
             return
         self._last = None
+        if not self.barrier.sealed and self.barrier.rekey_armed:
+            self.barrier.rekey(secret, uid=owner)  # `keyd rekey`: the new secret, wiped either way
+            return
         if not self.barrier.sealed:
             wipe(secret)
             log.warning("drop file consumed and ignored: keyd is already unsealed")

@@ -3,7 +3,8 @@
 Layout of the state dir (0700, owned by keyd's user)::
 
     state.json      mode, KDF salt and parameters, key versions with their key check values,
-                    the minimum decrypt version, encryption counts reserved per version
+                    the minimum decrypt version, encryption counts reserved per version, and the
+                    older secret generations a re-key still needs (see Generation)
     budgets.json    decrypt counters reserved per employee/global window (see keyd/budgets.py)
     events.jsonl    the append-only event spool (see keyd/events.py)
 
@@ -58,6 +59,49 @@ class Version:
     kcv: bytes
     encryptions_reserved: int = 0  # an upper bound on encryptions made under this version
     token_label: str | None = None  # pkcs11 mode: the label of this version's key in the token
+    generation: int = 1  # the operator secret (Generation) this version's key comes from
+
+
+@dataclass
+class Generation:
+    """One operator secret and how keys come from it: what `keyd rekey` replaces.
+
+    The state's own mode/key_kind/kdf/salts/token_label fields are the current generation's (so a
+    state written before re-keying existed reads as generation 1); an older generation is kept in
+    `State.retained` while its versions may still be decrypted, and dropped by `keyd retire-secret`.
+    """
+
+    number: int
+    mode: str
+    key_kind: str
+    kdf: dict[str, int]
+    kdf_salt: bytes
+    hkdf_salt: bytes
+    token_label: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "key_kind": self.key_kind,
+            "kdf": {"name": "scrypt", **self.kdf} if self.kdf else {},
+            "kdf_salt": b64(self.kdf_salt),
+            "hkdf_salt": b64(self.hkdf_salt),
+            "token_label": self.token_label,
+        }
+
+    @classmethod
+    def from_json(cls, number: int, obj: Any) -> Generation:
+        kdf = dict(obj["kdf"])
+        kdf.pop("name", None)
+        return cls(
+            number=number,
+            mode=str(obj["mode"]),
+            key_kind=str(obj["key_kind"]),
+            kdf={k: int(v) for k, v in kdf.items()},
+            kdf_salt=unb64(obj["kdf_salt"]),
+            hkdf_salt=unb64(obj["hkdf_salt"]),
+            token_label=obj.get("token_label"),
+        )
 
 
 @dataclass
@@ -71,12 +115,34 @@ class State:
     current_version: int
     min_decrypt_version: int
     versions: dict[int, Version] = field(default_factory=dict)
+    generation: int = 1  # the current secret generation: new versions are made under it
+    retained: dict[int, Generation] = field(default_factory=dict)  # older ones still needed
     # key_kind "shares": M, N, a salted hash per custodian share and the custodians' names (keyd/shares.py)
     shares: ShareSet | None = None
+
+    def current(self) -> Generation:
+        return Generation(
+            number=self.generation,
+            mode=self.mode,
+            key_kind=self.key_kind,
+            kdf=self.kdf,
+            kdf_salt=self.kdf_salt,
+            hkdf_salt=self.hkdf_salt,
+            token_label=self.token_label,
+        )
+
+    def generations(self) -> list[Generation]:
+        """Every secret generation keyd needs, oldest first: the order unseal asks for them."""
+        return [*(self.retained[g] for g in sorted(self.retained)), self.current()]
+
+    def generation_of(self, number: int) -> Generation:
+        return self.current() if number == self.generation else self.retained[number]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
+            "generation": self.generation,
+            "retained_generations": {str(g.number): g.to_json() for g in self.retained.values()},
             "mode": self.mode,
             "key_kind": self.key_kind,
             "kdf": {"name": "scrypt", **self.kdf} if self.kdf else {},
@@ -92,6 +158,7 @@ class State:
                     "kcv": b64(v.kcv),
                     "encryptions_reserved": v.encryptions_reserved,
                     "token_label": v.token_label,
+                    "generation": v.generation,
                 }
                 for v in sorted(self.versions.values(), key=lambda v: v.number)
             },
@@ -113,8 +180,13 @@ class State:
                     kcv=unb64(v["kcv"]),
                     encryptions_reserved=int(v["encryptions_reserved"]),
                     token_label=v.get("token_label"),
+                    generation=int(v.get("generation", 1)),
                 )
                 for n, v in obj["versions"].items()
+            }
+            retained = {
+                int(g): Generation.from_json(int(g), o)
+                for g, o in obj.get("retained_generations", {}).items()
             }
             state = cls(
                 mode=str(obj["mode"]),
@@ -126,18 +198,28 @@ class State:
                 current_version=int(obj["current_version"]),
                 min_decrypt_version=int(obj["min_decrypt_version"]),
                 versions=versions,
+                generation=int(obj.get("generation", 1)),
+                retained=retained,
                 shares=ShareSet.from_json(obj["shares"], unb64) if "shares" in obj else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"state file does not parse: {type(exc).__name__}") from exc
         if state.mode not in ("file", "pkcs11") or state.current_version not in state.versions:
             raise StateError("state file is inconsistent")
-        if (state.shares is not None) != (state.key_kind == "shares") or (
-            state.shares and state.mode != "file"
-        ):
+        # After a re-key the shares' generation may be a retained one: shares belong to whichever has them.
+        split = [g for g in state.generations() if g.key_kind == "shares"]
+        if (state.shares is not None) != bool(split) or any(g.mode != "file" for g in split):
             raise StateError("state file is inconsistent: custodian shares")
         if not 1 <= state.min_decrypt_version <= state.current_version:
             raise StateError("state file is inconsistent: min decrypt version")
+        live = {g.number for g in state.generations()}
+        if (
+            any(n >= state.generation for n in state.retained)
+            or any(g.mode not in ("file", "pkcs11") for g in state.retained.values())
+            or any(v.generation not in live for v in state.versions.values())
+            or state.versions[state.current_version].generation != state.generation
+        ):
+            raise StateError("state file is inconsistent: secret generations")
         return state
 
 

@@ -77,13 +77,15 @@ class Op(IntEnum):
     SEAL = 16
     ROTATE = 17
     RETIRE = 18
+    REKEY = 19  # arm keyd to take a new secret from the drop path (keyd/keyring.py, re-keying)
+    RETIRE_SECRET = 20
 
 
 CRYPTO_OPS = frozenset(
     {Op.ENCRYPT, Op.DECRYPT, Op.REWRAP, Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH}
 )
 BATCH_OPS = frozenset({Op.ENCRYPT_BATCH, Op.DECRYPT_BATCH, Op.REWRAP_BATCH})
-ADMIN_OPS = frozenset({Op.SEAL, Op.ROTATE, Op.RETIRE})
+ADMIN_OPS = frozenset({Op.SEAL, Op.ROTATE, Op.RETIRE, Op.REKEY, Op.RETIRE_SECRET})
 PLAINTEXT_OPS = frozenset({Op.ENCRYPT, Op.ENCRYPT_BATCH})  # the ops whose items carry plaintext
 
 
@@ -104,8 +106,13 @@ class Reason(StrEnum):
     BAD_FIELD = "bad_field"
     TOO_LARGE = "too_large"
     BAD_VERSION = "bad_version"
+    BAD_REKEY = "bad_rekey"
     # state
     SEALED = "sealed"
+    # rekey: the previous re-key is not finished; retire-secret: nothing to retire (reasons, not secrets)
+    OLD_SECRET_RETAINED = "old_secret_retained"  # noqa: S105
+    NO_OLD_SECRET = "no_old_secret"  # noqa: S105
+    OLD_VERSIONS_LIVE = "old_versions_live"  # retire-secret: an old secret's version still decrypts
     # authorisation (forbidden)
     PEER_NOT_ALLOWED = "peer_not_allowed"
     NOT_ADMIN = "not_admin"

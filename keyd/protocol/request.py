@@ -10,6 +10,8 @@ Body::
         u16 item count (exactly 1 for the single forms, 1..MAX_ITEMS for batches)
         per item: u8 len, record id (RECORD_RE); u8 len, field (FIELD_RE); u32 len, data
     for RETIRE: u32 minimum decrypt version
+    for REKEY: u8 kind (1 passphrase, 2 raw, 3 pin), u8 log2 of scrypt N (14..20 for a passphrase,
+        else 0), u8 length, token label (FIELD_RE for a pin, else empty)
     for the other ops: nothing
 
 The client's encoders refuse what keyd's parser would, before anything is sent; the two must agree
@@ -74,6 +76,16 @@ class Request(NamedTuple):
     items: list[Item]
     arg: int | None = None
     failed: int = 0  # how many items carry an error
+    rekey: RekeyArgs | None = None
+
+
+class RekeyArgs(NamedTuple):
+    kind: str  # one of REKEY_KINDS
+    scrypt_log_n: int
+    token_label: str
+
+
+REKEY_KINDS = ("passphrase", "raw", "pin")  # their wire numbers are 1, 2, 3
 
 
 # Actors, purposes and field names repeat request after request: remember the ones that passed.
@@ -182,9 +194,33 @@ def parse_request(body: bytes) -> Request:
         pos += 4
         if arg < 1:
             raise ProtocolError(Reason.BAD_VERSION)
+    elif op is Op.REKEY:
+        rekey, pos = _parse_rekey(body, pos)
+        if pos != size:
+            raise ProtocolError(Reason.TRAILING_BYTES)
+        return Request(op, actor, purpose, items, None, 0, rekey)
     if pos != size:
         raise ProtocolError(Reason.TRAILING_BYTES)
     return Request(op, actor, purpose, items, arg, failed)
+
+
+def _parse_rekey(body: bytes, pos: int) -> tuple[RekeyArgs, int]:
+    if pos + 3 > len(body):
+        raise ProtocolError(Reason.TRUNCATED)
+    kind, log_n, n = body[pos], body[pos + 1], body[pos + 2]
+    end = pos + 3 + n
+    if end > len(body):
+        raise ProtocolError(Reason.TRUNCATED)
+    label = body[pos + 3 : end]
+    if not 1 <= kind <= len(REKEY_KINDS):
+        raise ProtocolError(Reason.BAD_REKEY)
+    name = REKEY_KINDS[kind - 1]
+    # Exactly one encoding: the cost only with a passphrase, the label only with a pin.
+    if (name == "passphrase") != (14 <= log_n <= 20) or (name != "passphrase" and log_n):
+        raise ProtocolError(Reason.BAD_REKEY)
+    if (name == "pin") != bool(label) or (label and FIELD_RE.fullmatch(label) is None):
+        raise ProtocolError(Reason.BAD_REKEY)
+    return RekeyArgs(name, log_n, label.decode("ascii")), end
 
 
 # --- the client's side: encode, refusing what keyd would ----------------------------------------------
@@ -330,6 +366,7 @@ def encode_request(
     purpose: str,
     items: list[tuple[str, str, bytes]] | None = None,
     arg: int | None = None,
+    rekey: RekeyArgs | None = None,
 ) -> bytes:
     """One request frame (length prefix included). Validates on the way out, like the server will."""
     if not isinstance(actor, str) or not isinstance(purpose, str):
@@ -350,6 +387,14 @@ def encode_request(
         if arg is None:
             raise ProtocolError(Reason.BAD_VERSION)
         parts.append(U32.pack(arg))
+    elif op is Op.REKEY:
+        if rekey is None or rekey.kind not in REKEY_KINDS:
+            raise ProtocolError(Reason.BAD_REKEY)
+        label = rekey.token_label.encode("ascii", "replace")
+        if len(label) > 64 or not 0 <= rekey.scrypt_log_n <= 20:
+            raise ProtocolError(Reason.BAD_REKEY)
+        parts.append(bytes((REKEY_KINDS.index(rekey.kind) + 1, rekey.scrypt_log_n, len(label))) + label)
+        _parse_rekey(parts[-1], 0)  # refuse here what keyd would refuse
     body = b"".join(parts)
     if len(body) > MAX_FRAME:
         raise ProtocolError(Reason.FRAME_TOO_LARGE)

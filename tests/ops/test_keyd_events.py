@@ -125,7 +125,8 @@ def test_every_keyd_alarm_has_its_own_alert_and_routine_events_have_none() -> No
     # The custodians' record (who split, acknowledged, delivered, combined) is kept, never mailed.
     custodians = {"shares_split", "share_acknowledged", "share_delivered", "shares_combined"}
     life = {"started", "stopped", "unsealed", "sealed", "rotated", "retired"}
-    assert {e.value for e in routine} == life | custodians
+    rekeying = {"rekeyed", "rekey_refused", "secret_retired"}
+    assert {e.value for e in routine} == life | custodians | rekeying
     doc = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
     for event in Event:
         assert f"`{event.value}`" in doc
