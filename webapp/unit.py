@@ -2,6 +2,12 @@
 
 Requests and admin commands both run inside one. The action's writes, its audit records and its
 outbox events commit together or not at all: if the audit append fails, so does the action.
+
+The transaction has two phases (webapp/db/engine.py, docs/webapp.md "Transactions"): it reads
+without a write lock, and takes the lock at its first write (or SELECT ... FOR UPDATE) and keeps it
+to the commit. A request's writes come at its end (the budget counters, the session touch, the audit
+append), so the lock is held for those alone; anything a write depends on is read FOR UPDATE, or
+checked by the write's own WHERE, inside that phase.
 """
 
 from __future__ import annotations
@@ -102,9 +108,14 @@ class UnitOfWork:
         self.entries = kept
         self.commit()
 
-    def discard_writes(self) -> None:
-        """Roll back what the action wrote so far, keep its audit records for the final commit."""
-        kept = list(self.entries)
+    def mark(self) -> int:
+        """Where the records stand now, for `discard_writes(keep=...)`."""
+        return len(self.entries)
+
+    def discard_writes(self, *, keep: int | None = None) -> None:
+        """Roll back what the action wrote so far, keep its audit records for the final commit (all of
+        them, or the first `keep`: the action turned out not to have happened after all)."""
+        kept = list(self.entries if keep is None else self.entries[:keep])
         self.rollback()
         self.entries = kept
 

@@ -1,11 +1,13 @@
 """The hash-chained audit log.
 
 Each record's hash covers its own fields and its predecessor's hash, so editing or deleting any row
-breaks verification from that row on. Appending locks the single `audit_head` row first (SELECT ...
-FOR UPDATE on MariaDB; on SQLite every transaction already holds the write lock from BEGIN
-IMMEDIATE), so concurrent writers from several gunicorn workers queue on that row instead of forking
-the chain. Records are appended at the end of the request's transaction, just before COMMIT, which
-keeps the lock short and makes "the action committed" and "its audit record exists" the same fact.
+breaks verification from that row on. Appending takes the write lock first and reads the single
+`audit_head` row under it (SELECT ... FOR UPDATE: a row lock on MariaDB; on SQLite the transaction
+moves to BEGIN IMMEDIATE, the database's one write lock, before the read), so concurrent writers from
+several gunicorn workers queue on that row instead of forking the chain, and the head is never read
+from a request's older read snapshot. Records are appended at the end of the request's transaction,
+just before COMMIT, which keeps the lock short and makes "the action committed" and "its audit record
+exists" the same fact.
 
 Deleting the newest rows *and* rewinding `audit_head` would not break the chain: the syslog copy
 (seq and hash of every record, shipped off the host) is the anchor; `verify --expect-head SEQ:HASH`
@@ -24,6 +26,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from webapp.clock import audit_timestamp
+from webapp.db.engine import write_phase
 from webapp.db.tables import audit_head, audit_log
 from webapp.events import Event
 from webapp.redact import mask_pans
@@ -89,6 +92,7 @@ def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime)
         raise ValueError("now must be timezone-aware")  # a naive time would be read as the host's local time
     if not entries:
         return []
+    write_phase(conn)  # the head below is read under the write lock, never from a read snapshot
     head = conn.execute(
         sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
     ).one()

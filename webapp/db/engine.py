@@ -1,13 +1,23 @@
 """Engines for the two supported backends, each configured for several gunicorn workers.
 
-SQLite (the embedded default): WAL so readers do not block the writer, a busy timeout so a second
-writer waits instead of failing, and every transaction opened with BEGIN IMMEDIATE. Every request
-writes an audit record, so every transaction is a writer; taking the write lock up front means two
-workers never deadlock on a read lock each upgrading to a write lock (SQLITE_BUSY mid-transaction).
+Both backends run a request the same way (docs/webapp.md, "Transactions"): it reads without taking
+any write lock, and its writes (the view's, the counters, the session touch, the audit append) take
+the lock at the first write and keep it to the commit.
+
+SQLite (the embedded default): WAL so readers never block the writer nor the writer them, a busy
+timeout so a second writer waits instead of failing. A transaction opens DEFERRED (a read snapshot,
+no lock). The first statement that writes, or that reads FOR UPDATE (SQLite has no row locks: its
+"FOR UPDATE" is the database's write lock), ends that read transaction and opens BEGIN IMMEDIATE
+before it runs: from then on the transaction holds the write lock and reads the newest data. The read
+transaction is ended, never upgraded in place: a deferred transaction that read and then writes gets
+SQLITE_BUSY at once (the busy timeout does not apply) if another writer committed in between.
 
 MariaDB/MySQL: READ COMMITTED, so counters and the audit chain head are read fresh under their row
 locks (SELECT ... FOR UPDATE) instead of from a REPEATABLE READ snapshot; pre-ping so a restarted
 database is picked up again without restarting the app.
+
+So on both, a value that a decision depends on at write time is read FOR UPDATE, or the write itself
+carries the condition (UPDATE ... WHERE ... and its rowcount): a plain read may be stale by then.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(parsed, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "before_cursor_execute", _sqlite_before_execute)
         return engine
     if parsed.get_backend_name() in {"mysql", "mariadb"}:
         engine = sa.create_engine(
@@ -70,16 +81,61 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+# Asked for by long read-only work (audit verification, the mailer's scans). Every transaction now
+# starts as a reader, so on SQLite this changes nothing; it still says what the caller means.
 READ_ONLY = "strongroom_read_only"
+_PHASE = "strongroom_phase"  # in the DBAPI connection's info: "read" or "write"
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 
 
-def _sqlite_begin_immediate(conn: sa.Connection) -> None:
-    # Long read-only work (audit verification) asks for a deferred BEGIN: under WAL it reads one
-    # snapshot without holding the write lock that every request needs.
-    if conn.get_execution_options().get(READ_ONLY):
-        conn.exec_driver_sql("BEGIN DEFERRED")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Under WAL a deferred transaction reads one snapshot and holds no lock that a writer waits on.
+    conn.exec_driver_sql("BEGIN DEFERRED")
+    conn.info[_PHASE] = "read"
+
+
+def _takes_write_lock(statement: str, context: Any) -> bool:
+    if statement.lstrip()[:7].upper().startswith(_WRITES):
+        return True
+    compiled = getattr(context, "compiled", None)
+    return getattr(getattr(compiled, "statement", None), "_for_update_arg", None) is not None
+
+
+def _sqlite_before_execute(
+    conn: sa.Connection, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    # SQLAlchemy runs this inside its error handling: a timeout here is its OperationalError.
+    if conn.info.get(_PHASE) == "read" and _takes_write_lock(statement, context):
+        _begin_writing(conn)
+
+
+def _begin_writing(conn: sa.Connection) -> None:
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None  # noqa: S101 - the connection is checked out and in a transaction
+    # End the read transaction (it wrote nothing, so this releases its snapshot and nothing else),
+    # then wait for the write lock with the busy timeout: never SQLITE_BUSY mid-transaction. The
+    # phase changes only once the lock is held: should BEGIN IMMEDIATE fail, the statement fails
+    # with it and nothing runs outside a transaction.
+    if dbapi.in_transaction:
+        dbapi.execute("COMMIT")
+    dbapi.execute("BEGIN IMMEDIATE")
+    conn.info[_PHASE] = "write"
+
+
+def write_phase(conn: sa.Connection) -> None:
+    """Take the write lock now (SQLite: BEGIN IMMEDIATE; MariaDB: nothing, its locks are per row
+    and taken by the statements themselves), so that what is read next is the newest data and
+    stays so until the commit."""
+    if conn.dialect.name != "sqlite":
+        return
+    if not conn.in_transaction():
+        conn.begin()
+    if conn.info.get(_PHASE) == "read":
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            _begin_writing(conn)
+        except dbapi_error as exc:  # the same exception a statement would raise
+            raise sa.exc.DBAPIError.instance("BEGIN IMMEDIATE", None, exc, dbapi_error) from exc
 
 
 def is_sqlite(engine: Engine) -> bool:
