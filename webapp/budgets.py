@@ -14,18 +14,18 @@ A request refused by the employee's own limit is counted against that employee's
 never against the total: an employee retrying after their own refusals cannot spend the budget every
 colleague shares. (Their served requests do count in the total, up to their own limit.)
 
-Exactness:
-- MariaDB: each request increments its counters atomically (INSERT ... ON DUPLICATE KEY UPDATE) in a
-  short transaction of its own, at the start of the request, together with the audit record and
-  outbox row of any threshold it crosses. Exactly one request sees the count equal the threshold, so
-  the event is raised once; the refusal decision uses the count that request produced, so the limit
-  holds exactly under concurrency. Counters are taken in one fixed order (no deadlock between them).
-- SQLite: a request holds the database's single write lock from its session load to its commit, so a
-  second transaction cannot run beside it. The counts are read at the start of the request (the
-  refusal decision) and incremented at its end, in the request's own transaction, with the events.
-  Requests are serialized by that lock, so this is exact, except that a request refused by another
-  rule (404, 403, CSRF) releases the lock for a moment: in that rare interleaving, concurrent
-  workers can let through one extra request at the margin of a hard limit. Alerts stay exactly once.
+Exactness, the same on SQLite and MariaDB (docs/webapp.md, "Transactions"):
+- At the start of a request the counts are only read (no lock). A request they already put over a
+  limit is refused at once: counts only grow within a window, so that refusal cannot be wrong.
+- Every other request is counted at its end, in its own transaction's write phase, by one atomic
+  statement (INSERT ... ON CONFLICT / ON DUPLICATE KEY UPDATE n = n + 1) under the counter's lock
+  (SQLite's write lock, MariaDB's row lock), together with the audit record and outbox row of any
+  threshold it crosses. The count that statement produces decides: exactly one request sees it equal
+  the threshold (the event is raised once), and a request whose own count lands above a hard limit is
+  turned into the 429 refusal there and then (its page is not sent, the view's writes and records are
+  rolled back, the refusal is recorded and counted), so exactly `limit` requests per window are
+  served whatever the interleaving. Counters are taken in one fixed order (no deadlock between them).
+- A request that fails (503, safe mode) rolls back with everything else and is not counted.
 """
 
 from __future__ import annotations
@@ -44,13 +44,12 @@ from sqlalchemy.dialects import mysql, sqlite
 
 from webapp.clock import from_db, to_db
 from webapp.config import ConfigError
-from webapp.db.engine import is_sqlite
 from webapp.db.tables import UtcDateTime, metadata
 from webapp.events import Event
 from webapp.refusals import refuse
-from webapp.request import origin, unit
+from webapp.request import unit
 from webapp.services import services
-from webapp.unit import Origin, UnitOfWork
+from webapp.unit import UnitOfWork
 
 request_counters = sa.Table(
     "request_counters",
@@ -65,8 +64,6 @@ SCOPES = ("employee", "total")
 MAX_RULES = 8
 MIN_WINDOW, MAX_WINDOW = 60, 7 * 86400
 _RULE_KEYS = {"scope", "window", "alert", "limit"}
-_DEADLOCK_CODES = {1205, 1213}  # lock wait timeout, deadlock: retried, the charge is all-or-nothing
-_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -142,62 +139,115 @@ class Count:
 
 
 def _ordered(rules: Sequence[Rule], user_id: int) -> list[Rule]:
-    return sorted(rules, key=lambda r: (r.key(user_id), r.window))
+    """The one lock order: the employee's own counters, then the shared ones."""
+    return sorted(rules, key=lambda r: (r.scope != "employee", r.key(user_id), r.window))
 
 
-def _upsert(conn: sa.Connection, scope: str, window: int, start: datetime) -> None:
+_STATEMENTS: dict[tuple[str, int], sa.Executable] = {}
+
+
+def _upsert_statement(dialect: str, rows: int) -> sa.Executable:
+    """One INSERT for `rows` counters, built once per dialect and size (building a statement costs
+    more than running it) and bound per request."""
+    key = (dialect, rows)
+    if key in _STATEMENTS:
+        return _STATEMENTS[key]
     t = request_counters
-    values = {"scope": scope, "window_seconds": window, "window_start": to_db(start), "n": 1}
-    if conn.dialect.name == "sqlite":
-        ins = sqlite.insert(t).values(**values)
+    values = [
+        {
+            "scope": sa.bindparam(f"scope{i}"),
+            "window_seconds": sa.bindparam(f"window{i}"),
+            "window_start": sa.bindparam(f"start{i}", type_=UtcDateTime),
+            "n": 1,
+        }
+        for i in range(rows)
+    ]
+    statement: sa.Executable
+    if dialect == "sqlite":
+        ins = sqlite.insert(t).values(values)
         new = ins.excluded.window_start
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=[t.c.scope, t.c.window_seconds],
-                set_={
-                    # A new window restarts at 1; a late request from the old window counts in the
-                    # current one (counting more is the safe side).
-                    "n": sa.case((new > t.c.window_start, 1), else_=t.c.n + 1),
-                    "window_start": sa.case((new > t.c.window_start, new), else_=t.c.window_start),
-                },
-            )
-        )
-        return
-    ins_my = mysql.insert(t).values(**values)
-    new_my = ins_my.inserted.window_start
-    # MariaDB assigns left to right and later terms see earlier ones: `n` first, while
-    # window_start still holds the stored value.
-    conn.execute(
-        ins_my.on_duplicate_key_update(
+        statement = ins.on_conflict_do_update(
+            index_elements=[t.c.scope, t.c.window_seconds],
+            set_={
+                # A new window restarts at 1; a late request from the old window counts in the
+                # current one (counting more is the safe side).
+                "n": sa.case((new > t.c.window_start, 1), else_=t.c.n + 1),
+                "window_start": sa.case((new > t.c.window_start, new), else_=t.c.window_start),
+            },
+        ).returning(t.c.scope, t.c.window_seconds, t.c.n)
+    else:
+        ins_my = mysql.insert(t).values(values)
+        new_my = ins_my.inserted.window_start
+        # MariaDB assigns left to right and later terms see earlier ones: `n` first, while
+        # window_start still holds the stored value.
+        statement = ins_my.on_duplicate_key_update(
             [
                 ("n", sa.case((new_my > t.c.window_start, 1), else_=t.c.n + 1)),
                 ("window_start", sa.case((new_my > t.c.window_start, new_my), else_=t.c.window_start)),
             ]
         )
-    )
+    _STATEMENTS[key] = statement
+    return statement
+
+
+def _select_statement(rows: int) -> sa.Executable:
+    key = ("select", rows)
+    if key not in _STATEMENTS:
+        t = request_counters
+        _STATEMENTS[key] = sa.select(t.c.scope, t.c.window_seconds, t.c.n, t.c.window_start).where(
+            sa.or_(
+                *(
+                    sa.and_(
+                        t.c.scope == sa.bindparam(f"scope{i}"),
+                        t.c.window_seconds == sa.bindparam(f"window{i}"),
+                    )
+                    for i in range(rows)
+                )
+            )
+        )
+    return _STATEMENTS[key]
+
+
+def _params(rules: Sequence[Rule], user_id: int, now: datetime) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, rule in enumerate(rules):
+        params[f"scope{i}"] = rule.key(user_id)
+        params[f"window{i}"] = rule.window
+        params[f"start{i}"] = to_db(window_start(now, rule.window))
+    return params
 
 
 def _read(conn: sa.Connection, rules: Sequence[Rule], user_id: int, now: datetime) -> list[Count]:
-    t = request_counters
+    """The counts as stored; a row from an earlier window counts as 0. One statement."""
+    params = _params(rules, user_id, now)
+    stored = {
+        (row.scope, int(row.window_seconds)): (int(row.n), from_db(row.window_start))
+        for row in conn.execute(_select_statement(len(rules)), params)
+    }
     found: list[Count] = []
     for rule in rules:
         start = window_start(now, rule.window)
-        row = conn.execute(
-            sa.select(t.c.n, t.c.window_start).where(
-                t.c.scope == rule.key(user_id), t.c.window_seconds == rule.window
-            )
-        ).one_or_none()
-        n = int(row.n) if row is not None and from_db(row.window_start) >= start else 0
-        found.append(Count(rule, n, start))
+        n, at = stored.get((rule.key(user_id), rule.window), (0, start))
+        found.append(Count(rule, n if at >= start else 0, start))
     return found
 
 
 def charge(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
-    """Count one request against every rule, atomically, in the caller's transaction."""
+    """Count one request against every rule, atomically, in the caller's transaction (its write
+    phase): one statement on SQLite (the upsert returns the new counts), two on MariaDB."""
+    if not rules:
+        return []
     ordered = _ordered(rules, user_id)
-    for rule in ordered:
-        _upsert(conn, rule.key(user_id), rule.window, window_start(now, rule.window))
-    return _read(conn, ordered, user_id, now)
+    params = _params(ordered, user_id, now)
+    statement = _upsert_statement(conn.dialect.name, len(ordered))
+    if conn.dialect.name != "sqlite":
+        conn.execute(statement, params)
+        return _read(conn, ordered, user_id, now)  # under the row locks the upsert took
+    counted = {(row.scope, int(row.window_seconds)): int(row.n) for row in conn.execute(statement, params)}
+    return [
+        Count(rule, counted[(rule.key(user_id), rule.window)], window_start(now, rule.window))
+        for rule in ordered
+    ]
 
 
 def own(rules: Sequence[Rule]) -> list[Rule]:
@@ -212,7 +262,10 @@ def charge_in_turn(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, 
     """Count one request against the employee's own rules first, and against the shared (total)
     rules only when the employee's own budget still allows the request: a request refused by the
     employee's own limit spends nobody else's budget. Lock order is the same for every request
-    (own counters, then the total), so two requests cannot deadlock on each other's counters."""
+    (own counters, then the total), so two requests cannot deadlock on each other's counters.
+    Without an own limit nothing can stop at the first step: everything is counted in one statement."""
+    if not any(r.limit is not None for r in own(rules)):
+        return charge(conn, rules, user_id=user_id, now=now)
     counts = charge(conn, own(rules), user_id=user_id, now=now)
     if any(c.over_limit for c in counts):
         return counts
@@ -220,8 +273,16 @@ def charge_in_turn(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, 
 
 
 def peek(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
-    """The counts as they are, without counting (SQLite's refusal check)."""
+    """The counts as they are, without counting and without a lock (one statement)."""
     return _read(conn, _ordered(rules, user_id), user_id, now)
+
+
+def deciding(counts: Sequence[Count]) -> Count | None:
+    """The count that refuses the request, if any: the employee's own limit first (a request it
+    refuses is not counted in the total), else the shared one; of several, the one renewing last."""
+    mine = [c for c in counts if c.over_limit and c.rule.scope == "employee"]
+    over = mine or [c for c in counts if c.over_limit]
+    return max(over, key=lambda c: c.renews_at) if over else None
 
 
 def record_crossings(uow: UnitOfWork, counts: Sequence[Count]) -> None:
@@ -241,28 +302,10 @@ class BudgetExceeded(Exception):
         self.count = count
 
 
-def _is_lock_conflict(exc: sa.exc.OperationalError) -> bool:
-    args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))
-    return len(args) > 0 and args[0] in _DEADLOCK_CODES
-
-
-def _charge_apart(rules: Sequence[Rule], user_id: int) -> list[Count]:
-    """MariaDB: count and raise the events in a short transaction of their own."""
-    svc = services()
-    who = origin()
-    for attempt in range(_ATTEMPTS):
-        uow = svc.unit(Origin(actor=current_user.username, ip=who.ip, cert_serial=who.serial))
-        try:
-            counts = charge_in_turn(uow.conn, rules, user_id=user_id, now=svc.clock.now())
-            record_crossings(uow, counts)
-            uow.commit()
-            return counts
-        except sa.exc.OperationalError as exc:
-            if not _is_lock_conflict(exc) or attempt == _ATTEMPTS - 1:
-                raise
-        finally:
-            uow.close()
-    raise AssertionError("unreachable")  # the loop returns or raises
+@dataclass(frozen=True)
+class _Pending:
+    user_id: int
+    mark: int  # the unit of work's records before the view: a request turned into a refusal keeps only these
 
 
 def _before() -> None:
@@ -270,36 +313,36 @@ def _before() -> None:
     if not rules or request.endpoint == "static" or not current_user.is_authenticated:
         return
     user_id = int(current_user.id)
-    if is_sqlite(services().engine):
-        now = services().clock.now()
-        counts = [
-            Count(c.rule, c.n + 1, c.window_start)
-            for c in peek(unit().conn, own(rules), user_id=user_id, now=now)
-        ]
-        charged = own(rules)
-        if not any(c.over_limit for c in counts):
-            counts += [
-                Count(c.rule, c.n + 1, c.window_start)
-                for c in peek(unit().conn, shared(rules), user_id=user_id, now=now)
-            ]
-            charged = list(rules)
-        # Charged at the end, in the request's transaction (see above); a request the employee's own
-        # limit refuses is charged to the employee's own counters only.
-        g.budget_charge = (user_id, charged)
-    else:
-        counts = _charge_apart(rules, user_id)
-    over = [c for c in counts if c.over_limit]
-    if over:
-        raise BudgetExceeded(max(over, key=lambda c: c.renews_at))
+    uow = unit()
+    g.budget = _Pending(user_id, uow.mark())
+    # A read, no lock: if this request is over already, it is over at its end too (counts only grow
+    # within a window), so it is refused before the view does any work. The exact decision for
+    # every other request is made in _after, on the count it produces.
+    now = services().clock.now()
+    over = deciding(
+        [Count(c.rule, c.n + 1, c.window_start) for c in peek(uow.conn, rules, user_id=user_id, now=now)]
+    )
+    if over is not None:
+        raise BudgetExceeded(over)
 
 
 def _after(response: Response) -> Response:
-    pending = g.pop("budget_charge", None)
-    if pending is not None:
-        user_id, rules = pending
-        uow = unit()
-        record_crossings(uow, charge(uow.conn, rules, user_id=user_id, now=services().clock.now()))
-    return response
+    pending: _Pending | None = g.pop("budget", None)
+    if pending is None:
+        return response
+    rules, uow, now = _rules_of_app(), unit(), services().clock.now()
+    counts = charge_in_turn(uow.conn, rules, user_id=pending.user_id, now=now)
+    over = deciding(counts)
+    if over is None or g.get("budget_refused"):
+        record_crossings(uow, counts)
+        return response
+    # Another request took the last of the budget between this one's start and its write phase:
+    # this one is refused after all. Its page is never sent; what the view wrote and recorded is
+    # rolled back (the refusal is what happened), then the refusal is counted like any other.
+    uow.discard_writes(keep=pending.mark)
+    refusal = _refused(BudgetExceeded(over))
+    record_crossings(uow, charge_in_turn(uow.conn, rules, user_id=pending.user_id, now=now))
+    return refusal
 
 
 def _rules_of_app() -> tuple[Rule, ...]:
@@ -308,6 +351,7 @@ def _rules_of_app() -> tuple[Rule, ...]:
 
 
 def _refused(exc: BudgetExceeded) -> Response:
+    g.budget_refused = True  # counted by _after like any request, and not refused a second time
     c = exc.count
     whose = "your" if c.rule.scope == "employee" else "the vault's overall"
     message = (
