@@ -5,6 +5,14 @@ yield live sessions. A session is bound at creation to the client IP (configurab
 certificate fingerprint, and is refused once idle too long, too old, ended by logout, by an admin,
 by disabling the user or by revoking the certificate. Login rotates the id (`rotate()`), so an id
 planted before login (fixation) is dead afterwards.
+
+A request reads its session without a lock, so the session can end while the request runs (logout in
+another tab, an admin, a revocation). The session touch at the end of the request is in its write
+phase and carries the check (UPDATE ... WHERE ended_at IS NULL): when it finds the session ended, the
+request's writes are rolled back and its page is replaced by the way to the login, so nothing a
+request does commits after its session ended. Idle and absolute expiry, the IP and the certificate
+are decided at load: a concurrent request can only make the session more recently used, and the
+rest never changes for a session id.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, Request, g, request
+from flask import Flask, Request, g, request, url_for
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response
@@ -100,6 +108,7 @@ class DbSessionInterface(SessionInterface):
             data = None
         if not isinstance(data, dict):
             return ServerSession()
+        g.session_mark = uow.mark()  # what is recorded after this is the request's own doing
         return ServerSession(data, sid=sid)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
@@ -145,10 +154,23 @@ class DbSessionInterface(SessionInterface):
                 .values(last_seen_at=to_db(now), data=data)
             ).rowcount
             if updated != 1:
-                # Ended meanwhile (admin kill, revocation): do not resurrect it.
+                # Ended meanwhile (admin kill, revocation): do not resurrect it, and keep nothing the
+                # request did as this session's user.
+                _ended_meanwhile(response)
                 response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
                 return
         response.set_cookie(name, session.sid, path="/", secure=True, httponly=True, samesite="Strict")
+
+
+def _ended_meanwhile(response: Response) -> None:
+    uow = unit()
+    uow.discard_writes(keep=g.get("session_mark", 0))
+    uow.record(
+        Event.ACCESS_DENIED, ok=False, resource=request.path[:200], detail="session_ended_during_request"
+    )
+    response.status_code = 302
+    response.set_data(b"")
+    response.headers["Location"] = url_for("auth.login")
 
 
 def end_sessions(conn: sa.Connection, where: Any, *, now: datetime, reason: str) -> int:
