@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Flask, g, redirect, render_template, request, url_for
+from flask import Flask, g, redirect, request, url_for
 from flask.cli import ScriptInfo
 from flask.helpers import get_debug_flag
 from flask.typing import ResponseReturnValue
@@ -48,6 +48,7 @@ from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
 from webapp.records.purge import records_cli
 from webapp.records.views import bp as records_bp
+from webapp.refusals import refuse
 from webapp.request import origin, unit
 from webapp.services import Services, install, install_unusable, services
 from webapp.vault import Vault, make_vault
@@ -234,11 +235,7 @@ def _configured(
 
 
 def _refusal(event: Event, status: int, message: str, detail: str) -> Response:
-    uow = unit()
-    uow.discard_writes()
-    uow.record(event, ok=False, resource=request.path[:200], detail=detail[:200])
-    body = render_template("error.html", status=status, message=message)
-    return Response(body, status=status, mimetype="text/html")
+    return refuse(event, detail, status=status, message=message)
 
 
 def _register_error_pages(app: Flask) -> None:
