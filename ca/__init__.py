@@ -1,1 +1,1 @@
-"""Strongroom's certificate authority tool (built in issue 3)."""
+"""Strongroom's certificate authority tool."""

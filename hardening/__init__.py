@@ -1,4 +1,4 @@
-"""Server hardening shipped as tested configuration (issue 8): see docs/hardening.md.
+"""Server hardening shipped as tested configuration: see docs/hardening.md.
 
 Each part renders or checks one piece of the host's setup; nothing here runs in the web app or keyd.
 """

@@ -8,7 +8,7 @@ is addressed to the server's VPN address; the employees and the CRM reach the Wi
 Each TCP accept is capped per source address (`connection_limits`): a listed host may hold at most that
 many connections to the port at once, and the next one is refused with a TCP reset (the client fails at
 once instead of retrying a dropped SYN). This is what keeps one host of the employees' network from holding
-every Apache worker with slow or idle connections (issue 14). The CRM's rules come before the employees'
+every Apache worker with slow or idle connections. The CRM's rules come before the employees'
 so that a CRM host inside the employees' network gets the CRM's own limit.
 
 Output is accepted, except for the `local_only_uids`: a socket owned by one of them may send only on `lo`,

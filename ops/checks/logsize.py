@@ -1,4 +1,4 @@
-"""Logs that grow past a bound: an alarm before a disk fills (issue 14: ModSecurity's audit log
+"""Logs that grow past a bound: an alarm before a disk fills (ModSecurity's audit log
 reached 1.5 GB in ~52,000 requests, between two runs of logrotate).
 
 Every file named in `logs`, `access_log`, and `log_size_paths` (for logs nobody tails, such as

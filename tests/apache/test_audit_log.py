@@ -1,4 +1,4 @@
-"""ModSecurity's audit log keeps only what is worth reading (issue 14: 1.5 GB in ~52,000 requests,
+"""ModSecurity's audit log keeps only what is worth reading (1.5 GB in ~52,000 requests,
 every request to https://ADDRESS/ logged by CRS 920350 with the whole matched-rule list)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """No card number a client sends reaches Apache's or ModSecurity's logs, in any spelling, from any
-place of a request (issue 14): through the real private Apache with the shipped configuration,
+place of a request: through the real private Apache with the shipped configuration,
 then a scan of every file it wrote."""
 
 from __future__ import annotations

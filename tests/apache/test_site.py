@@ -1,5 +1,5 @@
 """The shipped vhost in front of the real app, keyd and gunicorn (tests/apache/stack.py): every
-promise of issue 6's front door, with hostile inputs as tables."""
+promise of the front door, with hostile inputs as tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slow and idle connections are cheap (issue 14): many connections that hold a TLS handshake or
+"""Slow and idle connections are cheap: many connections that hold a TLS handshake or
 the request headers open, without a certificate or with one, do not keep an employee waiting.
 
 Bounded: 150 connections from 127.0.0.2 (Linux answers the whole of 127/8 on loopback) for 8 s,
@@ -129,7 +129,7 @@ def test_held_connections_do_not_keep_employees_waiting(
 
 
 def test_the_site_bounds_handshake_and_header_times() -> None:
-    # The timeouts the test above relies on, as shipped (0 meant "no limit": issue 14).
+    # The timeouts the test above relies on, as shipped (0 meant "no limit").
     from apache.private import SITE
 
     text = SITE.read_text()
