@@ -10,7 +10,6 @@ warm start costs the boot and the install, not the build.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,20 +111,25 @@ def server(system: Server) -> Server:
 
 
 @pytest.fixture(scope="session")
-def passphrase() -> str:
-    """The data secret the test's keyd operator chose at the ceremony (never on the server's disk)."""
-    return "test passphrase " + secrets.token_urlsafe(24)
+def custodian_shares() -> list[str]:
+    """The three custodians' shares (index I is [I-1]; any two unseal) as the first-boot ceremony
+    printed them: filled once, by test_first_boot or else by `unsealed`. In the test's memory only,
+    never on the server's disk: the secrets scans look for each."""
+    return []
 
 
 @pytest.fixture(scope="session")
-def unsealed(server: Server, passphrase: str) -> Server:
+def unsealed(server: Server, custodian_shares: list[str]) -> Server:
     """The installed server after the first-boot key ceremony and an unseal (docs/runbook.md)."""
     c = server.container
-    if operator.is_sealed(c) is None and c.run(["test", "-e", "/var/lib/strongroom-keyd/state.json"],
-                                                check=False).returncode != 0:  # fmt: skip
-        operator.key_ceremony(c, passphrase)
+    if not custodian_shares:
+        if c.run(["test", "-e", "/var/lib/strongroom-keyd/state.json"], check=False).returncode == 0:
+            pytest.fail(
+                "keyd has a key state whose shares this session never saw (made outside the ceremony)"
+            )
+        custodian_shares[:] = operator.key_ceremony(c)
     if operator.is_sealed(c) is not False:
-        operator.unseal(c, passphrase)
+        operator.unseal(c, custodian_shares[:2])
     return server
 
 

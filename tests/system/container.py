@@ -308,6 +308,16 @@ class Container:
             )
         return result
 
+    def popen(self, argv: Sequence[str] | str) -> subprocess.Popen[str]:
+        """Start a command inside, as `run` does, with a pipe each way (text, line-buffered): for a
+        dialogue such as keyd init's, which prints a line and reads the answer before the next.
+        The caller waits for it (and kills it on a timeout)."""
+        command = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
+        full = ["nsenter", "-t", str(self.pid1), "-a", "-r", "-w", "env", "-i", *CLEAN_ENV, *command]
+        return subprocess.Popen(
+            full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
+
     def read_file(self, path: str) -> bytes:
         """A file as the running container sees it (its /run and /tmp too)."""
         result = subprocess.run(

@@ -1,6 +1,7 @@
 """What the people of docs/runbook.md and docs/admin-guide.md do on the installed server, as they do it.
 
-- the keyd operator: the first-boot key ceremony (`keyd init`, the drop file) and every later unseal,
+- the keyd custodians: the first-boot key ceremony (`keyd init --key-kind shares`) and every later
+  unseal (`keyd unseal`, or the drop file by hand), each with their own share,
   with the runbook's commands (run as root inside the container);
 - the admin: `deploy/strongroom-flask ...` (flask --app webapp with the web app's settings), the CA on the
   admin's own machine (the test's TestCa on the host), certificates bound in the web app;
@@ -15,7 +16,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -36,7 +37,8 @@ DROP = "/dev/shm/ekey"
 
 
 def drop_secret(c: Container, secret: str) -> None:
-    """docs/runbook.md 1.3: write the drop file as keyd's user under a temporary name, rename it."""
+    """docs/runbook.md 1.3, the fallback by hand: write the drop file as keyd's user under a temporary
+    name, rename it (a custodian's file holds just the share's text)."""
     c.run(["runuser", "-u", "strongroom-keyd", "--", "sh", "-c", f"umask 077; cat > {DROP}-tmp"],
           input=secret + "\n")  # fmt: skip
     c.run(["runuser", "-u", "strongroom-keyd", "--", "mv", f"{DROP}-tmp", DROP])
@@ -76,29 +78,82 @@ def wait_unsealed(c: Container, timeout: float = 30) -> float:
     return time.monotonic() - started
 
 
-def key_ceremony(c: Container, passphrase: str) -> None:
-    """First boot (docs/keyd.md, First boot): `keyd init` waits for the passphrase at the drop path."""
-    log = "/run/keyd-init.log"  # not on the disk AIDE watches
-    c.run(f"cd {OPT} && nohup .venv/bin/python -m keyd init --config {KEYD_CONFIG} --key-kind passphrase "
-          f"--wait 120 > {log} 2>&1 < /dev/null &")  # fmt: skip
-    drop_secret(c, passphrase)
-    deadline = time.monotonic() + 120
-    while "state created" not in c.run(["cat", log], check=False).stdout:
-        if time.monotonic() > deadline or "refus" in c.run(["cat", log], check=False).stdout:
-            raise ContainerError(f"keyd init did not finish:\n{c.run(['cat', log], check=False).stdout}")
-        time.sleep(0.25)
+# docs/runbook.md 1.0: three custodians, any two of whom unseal.
+CUSTODIANS = ("alice", "bob", "carol")
+THRESHOLD = 2
+# What init prints for each custodian when no terminal is on stdin (keyd/handout.py).
+SHARE_LINE = re.compile(r"share (\d+) of (\d+) \(any (\d+) unseal\) for (\S+): (SR1-[0-9A-Z-]+)")
+INIT_TIMEOUT = 120
 
 
-def unseal(c: Container, passphrase: str) -> float:
-    """docs/runbook.md 1.2-1.4: start keyd (sealed), `keyd unseal` (here fed by a pipe: `--stdin`),
-    whose exit code 0 says keyd is unsealed; the seconds from the unseal command to that."""
+def key_ceremony(c: Container) -> list[str]:
+    """First boot with custodian shares (docs/runbook.md 1.0): `keyd init --key-kind shares`, scripted.
+
+    init prints share I on one line and waits for `NAME CHECK` (the share's last group) from its
+    custodian before it prints the next; the shares come back in index order (index I is shares[I-1]).
+    They live in the test's memory only: never in a file, a log or an error message here.
+    """
+    flags = " ".join(f"--custodian {name}" for name in CUSTODIANS)
+    # `timeout` inside: killing nsenter on the host would leave init waiting on its pipe.
+    proc = c.popen(f"cd {OPT} && exec timeout {INIT_TIMEOUT} .venv/bin/python -m keyd init "
+                   f"--config {KEYD_CONFIG} --key-kind shares --shares {len(CUSTODIANS)} "
+                   f"--threshold {THRESHOLD} {flags}")  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    shares: list[str] = []
+    unexpected = ""
+    try:
+        for name in CUSTODIANS:
+            line = proc.stdout.readline()
+            found = SHARE_LINE.fullmatch(line.strip())
+            if found is None:
+                unexpected = re.sub(r"SR1-\S+", "SR1-(withheld)", line.strip())
+                break
+            index, count, threshold, custodian, share = found.groups()
+            got = (int(index), int(count), int(threshold), custodian)  # public: no share in it
+            assert got == (len(shares) + 1, len(CUSTODIANS), THRESHOLD, name), got
+            shares.append(share)
+            proc.stdin.write(f"{name} {share.rsplit('-', 1)[1]}\n")  # the custodian's acknowledgement
+            proc.stdin.flush()
+        rest, errors = proc.communicate(timeout=INIT_TIMEOUT + 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0 or len(shares) != len(CUSTODIANS) or "state created" not in errors:
+        rest = re.sub(r"SR1-\S+", "SR1-(withheld)", rest)
+        raise ContainerError(
+            f"keyd init did not finish ({proc.returncode}): {unexpected}{rest}{errors[-2000:]}"
+        )
+    return shares
+
+
+def deliver_share(c: Container, share: str) -> subprocess.CompletedProcess[str]:
+    """One custodian's turn (docs/runbook.md 1.3, With custodian shares): `keyd unseal --stdin` fed
+    their share. Exit 0: accepted (or the M-th: unsealed); 1: refused."""
+    done = c.run(f"cd {OPT} && .venv/bin/python -m keyd unseal --config {KEYD_CONFIG} --stdin",
+                 input=share + "\n", check=False, timeout=60)  # fmt: skip
+    assert share not in done.stdout + done.stderr, "keyd unseal echoed the share"
+    return done
+
+
+def unseal(c: Container, shares: Sequence[str]) -> float:
+    """docs/runbook.md 1.2-1.4: start keyd (sealed), then one `keyd unseal --stdin` per custodian
+    with their own share; each exits 0, the last with `sealed: false`. The seconds from the first
+    custodian's command to that."""
     start_keyd(c)
     started = time.monotonic()
-    done = c.run(f"cd {OPT} && .venv/bin/python -m keyd unseal --config {KEYD_CONFIG} --stdin",
-                 input=passphrase + "\n", check=False, timeout=60)  # fmt: skip
-    if done.returncode != 0:
-        raise ContainerError(f"keyd unseal exited {done.returncode}: {done.stdout}{done.stderr}")
-    assert passphrase not in done.stdout + done.stderr
+    for turn, share in enumerate(shares, start=1):
+        done = deliver_share(c, share)
+        if done.returncode != 0:
+            raise ContainerError(
+                f"keyd unseal (custodian {turn}) exited {done.returncode}: {done.stdout}{done.stderr}"
+            )
+        if turn < len(shares):
+            assert re.search(rf"share \d+ accepted: {turn} of {len(shares)} shares received", done.stderr), (
+                done
+            )
+    assert re.search(r"^sealed: false$", done.stdout, re.MULTILINE), done.stdout
     return time.monotonic() - started
 
 

@@ -4,6 +4,7 @@ restart first, need no console."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import shlex
 import subprocess
@@ -55,27 +56,35 @@ def test_the_sudoers_file_is_the_installers_and_valid(server: Server) -> None:
     assert shadow[1] == server.admins["alice"].password_hash
 
 
-def test_an_admin_unseals_keyd_over_ssh_after_a_restart(
-    unsealed: Server, passphrase: str, tmp_path: Path
+def test_two_admins_unseal_keyd_over_ssh_each_with_their_share(
+    unsealed: Server, custodian_shares: list[str], tmp_path: Path
 ) -> None:
-    """docs/runbook.md 1.2-1.4 from the admin's laptop: sudo reads its password line from stdin, then
-    keyd unseal --stdin the passphrase line."""
+    """keyd restarted (sealed); alice and bob, custodians of shares 1 and 2, each log in over SSH and
+    run the runbook's unseal with sudo: sudo reads the admin's password line from stdin, then
+    `keyd unseal --stdin` their share's line. keyd records who delivered which share."""
     c = unsealed.container
-    alice = unsealed.admins["alice"]
     c.run(["systemctl", "restart", "strongroom-keyd"])
     operator.start_keyd(c)  # waits until keyd answers
     assert operator.is_sealed(c) is True
     unseal = f"cd {OPT} && sudo -S -p '' .venv/bin/python -m keyd unseal --config {KEYD_CONFIG} --stdin"
-    done = ssh(unsealed, alice, tmp_path / "known_hosts", f"sh -c {shlex.quote(unseal)}",
-               f"{alice.password}\n{passphrase}\n")  # fmt: skip
-    if done.returncode == 4:
-        # keyd unreachable (seen once, cause not found: keyd's journal is in the failure below if it
-        # happens twice). The runbook's answer is the same: wait until keyd answers, unseal again.
-        operator.start_keyd(c)
-        done = ssh(unsealed, alice, tmp_path / "known_hosts", f"sh -c {shlex.quote(unseal)}",
-                   f"{alice.password}\n{passphrase}\n")  # fmt: skip
-    # keyd's own record says why, if it was not reachable (the output is the unseal command's).
-    assert done.returncode == 0, done.stdout + done.stderr + c.journal("strongroom-keyd")[-3000:]
-    assert passphrase not in done.stdout + done.stderr
-    assert alice.password not in done.stdout + done.stderr
+    for turn, (login, share) in enumerate((("alice", custodian_shares[0]), ("bob", custodian_shares[1])), 1):
+        admin = unsealed.admins[login]
+        done = ssh(unsealed, admin, tmp_path / "known_hosts", f"sh -c {shlex.quote(unseal)}",
+                   f"{admin.password}\n{share}\n")  # fmt: skip
+        if done.returncode == 4:
+            # keyd unreachable (seen once, cause not found: keyd's journal is in the failure below if
+            # it happens twice). The runbook's answer is the same: wait until keyd answers, unseal again.
+            operator.start_keyd(c)
+            done = ssh(unsealed, admin, tmp_path / "known_hosts", f"sh -c {shlex.quote(unseal)}",
+                       f"{admin.password}\n{share}\n")  # fmt: skip
+        # keyd's own record says why, if it was not reachable (the output is the unseal command's).
+        assert done.returncode == 0, done.stdout + done.stderr + c.journal("strongroom-keyd")[-3000:]
+        assert share not in done.stdout + done.stderr
+        assert admin.password not in done.stdout + done.stderr
+        if turn == 1:
+            assert f"share 1 accepted: 1 of {operator.THRESHOLD} shares received" in done.stderr, done.stderr
+    assert "sealed: false" in done.stdout.splitlines(), done.stdout
     operator.wait_unsealed(c)  # and it stays unsealed for what runs next
+    spool = c.read_file("/var/lib/strongroom-keyd/events.jsonl").decode().splitlines()
+    delivered = [json.loads(line) for line in spool if '"share_delivered"' in line][-2:]
+    assert [(e["index"], e["login"]) for e in delivered] == [(1, "alice"), (2, "bob")], delivered

@@ -219,18 +219,18 @@ BUDGET = 2  # decrypts per employee per minute (keyd.toml; shipped: keyd's defau
 
 
 @pytest.fixture
-def small_budget(alerting: Server, passphrase: str) -> Iterator[Server]:
+def small_budget(alerting: Server, custodian_shares: list[str]) -> Iterator[Server]:
     """keyd's per-employee budget lowered in keyd.toml (docs/keyd.md); keyd restarted, so unsealed again."""
     c = alerting.container
     extra = f"\n# Changed for a test: a small decrypt budget.\n[budgets.employee]\nminute = {BUDGET}\n"
     try:
         with edited(c, KEYD_TOML, extra):
             c.run(["systemctl", "stop", "strongroom-keyd"], timeout=60)
-            operator.unseal(c, passphrase)
+            operator.unseal(c, [custodian_shares[0], custodian_shares[2]])
             yield alerting
             c.run(["systemctl", "stop", "strongroom-keyd"], timeout=60)
     finally:
-        operator.unseal(c, passphrase)
+        operator.unseal(c, custodian_shares[:2])
 
 
 def add_record_with_card(browser: Browser, pan: str) -> tuple[str, str]:
@@ -345,7 +345,7 @@ def test_an_unexpected_http_method_mails_both_admins(alerting: Server, people: d
 
 
 def test_an_error_page_shown_to_an_employee_mails_both_admins(
-    alerting: Server, people: dict[str, Person], passphrase: str
+    alerting: Server, people: dict[str, Person], custodian_shares: list[str]
 ) -> None:
     """keyd stops while an employee works: the vault's page is a 503 and `error.vault_unavailable`."""
     c = alerting.container
@@ -361,7 +361,7 @@ def test_an_error_page_shown_to_an_employee_mails_both_admins(
         seconds = alarms.expect_alert(alerting, marks, "key daemon unreachable", started,
                                       forbidden=["carol", "keyd.sock"])  # fmt: skip
     finally:
-        operator.unseal(c, passphrase)
+        operator.unseal(c, [custodian_shares[2], custodian_shares[1]])
     alarms.record_timing("error_page_vault_unavailable", seconds)
     assert browser.get("/").status == 200
 

@@ -1,5 +1,6 @@
 """A reboot of the whole server (docs/runbook.md): keyd comes back sealed, no key is left on the disk,
-and after the runbook's unseal every stored card decrypts and the audit chain still verifies.
+and after the runbook's unseal by two of the three custodians every stored card decrypts and the
+audit chain still verifies.
 
 The cards are made-up numbers (random, Luhn-valid), stored the way an employee stores them: through
 the web app behind Apache, from the employees' network, with a client certificate.
@@ -11,9 +12,11 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
+from itertools import combinations
 
 from keyd.cipher import derive_version_key
-from keyd.keysource import stretch
+from keyd.shares import combine, parse_share
 from keyd.state import State
 from tests.system import operator
 from tests.system.alarms import record_timing
@@ -27,19 +30,33 @@ REASON = "reboot check: the stored card decrypts after the unseal"
 CARD_LINK = re.compile(r"/records/(\d+)/reveal/card/([0-9a-f]{32})/pan")
 
 
-def derived_keys(c: Container, passphrase: str) -> dict[str, bytes]:
-    """keyd's master key and each data key, derived on the test's host from the passphrase and the
-    key state on the server's disk, as keyd derives them (docs/keyd.md): what a stolen disk must not hold."""
+def derived_keys(c: Container, shares: Sequence[str]) -> dict[str, bytes]:
+    """keyd's master key and each data key, rebuilt on the test's host from the custodians' shares and
+    the key state on the server's disk, as keyd rebuilds them (docs/keyd.md): what a stolen disk must
+    not hold. Every pair of shares must give the same master (any 2 of 3 unseal)."""
     state = State.from_json(json.loads(c.disk_path("/var/lib/strongroom-keyd/state.json").read_bytes()))
     assert state.mode == "file", state.mode
-    assert state.key_kind == "passphrase", state.key_kind
-    master = bytes(stretch(bytearray(passphrase.encode()), salt=state.kdf_salt, **state.kdf))
+    assert state.key_kind == "shares", state.key_kind
+    points = [parse_share(share.encode()) for share in shares]
+    masters = {bytes(combine(pair)) for pair in combinations(points, operator.THRESHOLD)}
+    assert len(masters) == 1, "two pairs of shares rebuild different masters"
+    (master,) = masters
     keys = {"master key": master}
     for version in state.versions:
         keys[f"data key v{version}"] = bytes(
             derive_version_key(master, salt=state.hkdf_salt, version=version)
         )
     return keys
+
+
+def share_secrets(shares: Sequence[str]) -> dict[str, str | bytes]:
+    """Each custodian's share as they hold it (its text) and its 32-byte value, for the scans."""
+    found: dict[str, str | bytes] = {}
+    for share in shares:
+        index, value = parse_share(share.encode())
+        found[f"custodian share {index}"] = share
+        found[f"custodian share {index} value"] = bytes(value)
+    return found
 
 
 def made_up_pan(prefix: str = "4", length: int = 16) -> str:
@@ -95,7 +112,7 @@ def revealed_digits(page: str) -> str:
 
 
 def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
-    unsealed: Server, people: dict[str, Person], passphrase: str, stored_pans: list[str]
+    unsealed: Server, people: dict[str, Person], custodian_shares: list[str], stored_pans: list[str]
 ) -> None:
     c = unsealed.container
     dave = people["dave"]  # a supervisor: may add cards and reveal them
@@ -127,12 +144,12 @@ def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
     assert sealed.status == 503, (sealed.status, sealed.body[:500])
     assert "The vault is sealed" in sealed.body
 
-    # No key anywhere: nothing in /dev/shm, and the passphrase in no spelling on the whole disk.
+    # No key anywhere: nothing in /dev/shm, and no share nor key in any spelling on the whole disk.
     shm = c.run(["find", "/dev/shm", "-mindepth", "1"]).stdout.split()
     assert shm == [], shm
     walk = Walk()
     root = c.disk_path("/")
-    wanted = needles({"passphrase": passphrase, **derived_keys(c, passphrase)})
+    wanted = needles({**share_secrets(custodian_shares), **derived_keys(c, custodian_shares)})
     hits = [f"{path}: {', '.join(found)}" for path, data in regular_files(root, walk=walk)
             if (found := find_secrets(data, wanted))]  # fmt: skip
     # Files too big to read at once (InnoDB's redo log) are searched in overlapping chunks.
@@ -142,8 +159,10 @@ def test_a_reboot_seals_keyd_leaves_no_key_and_every_card_decrypts_after_unseal(
     assert walk.files > 1000
     assert not hits, hits
 
-    # The runbook's unseal, then every card decrypts.
-    record_timing("reboot: drop file to unsealed", operator.unseal(c, passphrase))
+    # The runbook's unseal by two custodians (the second and the third: any two will do), then every
+    # card decrypts.
+    seconds = operator.unseal(c, [custodian_shares[1], custodian_shares[2]])
+    record_timing("reboot: first custodian's unseal to unsealed", seconds)
     for record_id, card_id in links:
         shown = reveal(employee, f"/records/{record_id}/reveal/card/{card_id}/pan", dave.password)
         assert shown.status == 200, (shown.status, shown.body[:500])

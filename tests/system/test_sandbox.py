@@ -106,18 +106,18 @@ def run_probe(c: Container, unit: str, outside: str) -> dict[str, object]:
         time.sleep(0.3)
 
 
-def restore(c: Container, unit: str, passphrase: str) -> None:
+def restore(c: Container, unit: str, custodian_shares: list[str]) -> None:
     c.run(["rm", "-f", f"/run/systemd/system/{unit}.service.d/{DROPIN_NAME}"])
     c.run(["systemctl", "daemon-reload"])
     c.run(["systemctl", "reset-failed", unit], check=False)
     if unit == "strongroom-keyd":
-        operator.unseal(c, passphrase)  # a restarted keyd is sealed: the runbook's unseal
+        operator.unseal(c, custodian_shares[1:])  # a restarted keyd is sealed: the runbook's unseal
     else:
         c.run(["systemctl", "restart", unit], timeout=120)
 
 
 @pytest.fixture(scope="module")
-def probes(unsealed: Server, passphrase: str) -> Iterator[dict[str, dict[str, object]]]:
+def probes(unsealed: Server, custodian_shares: list[str]) -> Iterator[dict[str, dict[str, object]]]:
     c = unsealed.container
     c.run(["install", "-D", "-m", "0644", f"{SRC}/tests/system/sandbox_probe.py", PROBE])
     listener = Listener(unsealed, "admins", OUTSIDE_PORT)
@@ -132,7 +132,7 @@ def probes(unsealed: Server, passphrase: str) -> Iterator[dict[str, dict[str, ob
             try:
                 results[unit] = run_probe(c, unit, listener.address)
             finally:
-                restore(c, unit, passphrase)
+                restore(c, unit, custodian_shares)
     finally:
         peers = listener.accepted()
         c.run(["rm", "-rf", str(Path(PROBE).parent)], check=False)

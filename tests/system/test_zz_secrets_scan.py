@@ -6,8 +6,9 @@ Where: every mail in every mailbox, every log under /var/log, the whole journal,
 /opt/strongroom/.venv and /usr (files above 50 MB are listed and only searched for the exact secrets
 below, in overlapping chunks). What:
 
-- everywhere, binary files too: the session's keyd passphrase, the master and data keys keyd derives
-  from it (derived on the test's host from the key state), the employees' passwords and every
+- everywhere, binary files too: each of the three custodians' keyd shares (its text and its value),
+  the master they combine to and the data keys keyd derives from it (rebuilt on the test's host with
+  keyd.shares and the key state), the employees' passwords and every
   card a scenario stored (`stored_pans`), each in every byte form (tests/system/secrets_scan.py;
   the cards also grouped by four with a space, a dash or a dot); the journal with every field
   (`journalctl -o export`: command lines, environment-derived fields);
@@ -38,6 +39,7 @@ from tests.system.test_reboot import (
     made_up_pan,
     reveal,
     revealed_digits,
+    share_secrets,
 )
 from webapp.redact import MAX_TEXT, find_pans
 
@@ -123,7 +125,7 @@ def captured(c: Container, command: str) -> bytes:
 
 
 def test_no_card_number_password_or_key_anywhere(
-    unsealed: Server, people: dict[str, Person], passphrase: str, stored_pans: list[str]
+    unsealed: Server, people: dict[str, Person], custodian_shares: list[str], stored_pans: list[str]
 ) -> None:
     c = unsealed.container
     dave = people["dave"]
@@ -138,8 +140,8 @@ def test_no_card_number_password_or_key_anywhere(
     c.run(["postqueue", "-f"], check=False)
 
     secrets: dict[str, str | bytes] = {
-        "keyd passphrase": passphrase,
-        **derived_keys(c, passphrase),
+        **share_secrets(custodian_shares),
+        **derived_keys(c, custodian_shares),
         **{f"{p.username}'s password": p.password for p in people.values()},
     }
     stored_pans.append(pan)
