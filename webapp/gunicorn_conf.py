@@ -17,7 +17,11 @@ gunicorn verifies the chain and the CRL in the TLS handshake; without a valid, u
 certificate there is no HTTP request at all. gunicorn has no CRL option, hence the ssl_context hook.
 The CRL file is read once at start: HUP gunicorn after the CA publishes a new one.
 
-Both: STRONGROOM_WORKERS (else WEB_CONCURRENCY, else 2) sync workers.
+Both: STRONGROOM_WORKERS (else WEB_CONCURRENCY, else 2) sync worker processes, one per core: measured
+through the whole production path on SQLite and MariaDB (docs/benchmarks.md, "Production path"), more
+processes or gthread threads gave no more requests per second on a 2-core server and longer tails.
+STRONGROOM_WORKER_CLASS=gthread with STRONGROOM_THREADS=N is there to measure that again
+(bench/bench_production_path.py), not for production.
 """
 
 from __future__ import annotations
@@ -49,9 +53,13 @@ wsgi_app = "webapp:create_app()"
 _bind = os.environ.get("STRONGROOM_BIND", "127.0.0.1:8443")
 bind = [_bind]
 workers = int(os.environ.get("STRONGROOM_WORKERS") or os.environ.get("WEB_CONCURRENCY") or "2")
-# sync workers: threads > 1 would silently switch to gthread (gunicorn's documented behaviour).
-worker_class = "sync"
-threads = 1
+# sync processes unless told otherwise: chosen by measurement (docs/benchmarks.md, "Production path").
+# gthread is there to be measured against them (bench/bench_production_path.py); sync with threads > 1
+# would silently become gthread (gunicorn's documented behaviour), so the two are set together.
+worker_class = os.environ.get("STRONGROOM_WORKER_CLASS") or "sync"
+if worker_class not in ("sync", "gthread"):
+    raise SystemExit(f"gunicorn_conf: STRONGROOM_WORKER_CLASS={worker_class} is not sync or gthread")
+threads = int(os.environ.get("STRONGROOM_THREADS") or "1") if worker_class == "gthread" else 1
 timeout = 30
 # No shared control socket: several instances (tests, demo) must not collide on ~/.gunicorn.
 control_socket_disable = True
