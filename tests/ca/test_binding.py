@@ -58,8 +58,7 @@ def test_unknown_user_reason_comes_through_and_nothing_is_issued(real_binder_ca:
     result = ca.run("issue", "zed", "--out", str(ca.work / "zed.p12"))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "Error: the web app refused to bind the certificate to zed: unknown user 'zed' "
-        "(nothing was issued)"
+        "Error: the web app refused to bind the certificate to zed: unknown user 'zed' (nothing was issued)"
     )
     assert json.loads((ca.dir / "index.json").read_text())["certificates"] == []
 

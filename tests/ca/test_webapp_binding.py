@@ -78,8 +78,7 @@ def test_an_unknown_user_is_refused_by_the_web_app_and_nothing_is_issued(ca_with
     result = ca.run("issue", "zed", "--out", str(ca.work / "zed.p12"))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "Error: the web app refused to bind the certificate to zed: no such user: zed "
-        "(nothing was issued)"
+        "Error: the web app refused to bind the certificate to zed: no such user: zed (nothing was issued)"
     )
     assert not (ca.work / "zed.p12").exists()
     assert "zed" not in ca.ok("list", "--all").output
