@@ -19,17 +19,17 @@ import os
 import posixpath
 import re
 import stat
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import click
 import paramiko
+from pydantic import AfterValidator, Field, Strict
 
 from backup.archive import BackupRefused
 from backup.remote import Target, connect
 from common import atomic
+from common.settings import AbsolutePath, SettingsModel, SettingsRefused, read_toml, validate
 
 DEFAULT_CONFIG = "/etc/strongroom/remote-copy.toml"
 DEFAULT_DEST = Path("/var/lib/strongroom-watch/remote/forwarded.log")
@@ -43,66 +43,41 @@ class RemoteCopyFailed(RuntimeError):
     """The settings are wrong or the copy could not be fetched; the previous copy is left as it was."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str
-    user: str
-    key_file: Path
-    known_hosts: Path
-    remote_path: str  # as the log host's account sees it (inside its chroot)
-    port: int = 22
-    dest: Path = DEFAULT_DEST
-    max_bytes: int = MAX_BYTES
-    timeout: float = 30.0
+def _remote_file(value: str) -> str:
+    if not value.startswith("/") or "\x00" in value or ".." in value.split("/"):
+        raise ValueError("must be an absolute path without '..'")
+    if not value.rstrip("/") or value.endswith("/"):
+        raise ValueError("must name a file")
+    return value
 
 
-def parse(raw: dict[str, Any]) -> Settings:
-    known = set(Settings.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise RemoteCopyFailed(f"unknown setting(s): {', '.join(unknown)}")
-    missing = sorted({"host", "user", "key_file", "known_hosts", "remote_path"} - set(raw))
-    if missing:
-        raise RemoteCopyFailed(f"missing setting(s): {', '.join(missing)}")
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "host":
-            if not isinstance(value, str) or len(value) > 253 or not _HOST.match(value):
-                raise RemoteCopyFailed("host must be a host name or an IP address")
-        elif name == "user":
-            if not isinstance(value, str) or not _USER.match(value):
-                raise RemoteCopyFailed("user must be a plain account name")
-        elif name in {"key_file", "known_hosts", "dest"}:
-            if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
-                raise RemoteCopyFailed(f"{name} must be an absolute path")
-            value = Path(value)
-        elif name == "remote_path":
-            parts = value.split("/") if isinstance(value, str) else []
-            if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or ".." in parts:
-                raise RemoteCopyFailed("remote_path must be an absolute path without '..'")
-            if not value.rstrip("/") or value.endswith("/"):
-                raise RemoteCopyFailed("remote_path must name a file")
-        elif name == "port":
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-                raise RemoteCopyFailed("port must be 1-65535")
-        elif name == "max_bytes":
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_BYTES:
-                raise RemoteCopyFailed(f"max_bytes must be 1-{MAX_BYTES}")
-        elif name == "timeout":
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 600:
-                raise RemoteCopyFailed("timeout must be 0-600 seconds")
-            value = float(value)
-        values[name] = value
-    return Settings(**values)
+class Settings(SettingsModel):
+    """/etc/strongroom/remote-copy.toml: each setting with its type, default and limit."""
+
+    host: Annotated[str, Field(max_length=253, pattern=_HOST.pattern)]
+    user: Annotated[str, Field(pattern=_USER.pattern)]
+    key_file: AbsolutePath
+    known_hosts: AbsolutePath
+    # As the log host's account sees it (inside its chroot).
+    remote_path: Annotated[str, AfterValidator(_remote_file)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    dest: AbsolutePath = DEFAULT_DEST
+    max_bytes: Annotated[int, Field(gt=0, le=MAX_BYTES)] = MAX_BYTES
+    timeout: Annotated[float, Strict(False), Field(gt=0, le=600)] = 30.0
+
+
+def parse(raw: dict[str, Any], *, source: str = "remote-copy settings") -> Settings:
+    try:
+        return validate(Settings, raw, source=source)
+    except SettingsRefused as exc:
+        raise RemoteCopyFailed(str(exc)) from None
 
 
 def load(path: Path) -> Settings:
     try:
-        return parse(tomllib.loads(path.read_text()))
-    except OSError as exc:
-        raise RemoteCopyFailed(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RemoteCopyFailed(f"{path}: {exc}") from None
+        return parse(read_toml(path), source=str(path))
+    except SettingsRefused as exc:
+        raise RemoteCopyFailed(str(exc)) from None
 
 
 def _read_bounded(sftp: paramiko.SFTPClient, path: str, limit: int) -> bytes:
