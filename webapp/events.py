@@ -100,6 +100,9 @@ class Event(StrEnum):
     BACKUP_FAILED = "backup.failed"
     BACKUP_VERIFY_FAILED = "backup.verify_failed"
     BACKUP_RESTORED = "backup.restored"  # the first record a restored database gets
+    # keyd's key-custody events (shares split, delivered, combined; re-keyed, rotated, retired), copied
+    # from keyd's spool by the watchdog (ops/checks/keyd_events.py); the detail names the kind.
+    KEYD_CUSTODY = "keyd.custody"
 
 
 # Raised to the outbox (and so, later, mailed) in addition to being audited.

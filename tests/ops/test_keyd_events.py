@@ -1,13 +1,17 @@
 """keyd's event spool read by the watchdog: a REAL keyd produces the events (a wrong key through its
 drop file, a refused drop file, a peer with a uid keyd does not allow, an exhausted budget), the
 watchdog reads its spool, and the outbox holds one bare alert per kind with counts only. Then the
-hostile spools: symlink, FIFO, foreign owner, garbage lines, a line without end."""
+hostile spools: symlink, FIFO, foreign owner, garbage lines, a line without end. The key-custody events
+become records of the web app's audit chain, exactly once, on SQLite and on a private MariaDB as the
+web app's own database user."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,14 +20,23 @@ import sqlalchemy as sa
 
 from keyd.client import Context, KeydClient
 from keyd.errors import Forbidden, QuotaExceeded
-from keyd.events import ALERTS, Event
+from keyd.events import ALERTS, Event, SpoolSink, Value
+from ops.checks import Context as CheckContext
 from ops.checks import keyd_events
 from ops.runner import run_pass
 from ops.settings import Settings
 from ops.state import StateDir
+from tests.fixtures.mariadb import mariadb  # noqa: F401 - the session fixture
 from tests.keyd.conftest import NOBODY, Keyd, raw_key, wait_for
+from tests.keyd.test_shares_daemon import drop_and_wait, init_shares, unseal_stdin
 from tests.ops.conftest import queued
 from tests.support import need_root
+from tests.webapp.conftest import MariaBackend, maria_backend  # noqa: F401 - the session fixture
+from tests.webapp.helpers import refuse_audit_inserts
+from webapp.audit.service import verify
+from webapp.db.engine import make_engine
+from webapp.db.tables import audit_log
+from webapp.events import Event as AuditEvent
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 TIGHT = [
@@ -127,6 +140,12 @@ def test_every_keyd_alarm_has_its_own_alert_and_routine_events_have_none() -> No
     life = {"started", "stopped", "unsealed", "sealed", "rotated", "retired"}
     rekeying = {"rekeyed", "rekey_refused", "secret_retired"}
     assert {e.value for e in routine} == life | custodians | rekeying
+    # The custody record in the audit chain: the custodians' and re-keying events, key versions
+    # rotated and retired, and the shares keyd refused (those are alarms as well).
+    refused = {"share_refused", "share_duplicate", "share_timed_out"}
+    assert {e.value for e in keyd_events.CUSTODY} == custodians | rekeying | refused | {"rotated", "retired"}
+    failures = {e.value for e, ok in keyd_events.CUSTODY.items() if not ok}
+    assert failures == refused | {"rekey_refused"}
     doc = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
     for event in Event:
         assert f"`{event.value}`" in doc
@@ -302,3 +321,231 @@ def test_a_truncated_spool_is_a_gap(
         ("ops.keyd_wrong_key", str(spool), "events=1"),
         ("ops.log_gap", "keyd_events", "log shrank (truncated)"),
     ]
+
+
+# ---- the custody record in the audit chain ---------------------------------------------------------
+
+
+@dataclass
+class AuditDb:
+    url: str  # what the watchdog connects as: on MariaDB the web app's user, with grants.sql only
+    engine: sa.Engine
+    owner: sa.Engine  # to break the database on purpose
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def audit_db(request: pytest.FixtureRequest, db_url: str) -> Iterator[AuditDb]:
+    if request.param == "sqlite":
+        url, owner_url = db_url, db_url
+    else:
+        backend: MariaBackend = request.getfixturevalue("maria_backend")
+        backend.reset()
+        url, owner_url = backend.url, backend.root_url
+    db = AuditDb(url, make_engine(url), make_engine(owner_url))
+    yield db
+    db.engine.dispose()
+    db.owner.dispose()
+
+
+def _audited(engine: sa.Engine) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log).order_by(audit_log.c.seq)).all())
+
+
+def _custody(engine: sa.Engine) -> list[tuple[str, str, str, str]]:
+    """(kind, outcome, actor, spool line name) of every keyd.custody record, oldest first."""
+    out = []
+    for r in _audited(engine):
+        assert r.event == AuditEvent.KEYD_CUSTODY
+        assert r.resource == "keyd"
+        words = r.detail.split(" ")
+        out.append(
+            (words[keyd_events.NAME_PARTS], r.outcome, r.actor, " ".join(words[1 : keyd_events.NAME_PARTS]))
+        )
+    return out
+
+
+def _chain_ok(engine: sa.Engine, records: int) -> None:
+    with engine.connect() as conn:
+        result = verify(conn)
+    assert result.ok, result.problems
+    assert result.checked == records
+
+
+def test_a_real_keyds_custody_record_is_in_the_audit_chain_once(
+    keyd_factory: Callable[..., Keyd], make_settings: Callable[..., Settings], audit_db: AuditDb
+) -> None:
+    k = keyd_factory()
+    texts = init_shares(k)  # split, and each custodian acknowledges a share
+    k.start()
+    drop_and_wait(k, b"not a share\n", "share_refused")
+    assert unseal_stdin(k, texts[3]).returncode == 0
+    unseal_stdin(k, texts[3])  # the same share again: a duplicate
+    wait_for(lambda: "share_duplicate" in k.event_names(), what="share_duplicate")
+    assert unseal_stdin(k, texts[1]).returncode == 0  # combined, unsealed
+    assert "key_version: 2" in k.cli("rotate").stdout
+    s = make_settings(
+        keyd_spool=str(k.state_dir / "events.jsonl"), keyd_user="root", database_url=audit_db.url
+    )
+
+    _pass(s, audit_db.engine)
+    got = _custody(audit_db.engine)
+    custody = {e.value for e in keyd_events.CUSTODY}
+    assert [kind for kind, *_ in got] == [e["event"] for e in k.events() if e["event"] in custody]
+    assert [(kind, outcome, actor) for kind, outcome, actor, _ in got[4:]] == [
+        ("share_refused", "failure", "uid:0"),  # dropped by hand: the drop file's owner
+        ("share_delivered", "success", "custodian1"),  # keyd unseal --stdin under sudo
+        ("share_duplicate", "failure", "custodian1"),
+        ("share_delivered", "success", "custodian1"),
+        ("shares_combined", "success", "keyd"),
+        ("rotated", "success", got[-1][2]),
+    ]
+    assert [kind for kind, *_ in got[:4]] == ["shares_split", *["share_acknowledged"] * 3]
+    details = [r.detail for r in _audited(audit_db.engine)]
+    assert " custodian=bob " in details[2] + " "
+    assert re.search(
+        r" share_delivered keyd_at=\d{4}-\d\d-\d\dT[\d:.]+Z index=3 login=custodian1 ", details[5]
+    )
+    _chain_ok(audit_db.engine, len(got))
+    # The refused share still rings, once, as a bare alert.
+    assert ("ops.keyd_share_refused", str(s.keyd_spool), "events=1") in queued(audit_db.engine)
+
+    _pass(s, audit_db.engine)  # nothing new in the spool: nothing appended
+    assert _custody(audit_db.engine) == got
+    # Neither a share nor any part of one reached the chain, the outbox or the watchdog's state.
+    stored = " ".join(" ".join(map(str, r)) for r in _audited(audit_db.engine))
+    stored += " ".join(" ".join(r) for r in queued(audit_db.engine))
+    stored += " ".join(p.read_text() for p in Path(s.state_dir).iterdir() if p.is_file())
+    for text in texts.values():
+        groups = text.split("-")[2:]  # after the prefix and the index: the value and its check
+        for needle in (text, "".join(groups), "-".join(groups[:3]), "".join(groups[:3])):
+            assert needle.lower() not in stored.lower()
+
+
+def _spool_of(
+    path: Path, events: list[tuple[Event, dict[str, Value]]], *, ts: float = 1_795_000_000.0
+) -> None:
+    """Events as keyd writes them: through its own SpoolSink."""
+    sink = SpoolSink(path, clock=lambda: ts)
+    try:
+        for event, fields in events:
+            sink.emit(event, **fields)
+    finally:
+        sink.close()
+
+
+CEREMONY: list[tuple[Event, dict[str, Value]]] = [
+    (Event.STARTED, {"uid": 0}),
+    (Event.SHARES_SPLIT, {"threshold": 2, "count": 3, "uid": 0, "login": "olga"}),
+    (Event.SHARE_DELIVERED, {"index": 1, "received": 1, "threshold": 2, "uid": 1001, "login": "alice"}),
+    (Event.SHARE_REFUSED, {"reason": "wrong_share", "index": 2, "uid": 1002}),
+]
+
+
+def test_a_crash_between_the_append_and_the_state_save_appends_nothing_twice(
+    tmp_path: Path, make_settings: Callable[..., Settings], audit_db: AuditDb
+) -> None:
+    spool = tmp_path / "events.jsonl"
+    _spool_of(spool, CEREMONY)
+    s = make_settings(keyd_spool=str(spool), keyd_user="root", database_url=audit_db.url)
+    # What the runner does, up to the crash: the check ran (and appended), its state was never saved.
+    ctx = CheckContext(settings=s, now=NOW, state=None, baseline=None, engine=audit_db.engine)
+    assert keyd_events.run(ctx).state is not None
+    first = _custody(audit_db.engine)
+    assert [(kind, outcome, actor) for kind, outcome, actor, _ in first] == [
+        ("shares_split", "success", "olga"),
+        ("share_delivered", "success", "alice"),
+        ("share_refused", "failure", "uid:1002"),
+    ]
+    # keyd went on meanwhile (same line, same second: two events, two records).
+    _spool_of(spool, [CEREMONY[2], CEREMONY[2]], ts=1_795_000_100.0)
+    _pass(s, audit_db.engine)  # reads from the start again: the three are in the chain already
+    again = _custody(audit_db.engine)
+    assert again[:3] == first
+    assert [kind for kind, *_ in again[3:]] == ["share_delivered", "share_delivered"]
+    assert len({name for *_, name in again}) == 5
+    _pass(s, audit_db.engine)
+    assert _custody(audit_db.engine) == again
+    _chain_ok(audit_db.engine, 5)
+    state = StateDir(s.state_dir).load("check-keyd_events")
+    assert state is not None
+    assert state["position"]["offset"] == spool.stat().st_size
+
+
+def test_a_failing_audit_append_fails_the_check_and_loses_no_event(
+    tmp_path: Path, make_settings: Callable[..., Settings], audit_db: AuditDb
+) -> None:
+    spool = tmp_path / "events.jsonl"
+    _spool_of(spool, CEREMONY)
+    s = make_settings(keyd_spool=str(spool), keyd_user="root", database_url=audit_db.url)
+    refuse_audit_inserts(audit_db.owner)
+    _pass(s, audit_db.engine)
+    alerts = queued(audit_db.engine)
+    # The alarm does not wait for the audit database; the failure is alerted with it.
+    assert alerts[0] == ("ops.keyd_share_refused", str(spool), "events=1")
+    assert alerts[1][:2] == ("ops.check_failed", "keyd_events")
+    assert re.fullmatch(r"audit append failed: \w+Error", alerts[1][2])
+    assert len(alerts) == 2
+    assert _audited(audit_db.engine) == []
+    _pass(s, audit_db.engine)  # still failing: nothing mailed twice, nothing appended
+    assert queued(audit_db.engine) == alerts
+    state = StateDir(s.state_dir).load("check-keyd_events")
+    assert state is not None
+    assert "position" not in state  # never advanced past what is not in the chain
+
+    with audit_db.owner.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER audit_refuses")
+    _pass(s, audit_db.engine)
+    assert [kind for kind, *_ in _custody(audit_db.engine)] == [
+        "shares_split",
+        "share_delivered",
+        "share_refused",
+    ]
+    assert queued(audit_db.engine) == alerts  # the alarm rang once
+    _chain_ok(audit_db.engine, 3)
+    _pass(s, audit_db.engine)
+    assert len(_audited(audit_db.engine)) == 3
+    state = StateDir(s.state_dir).load("check-keyd_events")
+    assert state is not None
+    assert state["position"]["offset"] == spool.stat().st_size
+    assert "alerted" not in state
+    assert state["routine"] == {"started": 1, "shares_split": 1, "share_delivered": 1}
+
+
+NEEDLES = ("4111111111111111", "passphrase-hunter2", "0123456789abcdef" * 4, "1-abcd-ef01-2345")
+
+
+@pytest.mark.parametrize(
+    ("fields", "actor", "outcome"),
+    [
+        ({"uid": 0, "login": "olga", "threshold": 2, "count": 3}, "olga", "success"),
+        ({"uid": 7, "actor": "root", "generation": 2, "mode": "file", "key_kind": "raw"}, "root", "success"),
+        ({"uid": 1002, "reason": "wrong_share"}, "uid:1002", "failure"),
+        ({"indices": "1,3", "threshold": 2}, "keyd", "success"),
+        ({"reason": "a reason with spaces", "uid": 3}, "uid:3", "failure"),
+    ],
+    ids=["login", "actor", "uid-only", "nobody", "quoted"],
+)
+def test_a_custody_record_names_who_and_carries_identifiers_only(
+    fields: dict[str, Value], actor: str, outcome: str
+) -> None:
+    kind = Event.SHARE_REFUSED if outcome == "failure" else Event.SHARES_SPLIT
+    line = json.dumps({"ts": 1_795_000_000.25, "event": kind.value, **fields}).encode()
+    record = keyd_events.read_record(line)
+    assert record is not None
+    name = keyd_events.line_id("dev=1 ino=2 off=0", 4, line)
+    entry = keyd_events.custody_entry(name, kind, record)
+    assert (entry.actor, entry.outcome, entry.resource) == (actor, outcome, "keyd")
+    assert entry.detail.startswith(f"spool {name} {kind.value} keyd_at=2026-11-18T")
+    assert ('"a reason with spaces"' in entry.detail) == ("reason" in fields and " " in str(fields["reason"]))
+    for needle in NEEDLES:
+        assert needle not in entry.detail
+
+
+def test_a_spool_line_name_never_reads_as_a_card_number() -> None:
+    # The audit writer masks card numbers: a name that masked would never match itself again.
+    from webapp.redact import mask_pans
+
+    for dev, ino, off in ((2049, 4111111, 11111111), (4111, 111111111, 1111)):
+        name = keyd_events.line_id(f"dev={dev} ino={ino} off={off}", 1, b"x")
+        assert mask_pans(name) == name
