@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardening.firewall.config import FirewallConfigError, parse_network
+from hardening.firewall.addresses import FirewallConfigError, parse_network
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_ADMINS = 10  # the alert mailer's limit for STRONGROOM_ALERT_TO (and ops.postfix's)

@@ -11,12 +11,13 @@ import hashlib
 import os
 import re
 import secrets
+import site
 import socket
 import stat
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from hardening import aide as aide_conf
 from hardening import mariadb as mariadb_conf
 from hardening import ssh as ssh_conf
 from hardening import updates
-from hardening.firewall import parse_config, render_nft
 from ops.rsyslog import Sender
 
 OPT = "/opt/strongroom"
@@ -898,6 +898,25 @@ def network_toml(s: Settings) -> str:
     )
 
 
+def _firewall_renderer(plan: Plan) -> Callable[[str], str] | None:
+    """The firewall's own parser and renderer (hardening.firewall), or None if they cannot be loaded.
+
+    The address file's model needs pydantic, which this installer's system python3 lacks until the venv
+    step has installed it: the same python3 built that venv, so its packages fit this interpreter. Only
+    this step needs them; the settings check before anything is touched uses the standard-library rules
+    of hardening/firewall/addresses.py."""
+    try:
+        from hardening.firewall import parse_config, render_nft
+    except ImportError:
+        for packages in sorted(plan.on_target(f"{OPT}/.venv/lib").glob("python3*/site-packages")):
+            site.addsitedir(str(packages))
+        try:
+            from hardening.firewall import parse_config, render_nft
+        except ImportError:
+            return None
+    return lambda text: render_nft(parse_config(text))
+
+
 def firewall(plan: Plan, src: Path, s: Settings) -> None:
     # The web app and the mailer (both strongroom-web) and keyd talk to this host only. Their units'
     # IPAddressDeny= is enforced on a cgroup-v2 host only; the firewall's owner rule holds on any
@@ -914,8 +933,13 @@ def firewall(plan: Plan, src: Path, s: Settings) -> None:
             raise InstallError(f"firewall: user {user} does not exist (deploy/install.sh creates it)")
         uids.append(uid)
     text = network_toml(s) + f"local_only_uids = [{', '.join(uids)}]\n"
+    render = _firewall_renderer(plan)
+    if render is None:
+        if plan.check:
+            return  # a bare server's check: the missing virtualenv is reported as drift already
+        raise InstallError("firewall: the virtualenv the venv step builds is missing or unusable")
     try:
-        rules = render_nft(parse_config(text))
+        rules = render(text)
     except ValueError as exc:  # FirewallConfigError, e.g. a service user with uid 0: fail closed
         raise InstallError(f"firewall: {exc}") from None
     restart = ("strongroom-firewall",)

@@ -37,8 +37,6 @@ nothing is rendered.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 from pathlib import Path
@@ -48,15 +46,12 @@ from pydantic import AfterValidator, Field, PlainValidator, model_validator
 
 from common.settings import Array, SettingsModel, SettingsRefused, read_toml, validate
 from common.tomlfile import loads_toml
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from hardening.firewall.addresses import MAX_ADDRESS_CHARS, FirewallConfigError, Network
+from hardening.firewall.addresses import network as _network
+from hardening.firewall.addresses import wg_key as _wg_key
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_ENTRIES = 256
-MAX_ADDRESS_CHARS = 64
-# Anything broader is almost certainly a typo ("/0" = the whole internet may log in); a real office or
-# provider range is never larger than this.
-MIN_PREFIX = {4: 8, 6: 32}
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")  # Linux IFNAMSIZ is 16 including the NUL
 _PEER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 # uid 0 would cut root (apt, postfix's delivery, the admins' shells) off the network; 2**32-1 is
@@ -68,41 +63,7 @@ MAX_UID = 2**32 - 2
 MAX_CONNECTION_LIMIT = 4096
 
 
-class FirewallConfigError(ValueError):
-    """The address file is malformed; each line names the offending key and the rule it broke."""
-
-
 # -- the rules for one value: each returns the parsed value or raises ValueError with the rule -------
-
-
-def _network(value: object) -> Network:
-    """One address or network (`192.0.2.10`, `2001:db8::/64`), strictly: host bits must be zero."""
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, not {type(value).__name__}")
-    if not value or len(value) > MAX_ADDRESS_CHARS or value != value.strip() or "%" in value:
-        raise ValueError("is not an IPv4 or IPv6 address")
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError("is not an IP address or network") from None
-        raise ValueError("is not an IP address or network (it has host bits set)") from None
-    if network.prefixlen < MIN_PREFIX[network.version]:
-        raise ValueError(f"is too broad (IPv{network.version} needs at least /{MIN_PREFIX[network.version]})")
-    address = network.network_address
-    if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
-        raise ValueError("is not a routable host or network address")
-    return network
-
-
-def parse_network(value: object, where: str) -> Network:
-    """`_network` for a caller outside this file; the refusal starts with `where`."""
-    try:
-        return _network(value)
-    except ValueError as exc:
-        raise FirewallConfigError(f"{where}: {exc}") from None
 
 
 def _uid(value: object) -> int:
@@ -145,27 +106,6 @@ def _address(version: int) -> Any:
         return ip
 
     return check
-
-
-def _wg_key(value: object) -> str:
-    """A WireGuard key is 32 bytes in standard base64 (44 characters, one '=')."""
-    if not isinstance(value, str) or len(value) != 44 or not value.endswith("="):
-        raise ValueError("not a WireGuard public key (44 base64 characters)")
-    try:
-        decoded = base64.b64decode(value, validate=True)
-    except binascii.Error:
-        raise ValueError("not a WireGuard public key (bad base64)") from None
-    if len(decoded) != 32:
-        raise ValueError("not a WireGuard public key (not 32 bytes)")
-    return value
-
-
-def check_wg_key(value: object, where: str) -> str:
-    """`_wg_key` for a caller outside this file; the refusal starts with `where`."""
-    try:
-        return _wg_key(value)
-    except ValueError as exc:
-        raise FirewallConfigError(f"{where}: {exc}") from None
 
 
 def _peer_name(value: str) -> str:

@@ -7,7 +7,8 @@ their own machine, so the generated files can be kept in version control and mai
 
 from __future__ import annotations
 
-from hardening.firewall.config import FirewallConfigError, NetworkConfig, VpnConfig, check_wg_key
+from hardening.firewall.addresses import FirewallConfigError, check_wg_key
+from hardening.firewall.config import NetworkConfig, VpnConfig
 
 SERVER_KEY_FILE = "/etc/wireguard/{interface}.key"
 CLIENT_KEY_PLACEHOLDER = "<contents of your own private key file: wg genkey>"
