@@ -79,6 +79,7 @@ _DATE_TIME = re.compile(
 _LONG_HEX = re.compile(rf"[0-9a-fA-F]{{{HEX_TOKEN},}}")
 
 _DIGIT, _LETTER, _SEPARATOR = 0, 1, 2
+_ASCII_DIGITS = "0123456789"
 
 
 def luhn_ok(digits: str) -> bool:
@@ -125,6 +126,10 @@ def find_pans(text: str, *, skip_hex_tokens: bool = False) -> list[Found]:
     """Every card number in `text` (windows may overlap). ValueError beyond MAX_TEXT characters."""
     if len(text) > MAX_TEXT:
         raise ValueError(f"text longer than {MAX_TEXT} characters is not scanned")
+    if text.isascii() and sum(map(text.count, _ASCII_DIGITS)) < PAN_MIN:
+        # Most text checked is short ASCII (every audit field of every request): with fewer digits
+        # than the shortest card number it cannot hold one. Other scripts' digits take the full scan.
+        return []
     digits = [_digit(ch) for ch in text]
     if all(d is None for d in digits):
         return []
