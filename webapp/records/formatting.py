@@ -9,7 +9,6 @@ from typing import Any
 from flask import render_template
 from flask_login import current_user
 
-from webapp.auth.forms import LogoutForm
 from webapp.records.access import can
 
 
@@ -38,6 +37,7 @@ def first_error(form: Any) -> tuple[str, str]:
 
 
 def render(template: str, **context: Any) -> str:
-    """A records page with what every one of them shows: the user, the logout form and, for the
-    template's `can('bank', 'reveal')`, what the permission matrix lets this user do."""
-    return render_template(template, user=current_user, logout=LogoutForm(), can=can(), **context)
+    """A records page with what every one of them shows: the user, the logout button (base.html
+    writes its form with the request's CSRF token) and, for the template's `can('bank', 'reveal')`,
+    what the permission matrix lets this user do."""
+    return render_template(template, user=current_user, logout=True, can=can(), **context)

@@ -142,20 +142,18 @@ def view(record_id: int) -> ResponseReturnValue:
         resource=record_resource(record_id),
         detail=f"cards_masked={len(shown)} items_masked={len(found)}",
     )
-    # Only the forms this role can send, and none on a retired (read-only) record: each form costs
-    # its construction on every view.
+    # Only the forms this role can send, and none on a retired (read-only) record.
     writable = row.retired_at is None
-    addable = writable and any(may(c, Act.ADD) for c in ITEM_CLASS.values())
     return render(
         "records/record.html",
         record=row,
         cards=[(c, masked(c.brand, c.last4)) for c in shown],
         items=found,
         kinds=kinds,
-        card_form=CardForm() if writable and may(FieldClass.CARD_MASKED, Act.ADD) else None,
-        item_form=ItemForm() if addable else None,
+        may_add_card=writable and may(FieldClass.CARD_MASKED, Act.ADD),
+        may_add_item=writable and any(may(c, Act.ADD) for c in ITEM_CLASS.values()),
         doc_types=item_rules.DOC_TYPES,
-        retire_form=RetireForm() if writable and may(FieldClass.RECORD, Act.RETIRE) else None,
+        may_retire=writable and may(FieldClass.RECORD, Act.RETIRE),
     )
 
 
