@@ -249,7 +249,7 @@ def test_the_log_hosts_sshd_down_makes_the_copy_stale(remote: tuple[Server, LogH
     started = time.monotonic()
     try:
         assert _fetch(c) != 0  # the unit fails; the previous copy stays and ages
-        assert "error:" in c.journal(FETCH, lines=20)
+        assert "Error: " in c.journal(FETCH, lines=20)  # the command's one-line refusal
         wait_until(lambda: _copy_age(c) > MAX_AGE, timeout=MAX_AGE + 30, what="the copy to age", step=1)
         _watch_pass(c)
         _wait_bare_mail(c, "ops.remote_copy_stale", before, [COPY, "age_seconds"])
