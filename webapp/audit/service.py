@@ -69,6 +69,16 @@ class Appended:
 
 
 _HASHED = ("actor", "event", "outcome", "ip", "cert_serial", "resource", "detail")
+# Built once: every request appends, and building a statement costs more CPU than running it.
+_HEAD_FOR_UPDATE = (
+    sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+)
+_INSERT = sa.insert(audit_log)
+_MOVE_HEAD = (
+    sa.update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
 
 
 def record_hash(prev_hash: str, seq: int, at: str, fields: dict[str, str]) -> str:
@@ -93,9 +103,7 @@ def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime)
     if not entries:
         return []
     write_phase(conn)  # the head below is read under the write lock, never from a read snapshot
-    head = conn.execute(
-        sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-    ).one()
+    head = conn.execute(_HEAD_FOR_UPDATE).one()
     seq, prev = int(head.seq), str(head.hash)
     at = audit_timestamp(now)
     rows, done = [], []
@@ -106,10 +114,8 @@ def append(conn: sa.Connection, entries: Sequence[AuditEntry], *, now: datetime)
         rows.append({"seq": seq, "at": at, **fields, "prev_hash": prev, "hash": digest})
         done.append(Appended(seq, digest, at, entry))
         prev = digest
-    conn.execute(sa.insert(audit_log), rows)
-    updated = conn.execute(
-        sa.update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
-    ).rowcount
+    conn.execute(_INSERT, rows)
+    updated = conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev}).rowcount
     if updated != 1:
         raise RuntimeError("audit chain head is missing")
     return done

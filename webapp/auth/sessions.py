@@ -39,6 +39,17 @@ from webapp.services import services
 _SID = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
+# Built once: a statement built per request costs more CPU than SQLite takes to run it.
+_LIVE = sa.select(sessions).where(
+    sessions.c.id_hash == sa.bindparam("sid_hash"), sessions.c.ended_at.is_(None)
+)
+_TOUCH = (
+    sa.update(sessions)
+    .where(sessions.c.id_hash == sa.bindparam("sid_hash"), sessions.c.ended_at.is_(None))
+    .values(last_seen_at=sa.bindparam("seen"), data=sa.bindparam("new_data"))
+)
+
+
 def sid_hash(sid: str) -> str:
     return hashlib.sha256(sid.encode("ascii")).hexdigest()
 
@@ -81,9 +92,7 @@ class DbSessionInterface(SessionInterface):
         if not _SID.match(sid):
             return ServerSession()
         uow = unit()
-        row = uow.conn.execute(
-            sa.select(sessions).where(sessions.c.id_hash == sid_hash(sid), sessions.c.ended_at.is_(None))
-        ).first()
+        row = uow.conn.execute(_LIVE, {"sid_hash": sid_hash(sid)}).first()
         if row is None:
             return ServerSession()
         now = services(app).clock.now()
@@ -149,9 +158,7 @@ class DbSessionInterface(SessionInterface):
             )
         else:
             updated = conn.execute(
-                sa.update(sessions)
-                .where(sessions.c.id_hash == sid_hash(session.sid), sessions.c.ended_at.is_(None))
-                .values(last_seen_at=to_db(now), data=data)
+                _TOUCH, {"sid_hash": sid_hash(session.sid), "seen": to_db(now), "new_data": data}
             ).rowcount
             if updated != 1:
                 # Ended meanwhile (admin kill, revocation): do not resurrect it, and keep nothing the
