@@ -211,3 +211,31 @@ def test_file_to_pkcs11_rekey(keyd_factory: Callable[..., Keyd], softhsm: dict[s
     assert _unseal(k, USER_PIN.encode() + b"\n").returncode == UNSEALED
     assert _decrypt(k, moved) == b"4111111111111111"
     assert _decrypt(k, under_new) == b"5500000000000004"
+
+
+def test_a_key_split_into_shares_is_refused_cleanly_by_rekey(keyd_factory: Callable[..., Keyd]) -> None:
+    """Re-keying a split key is not offered (docs/key-rotation.md): refused before anything changes,
+    with its reason in the event; the shares keep unsealing and every value still decrypts."""
+    from tests.keyd.test_shares_daemon import init_shares, unseal_stdin
+
+    k = keyd_factory(extra=GENEROUS)
+    shares = init_shares(k)
+    k.start()
+    assert unseal_stdin(k, shares[1]).returncode == 0
+    assert unseal_stdin(k, shares[3]).returncode == 0
+    blob = _encrypt(k, b"4111111111111111")
+    before = _state(k)
+    passphrase = b"a new passphrase for one holder " + secrets.token_hex(8).encode() + b"\n"
+    for to in ("passphrase", "raw"):
+        secret = passphrase if to == "passphrase" else raw_key()
+        refused = _keyd(k, "rekey", secret, "--to", to, "--stdin", "--scrypt-n", "16384")
+        assert refused.returncode == FAILED, refused.stderr
+        assert "refused it; nothing changed" in refused.stderr
+        assert "custodian shares" in str(k.events()[-1]["reason"])
+    assert _state(k) == before
+    _restart(k)
+    assert unseal_stdin(k, shares[2]).returncode == 0
+    assert unseal_stdin(k, shares[1]).returncode == 0
+    assert _decrypt(k, blob) == b"4111111111111111"
+    spool = (k.state_dir / "events.jsonl").read_text()
+    assert passphrase.strip().decode() not in spool
