@@ -11,8 +11,8 @@ from webapp.auth.certs import (
     BadCertificate,
     CertInfo,
     came_over_unix_socket,
-    der_from_folded_pem,
     der_from_tls,
+    from_folded_pem,
 )
 from webapp.services import services
 from webapp.unit import Origin, UnitOfWork
@@ -63,7 +63,7 @@ def _resolve_origin() -> RequestOrigin:
         if not raw:
             return RequestOrigin(ip, None)
         try:
-            return RequestOrigin(ip, CertInfo.from_der(der_from_folded_pem(raw)))
+            return RequestOrigin(ip, from_folded_pem(raw))
         except BadCertificate:
             return RequestOrigin(ip, None, "malformed certificate header")
     ip = _valid_ip(request.remote_addr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import socket
@@ -80,6 +81,18 @@ def der_from_folded_pem(value: str) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise BadCertificate("certificate header is not valid base64") from exc
     return CertInfo.from_der(der).der
+
+
+@functools.lru_cache(maxsize=256)
+def from_folded_pem(value: str) -> CertInfo:
+    """The certificate of a proxy's header, parsed once per worker for each exact header value.
+
+    A worker sees the same few hundred employees' certificates all day: rebuilding and parsing the
+    same PEM on every request is work for nothing. Only what the bytes themselves say is kept (the
+    parse is a pure function of them); whether the certificate is still bound and unrevoked is asked
+    of the database on every request (auth/service.py: active_binding), so a revocation takes effect
+    at the next request. A header that does not parse raises, and is not kept."""
+    return CertInfo.from_der(der_from_folded_pem(value))
 
 
 def der_from_tls(environ: dict[str, Any]) -> bytes | None:

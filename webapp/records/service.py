@@ -52,11 +52,28 @@ def find_records(conn: sa.Connection, crm_ref: str) -> list[sa.Row]:
     )
 
 
+# The reads of every record page, built once: building a statement costs more CPU than SQLite takes
+# to run it.
+_RECORD = sa.select(customer_records).where(customer_records.c.id == sa.bindparam("record_id"))
+_RECORD_FOR_UPDATE = _RECORD.with_for_update()
+_MASKED_CARDS = (
+    sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.created_at, cards.c.retired_at)
+    .where(cards.c.record_id == sa.bindparam("record_id"))
+    .order_by(cards.c.created_at, cards.c.id)
+)
+_MASKED_ITEMS = (
+    sa.select(items.c.id, items.c.kind, items.c.hint, items.c.created_at, items.c.retired_at)
+    .where(
+        items.c.record_id == sa.bindparam("record_id"),
+        items.c.kind.in_(sa.bindparam("kinds", expanding=True)),
+    )
+    .order_by(items.c.created_at, items.c.id)
+)
+
+
 def get_record(conn: sa.Connection, record_id: int, *, for_update: bool = False) -> sa.Row | None:
-    q = sa.select(customer_records).where(customer_records.c.id == record_id)
-    if for_update:
-        q = q.with_for_update()
-    return conn.execute(q).one_or_none()
+    q = _RECORD_FOR_UPDATE if for_update else _RECORD
+    return conn.execute(q, {"record_id": record_id}).one_or_none()
 
 
 def writable_record(conn: sa.Connection, record_id: int) -> sa.Row | None:
@@ -77,26 +94,14 @@ def retire_record(conn: sa.Connection, record_id: int, *, actor: str, now: datet
 
 def masked_cards(conn: sa.Connection, record_id: int) -> list[sa.Row]:
     """Brand and last four only: the ciphertexts are not even selected (index on record_id)."""
-    return list(
-        conn.execute(
-            sa.select(cards.c.id, cards.c.brand, cards.c.last4, cards.c.created_at, cards.c.retired_at)
-            .where(cards.c.record_id == record_id)
-            .order_by(cards.c.created_at, cards.c.id)
-        )
-    )
+    return list(conn.execute(_MASKED_CARDS, {"record_id": record_id}))
 
 
 def masked_items(conn: sa.Connection, record_id: int, kinds: tuple[str, ...]) -> list[sa.Row]:
     """Kind and hint only, for the kinds the caller may see."""
     if not kinds:
         return []
-    return list(
-        conn.execute(
-            sa.select(items.c.id, items.c.kind, items.c.hint, items.c.created_at, items.c.retired_at)
-            .where(items.c.record_id == record_id, items.c.kind.in_(kinds))
-            .order_by(items.c.created_at, items.c.id)
-        )
-    )
+    return list(conn.execute(_MASKED_ITEMS, {"record_id": record_id, "kinds": list(kinds)}))
 
 
 def get_card(conn: sa.Connection, record_id: int, card_id: str) -> sa.Row | None:
