@@ -327,6 +327,8 @@ def _before() -> None:
     user_id = int(current_user.id)
     uow = unit()
     g.budget = _Pending(user_id, uow.mark())
+    if not any(r.limit is not None for r in rules):
+        return  # alert thresholds only: nothing can refuse this request, so nothing to read first
     # A read, no lock: if this request is over already, it is over at its end too (counts only grow
     # within a window), so it is refused before the view does any work. The exact decision for
     # every other request is made in _after, on the count it produces.
