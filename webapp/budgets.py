@@ -165,7 +165,7 @@ def _upsert_statement(dialect: str, rows: int) -> sa.Executable:
         }
         for i in range(rows)
     ]
-    statement: sa.Executable
+    statement: sa.Insert
     if dialect == "sqlite":
         ins = sqlite.insert(t).values(values)
         new = ins.excluded.window_start
@@ -195,7 +195,7 @@ def _upsert_statement(dialect: str, rows: int) -> sa.Executable:
     return _STATEMENTS[key]
 
 
-def _as_text(statement: sa.Executable, dialect: sa.Dialect, rows: int) -> sa.TextClause:
+def _as_text(statement: sa.Insert, dialect: sa.Dialect, rows: int) -> sa.TextClause:
     compiled = statement.compile(dialect=dialect)
     constants = {name: value for name, value in compiled.params.items() if value is not None}
     typed = [sa.bindparam(f"start{i}", type_=UtcDateTime) for i in range(rows)]

@@ -40,4 +40,6 @@ def render(template: str, **context: Any) -> str:
     """A records page with what every one of them shows: the user, the logout button (base.html
     writes its form with the request's CSRF token) and, for the template's `can('bank', 'reveal')`,
     what the permission matrix lets this user do."""
-    return render_template(template, user=current_user, logout=True, can=can(), **context)
+    # The user itself, not Flask-Login's proxy: the page reads it a few times.
+    user = current_user._get_current_object()
+    return render_template(template, user=user, logout=True, can=can(), **context)
