@@ -45,25 +45,29 @@ class Binding:
     fingerprint: str
 
 
+# Built once with a bound parameter: run on every request, building the statement cost more than running it.
+_ACTIVE_BINDING = (
+    sa.select(
+        cert_bindings.c.id,
+        cert_bindings.c.user_id,
+        cert_bindings.c.not_after,
+        users.c.username,
+        users.c.role,
+    )
+    .join(users, users.c.id == cert_bindings.c.user_id)
+    .where(
+        cert_bindings.c.fingerprint == sa.bindparam("fingerprint"),
+        cert_bindings.c.status == "active",
+        users.c.active.is_(True),
+    )
+)
+
+
 def active_binding(conn: sa.Connection, fingerprint: str | None, *, now: datetime) -> Binding | None:
     """The active binding of an active user for this exact certificate, or None."""
     if not fingerprint:
         return None
-    row = conn.execute(
-        sa.select(
-            cert_bindings.c.id,
-            cert_bindings.c.user_id,
-            cert_bindings.c.not_after,
-            users.c.username,
-            users.c.role,
-        )
-        .join(users, users.c.id == cert_bindings.c.user_id)
-        .where(
-            cert_bindings.c.fingerprint == fingerprint,
-            cert_bindings.c.status == "active",
-            users.c.active.is_(True),
-        )
-    ).first()
+    row = conn.execute(_ACTIVE_BINDING, {"fingerprint": fingerprint}).first()
     if row is None or from_db(row.not_after) <= now:
         return None
     return Binding(row.id, row.user_id, row.username, row.role, fingerprint)
