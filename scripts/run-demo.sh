@@ -156,14 +156,14 @@ else
     # A demo dir from before the Apache mode (its hook only HUPs gunicorn), or made by another
     # user: point the CA's hook at this run's pid files.
     "$PY" - "$STRONGROOM_CA_DIR/config.toml" "$RELOAD_HOOK" <<'EOF'
-import dataclasses, shlex, sys
+import shlex, sys
 from pathlib import Path
 from ca.config import load_config, render_config
 path, hook = Path(sys.argv[1]), shlex.split(sys.argv[2])
 config = load_config(path)
 if config.reload_command != hook:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(render_config(dataclasses.replace(config, reload_command=hook)))
+    tmp.write_text(render_config(config.model_copy(update={"reload_command": hook})))
     tmp.replace(path)
     print("== CA reload hook updated (it now reloads Apache or gunicorn, whichever runs)")
 EOF

@@ -63,6 +63,9 @@ FORMAT_NUMBERS = {
     "modsecurity stopwatch": re.compile(r"^Stopwatch2?: \d+ \d+"),
     # postfix's Message-Id and its log of it: "<20261206001502.4C12D3BA5FF@host>" (time.queue-id).
     "postfix message ids": re.compile(r"<\d{14}\.[0-9A-F]+@"),
+    # postfix's log lines: "postfix/smtpd[129]: 66907439150: client=..." (pid, then the queue id: hex,
+    # all decimal digits about one time in 200; joined to the pid, a Luhn check passes one time in ten).
+    "postfix pid and queue id": re.compile(r"postfix/[\w/-]+\[\d+\]: [0-9A-F]+:"),
 }
 
 
