@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -494,45 +495,54 @@ def _print_status(status: Status) -> None:
             print(f"waiting_for_secret: {status.awaiting_generation}")
 
 
+@contextlib.contextmanager
+def _drop_refusals(verb: str, hint: str) -> Iterator[None]:
+    """How a command that drops a secret for keyd (unseal, rekey) refuses: one line, with the exit code
+    its kind documents; `hint` says where to read about keyd's own refusals."""
+    from keyd.unseal import UnsealError
+
+    try:
+        yield
+    except UnsealError as exc:
+        raise (UsageFailure if exc.usage else Refused)(f"{verb}: {exc}") from None
+    except Unavailable as exc:
+        raise _unreachable(exc) from None
+    except KeydError as exc:
+        raise Refused(f"keyd refused: {exc.code.value}: {exc.reason or exc} — {hint}") from None
+    except KeyboardInterrupt:
+        click.echo("", err=True)  # the operator's ^C ended the prompt's line
+        raise Refused(f"{verb} aborted; no drop file left behind — run {verb} again") from None
+
+
 def _unseal(config: Config, *, from_stdin: bool, wait: float) -> int:
     """Prompt (or --stdin), drop, wait until keyd took it, report the state like `status` does."""
     from keyd.client import KeydAdminClient
     from keyd.keysource import wipe
-    from keyd.unseal import UnsealError, check_clear, drop_owner, place, read_secret, wait_taken
+    from keyd.unseal import check_clear, drop_owner, place, read_secret, wait_taken
 
     # The client's timeout outlasts scrypt: keyd answers status only after an unseal attempt ends.
-    with KeydAdminClient(config.socket, timeout=30.0) as client:
+    with KeydAdminClient(config.socket, timeout=30.0) as client, _drop_refusals("unseal", _REFUSALS):
+        before = client.status()
+        if not before.sealed:
+            click.echo("keyd unseal: keyd is already unsealed; nothing was asked", err=True)
+            _print_status(before)
+            return EXIT_UNSEALED
+        check_clear(config)  # before the operator types anything
+        owner = drop_owner(config)
+        if before.shares is not None:
+            return _unseal_share(client, config, before, owner, from_stdin=from_stdin, wait=wait)
+        what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
+        if len(before.generations) > 1:  # mid re-key: one secret per generation, oldest first
+            gen = next(g for g in before.generations if g.number == before.awaiting_generation)
+            kind = "token PIN" if gen.mode == "pkcs11" else gen.key_kind
+            what = f"{kind} of secret generation {gen.number}"
+        secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=from_stdin)
         try:
-            before = client.status()
-            if not before.sealed:
-                click.echo("keyd unseal: keyd is already unsealed; nothing was asked", err=True)
-                _print_status(before)
-                return EXIT_UNSEALED
-            check_clear(config)  # before the operator types anything
-            owner = drop_owner(config)
-            if before.shares is not None:
-                return _unseal_share(client, config, before, owner, from_stdin=from_stdin, wait=wait)
-            what = "token PIN" if before.mode == "pkcs11" else "passphrase or raw key"
-            if len(before.generations) > 1:  # mid re-key: one secret per generation, oldest first
-                gen = next(g for g in before.generations if g.number == before.awaiting_generation)
-                kind = "token PIN" if gen.mode == "pkcs11" else gen.key_kind
-                what = f"{kind} of secret generation {gen.number}"
-            secret = read_secret(f"keyd unseal: {what} (not shown): ", from_stdin=from_stdin)
-            try:
-                ident = place(secret, config, owner)
-            finally:
-                wipe(secret)
-            wait_taken(config.drop_path, ident, wait)
-            status = _settled(client)
-        except UnsealError as exc:
-            raise (UsageFailure if exc.usage else Refused)(f"unseal: {exc}") from None
-        except Unavailable as exc:
-            raise _unreachable(exc) from None
-        except KeydError as exc:
-            raise Refused(f"keyd refused: {exc.code.value}: {exc.reason or exc} — {_REFUSALS}") from None
-        except KeyboardInterrupt:
-            click.echo("", err=True)  # the operator's ^C ended the prompt's line
-            raise Refused("unseal aborted; no drop file left behind — run unseal again") from None
+            ident = place(secret, config, owner)
+        finally:
+            wipe(secret)
+        wait_taken(config.drop_path, ident, wait)
+        status = _settled(client)
     _print_status(status)
     if status.sealed and status.awaiting_generation != before.awaiting_generation:
         click.echo(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import click
 
 from keyd.config import Config
-from keyd.errors import KeydError, Unavailable
 from keyd.keysource import MIN_PASSPHRASE, wipe
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ def _actor() -> str:
 
 
 def rekey(config: Config, *, to: str, token_label: str, scrypt_n: int, from_stdin: bool, wait: float) -> None:
-    from keyd.cli import Refused, StillSealed, UsageFailure, _print_status, _unreachable
+    from keyd.cli import Refused, StillSealed, UsageFailure, _drop_refusals, _print_status
     from keyd.client import KeydAdminClient
     from keyd.unseal import UnsealError, check_clear, drop_owner, place, read_secret, wait_taken
 
@@ -48,47 +47,37 @@ def rekey(config: Config, *, to: str, token_label: str, scrypt_n: int, from_stdi
         kind
     ]
     # The client's timeout outlasts scrypt: keyd answers status only after the re-key attempt ends.
-    with KeydAdminClient(config.socket, timeout=60.0) as client:
-        try:
-            before = client.status()
-            if before.sealed:
-                raise StillSealed("rekey: keyd is sealed — unseal it first; the re-key needs the current key")
-            if len(before.generations) > 1:
-                raise Refused(
-                    "rekey: the previous re-key is not finished (an old secret is still retained) — rewrap, "
-                    "retire and `retire-secret` first (docs/key-rotation.md)"
-                )
-            check_clear(config)  # before the operator types anything
-            owner = drop_owner(config)
-            secret = read_secret(f"keyd rekey: {what} (not shown): ", from_stdin=from_stdin)
-            try:
-                if not from_stdin:
-                    # A typo here is a secret nobody knows once the old one is retired: ask twice.
-                    again = read_secret(f"keyd rekey: the {what} again: ", from_stdin=False)
-                    same = hmac.compare_digest(bytes(secret).rstrip(b"\r\n"), bytes(again).rstrip(b"\r\n"))
-                    wipe(again)
-                    if not same:
-                        raise UnsealError("the two entries differ: nothing was written")
-                if kind == "passphrase" and len(secret.rstrip(b"\r\n")) < MIN_PASSPHRASE:
-                    raise UnsealError(f"a passphrase must be at least {MIN_PASSPHRASE} characters")
-                client.rekey(kind, actor=_actor(), scrypt_n=scrypt_n, token_label=token_label)
-                ident = place(secret, config, owner)
-            finally:
-                wipe(secret)
-            wait_taken(config.drop_path, ident, wait)
-            status = _done(client)
-        except UnsealError as exc:
-            raise (UsageFailure if exc.usage else Refused)(f"rekey: {exc}") from None
-        except Unavailable as exc:
-            raise _unreachable(exc) from None
-        except KeydError as exc:
+    with (
+        KeydAdminClient(config.socket, timeout=60.0) as client,
+        _drop_refusals("rekey", "what to do: docs/key-rotation.md, 'Re-keying'"),
+    ):
+        before = client.status()
+        if before.sealed:
+            raise StillSealed("rekey: keyd is sealed — unseal it first; the re-key needs the current key")
+        if len(before.generations) > 1:
             raise Refused(
-                f"keyd refused: {exc.code.value}: {exc.reason or exc} — what to do: docs/key-rotation.md, "
-                "'Re-keying'"
-            ) from None
-        except KeyboardInterrupt:
-            click.echo("", err=True)
-            raise Refused("rekey aborted; no drop file left behind — run rekey again") from None
+                "rekey: the previous re-key is not finished (an old secret is still retained) — rewrap, "
+                "retire and `retire-secret` first (docs/key-rotation.md)"
+            )
+        check_clear(config)  # before the operator types anything
+        owner = drop_owner(config)
+        secret = read_secret(f"keyd rekey: {what} (not shown): ", from_stdin=from_stdin)
+        try:
+            if not from_stdin:
+                # A typo here is a secret nobody knows once the old one is retired: ask twice.
+                again = read_secret(f"keyd rekey: the {what} again: ", from_stdin=False)
+                same = hmac.compare_digest(bytes(secret).rstrip(b"\r\n"), bytes(again).rstrip(b"\r\n"))
+                wipe(again)
+                if not same:
+                    raise UnsealError("the two entries differ: nothing was written")
+            if kind == "passphrase" and len(secret.rstrip(b"\r\n")) < MIN_PASSPHRASE:
+                raise UnsealError(f"a passphrase must be at least {MIN_PASSPHRASE} characters")
+            client.rekey(kind, actor=_actor(), scrypt_n=scrypt_n, token_label=token_label)
+            ident = place(secret, config, owner)
+        finally:
+            wipe(secret)
+        wait_taken(config.drop_path, ident, wait)
+        status = _done(client)
     _print_status(status)
     if status.generation != before.generation + 1:
         raise Refused(
