@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,8 +19,11 @@ import sqlalchemy as sa
 from flask import Flask
 
 from keyd.client import Context, KeydAdminClient, KeydClient
-from tests.keyd.conftest import Running, unsealed_keyd
-from tests.webapp.conftest import MariaBackend
+from tests.fixtures.mariadb import PrivateMariaDB
+from tests.keyd.conftest import ROOT, Running, unsealed_keyd
+from tests.webapp.conftest import SECRET, MariaBackend
+from webapp.db.engine import READ_ONLY
+from webapp.keys.tables import key_rewrap_checkpoints
 from webapp.records.tables import ENCRYPTED_COLUMNS, cards, customer_records
 
 NOW = datetime(2026, 11, 25, 10, 0)
@@ -142,3 +150,53 @@ def decrypt_all(client: KeydClient, blobs: dict[tuple[str, str], bytes]) -> dict
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database for one test: a SQLite file, or a new database on the private MariaDB."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'vault.db'}"
+    server: PrivateMariaDB = request.getfixturevalue("mariadb")
+    name = "kill_" + secrets.token_hex(4)
+    conn = server.root()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    conn.close()
+    return f"mysql+pymysql://root@localhost/{name}?unix_socket={server.socket}&charset=utf8mb4"
+
+
+def job_env(url: str, daemon: Running, tmp_path: Path) -> dict[str, str]:
+    """The environment a `flask keys ...` job runs in: this test's database, keyd and instance."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | {
+        "STRONGROOM_SECRET_KEY": SECRET,
+        "STRONGROOM_DATABASE_URL": url,
+        "STRONGROOM_KEYD_SOCKET": str(daemon.keyd.socket),
+        "STRONGROOM_INSTANCE_PATH": str(tmp_path / "instance"),
+        "COLUMNS": "100",
+    }
+
+
+def kill_rewrap_midway(engine: sa.Engine, env: dict[str, str]) -> None:
+    """`flask keys rewrap` in small batches, SIGKILLed as soon as its first batch is committed."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "webapp", "keys", "rewrap", "--batch-size", "12"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # A read that takes no write lock: on SQLite a BEGIN IMMEDIATE here waits behind every
+            # batch (its busy handler does not queue) and could starve until the job had finished.
+            with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+                mark = conn.execute(sa.select(key_rewrap_checkpoints.c.last_id)).scalar()
+            if mark is not None:
+                break
+            assert job.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.005)
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.wait(timeout=30)
+    assert job.returncode == -signal.SIGKILL

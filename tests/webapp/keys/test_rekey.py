@@ -6,24 +6,17 @@ and a private MariaDB).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from keyd.client import KeydClient, key_version
 from tests.keyd.conftest import ROOT, Running, raw_key, wait_for
-from tests.webapp.conftest import SECRET
-from tests.webapp.keys.conftest import decrypt_all, seed_cards, stored
-from tests.webapp.keys.test_kill import _database  # one database per test, as the kill test makes it
+from tests.webapp.keys.conftest import database, decrypt_all, job_env, kill_rewrap_midway, seed_cards, stored
 from webapp.db import migrate
-from webapp.db.engine import READ_ONLY, make_engine
-from webapp.keys.tables import key_rewrap_checkpoints
+from webapp.db.engine import make_engine
 
 # Another process, as the web app would be: reads a card's ciphertext from the database and decrypts
 # it, card after card, until told to stop; prints how many decrypts worked and how many failed.
@@ -74,7 +67,7 @@ def _keyd_cli(
 def test_rekey_under_load_with_a_killed_rewrap(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, daemon: Running, keyd_client: KeydClient
 ) -> None:
-    url = _database(backend, request, tmp_path)
+    url = database(backend, request, tmp_path)
     engine = make_engine(url)
     migrate.upgrade(engine)
     seeded = seed_cards(engine, keyd_client, 3000)
@@ -83,13 +76,7 @@ def test_rekey_under_load_with_a_killed_rewrap(
     assert done.returncode == 0, done.stderr
     target = keyd_client.status().key_version
     assert target == 2
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | {
-        "STRONGROOM_SECRET_KEY": SECRET,
-        "STRONGROOM_DATABASE_URL": url,
-        "STRONGROOM_KEYD_SOCKET": str(daemon.keyd.socket),
-        "STRONGROOM_INSTANCE_PATH": str(tmp_path / "instance"),
-        "COLUMNS": "100",
-    }
+    env = job_env(url, daemon, tmp_path)
     stop = tmp_path / "stop-load"
     load = subprocess.Popen(
         [sys.executable, "-c", LOAD, url, str(daemon.keyd.socket), str(stop)],
@@ -100,26 +87,7 @@ def test_rekey_under_load_with_a_killed_rewrap(
         text=True,
     )
     try:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "webapp", "keys", "rewrap", "--batch-size", "12"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-                    mark = conn.execute(sa.select(key_rewrap_checkpoints.c.last_id)).scalar()
-                if mark is not None:
-                    break
-                assert job.poll() is None, "the job ended before it could be killed"
-                time.sleep(0.005)
-            job.send_signal(signal.SIGKILL)
-        finally:
-            job.wait(timeout=30)
-        assert job.returncode == -signal.SIGKILL
+        kill_rewrap_midway(engine, env)
         mid = {key_version(ct) for ct in stored(engine).values()}
         assert mid == {1, 2}, "the kill must land between the first and the last batch"
         resumed = subprocess.run(
