@@ -103,15 +103,20 @@ class Keyd:
         assert self.python_for_others is not None, "keyd --user runs from keyd_factory's installed copy"
         return str(self.python_for_others), self.base
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """`python -m keyd ARGS` with this daemon's flags; `input` on its stdin (a secret, as a script
+        pipes one to `--stdin`)."""
         python, cwd = self._python()
         return subprocess.run(
             [python, "-m", "keyd", *args, *self.flags()],
             cwd=cwd,
             env=self.env,
+            input=input,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
             check=check,
         )
 

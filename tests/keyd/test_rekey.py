@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from keyd.client import Context, KeydAdminClient, KeydClient, key_version
 from keyd.errors import IntegrityFailure, KeydError
-from tests.keyd.conftest import GENEROUS, ROOT, SO_PIN, USER_PIN, Keyd, raw_key
+from tests.keyd.conftest import GENEROUS, SO_PIN, USER_PIN, Keyd, raw_key
 from tests.support import need_binary
 
 UNSEALED, FAILED, USAGE, SEALED = 0, 1, 2, 3
@@ -24,16 +23,7 @@ CTX = Context("rec-1", "pan")
 
 def _keyd(k: Keyd, command: str, secret: bytes | None, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m keyd COMMAND --stdin` with the secret on a pipe, as a script would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "keyd", command, *k.flags(), *args],
-        cwd=ROOT,
-        env=k.env,
-        input=(secret or b"").decode(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return k.cli(command, *args, input=(secret or b"").decode(), timeout=120, check=False)
 
 
 def _unseal(k: Keyd, secret: bytes) -> subprocess.CompletedProcess[str]:

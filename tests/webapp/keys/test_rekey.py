@@ -50,17 +50,7 @@ print(ok, failed)
 def _keyd_cli(
     daemon: Running, command: str, secret: bytes | None, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    k = daemon.keyd
-    return subprocess.run(
-        [sys.executable, "-m", "keyd", command, *k.flags(), *args],
-        cwd=ROOT,
-        env=k.env,
-        input=(secret or b"").decode(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return daemon.keyd.cli(command, *args, input=(secret or b"").decode(), timeout=120, check=False)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
