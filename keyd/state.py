@@ -143,12 +143,7 @@ class State:
             "format": STATE_FORMAT,
             "generation": self.generation,
             "retained_generations": {str(g.number): g.to_json() for g in self.retained.values()},
-            "mode": self.mode,
-            "key_kind": self.key_kind,
-            "kdf": {"name": "scrypt", **self.kdf} if self.kdf else {},
-            "kdf_salt": b64(self.kdf_salt),
-            "hkdf_salt": b64(self.hkdf_salt),
-            "token_label": self.token_label,
+            **self.current().to_json(),  # the current generation's fields sit at the top level
             "current_version": self.current_version,
             "min_decrypt_version": self.min_decrypt_version,
             "versions": {
