@@ -18,6 +18,9 @@ class Event(StrEnum):
     ACCOUNT_LOCKED = "auth.account_locked"
     CERT_REFUSED = "auth.cert_refused"
     CERT_HEADER_UNTRUSTED = "auth.cert_header_untrusted"
+    # An employee's own password change (self-service, or forced after an admin's reset)
+    PASSWORD_CHANGED = "auth.password_changed"  # noqa: S105 - an event name
+    PASSWORD_CHANGE_REFUSED = "auth.password_change_refused"  # noqa: S105 - an event name
     # Sessions
     SESSION_EXPIRED_IDLE = "session.expired_idle"
     SESSION_EXPIRED_ABSOLUTE = "session.expired_absolute"
@@ -30,13 +33,16 @@ class Event(StrEnum):
     NOT_FOUND = "request.not_found"
     INPUT_REFUSED = "request.input_refused"
     CSRF_REFUSED = "request.csrf_refused"
+    # A well-formed form whose values break a rule (a typo): shown next to the field, audited, not
+    # alerted. Hostile shapes (unknown parameters, tampering, injection) stay INPUT_REFUSED.
+    FORM_INVALID = "request.form_invalid"
     # Failures
     ERROR_UNEXPECTED = "error.unexpected"
     VAULT_SEALED = "error.vault_sealed"
     VAULT_UNAVAILABLE = "error.vault_unavailable"
     DB_UNAVAILABLE = "error.db_unavailable"
     DB_WRITE_REFUSED = "error.db_write_refused"  # the database refused a write: disk full or read-only
-    # Administration (flask --app webapp ...)
+    # Administration (flask --app webapp ..., and the admin console)
     ADMIN_REFUSED = "admin.refused"
     USER_ADDED = "admin.user_added"
     USER_DISABLED = "admin.user_disabled"
@@ -51,9 +57,14 @@ class Event(StrEnum):
     CERT_BIND_REFUSED = "admin.cert_bind_refused"
     CERT_UNBOUND = "admin.cert_unbound"
     CERTS_LISTED = "admin.certs_listed"
+    USER_ROLE_CHANGED = "admin.user_role_changed"
+    BUDGET_LIFTED = "admin.budget_lifted"  # an employee's spent request budget reset, with a reason
+    TEST_ALERT = "admin.test_alert"  # an admin's "send a test alert": mailed like any alert
+    CONFIRM_REFUSED = "admin.confirm_refused"  # a console change not confirmed (reason or password)
     AUDIT_VIEWED = "audit.viewed"
     AUDIT_VERIFIED = "audit.verified"
     AUDIT_VERIFY_FAILED = "audit.verify_failed"
+    AUDIT_EXPORTED = "audit.exported"  # a bounded CSV export of the audit log
     # Customer records and cards (webapp/records)
     RECORDS_LISTED = "records.listed"
     RECORD_VIEWED = "records.viewed"
@@ -130,6 +141,9 @@ ALERTS: frozenset[Event] = frozenset(
         Event.PIN_SET,
         Event.CERT_BOUND,
         Event.CERT_UNBOUND,
+        Event.USER_ROLE_CHANGED,
+        Event.BUDGET_LIFTED,
+        Event.TEST_ALERT,
         Event.AUDIT_VERIFY_FAILED,
         Event.RECORD_REFUSED,
         Event.CARD_REFUSED,

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
-
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 
 from webapp.audit import service
 from webapp.audit.forms import AuditFilterForm
 from webapp.auth.forms import LogoutForm
+from webapp.auth.roles import require_role
 from webapp.events import Event
 from webapp.request import unit
 from webapp.validation import InputRefused, accepts
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
-
-
-def require_role(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            if current_user.role not in roles:
-                abort(403)
-            return view(*args, **kwargs)
-
-        return checked
-
-    return wrap
 
 
 @bp.get("/")

@@ -40,6 +40,11 @@ users = sa.Table(
     sa.Column("locked_until", UtcDateTime, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("password_changed_at", UtcDateTime, nullable=False),
+    # Set by an admin's reset (a one-time password): the next login spends the password and allows
+    # nothing but choosing a new one (migration 0009).
+    sa.Column("must_change_password", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("last_login_at", UtcDateTime, nullable=True),
+    sa.Column("last_login_ip", sa.String(45), nullable=True),
     sa.CheckConstraint("role IN ('admin', 'auditor', 'clerk', 'supervisor')", name="role"),
 )
 
@@ -129,4 +134,6 @@ outbox = sa.Table(
     # Coalescing (webapp/outbox.py, migration 0008): events in this row, and the last one's time.
     sa.Column("n_events", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("last_at", UtcDateTime, nullable=True),
+    # The class of the last delivery failure (e.g. "SMTPRecipientsRefused"), never its text.
+    sa.Column("last_error", sa.String(64), nullable=True),
 )

@@ -17,14 +17,13 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from webapp.auth import confirm
 from webapp.clock import to_db
 from webapp.records.errors import Refused
 from webapp.records.tables import stepup_tokens
-from webapp.redact import PAN_REFUSAL, contains_pan
 
-REASON_MIN, REASON_MAX = 10, 140
+REASON_MIN, REASON_MAX = confirm.REASON_MIN, confirm.REASON_MAX
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_DIGITS = re.compile(r"\d(?:[ -]?\d){7,}")  # 8+ digits: a PAN fragment, an account number...
 
 
 def _hash(token: str) -> str:
@@ -65,19 +64,11 @@ def consume(conn: sa.Connection, token: str, *, user_id: int, target: str, now: 
 
 
 def check_reason(raw: str) -> str:
-    reason = unicodedata.normalize("NFC", raw.strip())
-    if len(reason) < REASON_MIN:
-        raise Refused(f"reason: at least {REASON_MIN} characters")
-    if len(reason) > REASON_MAX:
-        raise Refused(f"reason: at most {REASON_MAX} characters")
-    # The reason lands in the audit log and in keyd's events: it must never carry what is revealed.
-    if contains_pan(reason):
-        raise Refused(f"reason: {PAN_REFUSAL}")
-    if any(unicodedata.category(c).startswith("C") for c in reason):
-        raise Refused("reason: control or invisible characters")
-    if _DIGITS.search(reason):
-        raise Refused("reason: must not contain long digit runs (card or account numbers)")
-    return reason
+    """The reveal's reason: the same rules as every confirmed change's (auth/confirm.py)."""
+    try:
+        return confirm.check_reason(raw)
+    except confirm.BadReason as exc:
+        raise Refused(f"reason: {exc}") from None
 
 
 def purpose(reason: str) -> str:
