@@ -30,7 +30,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.engine import Engine
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from webapp import budgets, failures, syslog, validation
+from webapp import budgets, failures, navigation, syslog, validation
 from webapp import config as config_module
 from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
 from webapp.audit.views import bp as audit_bp
@@ -219,6 +219,7 @@ def _configured(
     CSRFProtect(app)
     _register_error_pages(app)
 
+    app.jinja_env.globals["nav_links"] = navigation.links
     app.register_blueprint(auth_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(records_bp)
