@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test check lint typecheck pytest bench sysdeps venv lock audit clean
+.PHONY: run test check lint typecheck pytest bench sysdeps venv axe lock audit clean
 
 sysdeps:
 	@scripts/sysdeps.sh
@@ -33,6 +33,17 @@ $(SSLYZE_VENV)/.stamp: $(SSLYZE_LOCKS)
 
 venv: $(VENV)/.stamp $(SSLYZE_VENV)/.stamp
 
+# axe-core, the accessibility engine the real-browser tests inject into every page
+# (tests/e2e/test_console_browser.py): from npm, by `npm ci` from the committed lock (integrity hashes
+# checked), with no install scripts run. nodejs and npm come from scripts/debian-packages.txt.
+AXE := tests/e2e/axe
+$(AXE)/node_modules/.stamp: $(AXE)/package.json $(AXE)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: \`make sysdeps\` as root installs it" >&2; exit 1; }
+	@cd $(AXE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+axe: sysdeps $(AXE)/node_modules/.stamp
+
 # Recompile the hash locks from the *.in files, keeping every pin that still fits (scripts/lock.py).
 # Upgrade with `make lock UPGRADE="--upgrade-package cryptography"` (or UPGRADE=--upgrade: everything).
 lock: $(VENV)/.stamp
@@ -52,7 +63,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-pytest: sysdeps venv
+pytest: sysdeps venv axe
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
@@ -68,4 +79,4 @@ bench: sysdeps venv
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(SSLYZE_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SSLYZE_VENV) $(AXE)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -4,9 +4,14 @@
 # a test run never silently goes on without a component it needs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# What installed packages provide counts too: NodeSource's nodejs provides (and conflicts with)
+# Debian's npm, which apt would otherwise swap for Debian's older nodejs.
+provided=$(dpkg-query -W -f='${Status}|${Provides}\n' 2>/dev/null | sed -n 's/^install ok installed|//p' \
+    | tr ',' '\n' | sed 's/ *(.*//; s/^ *//')
 missing=()
 while read -r pkg _; do
     [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    if grep -qxF -- "$pkg" <<<"$provided"; then continue; fi
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
