@@ -21,6 +21,10 @@ class Event(StrEnum):
     # An employee's own password change (self-service, or forced after an admin's reset)
     PASSWORD_CHANGED = "auth.password_changed"  # noqa: S105 - an event name
     PASSWORD_CHANGE_REFUSED = "auth.password_change_refused"  # noqa: S105 - an event name
+    # A login used an admin's one-time password: it is spent (unusable) from that moment on.
+    ONE_TIME_PASSWORD_SPENT = "auth.one_time_password_spent"  # noqa: S105 - an event name
+    # A session that must choose a new password asked for another page: sent to the change page.
+    PASSWORD_CHANGE_REQUIRED = "auth.password_change_required"  # noqa: S105 - an event name
     # Sessions
     SESSION_EXPIRED_IDLE = "session.expired_idle"
     SESSION_EXPIRED_ABSOLUTE = "session.expired_absolute"
