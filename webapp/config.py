@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "WTF_CSRF_SSL_STRICT": False,
     "WTF_CSRF_TIME_LIMIT": 3600,
     "AUDIT_PAGE_SIZE": 50,
+    # The auditor's CSV export refuses (asks for a narrower filter) when more records than this match.
+    "AUDIT_EXPORT_MAX_ROWS": 10_000,
     # Customer records (webapp/records). The CRM reference format: an anchored regular expression.
     "CRM_REF_PATTERN": r"^C[0-9]{6,10}$",
     # Seconds a revealed value stays on screen; seconds a reveal form (its step-up token) stays valid.
@@ -110,6 +112,7 @@ RANGES = {
     "STEPUP_TTL": (30, 900),
     # Never 0: a purge would then delete what was retired a second ago.
     "RETIRED_RETENTION_DAYS": (1, 3650),
+    "AUDIT_EXPORT_MAX_ROWS": (1, 100_000),
 }
 
 
