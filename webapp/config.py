@@ -70,6 +70,10 @@ DEFAULTS: dict[str, Any] = {
     "RETIRED_RETENTION_DAYS": 365,
     # None: the shipped matrix (webapp/records/permissions.json); else a JSON file path or a mapping.
     "RECORDS_PERMISSIONS": None,
+    # The CRL file Apache checks client certificates against (SSLCARevocationFile; the installer's
+    # /etc/apache2/strongroom/crl.pem). Read only to show it on the admin console (which bound
+    # certificates it revokes, when it runs out); None: the console says "unknown", never "not revoked".
+    "CA_CRL_FILE": None,
     # Alert mail (webapp/mail, docs/alerts.md): checked when the mailer starts, not by the web app.
     # STARTTLS is always required for a non-loopback host; "required" forces it on loopback too.
     "SMTP_HOST": "127.0.0.1",
@@ -137,6 +141,9 @@ def validate(cfg: dict[str, Any]) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError(f"STRONGROOM_{name} must be an integer from {lo} to {hi}")
     _check_crm_ref_pattern(cfg["CRM_REF_PATTERN"])
+    crl = cfg.get("CA_CRL_FILE")
+    if crl is not None and not (isinstance(crl, str) and crl.startswith("/")):
+        raise ConfigError("STRONGROOM_CA_CRL_FILE must be an absolute path (or unset)")
     for name in ("BEHIND_PROXY", "SESSION_BIND_IP"):
         if not isinstance(cfg[name], bool):
             raise ConfigError(f"STRONGROOM_{name} must be true or false")
