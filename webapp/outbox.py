@@ -160,10 +160,27 @@ def mark_mailed(conn: sa.Connection, rows: Sequence[sa.Row], *, now: datetime) -
     return mailed
 
 
-def mark_failed(conn: sa.Connection, ids: Sequence[int]) -> None:
-    """For the mailer: count a failed delivery attempt; the row stays pending."""
+# What `last_error` may hold: an exception's class name (or the mailer's own fixed refusal name),
+# never a message. A mail server's reply may quote anything, the message included.
+ERROR_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+UNKNOWN_ERROR = "unknown"
+
+
+def error_class(name: str | None) -> str:
+    """`name` if it is a plain identifier of at most 64 characters, else "unknown"."""
+    return name if name is not None and ERROR_CLASS.fullmatch(name) else UNKNOWN_ERROR
+
+
+def mark_failed(conn: sa.Connection, ids: Sequence[int], *, error: str | None = None) -> None:
+    """For the mailer: count a failed delivery attempt and record its class (`error`, e.g.
+    "SMTPDataError"; anything that is not a plain identifier is stored as "unknown"); the row stays
+    pending."""
     if ids:
-        conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(attempts=outbox.c.attempts + 1))
+        conn.execute(
+            sa.update(outbox)
+            .where(outbox.c.id.in_(ids))
+            .values(attempts=outbox.c.attempts + 1, last_error=error_class(error))
+        )
 
 
 def prune(conn: sa.Connection, *, now: datetime, retention: timedelta) -> int:

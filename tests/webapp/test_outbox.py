@@ -104,6 +104,35 @@ def test_enqueue_refuses_malformed_event_names(app: Flask, clock: FakeClock, nam
         assert outbox.pending(conn) == []
 
 
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("SMTPRecipientsRefused", "SMTPRecipientsRefused"),
+        ("ConnectionRefusedError", "ConnectionRefusedError"),
+        ("starttls_not_offered", "starttls_not_offered"),
+        (None, "unknown"),
+        ("", "unknown"),
+        ("SMTPDataError:554", "unknown"),  # a code is not a class
+        ("554 5.7.1 <mallory@example.com> rejected", "unknown"),  # a server's text
+        ("Error\r\nBcc: x@example.com", "unknown"),
+        ("card 4111111111111111", "unknown"),
+        ("1Error", "unknown"),
+        ("E" * 65, "unknown"),
+    ],
+)
+def test_a_failed_attempt_keeps_only_a_class_name(
+    app: Flask, clock: FakeClock, given: str | None, stored: str
+) -> None:
+    engine = app.extensions["strongroom"].engine
+    with engine.begin() as conn:
+        outbox.enqueue(conn, "ops.port_new", now=clock.now())
+        (row,) = outbox.pending(conn)
+        outbox.mark_failed(conn, [row.id], error=given)
+    with engine.begin() as conn:
+        (row,) = outbox.pending(conn)
+    assert (row.attempts, row.last_error) == (1, stored)
+
+
 def test_every_event_name_is_a_valid_outbox_name() -> None:
     assert all(outbox.valid_event_name(str(e)) for e in Event)
 

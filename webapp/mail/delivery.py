@@ -5,8 +5,9 @@ Exactly once, and where it is not:
   transaction that later marks them sent, so a second mailer skips rows the first one holds. SQLite:
   the whole pass holds an exclusive flock on `<database>.mailer-lock`; a second mailer skips its pass.
   (On SQLite the rows cannot stay locked during SMTP: the database lock would stall every request.)
-- The mail server down or refusing: the rows get attempts + 1 and stay pending; the next pass sends
-  them. Nothing is deleted, ever.
+- The mail server down or refusing: the rows get attempts + 1 and the failure's class name in
+  `last_error` (never its text: a server's reply may quote anything) and stay pending; the next pass
+  sends them. Nothing is deleted, ever.
 - A crash after the mail server accepted a message (250 to DATA) and before our COMMIT: the rows are
   still pending and the next pass sends them again. The window is one SMTP round trip plus one
   commit. The resent mail carries the same Message-ID (derived from the event name and row ids) when
@@ -58,17 +59,24 @@ _CONNECTION_ERRORS = (
 
 
 class DeliveryFailed(Exception):
-    """A mail was not accepted. `reason` is an exception name and SMTP code, never a server text."""
+    """A mail was not accepted. `reason` is an exception name and SMTP code, never a server text;
+    `error_class` the failure's class name alone (what the outbox row keeps as `last_error`), or for
+    the mailer's own refusals (STARTTLS not offered, AUTH without TLS) that refusal's fixed name."""
 
-    def __init__(self, reason: str, *, connection_lost: bool) -> None:
+    def __init__(self, reason: str, *, connection_lost: bool, error_class: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connection_lost = connection_lost
+        self.error_class = error_class or reason
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"{type(exc).__name__}:{exc.smtp_code}"
+    return type(exc).__name__
+
+
+def _class(exc: BaseException) -> str:
     return type(exc).__name__
 
 
@@ -120,9 +128,9 @@ class SmtpSession:
             raise
         except _CONNECTION_ERRORS as exc:
             self.close()
-            raise DeliveryFailed(_reason(exc), connection_lost=True) from None
+            raise DeliveryFailed(_reason(exc), connection_lost=True, error_class=_class(exc)) from None
         except smtplib.SMTPException as exc:
-            raise DeliveryFailed(_reason(exc), connection_lost=False) from None
+            raise DeliveryFailed(_reason(exc), connection_lost=False, error_class=_class(exc)) from None
         return len(refused)
 
     def close(self) -> None:
@@ -321,7 +329,7 @@ class Mailer:
                     raise down  # the server is unreachable this pass: do not hammer it
                 refused = session.send(msg)
             except DeliveryFailed as exc:
-                outbox.mark_failed(uow.conn, ids)
+                outbox.mark_failed(uow.conn, ids, error=exc.error_class)
                 detail = f"events={n_events} error={exc.reason}"
                 uow.record(Event.MAIL_FAILED, ok=False, resource=resource, detail=detail[:200])
                 result.mails_failed += 1

@@ -176,6 +176,39 @@ def test_a_refused_message_stays_pending(make_app: Callable[..., Flask], clock: 
     assert pending(app) == []
 
 
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@pytest.mark.parametrize(
+    ("refuse", "expected"),
+    [(True, "SMTPDataError"), (False, "ConnectionRefusedError")],
+    ids=["554-to-data", "nothing-listening"],
+)
+def test_a_failed_delivery_records_its_class_never_its_text(
+    make_app: Callable[..., Flask], clock: FakeClock, refuse: bool, expected: str
+) -> None:
+    """The row keeps the failure's class name alone: a server's reply ("554 5.6.0 refused by the
+    test") may quote anything, so none of its words, nor its code, reach `last_error`. Delivered
+    later, the row keeps the class of its last failure (what the admin console shows)."""
+    sink = Sink(refuse=True)
+    with smtp_server(sink) as port:
+        app = make_app(**mail_config(port if refuse else free_port()))
+        plant(app, clock, str(Event.USER_ADDED))
+        assert send(app)[0] == 1
+        (row,) = pending(app)
+        assert (row.attempts, row.last_error) == (1, expected)
+        assert IDENTIFIER.fullmatch(row.last_error)
+        assert "refused by the test" not in row.last_error
+        assert "554" not in row.last_error
+        if refuse:
+            sink.refuse = False
+            assert send(app)[0] == 0
+    if refuse:
+        (row,) = all_rows(app)
+        assert row.sent_at is not None
+        assert (row.attempts, row.last_error) == (1, expected)
+
+
 def test_two_mailers_at_once_send_each_event_once(make_app: Callable[..., Flask], clock: FakeClock) -> None:
     sink = Sink(delay=0.3)  # long enough that the two passes overlap
     kinds = [str(Event.ACCOUNT_LOCKED), str(Event.USER_ADDED), "ops.port_new", "ops.log_gap"]
@@ -270,6 +303,7 @@ def test_starttls_failures_never_fall_back_to_clear_text(
     (failed,) = audit_rows(app, Event.MAIL_FAILED)
     expected = "SSLCertVerificationError" if server_tls else "starttls_not_offered"
     assert expected in failed.detail
+    assert pending(app)[0].last_error == expected  # the class, or the mailer's own refusal name
 
 
 def test_send_refuses_to_run_without_recipients(make_app: Callable[..., Flask]) -> None:
