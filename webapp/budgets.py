@@ -41,6 +41,7 @@ from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_login import current_user
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects.mysql.mariadb import MariaDBDialect
 
 from webapp.clock import from_db, to_db
 from webapp.config import ConfigError
@@ -144,6 +145,18 @@ def _ordered(rules: Sequence[Rule], user_id: int) -> list[Rule]:
 
 
 _STATEMENTS: dict[tuple[str, int], sa.Executable] = {}
+MARIADB_RETURNING = (10, 5)  # INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING, the updated row
+
+
+def _dialect_key(dialect: sa.Dialect) -> str:
+    """Which upsert this database takes: SQLite's and MariaDB's (10.5+) return the new counts;
+    MySQL's cannot, and its counts are read back under the row locks the upsert took."""
+    if dialect.name == "sqlite":
+        return "sqlite"
+    version = dialect.server_version_info or ()
+    if getattr(dialect, "is_mariadb", False) and tuple(version[:2]) >= MARIADB_RETURNING:
+        return "mariadb"
+    return "mysql"
 
 
 def _upsert_statement(dialect: str, rows: int) -> sa.Executable:
@@ -189,8 +202,16 @@ def _upsert_statement(dialect: str, rows: int) -> sa.Executable:
                 ("window_start", sa.case((new_my > t.c.window_start, new_my), else_=t.c.window_start)),
             ]
         )
+        if dialect == "mariadb":
+            statement = statement.returning(t.c.scope, t.c.window_seconds, t.c.n)
     # Compiled with named parameters, so that the text is bound by name on either driver.
-    named = sqlite.dialect(paramstyle="named") if dialect == "sqlite" else mysql.dialect(paramstyle="named")
+    named: sa.Dialect
+    if dialect == "sqlite":
+        named = sqlite.dialect(paramstyle="named")
+    elif dialect == "mariadb":
+        named = MariaDBDialect(paramstyle="named")
+    else:
+        named = mysql.dialect(paramstyle="named")
     _STATEMENTS[key] = _as_text(statement, named, rows)
     return _STATEMENTS[key]
 
@@ -246,13 +267,14 @@ def _read(conn: sa.Connection, rules: Sequence[Rule], user_id: int, now: datetim
 
 def charge(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
     """Count one request against every rule, atomically, in the caller's transaction (its write
-    phase): one statement on SQLite (the upsert returns the new counts), two on MariaDB."""
+    phase): one statement on SQLite and MariaDB (the upsert returns the new counts), two on MySQL."""
     if not rules:
         return []
     ordered = _ordered(rules, user_id)
     params = _params(ordered, user_id, now)
-    statement = _upsert_statement(conn.dialect.name, len(ordered))
-    if conn.dialect.name != "sqlite":
+    dialect = _dialect_key(conn.dialect)
+    statement = _upsert_statement(dialect, len(ordered))
+    if dialect == "mysql":
         conn.execute(statement, params)
         return _read(conn, ordered, user_id, now)  # under the row locks the upsert took
     counted = {(row.scope, int(row.window_seconds)): int(row.n) for row in conn.execute(statement, params)}

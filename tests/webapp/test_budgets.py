@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import event as sa_event
 
 from tests.webapp.conftest import Person, client_for, get, login
 from tests.webapp.helpers import audit_rows, events
+from webapp import budgets
 from webapp.budgets import Rule, parse_rules, window_start
 from webapp.clock import FakeClock
 from webapp.config import DEFAULTS, ConfigError
@@ -298,3 +301,28 @@ def test_a_colleague_is_served_while_one_employee_hammers_while_refused(
     assert get(bob, "/").status_code == 429  # and the total holds exactly: 5 + 3 = 8
     app = workers[0]
     assert len(audit_rows(app, Event.BUDGET_REFUSED)) == 41
+
+
+def test_counting_is_one_statement_that_returns_the_counts_on_both_databases(
+    make_app: Callable[..., Flask], db_url: str
+) -> None:
+    """SQLite and MariaDB (10.5+) return the new counts from the upsert itself: one statement and
+    one round trip per request, not an upsert and a read-back. The counts are the stored ones."""
+    app = make_app()
+    engine = app.extensions["strongroom"].engine
+    rules = parse_rules([rule(alert=100, limit=100), rule(scope="total", alert=100, limit=None)])
+    now = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
+    seen: list[str] = []
+    with engine.begin() as conn:
+        expected = "sqlite" if db_url.startswith("sqlite") else "mariadb"
+        assert budgets._dialect_key(conn.dialect) == expected
+        sa_event.listen(conn, "before_cursor_execute", lambda *args: seen.append(args[2]))
+        budgets.charge(conn, rules, user_id=7, now=now)
+        counts = budgets.charge(conn, rules, user_id=7, now=now)
+    assert len(seen) == 2
+    assert all(statement.lstrip().upper().startswith("INSERT") for statement in seen)
+    assert [c.n for c in counts] == [2, 2]
+    t = budgets.request_counters
+    with engine.connect() as conn:
+        stored = sorted((row.scope, row.n) for row in conn.execute(sa.select(t.c.scope, t.c.n)))
+    assert stored == [("total", 2), ("user:7", 2)]
