@@ -3,7 +3,13 @@
 #
 #   keyd       sealed at start, then unsealed with a development key dropped through the real
 #              drop-file path (/dev/shm, read and deleted by keyd);
-#   ca/        a demo CA: a server certificate for localhost/127.0.0.1 and the demo admin's bundle;
+#   ca/        a demo CA: a server certificate for localhost/127.0.0.1 and one client certificate
+#              bundle per demo user;
+#   users      one per role, each with a password and a bundle, printed at the end: an admin, a
+#              supervisor, a clerk and an auditor (scripted bootstrap path, `users add
+#              --password-stdin`: no forced password change at their first login);
+#   records    a few customers with well-known TEST card numbers and an item or two, added through
+#              the app's records service (scripts/demo_data.py), so keyd encrypts them like any data;
 #   webapp     on SQLite, under gunicorn terminating TLS itself with a required client certificate
 #              checked against the CA's CRL;
 #   or, with DEMO_APACHE=1 (`make run APACHE=1`), the production layout: a private Apache
@@ -20,6 +26,8 @@ PY=$ROOT/.venv/bin/python
 DEMO_DIR=${DEMO_DIR:-$ROOT/var/demo}
 PORT=${DEMO_PORT:-8443}
 ADMIN=${DEMO_ADMIN:-admin}
+# NAME:ROLE of every demo user, in the banner's order.
+DEMO_USERS=("$ADMIN:admin" "supervisor:supervisor" "clerk:clerk" "auditor:auditor")
 case "${DEMO_APACHE:-0}" in
     0 | "" | no | false) APACHE=0 ;;
     1 | yes | true) APACHE=1 ;;
@@ -52,8 +60,10 @@ gen "$SECRETS/ca-root.pass" 'secrets.token_urlsafe(24)'
 gen "$SECRETS/ca-issuing.pass" 'secrets.token_urlsafe(24)'
 gen "$SECRETS/flask-secret-key" '"demo-only-" + secrets.token_urlsafe(48)'
 gen "$SECRETS/keyd-dev.key" 'secrets.token_hex(32)'  # DEVELOPMENT data key
-# A password that passes the policy (15+ characters, letters and digits, not guessable).
-gen "$SECRETS/admin.password" '"-".join(secrets.token_hex(3) + "x" for _ in range(4))'
+# Passwords that pass the policy (15+ characters, letters and digits, not guessable), one per user.
+for entry in "${DEMO_USERS[@]}"; do
+    gen "$SECRETS/${entry%%:*}.password" '"-".join(secrets.token_hex(3) + "x" for _ in range(4))'
+done
 
 # --- keyd -------------------------------------------------------------------------------------
 # The drop path is per demo dir so that two checkouts (or a test) never share one.
@@ -121,10 +131,17 @@ FLASK=("$PY" -m flask --app webapp)
 
 echo "== database migrations"
 "${FLASK[@]}" db upgrade
-users=$("${FLASK[@]}" users list)
-if ! grep -qw -- "$ADMIN" <<<"$users"; then
-    "${FLASK[@]}" users add "$ADMIN" --role admin --password-stdin < "$SECRETS/admin.password"
-fi
+# Users made once: a user already there (by name, the list's first column) is left as it is.
+users=$("${FLASK[@]}" users list | cut -f1)
+for entry in "${DEMO_USERS[@]}"; do
+    name=${entry%%:*} role=${entry#*:}
+    if ! grep -qxF -- "$name" <<<"$users"; then
+        echo "== adding the demo $role: $name"
+        "${FLASK[@]}" users add "$name" --role "$role" --password-stdin < "$SECRETS/$name.password" >/dev/null
+    fi
+done
+echo "== demo customer records (test card numbers, encrypted by keyd)"
+PYTHONPATH=$ROOT "$PY" scripts/demo_data.py
 
 # --- where the front door's runtime files live ------------------------------------------------
 # Behind Apache, gunicorn's Unix socket is the trust boundary (the web app believes the identity
@@ -141,7 +158,7 @@ else
 fi
 APACHE_PID=$FRONT_RUN/apache/run/apache2.pid  # where apache/private.py has Apache write it
 
-# --- CA: server certificate and the admin's bundle ---------------------------------------------
+# --- CA: server certificate and each demo user's bundle -----------------------------------------
 export STRONGROOM_CA_DIR=$DEMO_DIR/ca
 CA=("$PY" -m ca --passphrase-file "$SECRETS/ca-issuing.pass")
 # After each CRL update the CA runs this hook: Apache re-reads the CRL on a graceful reload
@@ -168,16 +185,22 @@ if config.reload_command != hook:
     print("== CA reload hook updated (it now reloads Apache or gunicorn, whichever runs)")
 EOF
 fi
-BUNDLE=$DEMO_DIR/$ADMIN.p12
-if [[ ! -f "$BUNDLE" ]]; then
-    echo "== issuing $ADMIN's certificate bundle (bound to the web app user)"
-    # The CA shows a generated bundle password once; the demo keeps it for the banner below.
-    "${CA[@]}" issue "$ADMIN" --out "$BUNDLE" --replace >"$DEMO_DIR/issue.out" 2>&1 \
-        || { cat "$DEMO_DIR/issue.out" >&2; rm -f "$DEMO_DIR/issue.out"; exit 1; }
-    grep -v 'bundle password' "$DEMO_DIR/issue.out" || true
-    sed -n 's/.*bundle password[^:]*: *//p' "$DEMO_DIR/issue.out" > "$SECRETS/bundle.password"
-    rm -f "$DEMO_DIR/issue.out"
+# A demo dir from before the four users kept the admin's bundle password under another name.
+if [[ -s "$SECRETS/bundle.password" && ! -e "$SECRETS/$ADMIN.bundle.password" ]]; then
+    mv "$SECRETS/bundle.password" "$SECRETS/$ADMIN.bundle.password"
 fi
+for entry in "${DEMO_USERS[@]}"; do
+    name=${entry%%:*}
+    if [[ ! -f "$DEMO_DIR/$name.p12" || ! -s "$SECRETS/$name.bundle.password" ]]; then
+        echo "== issuing $name's certificate bundle (bound to the web app user)"
+        # The CA shows a generated bundle password once; the demo keeps it for the banner below.
+        "${CA[@]}" issue "$name" --out "$DEMO_DIR/$name.p12" --replace >"$DEMO_DIR/issue.out" 2>&1 \
+            || { cat "$DEMO_DIR/issue.out" >&2; rm -f "$DEMO_DIR/issue.out"; exit 1; }
+        grep -v 'bundle password' "$DEMO_DIR/issue.out" || true
+        sed -n 's/.*bundle password[^:]*: *//p' "$DEMO_DIR/issue.out" > "$SECRETS/$name.bundle.password"
+        rm -f "$DEMO_DIR/issue.out"
+    fi
+done
 
 wait_port() {  # wait_port PORT: until something accepts connections on 127.0.0.1:PORT
     for _ in $(seq 100); do
@@ -245,17 +268,38 @@ else
     FRONT="gunicorn serving TLS itself"
     LOGS="$DEMO_DIR/*.log"
 fi
+what() {  # what ROLE: what the role's pages show, for the banner
+    case $1 in
+        admin) echo "the console: users, certificates, sessions, alerts, budgets and keys" ;;
+        supervisor) echo "customer records (reveals a card number with a reason), the audit log, activity" ;;
+        clerk) echo "customer records, card numbers masked" ;;
+        auditor) echo "the audit log, each employee's activity, CSV export; no customer data" ;;
+    esac
+}
 cat <<EOF
 
   Strongroom demo is running: https://127.0.0.1:$PORT/login
   Front door:         $FRONT
-
-  Import the client certificate bundle into your browser (README.md, "Using the demo"):
-      bundle:           $BUNDLE
-      bundle password:  $(cat "$SECRETS/bundle.password")
   Trust the demo CA for the server certificate:  $STRONGROOM_CA_DIR/publish/chain.pem
-  Log in as:          $ADMIN
-      password:       $(cat "$SECRETS/admin.password")
+
+  One user per role. Import a user's client certificate bundle into your browser (README.md,
+  "Using the demo"; one browser profile per user, or pick the certificate when asked), then log
+  in with that user's name and password. No password change is asked at the first login.
+EOF
+for entry in "${DEMO_USERS[@]}"; do
+    name=${entry%%:*} role=${entry#*:}
+    cat <<EOF
+
+  Log in as:          $name ($role): $(what "$role")
+      bundle:           $DEMO_DIR/$name.p12
+      bundle password:  $(cat "$SECRETS/$name.bundle.password")
+      password:         $(cat "$SECRETS/$name.password")
+EOF
+done
+cat <<EOF
+
+  Customer records to search for (as the clerk or the supervisor): C1000001, C1000002, C1000003
+  (their cards are the card schemes' published TEST numbers).
 
   These are DEMO secrets (in $SECRETS). Logs: $LOGS
   Press Ctrl-C to stop.
