@@ -35,6 +35,7 @@ from webapp import config as config_module
 from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
 from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
+from webapp.auth.account import bp as account_bp
 from webapp.auth.hours import WorkingHours
 from webapp.auth.service import LoginPolicy, User, load_user
 from webapp.auth.sessions import DbSessionInterface
@@ -221,6 +222,7 @@ def _configured(
 
     app.jinja_env.globals["nav_links"] = navigation.links
     app.register_blueprint(auth_bp)
+    app.register_blueprint(account_bp)
     app.register_blueprint(audit_bp)
     app.register_blueprint(records_bp)
     for command in COMMANDS:

@@ -8,8 +8,10 @@ upgraded on the next successful login (`needs_rehash`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,9 +44,30 @@ def meets_owasp(hasher: argon2.PasswordHasher) -> bool:
     )
 
 
-def verify(hasher: argon2.PasswordHasher, stored_hash: str, password: str) -> bool:
+# A stored "hash" starting with this is unusable: no password matches it. A one-time password is
+# replaced by one the moment it is used (auth/service.py); argon2 hashes always start with "$argon2".
+UNUSABLE_PREFIX = "!"
+
+
+@functools.cache
+def _decoy(time_cost: int, memory_cost: int, parallelism: int) -> str:
+    """A hash of a random throwaway value with these parameters, verified in place of an unusable
+    hash, so that checking a spent one-time password costs what checking a real password costs."""
+    hasher = make_hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    return hasher.hash(secrets.token_urlsafe(32))
+
+
+def verify(hasher: argon2.PasswordHasher, stored_hash: str | None, password: str) -> bool:
+    """True only when `password` matches `stored_hash`; never raises (a missing, unusable or malformed
+    hash is simply False)."""
+    unusable = not stored_hash or stored_hash.startswith(UNUSABLE_PREFIX)
+    target = (
+        _decoy(hasher.time_cost, hasher.memory_cost, hasher.parallelism)
+        if unusable or stored_hash is None
+        else stored_hash
+    )
     try:
-        return hasher.verify(stored_hash, password)
+        return hasher.verify(target, password) and not unusable
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -3,6 +3,11 @@
 `authenticate` is the one password check, for the login and for every reveal's step-up alike: the
 password (and PIN) read as the deployment's entry mode requires, verified under the same lockout.
 
+After a successful login, `after_login` writes the last login and its origin and, when an admin's
+reset left a one-time password (`must_change_password`), spends it at once: the stored hash becomes
+unusable, so the password works exactly once, whatever happens next. `set_password` is the one way
+an employee's own new password is stored (self-service and the forced change alike).
+
 Lockout (PCI DSS 8.3.4): `LOCKOUT_THRESHOLD` consecutive failures lock the account for
 `LOCKOUT_MINUTES`; attempts during the lock fail whatever the password. Counters live in the users
 row, updated under its row lock, so every worker sees the same count.
@@ -21,7 +26,7 @@ from flask_login import UserMixin
 from webapp.auth import keypad, passwords
 from webapp.clock import from_db, to_db
 from webapp.config import LOGIN_ENTRIES
-from webapp.db.tables import cert_bindings, users
+from webapp.db.tables import cert_bindings, password_history, users
 from webapp.events import Event
 from webapp.unit import UnitOfWork
 
@@ -241,3 +246,60 @@ def _attempt(
     conn.execute(sa.update(users).where(users.c.id == binding.user_id).values(**values))
     uow.record(success_event, ok=True, resource=resource, actor=binding.username)
     return User(binding.user_id, binding.username, binding.role)
+
+
+# What a spent one-time password's hash becomes: passwords.verify is False for it, for any password.
+SPENT_HASH = passwords.UNUSABLE_PREFIX + "one-time-password-spent"
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    must_change: bool  # the password just used was a one-time password (now spent)
+    previous_at: datetime | None  # the login before this one, and where it came from
+    previous_ip: str | None
+
+
+def after_login(uow: UnitOfWork, user: User, *, now: datetime, ip: str) -> LoggedIn:
+    """Record this login on the user's row (same transaction as the login's audit record) and spend a
+    one-time password. Call it right after `authenticate` let the user in, before anything else."""
+    conn = uow.conn
+    row = conn.execute(
+        sa.select(users.c.must_change_password, users.c.last_login_at, users.c.last_login_ip)
+        .where(users.c.id == user.id)
+        .with_for_update()
+    ).one()
+    values: dict[str, object] = {"last_login_at": to_db(now), "last_login_ip": ip[:45]}
+    if row.must_change_password:
+        values["password_hash"] = SPENT_HASH
+        uow.record(Event.ONE_TIME_PASSWORD_SPENT, ok=True, resource=f"user:{user.id}", actor=user.username)
+    conn.execute(sa.update(users).where(users.c.id == user.id).values(**values))
+    previous = from_db(row.last_login_at) if row.last_login_at is not None else None
+    return LoggedIn(bool(row.must_change_password), previous, row.last_login_ip)
+
+
+def recent_hashes(conn: sa.Connection, user_id: int) -> list[str]:
+    """The hashes a new password must not match: the current one and the last `HISTORY` stored."""
+    current = conn.execute(sa.select(users.c.password_hash).where(users.c.id == user_id)).scalar_one()
+    history = conn.execute(
+        sa.select(password_history.c.password_hash)
+        .where(password_history.c.user_id == user_id)
+        .order_by(password_history.c.id.desc())
+        .limit(passwords.HISTORY)
+    ).scalars()
+    return [current, *history]
+
+
+def set_password(
+    uow: UnitOfWork, hasher: argon2.PasswordHasher, user_id: int, password: str, *, now: datetime
+) -> None:
+    """Store an employee's own new password (already checked against the policy), with its history
+    entry; a pending forced change is done with."""
+    hashed = hasher.hash(password)
+    uow.conn.execute(
+        sa.update(users)
+        .where(users.c.id == user_id)
+        .values(password_hash=hashed, password_changed_at=to_db(now), must_change_password=False)
+    )
+    uow.conn.execute(
+        sa.insert(password_history).values(user_id=user_id, password_hash=hashed, created_at=to_db(now))
+    )

@@ -55,20 +55,32 @@ def sid_hash(sid: str) -> str:
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
-    def __init__(self, initial: dict[str, Any] | None = None, *, sid: str | None = None) -> None:
+    def __init__(
+        self,
+        initial: dict[str, Any] | None = None,
+        *,
+        sid: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
         def on_update(_self: CallbackDict[str, Any]) -> None:
             self.modified = True
 
         super().__init__(initial or {}, on_update)
         self.sid = sid
+        self.created_at = created_at  # when this (logged-in) session began; None for a new one
         self.new = sid is None
         self.modified = False
         self.rotate_requested = False
+        self.keep_age = False
         self.end_reason: str | None = None
 
-    def rotate(self) -> None:
-        """Crossing an authentication boundary: the next save ends this id and issues a new one."""
+    def rotate(self, *, keep_age: bool = False) -> None:
+        """Crossing an authentication boundary: the next save ends this id and issues a new one.
+
+        `keep_age`: the new id inherits this session's start, so the absolute timeout still counts
+        from the login (a password change rotates the id; it must not lengthen the session)."""
         self.rotate_requested = True
+        self.keep_age = keep_age
         self.modified = True
 
     def end(self, reason: str) -> None:
@@ -118,7 +130,7 @@ class DbSessionInterface(SessionInterface):
         if not isinstance(data, dict):
             return ServerSession()
         g.session_mark = uow.mark()  # what is recorded after this is the request's own doing
-        return ServerSession(data, sid=sid)
+        return ServerSession(data, sid=sid, created_at=from_db(row.created_at))
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)  # noqa: S101 - open_session only makes these
@@ -138,6 +150,8 @@ class DbSessionInterface(SessionInterface):
                 response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
                 return
             session.sid = None
+            if not session.keep_age:
+                session.created_at = None
         if session.end_reason or (session.sid is None and not session):
             return  # nothing to keep: no row, no cookie
         data = json.dumps(dict(session), separators=(",", ":"), sort_keys=True)
@@ -151,7 +165,7 @@ class DbSessionInterface(SessionInterface):
                     user_id=int(user_id) if user_id is not None else None,
                     cert_fingerprint=who.fingerprint,
                     ip=who.ip,
-                    created_at=to_db(now),
+                    created_at=to_db(session.created_at or now),
                     last_seen_at=to_db(now),
                     data=data,
                 )
@@ -178,6 +192,16 @@ def _ended_meanwhile(response: Response) -> None:
     response.status_code = 302
     response.set_data(b"")
     response.headers["Location"] = url_for("auth.login")
+
+
+def end_other_sessions(
+    conn: sa.Connection, user_id: int, keep_sid: str | None, *, now: datetime, reason: str
+) -> int:
+    """End every live session of this user but the one whose id is `keep_sid` (the caller's own)."""
+    where = sessions.c.user_id == user_id
+    if keep_sid is not None:
+        where = sa.and_(where, sessions.c.id_hash != sid_hash(keep_sid))
+    return end_sessions(conn, where, now=now, reason=reason)
 
 
 def end_sessions(conn: sa.Connection, where: Any, *, now: datetime, reason: str) -> int:

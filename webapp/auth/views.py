@@ -6,8 +6,9 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required, login_user, logout_user
 
+from webapp import navigation
 from webapp.auth.forms import LoginForm, LogoutForm
-from webapp.auth.service import Entry, active_binding, authenticate, keypad_for
+from webapp.auth.service import Entry, active_binding, after_login, authenticate, keypad_for
 from webapp.auth.sessions import ServerSession
 from webapp.events import Event
 from webapp.refusals import refuse
@@ -18,6 +19,36 @@ from webapp.vault import require_open
 
 bp = Blueprint("auth", __name__)
 LOGIN_FAILED = "Login failed."
+# Session keys: this session must choose a new password (a one-time password was used to log in);
+# the login before this one (shown on the home page, so an employee notices a login that was not
+# theirs); a message for the next page.
+MUST_CHANGE = "must_change_password"
+PREVIOUS_LOGIN = "previous_login"
+NOTICE = "notice"
+
+# What each role is for, said on its home page; the pages themselves come from navigation.LINKS.
+ROLE_SUMMARIES = {
+    "clerk": "As a clerk you look up, add and retire customer records and their cards, which you see "
+    "masked, and keep their bank, identity and note items.",
+    "supervisor": "As a supervisor you do what a clerk does and may also reveal a full card number or "
+    "a secret item when a case needs it (each reveal asks for your password and a reason); you also "
+    "read the audit log and each employee's activity.",
+    "auditor": "As an auditor you read the audit log and each employee's activity, and export the log "
+    "for review. You see no customer data.",
+    "admin": "As an administrator you manage users, their certificates and sessions, the alerts and "
+    "the request budgets. You see no customer data.",
+}
+PAGE_SUMMARIES = {
+    "records.index": "Find a customer record by its reference, and add or retire records and cards.",
+    "admin.users": "Add users, disable or unlock them, change roles and reset passwords.",
+    "admin.certificates": "Bind or unbind a user's client certificate, and see what the CRL says.",
+    "admin.sessions": "Who is logged in, from where and since when; end a session.",
+    "operations.alerts": "The alert outbox, the mailer's last delivery, and a test alert.",
+    "operations.budgets": "Each employee's request budget, the key versions, and keyd's state.",
+    "audit.index": "The audit log, filtered by user, event, outcome and time.",
+    "audit.activity": "What one employee did, page by page.",
+    "account.password": "Change your own password.",
+}
 
 
 @bp.get("/")
@@ -26,7 +57,23 @@ LOGIN_FAILED = "Login failed."
 def home() -> ResponseReturnValue:
     status = require_open(services().vault)
     unit().record(Event.PAGE_VIEW, ok=True, resource="/")
-    return render_template("home.html", user=current_user, vault=status, logout=LogoutForm())
+    role = current_user.role
+    pages = [
+        (label, url_for(endpoint), PAGE_SUMMARIES.get(endpoint, ""))
+        for label, endpoint, roles in navigation.LINKS
+        if role in roles and endpoint in current_app.view_functions and endpoint != "auth.home"
+    ]
+    previous = session.get(PREVIOUS_LOGIN)
+    return render_template(
+        "home.html",
+        user=current_user,
+        vault=status,
+        logout=LogoutForm(),
+        summary=ROLE_SUMMARIES.get(role, ""),
+        pages=pages,
+        previous=previous if isinstance(previous, dict) else None,
+        notice=session.pop(NOTICE, None),
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -89,6 +136,16 @@ def login() -> ResponseReturnValue:
             g.pop("csrf_token", None)
             login_user(user)
             uow.origin.actor = user.username
+            logged_in = after_login(uow, user, now=now, ip=who.ip)
+            if logged_in.previous_at is not None:
+                session[PREVIOUS_LOGIN] = {
+                    "at": logged_in.previous_at.strftime("%Y-%m-%d %H:%M UTC"),
+                    "ip": logged_in.previous_ip or "-",
+                }
+            if logged_in.must_change:
+                # The one-time password is spent; this session may do nothing but choose a new one.
+                session[MUST_CHANGE] = True
+                return redirect(url_for("account.forced"))
             return redirect(url_for("auth.home"))
         error = LOGIN_FAILED
     else:
