@@ -237,8 +237,8 @@ def _configured(
     return app
 
 
-def _refusal(event: Event, status: int, message: str, detail: str) -> Response:
-    return refuse(event, detail, status=status, message=message)
+def _refusal(event: Event, status: int, message: str, detail: str, heading: str | None = None) -> Response:
+    return refuse(event, detail, status=status, message=message, heading=heading)
 
 
 def _register_error_pages(app: Flask) -> None:
@@ -257,6 +257,7 @@ def _register_error_pages(app: Flask) -> None:
             400,
             "Request refused: the form's security token is missing or expired. Reload the page, try again.",
             str(exc.description or "csrf")[:100],
+            heading="Form expired: nothing was saved",
         )
 
     @app.errorhandler(HTTPException)
