@@ -8,11 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from tests.fixtures.pki import TestCA
 from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
-from tests.webapp.helpers import audit_rows, events, user_row
+from tests.webapp.helpers import audit_rows, events, refuse_audit_inserts, user_row
 from webapp.auth import passwords
 from webapp.clock import FakeClock
 from webapp.events import Event
@@ -38,6 +39,63 @@ def test_right_everything_logs_in(app: Flask, people: dict[str, Person]) -> None
         "10.0.0.5",
         format(alice.cert.cert.serial_number, "x"),
     )
+
+
+def test_a_login_records_when_and_from_where(app: Flask, people: dict[str, Person], clock: FakeClock) -> None:
+    alice = people["alice"]
+    assert user_row(app, "alice").last_login_at is None
+    assert login(client_for(app, alice.cert, ip="10.0.0.5"), "alice", alice.password).status_code == 302
+    row = user_row(app, "alice")
+    assert (row.last_login_at, row.last_login_ip) == (clock.now().replace(tzinfo=None), "10.0.0.5")
+    first = clock.now()
+    clock.advance(timedelta(hours=2))
+    client = client_for(app, alice.cert, ip="2001:db8::7")
+    assert login(client, "alice", alice.password).status_code == 302
+    row = user_row(app, "alice")
+    assert (row.last_login_at, row.last_login_ip) == (clock.now().replace(tzinfo=None), "2001:db8::7")
+    # The home page shows the login before this one, so a login that was not theirs stands out.
+    home = get(client, "/")
+    assert f"Your previous login: {first.strftime('%Y-%m-%d %H:%M')} UTC from 10.0.0.5" in home.text
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        pytest.param("Not-The-Password-123456", id="wrong"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_failed_login_records_no_last_login(app: Flask, people: dict[str, Person], password: str) -> None:
+    login(client_for(app, people["alice"].cert), "alice", password)
+    row = user_row(app, "alice")
+    assert (row.last_login_at, row.last_login_ip) == (None, None)
+
+
+def test_the_last_login_is_written_with_the_login_or_not_at_all(
+    app: Flask, people: dict[str, Person], owner_engine: sa.Engine
+) -> None:
+    alice = people["alice"]
+    client = client_for(app, alice.cert)
+    page = get(client, "/login")
+    refuse_audit_inserts(owner_engine)  # the login's audit record fails: so must everything with it
+    r = post(
+        client,
+        "/login",
+        data={"csrf_token": csrf_token(page.text), "username": "alice", "password": alice.password},
+    )
+    assert r.status_code >= 500
+    assert user_row(app, "alice").last_login_at is None
+
+
+def test_each_role_s_home_page_says_what_the_role_does(app: Flask, people: dict[str, Person]) -> None:
+    client = client_for(app, people["audrey"].cert)
+    assert login(client, "audrey", people["audrey"].password).status_code == 302
+    home = get(client, "/")
+    assert "<h1>Welcome, audrey: your auditor home page</h1>" in home.text
+    assert "As an auditor" in home.text
+    assert "<h2>What you can do here</h2>" in home.text
+    assert 'href="/account/password">My password</a>: Change your own password.' in home.text
+    assert 'href="/records/"' not in home.text  # an auditor sees no customer data
 
 
 def test_login_page_tells_employees_credentials_are_personal(app: Flask, people: dict[str, Person]) -> None:

@@ -1,0 +1,348 @@
+"""The one-time password an admin's reset leaves (users.must_change_password): it logs in once, is
+spent at that very login, and the session opens nothing but the page that chooses a new password."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from datetime import timedelta
+
+import argon2
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tests.webapp.auth.keypad_entry import layout, spell
+from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
+from tests.webapp.helpers import audit_rows, events, live_sessions, user_row
+from webapp.auth import passwords
+from webapp.auth.service import SPENT_HASH
+from webapp.clock import FakeClock, to_db
+from webapp.db.tables import audit_log, outbox, password_history, sessions, users
+from webapp.events import Event
+
+OTP = "Tundra-Whistle-Beacon-6042"
+NEW = "Saffron-Meadow-Copper-7391"
+FORCED = "/account/new-password"
+
+
+def _admin_reset(app: Flask, username: str, clock: FakeClock) -> None:
+    """What an admin's reset leaves behind (console or CLI): a one-time password's hash, in the
+    history too, and the must-change flag; the user's sessions ended."""
+    hasher = app.extensions["strongroom"].hasher
+    hashed = hasher.hash(OTP)
+    now = to_db(clock.now())
+    with app.extensions["strongroom"].engine.begin() as conn:
+        user_id = conn.execute(sa.select(users.c.id).where(users.c.username == username)).scalar_one()
+        conn.execute(
+            sa.update(users)
+            .where(users.c.id == user_id)
+            .values(password_hash=hashed, must_change_password=True, password_changed_at=now)
+        )
+        conn.execute(
+            sa.insert(password_history).values(user_id=user_id, password_hash=hashed, created_at=now)
+        )
+        conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.user_id == user_id, sessions.c.ended_at.is_(None))
+            .values(ended_at=now, end_reason="password_reset")
+        )
+
+
+def _otp_login(app: Flask, person: Person) -> FlaskClient:
+    client = client_for(app, person.cert)
+    r = login(client, person.username, OTP)
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith(FORCED)
+    return client
+
+
+def _choose(client: FlaskClient, new: str, again: str | None = None) -> TestResponse:
+    page = get(client, FORCED)
+    assert page.status_code == 200
+    return post(
+        client,
+        FORCED,
+        data={"csrf_token": csrf_token(page.text), "new_password": new, "new_password_again": again or new},
+    )
+
+
+def test_one_time_password_end_to_end(app: Flask, people: dict[str, Person], clock: FakeClock) -> None:
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    # The old password is gone.
+    assert login(client_for(app, alice.cert), "alice", alice.password).status_code == 200
+    client = _otp_login(app, alice)
+    # Spent at the login: the stored hash is unusable from now on.
+    row = user_row(app, "alice")
+    assert row.password_hash == SPENT_HASH
+    assert row.must_change_password
+    [spent] = audit_rows(app, Event.ONE_TIME_PASSWORD_SPENT)
+    assert (spent.actor, spent.resource) == ("alice", f"user:{row.id}")
+    # Nothing else opens.
+    for path in ("/", "/records/", "/account/password", "/login"):
+        r = get(client, path)
+        assert r.status_code == 302, path
+        assert r.headers["Location"].endswith(FORCED), path
+    assert len(audit_rows(app, Event.PASSWORD_CHANGE_REQUIRED)) == 4
+    page = get(client, FORCED)
+    assert "<h1>Choose a new password</h1>" in page.text
+    assert 'aria-label="Main"' not in page.text  # no menu of pages that would not open
+    assert "current_password" not in page.text  # the one-time password is spent: not asked again
+    clock.advance(timedelta(minutes=1))
+    r = _choose(client, NEW)
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith("/")
+    home = get(client, "/")
+    assert home.status_code == 200
+    assert "Your new password is set" in home.text
+    assert get(client, "/records/").status_code == 200
+    row = user_row(app, "alice")
+    assert not row.must_change_password
+    assert row.password_changed_at == to_db(clock.now())
+    [changed] = audit_rows(app, Event.PASSWORD_CHANGED)
+    assert changed.detail == "forced_after_reset;other_sessions_ended=0"
+    # Log out, the one-time password fails a second time, the new one works.
+    post(client, "/logout", data={"csrf_token": csrf_token(home.text)})
+    assert login(client_for(app, alice.cert), "alice", OTP).status_code == 200
+    again = client_for(app, alice.cert)
+    r = login(again, "alice", NEW)
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith("/")
+    assert get(again, "/records/").status_code == 200
+    assert [a.detail for a in audit_rows(app, Event.LOGIN_FAILURE)][-1] == "wrong_password"
+    for kind in (Event.ONE_TIME_PASSWORD_SPENT, Event.PASSWORD_CHANGE_REQUIRED, Event.PASSWORD_CHANGED):
+        assert kind not in events(app)  # audited, not alerted
+
+
+def test_an_abandoned_change_leaves_no_working_password(
+    app: Flask, people: dict[str, Person], clock: FakeClock
+) -> None:
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    _otp_login(app, alice)  # and the browser is closed
+    r = login(client_for(app, alice.cert), "alice", OTP)
+    assert r.status_code == 200
+    assert "Login failed." in r.text
+    assert user_row(app, "alice").failed_logins == 1  # an attempt like any other
+    assert user_row(app, "alice").password_hash == SPENT_HASH
+
+
+def test_the_forced_session_may_log_out_fetch_static_files_and_answer_the_idle_warning(
+    app: Flask, people: dict[str, Person], clock: FakeClock
+) -> None:
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    client = _otp_login(app, alice)
+    with get(client, "/static/strongroom.css") as css:
+        assert css.status_code == 200
+    assert get(client, "/account/still-here").status_code == 204
+    page = get(client, FORCED)
+    r = post(client, "/logout", data={"csrf_token": csrf_token(page.text)})
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith("/login")
+    assert live_sessions(app) == []
+
+
+def test_a_forced_session_cannot_post_elsewhere(
+    app: Flask, people: dict[str, Person], clock: FakeClock
+) -> None:
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    client = _otp_login(app, alice)
+    page = get(client, FORCED)
+    r = post(
+        client,
+        "/account/password",
+        data={
+            "csrf_token": csrf_token(page.text),
+            "current_password": OTP,
+            "new_password": NEW,
+            "new_password_again": NEW,
+        },
+    )
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith(FORCED)
+    assert user_row(app, "alice").password_hash == SPENT_HASH
+
+
+# (new, again, field, message, audit detail's start)
+REFUSALS = [
+    pytest.param(NEW, NEW + "x", "again", "not the same", "mismatch", id="mismatch"),
+    pytest.param("", "", "new", "Enter a new password", "missing", id="missing"),
+    pytest.param("Short-pass-1", None, "new", "at least 15 characters", "policy", id="too-short"),
+    pytest.param(
+        "alice-Saffron-Meadow-7391", None, "new", "must not contain the username", "policy", id="username"
+    ),
+    pytest.param("password12345678", None, "new", "too easy to guess", "policy", id="common"),
+    pytest.param("Aa1" * 43, None, "new", "at most 128 characters", "policy", id="too-long"),
+    pytest.param(
+        "Saffron\u200bMeadow-Copper-7391", None, "new", "control characters", "policy", id="zero-width"
+    ),
+    pytest.param(OTP, None, "new", "last 4 passwords", "policy", id="the-one-time-password-itself"),
+    pytest.param("<old>", None, "new", "last 4 passwords", "policy", id="the-password-before-the-reset"),
+]
+
+
+@pytest.mark.parametrize(("new", "again", "field", "message", "detail"), REFUSALS)
+def test_the_forced_change_applies_the_policy_and_history(
+    app: Flask,
+    people: dict[str, Person],
+    clock: FakeClock,
+    new: str,
+    again: str | None,
+    field: str,
+    message: str,
+    detail: str,
+) -> None:
+    alice = people["alice"]
+    if new == "<old>":
+        new = alice.password
+    _admin_reset(app, "alice", clock)
+    client = _otp_login(app, alice)
+    page = get(client, FORCED)
+    r = post(
+        client,
+        FORCED,
+        data={
+            "csrf_token": csrf_token(page.text),
+            "new_password": new,
+            "new_password_again": new if again is None else again,
+        },
+    )
+    assert r.status_code == 400
+    error = r.text.split(f'id="{field}-error"', 1)[1].split("</div>", 1)[0]
+    assert message in error
+    assert not re.search(r'type="password"[^>]*value=', r.text)
+    if new:
+        assert new[:60] not in r.text
+    [refused] = audit_rows(app, Event.PASSWORD_CHANGE_REFUSED)
+    assert refused.detail.startswith(detail)
+    row = user_row(app, "alice")
+    assert row.must_change_password
+    assert row.password_hash == SPENT_HASH
+    assert get(client, "/").headers["Location"].endswith(FORCED)  # still held on the page
+
+
+def test_the_forced_change_ends_other_sessions_and_rotates(
+    app: Flask, people: dict[str, Person], clock: FakeClock
+) -> None:
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    first = _otp_login(app, alice)
+    before = first.get_cookie("__Host-strongroom", domain="vault.example")
+    assert before is not None
+    r = _choose(first, NEW)
+    assert r.status_code == 302
+    after = first.get_cookie("__Host-strongroom", domain="vault.example")
+    assert after is not None
+    assert after.value != before.value
+    assert len(live_sessions(app)) == 1
+
+
+def test_without_a_pending_change_the_page_sends_to_the_ordinary_one(
+    app: Flask, people: dict[str, Person]
+) -> None:
+    alice = people["alice"]
+    client = client_for(app, alice.cert)
+    login(client, "alice", alice.password)
+    r = get(client, FORCED)
+    assert r.status_code == 302
+    assert r.headers["Location"].endswith("/account/password")
+    page = get(client, "/account/password")
+    r = post(
+        client,
+        FORCED,
+        data={"csrf_token": csrf_token(page.text), "new_password": NEW, "new_password_again": NEW},
+    )
+    assert r.status_code == 302
+    assert passwords.verify(
+        app.extensions["strongroom"].hasher, user_row(app, "alice").password_hash, alice.password
+    )
+
+
+def test_keypad_mode_chooses_the_new_password_on_the_keypad(
+    make_app: Callable[..., Flask], people: dict[str, Person], clock: FakeClock
+) -> None:
+    app = make_app(LOGIN_ENTRY="keypad")
+    alice = people["alice"]
+    _admin_reset(app, "alice", clock)
+    client = client_for(app, alice.cert)
+    page = get(client, "/login")
+    r = post(
+        client,
+        "/login",
+        data={
+            "csrf_token": csrf_token(page.text),
+            "username": "alice",
+            "keypad": spell(layout(page.text), OTP),
+        },
+    )
+    assert r.headers["Location"].endswith(FORCED)
+    page = get(client, FORCED)
+    assert 'type="password"' not in page.text
+    assert page.text.count('class="keypad"') == 2
+    keys = layout(page.text)
+    r = post(
+        client,
+        FORCED,
+        data={
+            "csrf_token": csrf_token(page.text),
+            "new_keypad": spell(keys, NEW),
+            "again_keypad": spell(keys, NEW),
+        },
+    )
+    assert r.status_code == 302
+    assert not user_row(app, "alice").must_change_password
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param(SPENT_HASH, id="spent"),
+        pytest.param(
+            "!" + "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", id="bang-prefixed-hash"
+        ),
+        pytest.param("", id="empty"),
+        pytest.param(None, id="none"),
+        pytest.param("not a hash", id="malformed"),
+        pytest.param("$argon2id$v=19$m=8,t=1,p=1$broken", id="truncated"),
+    ],
+)
+def test_verify_is_false_for_an_unusable_hash_and_never_raises(stored: str | None) -> None:
+    hasher = passwords.make_hasher(time_cost=1, memory_cost=8, parallelism=1)
+    for candidate in ("", OTP, "!", SPENT_HASH, "one-time-password-spent"):
+        assert passwords.verify(hasher, stored, candidate) is False
+
+
+def test_a_bang_prefixed_real_hash_is_refused_too() -> None:
+    hasher = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    real = hasher.hash(OTP)
+    assert passwords.verify(hasher, real, OTP)
+    assert not passwords.verify(hasher, "!" + real, OTP)
+
+
+def test_the_one_time_password_is_nowhere_in_the_records_or_logs(
+    app: Flask, people: dict[str, Person], clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = people["alice"]
+    caplog.set_level(logging.DEBUG)
+    _admin_reset(app, "alice", clock)
+    client = _otp_login(app, alice)
+    _choose(client, NEW, NEW + "x")
+    _choose(client, NEW)
+    login(client_for(app, alice.cert), "alice", OTP)
+    with app.extensions["strongroom"].engine.connect() as conn:
+        recorded = "\n".join(
+            [
+                *(repr(tuple(r)) for r in conn.execute(sa.select(audit_log))),
+                *(repr(tuple(r)) for r in conn.execute(sa.select(outbox))),
+                *conn.execute(sa.select(sessions.c.data)).scalars(),
+            ]
+        )
+    for secret in (OTP, NEW):
+        assert secret not in recorded
+        assert secret not in caplog.text
