@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -211,12 +212,16 @@ class AuditFilter:
     actor: str | None = None
     event: str | None = None
     outcome: str | None = None
-    since: str | None = None  # audit timestamps compare as fixed-format text
-    until: str | None = None
+    since: str | None = None  # audit timestamps compare as fixed-format text (clock.audit_timestamp)
+    until: str | None = None  # not included
+
+    def summary(self) -> str:
+        """The filter for an audit record's detail: names and values the form already validated."""
+        parts = [f"{name}={value}" for name, value in vars(self).items() if value]
+        return " ".join(parts) or "none"
 
 
-def search(conn: sa.Connection, flt: AuditFilter, *, limit: int, offset: int) -> list[sa.Row]:
-    q = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit).offset(offset)
+def _where(q: sa.Select[Any], flt: AuditFilter) -> sa.Select[Any]:
     if flt.actor:
         q = q.where(audit_log.c.actor == flt.actor)
     if flt.event:
@@ -227,4 +232,79 @@ def search(conn: sa.Connection, flt: AuditFilter, *, limit: int, offset: int) ->
         q = q.where(audit_log.c.at >= flt.since)
     if flt.until:
         q = q.where(audit_log.c.at < flt.until)
-    return list(conn.execute(q).all())
+    return q
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the log, newest first, and whether newer and older matching records exist."""
+
+    rows: list[sa.Row[Any]]
+    newer: bool
+    older: bool
+
+    @property
+    def first(self) -> int | None:
+        return int(self.rows[0].seq) if self.rows else None
+
+    @property
+    def last(self) -> int | None:
+        return int(self.rows[-1].seq) if self.rows else None
+
+
+def _exists(conn: sa.Connection, flt: AuditFilter, condition: sa.ColumnElement[bool]) -> bool:
+    probe = _where(sa.select(audit_log.c.seq), flt).where(condition).limit(1)
+    return conn.execute(probe).first() is not None
+
+
+def page(
+    conn: sa.Connection, flt: AuditFilter, *, size: int, before: int | None = None, after: int | None = None
+) -> Page:
+    """Keyset paging on the sequence number: `before` gives the `size` matching records older than
+    that record, `after` the ones newer, neither the newest. No COUNT (the log grows without bound,
+    and a count over a filter reads every matching row): one row more than the page tells whether
+    there is more in that direction, one LIMIT 1 probe whether there is any in the other. A page
+    stays put while records are appended (each page viewed appends one): offsets would shift."""
+    seq = audit_log.c.seq
+    q = _where(sa.select(audit_log), flt)
+    if after is not None:
+        found = list(conn.execute(q.where(seq > after).order_by(seq.asc()).limit(size + 1)).all())
+        rows = list(reversed(found[:size]))
+        newer = len(found) > size
+        older = _exists(conn, flt, seq < (rows[-1].seq if rows else after + 1))
+    else:
+        if before is not None:
+            q = q.where(seq < before)
+        found = list(conn.execute(q.order_by(seq.desc()).limit(size + 1)).all())
+        rows = found[:size]
+        older = len(found) > size
+        newer = before is not None and _exists(conn, flt, seq > (rows[0].seq if rows else before - 1))
+    return Page(rows, newer=newer, older=older)
+
+
+def latest(conn: sa.Connection, flt: AuditFilter, *, limit: int) -> list[sa.Row[Any]]:
+    """The newest `limit` matching records, newest first."""
+    return list(conn.execute(_where(sa.select(audit_log), flt).order_by(audit_log.c.seq.desc()).limit(limit)))
+
+
+def bounded(conn: sa.Connection, flt: AuditFilter, *, most: int) -> list[sa.Row[Any]] | None:
+    """Every matching record, oldest first, or None when more than `most` match (one statement: it
+    reads at most `most` + 1 rows, whatever the log holds)."""
+    q = _where(sa.select(audit_log), flt).order_by(audit_log.c.seq.asc()).limit(most + 1)
+    rows = list(conn.execute(q).all())
+    return None if len(rows) > most else rows
+
+
+def counts_by_event(conn: sa.Connection, flt: AuditFilter) -> list[tuple[str, int, int]]:
+    """(event, successes, failures) of the matching records, the most frequent first."""
+    outcome = audit_log.c.outcome
+    q = _where(
+        sa.select(
+            audit_log.c.event,
+            sa.func.sum(sa.case((outcome == SUCCESS, 1), else_=0)),
+            sa.func.sum(sa.case((outcome == FAILURE, 1), else_=0)),
+        ),
+        flt,
+    ).group_by(audit_log.c.event)
+    found = [(str(e), int(ok or 0), int(bad or 0)) for e, ok, bad in conn.execute(q)]
+    return sorted(found, key=lambda c: (-(c[1] + c[2]), c[0]))

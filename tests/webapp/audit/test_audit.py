@@ -1,4 +1,5 @@
-"""The audit trail: hash chain verification, tampering, concurrency, failure blocking, the viewer."""
+"""The audit trail: hash chain verification, tampering, concurrency, failure blocking (the pages that
+read it: test_views.py, test_activity.py, test_export.py)."""
 
 from __future__ import annotations
 
@@ -149,43 +150,6 @@ def test_concurrent_writers_keep_one_intact_chain(app: Flask, writers: int, each
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
     with svc.engine.connect() as conn:
         assert service.verify(conn).ok
-
-
-def test_the_auditor_can_read_and_filter(app: Flask, people: dict[str, Person]) -> None:
-    login(client_for(app, people["alice"].cert), "alice", "Wrong-Password-Attempt-99")
-    auditor = client_for(app, people["audrey"].cert)
-    assert login(auditor, "audrey", people["audrey"].password).status_code == 302
-    page = get(auditor, "/audit/?actor=alice&outcome=failure&event=auth.login_failure")
-    assert page.status_code == 200
-    assert page.text.count("auth.login_failure") >= 2  # the option and at least one row
-    assert "auth.login_success" not in page.text.split("<tbody>")[1]
-    assert audit_rows(app, Event.AUDIT_VIEWED)
-
-
-@pytest.mark.parametrize(
-    ("query", "refusal"),
-    [
-        ("?outcome=maybe", "parameter 'outcome' not a valid choice"),
-        ("?since=yesterday", "parameter 'since' not a valid date value"),
-        ("?page=0", "parameter 'page' number must be between 1 and 100000"),
-        ("?user=alice", "unknown parameter 'user'"),
-    ],
-)
-def test_bad_audit_filters_are_refused(
-    app: Flask, people: dict[str, Person], query: str, refusal: str
-) -> None:
-    auditor = client_for(app, people["audrey"].cert)
-    login(auditor, "audrey", people["audrey"].password)
-    r = get(auditor, "/audit/" + query)
-    assert r.status_code == 400
-    assert refusal in r.text.replace("&#39;", "'"), r.text[r.text.find("<main>") :]
-
-
-def test_a_clerk_cannot_read_the_audit_log(app: Flask, people: dict[str, Person]) -> None:
-    clerk = client_for(app, people["alice"].cert)
-    login(clerk, "alice", people["alice"].password)
-    assert get(clerk, "/audit/").status_code == 403
-    assert audit_rows(app, Event.ACCESS_DENIED)
 
 
 def test_mariadb_grants_refuse_changing_the_audit_log(maria_backend: MariaBackend) -> None:
