@@ -99,13 +99,22 @@ def users_add(username: str, role: str, password_stdin: bool) -> None:
 
 @users_cli.command("reset-password")
 @click.argument("username")
-@_stdin_option
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="For scripts only: read the new password from stdin (one line) and store it as a normal "
+    "password, not a one-time one. Without it a one-time password is generated and printed.",
+)
 def users_reset_password(username: str, password_stdin: bool) -> None:
-    """Give a user a new password (prompted for twice, hidden) and end their sessions."""
-    password = _read_password(password_stdin)
+    """Give a user a generated one-time password (printed once: hand it over in person), clear a
+    lockout and end their sessions; the next login must choose a new password."""
+    password = _read_password(True) if password_stdin else None
     with _admin() as ctx:
-        service.reset_password(ctx, username, password)
+        one_time = service.reset_password(ctx, username, password)
     click.echo(f"password of {username} reset; their sessions were ended")
+    if one_time is not None:
+        # stdout only, once: never logged or audited. The login spends it and forces a new password.
+        click.echo(f"one-time password (works for one login, which must choose a new one): {one_time}")
 
 
 @users_cli.command("set-pin")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,8 +18,10 @@ from flask import Flask
 from tests.fixtures.pki import TestCA
 from tests.webapp.conftest import PASSWORDS, SECRET, Person
 from tests.webapp.helpers import audit_rows, events, user_row
+from webapp.auth import passwords
 from webapp.db.tables import cert_bindings
 from webapp.events import Event
+from webapp.services import services
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -128,6 +132,35 @@ def test_reset_password_refuses_the_last_four(app: Flask, people: dict[str, Pers
         assert "last 4 passwords" in err
     # The original is now five passwords back: allowed again.
     assert _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=history[0] + "\n")[0] == 0
+
+
+def test_reset_password_prints_a_one_time_password_by_default(
+    app: Flask, people: dict[str, Person], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    code, out, err = _run(app, "users", "reset-password", "alice")
+    assert code == 0, err
+    found = re.search(r"one-time password \(.*\): (\S+)$", out, re.M)
+    assert found
+    otp = found.group(1)
+    row = user_row(app, "alice")
+    assert row.must_change_password
+    assert passwords.verify(services(app).hasher, row.password_hash, otp)
+    [reset] = audit_rows(app, Event.PASSWORD_RESET)
+    assert "one_time=yes" in reset.detail
+    assert all(otp not in " ".join(str(v) for v in r) for r in audit_rows(app))
+    assert otp not in caplog.text
+
+
+def test_reset_password_from_stdin_is_a_normal_password(app: Flask, people: dict[str, Person]) -> None:
+    new = "Fresh-Meadow-Lantern-5757"
+    code, out, _ = _run(app, "users", "reset-password", "alice", "--password-stdin", stdin=new + "\n")
+    assert code == 0
+    assert "one-time" not in out
+    row = user_row(app, "alice")
+    assert not row.must_change_password
+    assert passwords.verify(services(app).hasher, row.password_hash, new)
+    assert "one_time=no" in audit_rows(app, Event.PASSWORD_RESET)[-1].detail
 
 
 @pytest.mark.parametrize(
