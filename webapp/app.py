@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from webapp import budgets, failures, navigation, syslog, validation
 from webapp import config as config_module
 from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
+from webapp.admin.views import bp as admin_bp
 from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
 from webapp.auth.account import bp as account_bp
@@ -224,6 +225,7 @@ def _configured(
     app.register_blueprint(auth_bp)
     app.register_blueprint(account_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     for command in COMMANDS:
         app.cli.add_command(command)
