@@ -33,6 +33,17 @@ PERIODS = (1, 7, 30, 90, 365)  # days, for an employee's activity
 TYPED = frozenset({"actor", "since", "until"})
 
 
+class UtcDateTimeField(DateTimeLocalField):
+    """A date-time in UTC. A valid value is written back in the one shape an <input
+    type="datetime-local"> shows (a browser blanks any other, and the filter would be lost on the
+    next search); an invalid one as typed, next to its error."""
+
+    def _value(self) -> str:
+        if isinstance(self.data, datetime) and not self.errors:
+            return self.data.strftime("%Y-%m-%dT%H:%M:%S" if self.data.second else "%Y-%m-%dT%H:%M")
+        return str(super()._value())
+
+
 def _cursor(label: str) -> IntegerField:
     return IntegerField(label, validators=[Optional(), NumberRange(min=1, max=MAX_SEQ)])
 
@@ -77,13 +88,13 @@ class FilterFields(FlaskForm):
         choices=[SelectChoice("", "any"), SelectChoice("success"), SelectChoice("failure")],
         default="",
     )
-    since = DateTimeLocalField(
+    since = UtcDateTimeField(
         "From (UTC)",
         format=DATETIME_FORMATS,
         validators=[Optional()],
         invalid_value_message=f"must be {DATETIME_HINT}",
     )
-    until = DateTimeLocalField(
+    until = UtcDateTimeField(
         "Until (UTC, not included)",
         format=DATETIME_FORMATS,
         validators=[Optional(), _until_after_since],

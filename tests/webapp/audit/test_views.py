@@ -78,7 +78,9 @@ def test_filters_by_time_range_in_utc(app: Flask, clock: FakeClock, as_role: AsR
     page = get(auditor, "/audit/?actor=walker&until=2026-11-25").text
     assert resources(page, CAPTION) == []
     # What was typed is written back for the next search.
-    assert typed_value(page, "until") == "2026-11-25"
+    assert typed_value(page, "until") == "2026-11-25T00:00"  # the shape a date-time field shows
+    page = get(auditor, "/audit/?actor=walker&since=2026-11-25+08:00:01").text
+    assert typed_value(page, "since") == "2026-11-25T08:00:01"
 
 
 def _walkers(app: Flask, n: int) -> None:
