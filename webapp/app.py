@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from webapp import budgets, failures, navigation, syslog, validation
 from webapp import config as config_module
 from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
+from webapp.admin.operations import bp as operations_bp
 from webapp.admin.views import bp as admin_bp
 from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
@@ -227,6 +228,7 @@ def _configured(
     app.register_blueprint(audit_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
+    app.register_blueprint(operations_bp)
     for command in COMMANDS:
         app.cli.add_command(command)
 

@@ -26,6 +26,9 @@ Exactness, the same on SQLite and MariaDB (docs/webapp.md, "Transactions"):
   rolled back, the refusal is recorded and counted), so exactly `limit` requests per window are
   served whatever the interleaving. Counters are taken in one fixed order (no deadlock between them).
 - A request that fails (503, safe mode) rolls back with everything else and is not counted.
+- An administrator may lift an employee's spent budget (`lift`, the admin console: confirmed with a
+  reason and the admin's password, audited as admin.budget_lifted): the employee's own counters of
+  the current windows are set back to 0 under their locks, in the same order.
 """
 
 from __future__ import annotations
@@ -309,6 +312,73 @@ def charge_in_turn(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, 
 def peek(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
     """The counts as they are, without counting and without a lock (one statement)."""
     return _read(conn, _ordered(rules, user_id), user_id, now)
+
+
+def usage(conn: sa.Connection, rules: Sequence[Rule], *, now: datetime) -> dict[str, list[Count]]:
+    """Every stored counter's count in its rule's current window, by scope key ("total",
+    "user:<id>"), for the admin console: one statement, no lock. A counter whose window_start is not
+    the current window counts 0; a scope with no stored counter is absent (it counts 0 everywhere)."""
+    t = request_counters
+    by_window = {(r.scope == "total", r.window): r for r in rules}
+    found: dict[str, list[Count]] = {}
+    for row in conn.execute(sa.select(t.c.scope, t.c.window_seconds, t.c.n, t.c.window_start)):
+        scope = str(row.scope)
+        rule = by_window.get((scope == "total", int(row.window_seconds)))
+        if rule is None:  # a counter of a rule no longer configured
+            continue
+        start = window_start(now, rule.window)
+        n = int(row.n) if from_db(row.window_start) >= start else 0
+        found.setdefault(scope, []).append(Count(rule, n, start))
+    return found
+
+
+def lift(
+    conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, actor_id: int, now: datetime
+) -> list[Count]:
+    """An administrator lifts an employee's spent request budget (the admin console, after an
+    investigation): that employee's own counters of the current windows go back to 0, by UPDATE (the
+    app may not DELETE counters, db/grants.sql), in the caller's transaction. The shared (total)
+    counters are not touched. Returns the employee's counts as they were just before, read under the
+    lift's locks: what the audit record states.
+
+    Exact under concurrency, like charging: the rows are locked (MariaDB: SELECT ... FOR UPDATE, row
+    locks; SQLite: the write lock) before they are read and reset, so a request counted at the same
+    moment lands wholly before the lift (and is reset with the rest) or wholly after (and counts in
+    the lifted window); nothing is lost or counted twice. The locks are taken in the one order (scope
+    key, then window; "total" after every "user:<id>"), the lifting admin's own counters with the
+    employee's, since the admin's own request charges those at its end: two admins lifting each
+    other's budgets at once cannot deadlock. Within a window counts only grow, except here: a request
+    refused at its start by the lock-free read (_before) was over the limit when it read, and is
+    refused on that. After a lift the count crosses the alert and the limit again from 0, so
+    budget.alert and budget.limit_reached are raised again if it reaches them in the same window."""
+    mine = sorted(own(rules), key=lambda r: r.window)
+    if not mine:
+        return []
+    t = request_counters
+    key = f"user:{user_id}"
+    locked = conn.execute(
+        sa.select(t.c.scope, t.c.window_seconds, t.c.n, t.c.window_start)
+        .where(
+            t.c.scope.in_(sorted({key, f"user:{actor_id}"})),
+            t.c.window_seconds.in_([r.window for r in mine]),
+        )
+        .order_by(t.c.scope, t.c.window_seconds)
+        .with_for_update()
+    ).all()
+    stored = {(row.scope, int(row.window_seconds)): (int(row.n), from_db(row.window_start)) for row in locked}
+    was: list[Count] = []
+    for rule in mine:
+        start = window_start(now, rule.window)
+        n, at = stored.get((key, rule.window), (0, start))
+        current = n if at >= start else 0
+        was.append(Count(rule, current, start))
+        if current:
+            conn.execute(
+                sa.update(t)
+                .where(t.c.scope == key, t.c.window_seconds == rule.window, t.c.window_start >= to_db(start))
+                .values(n=0)
+            )
+    return was
 
 
 def deciding(counts: Sequence[Count]) -> Count | None:
