@@ -62,13 +62,16 @@ class FilterFields(FlaskForm):
 
     def validate(self, extra_validators: Any = None) -> bool:
         """A card number typed into a filter is an error that is not written back: the field is
-        emptied, so the page (and its links) never carry it."""
+        emptied, so the page (and its links) never carry it; `card_numbers` names those fields (the
+        view alerts on them, as on a card number in any other field that is not the card form)."""
         ok: bool = super().validate(extra_validators)
+        self.card_numbers: list[str] = []
         for name in sorted(TYPED):
             field = self[name]
             if field.raw_data and contains_pan(str(field.raw_data[0])):
                 field.errors = ["must not be a card number (it was not kept)"]
                 field.raw_data, field.data = [], None
+                self.card_numbers.append(name)
                 ok = False
         return ok
 
