@@ -4,9 +4,12 @@ spent at that very login, and the session opens nothing but the page that choose
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import argon2
 import pytest
@@ -15,12 +18,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from tests.support import component_missing
 from tests.webapp.auth.keypad_entry import layout, spell
-from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
+from tests.webapp.conftest import CHEAP_ARGON2, Person, client_for, csrf_token, get, login, post
 from tests.webapp.helpers import audit_rows, events, live_sessions, user_row
+from tests.webapp.tls_server import Server, serve
 from webapp.auth import passwords
 from webapp.auth.service import SPENT_HASH
 from webapp.clock import FakeClock, to_db
+from webapp.db.engine import make_engine
 from webapp.db.tables import audit_log, outbox, password_history, sessions, users
 from webapp.events import Event
 
@@ -346,3 +352,90 @@ def test_the_one_time_password_is_nowhere_in_the_records_or_logs(
     for secret in (OTP, NEW):
         assert secret not in recorded
         assert secret not in caplog.text
+
+
+# The keypads of the change page (static/keypads.js) in Chromium, under the CSP, as test_browser.py
+# drives the login's keypad: a keypad deployment whose clerk was reset by an admin.
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def keypad_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve(tmp_path_factory.mktemp("forced"), {"STRONGROOM_LOGIN_ENTRY": "keypad"}) as running:
+        engine = make_engine(running.db_url)
+        hashed = passwords.make_hasher(
+            time_cost=CHEAP_ARGON2["ARGON2_TIME_COST"],
+            memory_cost=CHEAP_ARGON2["ARGON2_MEMORY_COST"],
+            parallelism=CHEAP_ARGON2["ARGON2_PARALLELISM"],
+        ).hash(OTP)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(users)
+                .where(users.c.username == "alice")
+                .values(password_hash=hashed, must_change_password=True)
+            )
+        engine.dispose()
+        yield running
+
+
+def _click(page: Any, pad: str, password: str) -> None:
+    tokens = dict(
+        page.eval_on_selector_all(
+            f"{pad} button[data-token]", "buttons => buttons.map(b => [b.textContent, b.dataset.token])"
+        )
+    )
+    for char in password:
+        page.click(f'{pad} button[data-token="{tokens[char]}"]')
+
+
+def test_the_forced_change_on_keypads_in_a_real_browser(
+    keypad_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not (os.path.exists(CHROMIUM) and shutil.which("chromium")):
+        component_missing("chromium is not installed (scripts/debian-packages.txt)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        component_missing("playwright is not installed (requirements-dev.txt)")
+    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(keypad_server.ca_file))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    cert, key = keypad_server.alice
+    base = f"https://127.0.0.1:{keypad_server.port}"
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu", "--no-first-run"])
+        context = browser.new_context(
+            client_certificates=[{"origin": base, "certPath": str(cert), "keyPath": str(key)}]
+        )
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            page.goto(f"{base}/login")
+            page.fill("input[name=username]", "alice")
+            _click(page, "#keypad", OTP)
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            assert page.url.endswith(FORCED)
+            assert page.locator("h1").text_content() == "Choose a new password"
+            _click(page, "div[data-value='new_keypad-value']", NEW)
+            _click(page, "div[data-value='again_keypad-value']", NEW)
+            assert page.text_content("#new_keypad-count") == str(len(NEW))
+            assert NEW not in page.input_value("#new_keypad-value")  # tokens, never characters
+            page.click("button:has-text('Set my new password')")
+            page.wait_for_load_state()
+            assert page.url == f"{base}/"
+        finally:
+            context.close()
+            browser.close()
+    engine = make_engine(keypad_server.db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.username == "alice")).one()
+    finally:
+        engine.dispose()
+    assert not row.must_change_password
+    assert passwords.verify(
+        passwords.make_hasher(time_cost=1, memory_cost=8, parallelism=1), row.password_hash, NEW
+    )
+    assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []

@@ -1,20 +1,28 @@
 """The idle warning's server side: logged-in pages carry the idle timeout for static/idle.js, and its
 "Stay logged in" is one audited GET that moves the idle timer exactly as a click would, nothing more.
-(The script's own behaviour in Chromium: test_browser.py.)"""
+The script's own behaviour is driven in Chromium at the end."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.webapp.conftest import Person, client_for, get, login
+from tests.support import component_missing
+from tests.webapp.conftest import PASSWORDS, Person, client_for, get, login
 from tests.webapp.helpers import audit_rows, live_sessions
+from tests.webapp.tls_server import Server, serve
 from webapp.clock import FakeClock, to_db
+from webapp.db.engine import make_engine
+from webapp.db.tables import audit_log
 from webapp.events import Event
 
 PING = "/account/still-here"
@@ -138,3 +146,89 @@ def test_the_ping_needs_a_session(app: Flask, people: dict[str, Person]) -> None
     r = get(client_for(app, people["alice"].cert), PING)
     assert r.status_code == 302
     assert [a.detail for a in audit_rows(app, Event.ACCESS_DENIED)] == ["not_logged_in"]
+
+
+# The script itself, in Chromium (Debian's, driven by Playwright, as in test_browser.py) against
+# gunicorn with a client certificate; a 12-second idle timeout makes the warning come after 9 seconds.
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_IDLE = 12
+
+
+@pytest.fixture(scope="module")
+def short_idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve(
+        tmp_path_factory.mktemp("idle"), {"STRONGROOM_SESSION_IDLE_TIMEOUT": str(BROWSER_IDLE)}
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def idle_page(short_idle_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
+    if not (os.path.exists(CHROMIUM) and shutil.which("chromium")):
+        component_missing("chromium is not installed (scripts/debian-packages.txt)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        component_missing("playwright is not installed (requirements-dev.txt)")
+    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(short_idle_server.ca_file))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    cert, key = short_idle_server.alice
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu", "--no-first-run"])
+        context = browser.new_context(
+            client_certificates=[
+                {
+                    "origin": f"https://127.0.0.1:{short_idle_server.port}",
+                    "certPath": str(cert),
+                    "keyPath": str(key),
+                }
+            ]
+        )
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        try:
+            yield page, problems
+        finally:
+            context.close()
+            browser.close()
+
+
+def _pings(server: Server) -> int:
+    engine = make_engine(server.db_url)
+    try:
+        with engine.connect() as conn:
+            return len(
+                conn.execute(sa.select(audit_log.c.seq).where(audit_log.c.detail == "stay_logged_in")).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_the_warning_in_a_real_browser(idle_page: tuple[Any, list[str]], short_idle_server: Server) -> None:
+    page, problems = idle_page
+    base = f"https://127.0.0.1:{short_idle_server.port}"
+    page.goto(f"{base}/login")
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORDS["alice"])
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    page.goto(f"{base}/account/password")
+    assert page.locator("#idle-warning").count() == 0  # nothing yet
+    # The warning: an alert with the button, a quarter of the (short) timeout before its end.
+    warning = page.wait_for_selector("#idle-warning", timeout=(BROWSER_IDLE + 2) * 1000)
+    assert warning.get_attribute("role") == "alert"
+    assert "You will be logged out" in (warning.text_content() or "")
+    assert _pings(short_idle_server) == 0  # showing it sent nothing
+    page.click("#idle-stay")
+    page.wait_for_selector("#idle-warning", state="detached", timeout=5000)
+    assert _pings(short_idle_server) == 1
+    # Then nothing more is done: the warning comes back, and after the timeout the page says so.
+    page.wait_for_selector("text=You were logged out", timeout=(BROWSER_IDLE + 4) * 1000)
+    assert page.locator("#idle-warning a[href='/login']").count() == 1
+    assert _pings(short_idle_server) == 1
+    # And the server agrees: the session is gone.
+    page.goto(f"{base}/account/password")
+    assert page.url.endswith("/login")
+    assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []
