@@ -387,6 +387,20 @@ def test_reset_password_gives_a_one_time_password_and_ends_sessions(
     _nowhere_but_the_page(app, otp, caplog)
 
 
+def test_the_one_time_password_logs_in_once_into_the_forced_change(
+    app: Flask, ada: FlaskClient, people: dict[str, Person]
+) -> None:
+    """The other half of the contract (webapp/auth: the login spends it and forces a change)."""
+    otp = _otp(confirm_post(ada, f"/admin/users/{_uid(app, 'alice')}/reset-password").text)
+    browser = client_for(app, people["alice"].cert)
+    assert login(browser, "alice", people["alice"].password).status_code != 302  # the old one is dead
+    first = login(browser, "alice", otp)
+    assert first.status_code == 302
+    assert first.headers["Location"].endswith("/account/new-password")
+    again = login(client_for(app, people["alice"].cert), "alice", otp)
+    assert again.status_code != 302  # spent
+
+
 # --- nobody locks the admins out ---------------------------------------------------------------------
 
 
