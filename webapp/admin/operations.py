@@ -269,9 +269,7 @@ def _zero(rule: budgets.Rule, now: datetime) -> budgets.Count:
 def _fill(rules: list[budgets.Rule], found: list[budgets.Count], now: datetime) -> list[budgets.Count]:
     """One count per rule, in the rules' order: a rule with no stored counter counts 0."""
     by_window = {c.rule.window: c for c in found}
-    return [
-        by_window.get(r.window) or budgets.Count(r, 0, budgets.window_start(now, r.window)) for r in rules
-    ]
+    return [by_window.get(r.window) or _zero(r, now) for r in rules]
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,25 @@ def test_the_admins_password_is_required_and_a_wrong_one_counts(
         assert user_row(app, "root").failed_logins == 1
 
 
+def test_wrong_passwords_that_lock_the_admin_out_end_their_session(
+    make_app: Callable[..., Flask], admins: dict[str, Person], people: dict[str, Person]
+) -> None:
+    app = make_app(REQUEST_BUDGETS=BUDGETS, LOCKOUT_THRESHOLD=2)
+    spend(app, people["alice"], 3)
+    client = logged_in(app, admins["root"])
+    assert (
+        lift(app, client, "alice", reason=REASON, confirm_typed="Wrong-Password-Attempt-99").status_code
+        == 403
+    )
+    locked = lift(app, client, "alice", reason=REASON, confirm_typed="Wrong-Password-Attempt-98")
+    assert locked.status_code == 302
+    assert locked.headers["Location"] == "/login"
+    assert user_row(app, "root").locked_until is not None
+    assert get(client, "/admin/budgets").status_code == 302  # the session has ended
+    assert audit_rows(app, Event.BUDGET_LIFTED) == []
+    assert counters(app)[(f"user:{user_id(app, 'alice')}", 3600)][0] == 3
+
+
 def test_an_overlong_field_is_a_typo_shown_inline_not_an_alert(
     budget_app: Flask, admins: dict[str, Person], people: dict[str, Person]
 ) -> None:
