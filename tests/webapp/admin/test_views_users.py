@@ -4,8 +4,10 @@ audited with its reason; each page refused (403, audited) for every other role."
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -83,10 +85,7 @@ def test_the_list_shows_role_state_last_login_and_certificates(
     assert "active" in alice
     assert "from 10.0.0.7" in alice
     assert user_row(app, "alice").last_login_ip == "10.0.0.7"
-    fingerprint = people["alice"].cert.der
-    import hashlib
-
-    assert hashlib.sha256(fingerprint).hexdigest() in alice
+    assert hashlib.sha256(people["alice"].cert.der).hexdigest() in alice
     assert "CN=alice" in alice
     assert "unknown" in alice  # no CRL configured: never "not revoked"
 
@@ -470,3 +469,61 @@ def test_the_one_time_password_passes_the_policy(app: Flask) -> None:
     for otp in seen:
         assert re.fullmatch(r"[A-HJ-NP-Za-km-np-z2-9]{5}(-[A-HJ-NP-Za-km-np-z2-9]{5}){3}", otp)
         assert passwords.check_policy(svc.hasher, otp, username="carol", recent_hashes=[]).ok
+
+
+class _Structure(HTMLParser):
+    """What axe would flag first: duplicate ids, fields without a label, labels inside labels, h1s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.label_for: set[str] = set()
+        self.fields: list[str | None] = []
+        self.h1 = 0
+        self.in_label = 0
+        self.nested_labels = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.append(str(a["id"]))
+        if tag == "label":
+            self.nested_labels += self.in_label
+            self.in_label += 1
+            self.label_for.add(str(a.get("for")))
+        if tag in ("input", "select", "textarea") and a.get("type") != "hidden":
+            self.fields.append(a.get("id"))
+        self.h1 += tag == "h1"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self.in_label -= 1
+
+
+def test_every_console_page_has_one_heading_and_labelled_fields(
+    app: Flask, ada: FlaskClient, people: dict[str, Person]
+) -> None:
+    logged_in(app, people["bob"])
+    alice = _uid(app, "alice")
+    handle = re.findall(r"/admin/sessions/([0-9a-f]{12})/end", get(ada, "/admin/sessions").text)[0]
+    fingerprint = hashlib.sha256(people["alice"].cert.der).hexdigest()
+    pages = [
+        get(ada, path).text
+        for path in [
+            *PAGES,
+            "/admin/certificates",
+            f"/admin/certificates/{fingerprint}/unbind",
+            "/admin/sessions",
+            f"/admin/sessions/{handle}/end",
+        ]
+    ]
+    pages.append(confirm_post(ada, "/admin/users/new", username="x y", reason="short").text)  # errors
+    pages.append(confirm_post(ada, "/admin/certificates", username="x y", pem="zz").text)
+    pages.append(confirm_post(ada, f"/admin/users/{alice}/reset-password").text)  # the one-time password
+    for html in pages:
+        found = _Structure()
+        found.feed(html)
+        assert found.h1 == 1
+        assert len(found.ids) == len(set(found.ids)), found.ids
+        assert all(f in found.label_for for f in found.fields), (found.fields, found.label_for)
+        assert found.nested_labels == 0
