@@ -5,8 +5,10 @@ audited with its reason; each page refused (403, audited) for every other role."
 from __future__ import annotations
 
 import hashlib
+import html as html_text
 import logging
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -527,3 +529,28 @@ def test_every_console_page_has_one_heading_and_labelled_fields(
         assert len(found.ids) == len(set(found.ids)), found.ids
         assert all(f in found.label_for for f in found.fields), (found.fields, found.label_for)
         assert found.nested_labels == 0
+
+
+_KEY = re.compile(r'data-token="([0-9a-f]{8})">([^<]+)</button>')
+
+
+def test_the_confirmation_is_clicked_where_passwords_are_entered_on_the_keypad(
+    make_app: Callable[..., Flask], admin: Person, people: dict[str, Person]
+) -> None:
+    keypad_app = make_app(LOGIN_ENTRY="keypad")  # the same database, entered on the keypad
+    client = client_for(keypad_app, admin.cert)
+
+    def spell(page: str, secret: str) -> str:
+        layout = {html_text.unescape(char): token for token, char in _KEY.findall(page)}
+        return ".".join(layout[c] for c in secret)
+
+    page = get(client, "/login").text
+    data = {"csrf_token": csrf_token(page), "username": "ada", "keypad": spell(page, admin.password)}
+    assert post(client, "/login", data=data).status_code == 302
+    path = f"/admin/users/{_uid(keypad_app, 'bob')}/disable"
+    page = get(client, path).text
+    assert "keypad.js" in page
+    assert 'type="password"' not in page
+    data = {"csrf_token": csrf_token(page), "reason": REASON, "keypad": spell(page, admin.password)}
+    assert post(client, path, data=data).status_code == 302
+    assert not user_row(keypad_app, "bob").active
