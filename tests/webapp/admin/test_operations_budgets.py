@@ -124,7 +124,7 @@ def test_the_admin_sees_each_users_usage_the_totals_keyd_and_the_key_versions(
     ]
     assert rows["bob"] == ["clerk", "active", "3 alert reached", "3", "Lift the budget of bob"]
     assert rows["audrey"] == ["auditor", "active", "0", "0", "nothing used"]
-    assert rows["root"][-1] == "your own: another administrator"
+    assert rows["root"][-1] == "yours: another administrator may lift it"
     assert "this hour (alert at 3, limit 8)" in html
     assert "this day (alert at 100, no limit)" in html
     # The whole vault: alice's served requests and bob's (her refused one is hers alone).
