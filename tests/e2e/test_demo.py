@@ -1,6 +1,9 @@
 """`make run` as a newcomer uses it: the demo script brings up keyd (unsealed through the real drop
-file), the CA, the web app under gunicorn with mTLS; the printed bundle and password log in; a
-revocation through the CA locks the certificate out; Ctrl-C stops everything."""
+file), the CA, the web app under gunicorn with mTLS, one user per role (admin, supervisor, clerk,
+auditor) and three customers with test card numbers; each user's printed bundle and password log in
+(no forced password change: the demo users are made by the scripted bootstrap) and reach their own
+pages, and only theirs; a revocation through the CA locks the certificate out; Ctrl-C stops
+everything; and a second run adds nothing twice."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -23,10 +27,14 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.fixtures.pki import unpack_bundle
 from tests.support import need_binary
+from webapp import navigation
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run-demo.sh"
 PY = ROOT / ".venv" / "bin" / "python"
+# The demo's users, each named after their role (scripts/run-demo.sh).
+ROLES = ("admin", "supervisor", "clerk", "auditor")
+CUSTOMERS = ("C1000001", "C1000002", "C1000003")  # scripts/demo_data.py
 
 
 @dataclass
@@ -35,7 +43,8 @@ class Demo:
     dir: Path
     port: int
     output: str
-    client: tuple[Path, Path]
+    client: tuple[Path, Path]  # the admin's
+    clients: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # every demo user's
 
     def env(self) -> dict[str, str]:
         secret = (self.dir / "secrets" / "flask-secret-key").read_text().strip()
@@ -72,6 +81,22 @@ def _field(output: str, label: str) -> str:
     found = re.search(rf"^\s*{label}:\s+(\S+)\s*$", output, re.MULTILINE)
     assert found, f"{label!r} not in the demo's banner:\n{output}"
     return found.group(1)
+
+
+def banner_users(output: str) -> dict[str, str]:
+    """Each user's part of the banner ("Log in as: NAME (ROLE): ..." and its indented lines), by name."""
+    parts = re.split(r"^\s*Log in as:\s+", output, flags=re.MULTILINE)[1:]
+    return {part.split()[0]: part.split("\n\n", 1)[0] for part in parts}
+
+
+def unpack_all(output: str, where: Path) -> dict[str, tuple[Path, Path]]:
+    """Every demo user's bundle, opened with its printed password, as a TLS client's PEM files."""
+    users = banner_users(output)
+    assert sorted(users) == sorted(ROLES), output
+    return {
+        name: unpack_bundle(Path(_field(part, "bundle")), _field(part, "bundle password"), where)
+        for name, part in users.items()
+    }
 
 
 def start_demo(demo_dir: Path, port: int, **env: str) -> tuple[subprocess.Popen[str], str]:
@@ -118,7 +143,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     with pytest.raises(ValueError, match="password"):
         pkcs12.load_key_and_certificates(bundle.read_bytes(), b"not the password")
     client = unpack_bundle(bundle, _field(output, "bundle password"), demo_dir)
-    running = Demo(proc, demo_dir, port, output, client)
+    running = Demo(proc, demo_dir, port, output, client, unpack_all(output, demo_dir))
     try:
         yield running
     finally:
@@ -157,6 +182,81 @@ def test_the_printed_credentials_log_in(demo: Demo) -> None:
     status, _, page = _get(conn, "/", session)
     assert status == 200, page
     conn.close()
+
+
+def log_in(demo: Demo, name: str) -> tuple[http.client.HTTPSConnection, str]:
+    """`name` logs in with their own certificate and printed password: (connection, session cookie).
+    The demo users are made by the scripted bootstrap: the login goes home, not to a forced change."""
+    conn = demo.connect(demo.clients[name])
+    status, set_cookie, page = _get(conn, "/login")
+    assert status == 200, page
+    assert f"<strong>{name}</strong>" in page  # the certificate holder
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token
+    password = _field(banner_users(demo.output)[name], "password")
+    conn.request(
+        "POST",
+        "/login",
+        body=urlencode({"csrf_token": token.group(1), "username": name, "password": password}),
+        headers={"Cookie": set_cookie.split(";")[0], "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 302, name
+    assert r.getheader("Location") == "/", r.getheader("Location")
+    return conn, (r.getheader("Set-Cookie") or "").split(";")[0]
+
+
+def check_own_pages(demo: Demo, name: str) -> None:
+    """`name` (named after their role) sees their role's header links, each opens; the records roles
+    find the demo's customers with the cards masked, the others are refused the records."""
+    conn, cookie = log_in(demo, name)
+    try:
+        status, _, home = _get(conn, "/", cookie)
+        assert status == 200, home
+        assert f'<span class="who">{name} ({name})</span>' in home
+        nav = re.search(r'<nav aria-label="Main">(.*?)</nav>', home, re.DOTALL)
+        assert nav, home
+        links = re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', nav.group(1))
+        assert [label for _, label in links] == [
+            label for label, _endpoint, roles in navigation.LINKS if name in roles
+        ]
+        for href, label in links:
+            status, _, page = _get(conn, href, cookie)
+            assert status == 200, (name, label, href, page[:500])
+        status, _, found = _get(conn, f"/records/?crm_ref={CUSTOMERS[0]}", cookie)
+        if name in ("clerk", "supervisor"):
+            assert status == 200, found[:500]
+            record = re.search(r'href="(/records/[0-9]+)"', found)
+            assert record, found
+            status, _, page = _get(conn, record.group(1), cookie)
+            assert status == 200, page[:500]
+            assert "•••• 1111" in page
+            assert "•••• 4444" in page
+            assert "4111111111111111" not in page
+            assert "4111 1111 1111 1111" not in page
+        else:
+            assert status == 403, (name, status)
+    finally:
+        conn.close()
+
+
+def test_the_banner_names_every_role(demo: Demo) -> None:
+    users = banner_users(demo.output)
+    for name in ROLES:
+        assert f"{name} ({name}): " in users[name]
+        assert (demo.dir / f"{name}.p12").is_file()
+    assert "No password change is asked at the first login" in demo.output
+    for ref in CUSTOMERS:
+        assert ref in demo.output
+    # The customers' cards are named by their last four digits only, never in full.
+    assert "4111111111111111" not in demo.output
+    assert "•••• 1111" in demo.output
+
+
+@pytest.mark.parametrize("name", ROLES)
+def test_each_demo_user_logs_in_to_their_own_pages(name: str, demo: Demo) -> None:
+    check_own_pages(demo, name)
 
 
 def test_no_client_certificate_no_connection(demo: Demo) -> None:
@@ -200,6 +300,36 @@ def test_ctrl_c_stops_everything(demo: Demo) -> None:
     assert not (demo.dir / "keyd-run" / "keyd.sock").exists() or not _answers(
         demo.dir / "keyd-run" / "keyd.sock"
     )
+
+
+def test_a_second_run_adds_nothing_twice(demo: Demo) -> None:
+    """Started again on the same demo dir: the same users, bundles and customers, nothing added."""
+    assert demo.proc.poll() is not None, "runs after test_ctrl_c_stops_everything"
+    bundles = {name: (demo.dir / f"{name}.p12").read_bytes() for name in ROLES}
+    proc, output = start_demo(demo.dir, demo.port)
+    try:
+        assert "adding the demo" not in output
+        assert "issuing" not in output
+        for ref in CUSTOMERS:
+            assert f"{ref}: already there" in output
+        assert banner_users(output) == banner_users(demo.output)  # the same passwords, printed again
+        assert {name: (demo.dir / f"{name}.p12").read_bytes() for name in ROLES} == bundles
+        users = subprocess.run(
+            [str(PY), "-m", "flask", "--app", "webapp", "users", "list"],
+            env=demo.env(), cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert sorted(line.split("\t")[0] for line in users.splitlines()) == sorted(ROLES)
+        with sqlite3.connect(demo.dir / "strongroom.db") as db:
+            refs = [r[0] for r in db.execute("SELECT crm_ref FROM customer_records ORDER BY crm_ref")]
+            cards = db.execute("SELECT count(*) FROM cards").fetchone()[0]
+        assert refs == list(CUSTOMERS)
+        assert cards == 4
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert rc == 0
 
 
 def _answers(path: Path) -> bool:

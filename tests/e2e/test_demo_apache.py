@@ -1,10 +1,10 @@
 """`make run APACHE=1`: the demo in the production layout. The script brings up keyd, the CA, gunicorn
 on a Unix socket with STRONGROOM_BEHIND_PROXY and a private Apache (apache/private.py: mod_ssl with
-a required client certificate and the CRL, ModSecurity + CRS) in front of it. The printed bundle
-and password log in through Apache, whose Server header names no version; a revocation through
-the CA reloads Apache, which then refuses the certificate in the handshake; Ctrl-C stops every
-process, Apache's children included, and so does SIGTERM however a service manager sends it, with the
-same clean-up (run dir removed, Apache's logs kept)."""
+a required client certificate and the CRL, ModSecurity + CRS) in front of it. Each printed bundle
+and password (one user per role) logs in through Apache to its own pages, whose Server header names
+no version; a revocation through the CA reloads Apache, which then refuses the certificate in the
+handshake; Ctrl-C stops every process, Apache's children included, and so does SIGTERM however a
+service manager sends it, with the same clean-up (run dir removed, Apache's logs kept)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,19 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.e2e.test_demo import PY, SCRIPT, Demo, _answers, _field, _free_port, _get, start_demo
+from tests.e2e.test_demo import (
+    PY,
+    ROLES,
+    SCRIPT,
+    Demo,
+    _answers,
+    _field,
+    _free_port,
+    _get,
+    check_own_pages,
+    start_demo,
+    unpack_all,
+)
 from tests.fixtures.pki import unpack_bundle
 from tests.support import component_missing, need_binary, need_root
 
@@ -67,7 +79,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     port = _free_port()
     proc, output = start_demo(demo_dir, port, DEMO_APACHE="1")
     client = unpack_bundle(Path(_field(output, "bundle")), _field(output, "bundle password"), demo_dir)
-    running = Demo(proc, demo_dir, port, output, client)
+    running = Demo(proc, demo_dir, port, output, client, unpack_all(output, demo_dir))
     try:
         yield running
     finally:
@@ -117,6 +129,15 @@ def test_the_printed_credentials_log_in_through_apache(demo: Demo) -> None:
     # It really went through Apache: its access log has the requests, by certificate name.
     access = _front_run(demo.output) / "apache" / "logs" / "strongroom-access.log"
     assert '"admin" "POST /login HTTP/1.1" 302' in access.read_text()
+
+
+@pytest.mark.parametrize("name", ROLES)
+def test_each_demo_user_logs_in_to_their_own_pages_through_apache(name: str, demo: Demo) -> None:
+    """Every role's pages through Apache and ModSecurity too (a rule that blocked a console page
+    would show here first)."""
+    check_own_pages(demo, name)
+    access = _front_run(demo.output) / "apache" / "logs" / "strongroom-access.log"
+    assert f'"{name}" "POST /login HTTP/1.1" 302' in access.read_text()
 
 
 def test_no_client_certificate_no_connection(demo: Demo) -> None:
