@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests.support import component_missing
+from tests.webapp.auth.axe_check import blocking_axe_violations
 from tests.webapp.auth.keypad_entry import layout, spell
 from tests.webapp.conftest import CHEAP_ARGON2, Person, client_for, csrf_token, get, login, post
 from tests.webapp.helpers import audit_rows, events, live_sessions, user_row
@@ -418,6 +419,14 @@ def test_the_forced_change_on_keypads_in_a_real_browser(
             page.wait_for_load_state()
             assert page.url.endswith(FORCED)
             assert page.locator("h1").text_content() == "Choose a new password"
+            assert blocking_axe_violations(page) == []
+            # A refusal first: the two entries differ; shown next to the field, still accessible.
+            _click(page, "div[data-value='new_keypad-value']", NEW)
+            _click(page, "div[data-value='again_keypad-value']", NEW + "x")
+            page.click("button:has-text('Set my new password')")
+            page.wait_for_load_state()
+            assert "not the same" in (page.text_content("#again-error") or "")
+            assert blocking_axe_violations(page) == []
             _click(page, "div[data-value='new_keypad-value']", NEW)
             _click(page, "div[data-value='again_keypad-value']", NEW)
             assert page.text_content("#new_keypad-count") == str(len(NEW))

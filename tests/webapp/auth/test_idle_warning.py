@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.support import component_missing
+from tests.webapp.auth.axe_check import blocking_axe_violations
 from tests.webapp.conftest import PASSWORDS, Person, client_for, get, login
 from tests.webapp.helpers import audit_rows, live_sessions
 from tests.webapp.tls_server import Server, serve
@@ -221,12 +222,14 @@ def test_the_warning_in_a_real_browser(idle_page: tuple[Any, list[str]], short_i
     assert warning.get_attribute("role") == "alert"
     assert "You will be logged out" in (warning.text_content() or "")
     assert _pings(short_idle_server) == 0  # showing it sent nothing
+    assert blocking_axe_violations(page) == []
     page.click("#idle-stay")
     page.wait_for_selector("#idle-warning", state="detached", timeout=5000)
     assert _pings(short_idle_server) == 1
     # Then nothing more is done: the warning comes back, and after the timeout the page says so.
     page.wait_for_selector("text=You were logged out", timeout=(BROWSER_IDLE + 4) * 1000)
     assert page.locator("#idle-warning a[href='/login']").count() == 1
+    assert blocking_axe_violations(page) == []
     assert _pings(short_idle_server) == 1
     # And the server agrees: the session is gone.
     page.goto(f"{base}/account/password")
