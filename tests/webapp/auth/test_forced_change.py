@@ -448,3 +448,22 @@ def test_the_forced_change_on_keypads_in_a_real_browser(
         passwords.make_hasher(time_cost=1, memory_cost=8, parallelism=1), row.password_hash, NEW
     )
     assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []
+
+
+def test_the_cli_reset_s_one_time_password_works_once(app: Flask, people: dict[str, Person]) -> None:
+    """The same flow from the admin's real reset (`users reset-password`, webapp/admin/service.py)."""
+    alice = people["alice"]
+    result = app.test_cli_runner().invoke(args=["users", "reset-password", "alice"])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"one-time password[^:]*: (\S+)", result.output)
+    assert found
+    one_time = found.group(1)
+    client = client_for(app, alice.cert)
+    r = login(client, "alice", one_time)
+    assert r.headers["Location"].endswith(FORCED)
+    assert get(client, "/records/").headers["Location"].endswith(FORCED)
+    assert _choose(client, NEW).status_code == 302
+    assert get(client, "/records/").status_code == 200
+    assert login(client_for(app, alice.cert), "alice", one_time).status_code == 200  # spent
+    assert login(client_for(app, alice.cert), "alice", NEW).status_code == 302
+    assert one_time not in "\n".join(repr(tuple(a)) for a in audit_rows(app))
