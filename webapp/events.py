@@ -74,6 +74,8 @@ class Event(StrEnum):
     RECORD_VIEWED = "records.viewed"
     RECORD_ADDED = "records.added"
     RECORD_RETIRED = "records.retired"
+    # RECORD_/CARD_/ITEM_REFUSED: what is not a typo (docs/alerts.md): a card number where none may be,
+    # a security code sent, a change to a retired record. A typo in a records form is FORM_INVALID.
     RECORD_REFUSED = "records.refused"
     RECORDS_PURGED = "records.purged"  # cards and items retired past the retention, deleted (CLI)
     CARD_ADDED = "card.added"

@@ -68,40 +68,40 @@ class Pan:
 def parse_pan(raw: str) -> Pan:
     digits = re.sub(r"[ -]", "", raw)
     if not digits.isascii() or not digits.isdigit():
-        raise Refused("card number: digits only (spaces and dashes allowed)")
+        raise Refused("card number: digits only (spaces and dashes allowed)", field="pan")
     if not 13 <= len(digits) <= 19:
-        raise Refused("card number: must have 13 to 19 digits")
+        raise Refused("card number: must have 13 to 19 digits", field="pan")
     if not luhn_ok(digits):
-        raise Refused("card number: check digit is wrong (Luhn)")
+        raise Refused("card number: check digit is wrong (Luhn)", field="pan")
     for brand, lengths, test in _BRANDS:
         if test(digits):  # type: ignore[operator]
             if len(digits) not in lengths:
-                raise Refused(f"card number: wrong length for {brand}")
+                raise Refused(f"card number: wrong length for {brand}", field="pan")
             return Pan(digits, brand)
-    raise Refused("card number: unknown card brand")
+    raise Refused("card number: unknown card brand", field="pan")
 
 
 def check_expiry(month: int, year: int, *, now: datetime) -> str:
     if not 1 <= month <= 12:
-        raise Refused("expiry: month must be 1 to 12")
+        raise Refused("expiry: month must be 1 to 12", field="exp_month")
     if (year, month) < (now.year, now.month):
-        raise Refused("expiry: the card has expired")
+        raise Refused("expiry: the card has expired", field="exp_year")
     if year > now.year + MAX_YEARS_AHEAD:
-        raise Refused("expiry: year is too far ahead")
+        raise Refused("expiry: year is too far ahead", field="exp_year")
     return f"{month:02d}/{year:04d}"
 
 
 def check_name(raw: str) -> str:
     name = unicodedata.normalize("NFC", raw.strip())
     if not name:
-        raise Refused("cardholder name: required")
+        raise Refused("cardholder name: required", field="cardholder")
     if len(name) > NAME_MAX:
-        raise Refused(f"cardholder name: at most {NAME_MAX} characters")
+        raise Refused(f"cardholder name: at most {NAME_MAX} characters", field="cardholder")
     for ch in name:
         if unicodedata.category(ch).startswith("C"):
-            raise Refused("cardholder name: control or invisible characters")
+            raise Refused("cardholder name: control or invisible characters", field="cardholder")
         if not (unicodedata.category(ch).startswith("L") or ch in NAME_PUNCTUATION):
-            raise Refused("cardholder name: letters, spaces and . ' - only")
+            raise Refused("cardholder name: letters, spaces and . ' - only", field="cardholder")
     if "  " in name:
-        raise Refused("cardholder name: repeated spaces")
+        raise Refused("cardholder name: repeated spaces", field="cardholder")
     return name

@@ -5,11 +5,25 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, StringField
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, InputRequired, Length, NumberRange, Optional
 
 from webapp.auth.forms import KEYPAD_MAX
 from webapp.auth.passwords import MAX_LENGTH
 from webapp.records.cards import CVV_FIELDS
+
+# The messages a form error shows next to its field, after the field's label ("card number: required").
+REQUIRED = "required"
+TOO_LONG = "at most %(max)d characters"
+OUT_OF_RANGE = "must be %(min)s to %(max)s"
+
+
+def _text(max_len: int) -> list[object]:
+    return [DataRequired(REQUIRED), Length(max=max_len, message=TOO_LONG)]
+
+
+def _number(lo: int, hi: int) -> list[object]:
+    return [InputRequired(REQUIRED), NumberRange(min=lo, max=hi, message=OUT_OF_RANGE)]
+
 
 # Form-level ceilings, above the rules' own limits, so that an oversized value reaches the rule and
 # gets its specific message ("at most 2000 characters") rather than a generic one.
@@ -21,11 +35,11 @@ class SearchForm(FlaskForm):
     class Meta:
         csrf = False
 
-    crm_ref = StringField("CRM reference", validators=[DataRequired(), Length(max=32)])
+    crm_ref = StringField("CRM reference", validators=_text(32))
 
 
 class RecordForm(FlaskForm):
-    crm_ref = StringField("CRM reference", validators=[DataRequired(), Length(max=32)])
+    crm_ref = StringField("CRM reference", validators=_text(32))
 
 
 class RetireForm(FlaskForm):
@@ -33,10 +47,13 @@ class RetireForm(FlaskForm):
 
 
 class CardForm(FlaskForm):
-    pan = StringField("Card number", validators=[DataRequired(), Length(max=40)])
-    cardholder = StringField("Cardholder name", validators=[DataRequired(), Length(max=64)])
-    exp_month = IntegerField("Expiry month", validators=[DataRequired(), NumberRange(min=1, max=12)])
-    exp_year = IntegerField("Expiry year", validators=[DataRequired(), NumberRange(min=2000, max=9999)])
+    pan = StringField("Card number", validators=_text(40))
+    cardholder = StringField("Cardholder name", validators=_text(64))
+    exp_month = IntegerField("Expiry month", validators=_number(1, 12))
+    exp_year = IntegerField(
+        "Expiry year",
+        validators=_number(2000, 9999),
+    )
 
 
 # Declared, never rendered: a client that sends one of these gets the CVV refusal, not "unknown
@@ -48,9 +65,12 @@ for _name in CVV_FIELDS:
 class CardEditForm(FlaskForm):
     """Cardholder and expiry only: a new card number is a new card."""
 
-    cardholder = StringField("Cardholder name", validators=[DataRequired(), Length(max=64)])
-    exp_month = IntegerField("Expiry month", validators=[DataRequired(), NumberRange(min=1, max=12)])
-    exp_year = IntegerField("Expiry year", validators=[DataRequired(), NumberRange(min=2000, max=9999)])
+    cardholder = StringField("Cardholder name", validators=_text(64))
+    exp_month = IntegerField("Expiry month", validators=_number(1, 12))
+    exp_year = IntegerField(
+        "Expiry year",
+        validators=_number(2000, 9999),
+    )
 
 
 for _name in CVV_FIELDS:
@@ -61,12 +81,12 @@ class ItemForm(FlaskForm):
     """Adding or editing a bank account, identity document or note (the kind is in the URL)."""
 
     # Generous here; the item rules (items.py) give the specific limit per kind.
-    value = StringField("Value", validators=[DataRequired(), Length(max=NOTE_FIELD_MAX)])
-    doc_type = StringField("Document type", validators=[Optional(), Length(max=32)])
+    value = StringField("Value", validators=_text(NOTE_FIELD_MAX))
+    doc_type = StringField("Document type", validators=[Optional(), Length(max=32, message=TOO_LONG)])
 
 
 class RevealForm(FlaskForm):
-    stepup = StringField("Step-up token", validators=[DataRequired(), Length(max=64)])
+    stepup = StringField("Step-up token", validators=_text(64))
     reason = StringField("Reason", validators=[Optional(), Length(max=REASON_FIELD_MAX)])
     # Not named "password": password managers fill fields by name as well as by type, and the step-up
     # password must be typed by the person at the keyboard (see the template's autocomplete="off").

@@ -26,9 +26,9 @@ from webapp.vault import Vault
 def check_crm_ref(value: str, pattern: str) -> str:
     # Whatever pattern the site configured: a card number typed into the search box is named as such.
     if contains_pan(value):
-        raise Refused(f"CRM reference: {PAN_REFUSAL}")
+        raise Refused(f"CRM reference: {PAN_REFUSAL}", field="crm_ref", alert=True)
     if not re.fullmatch(pattern, value):
-        raise Refused("CRM reference: wrong format")
+        raise Refused("CRM reference: wrong format", field="crm_ref")
     return value
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, redirect, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
@@ -22,7 +22,7 @@ from webapp.records import reveal as reveal_flow
 from webapp.records import service
 from webapp.records.access import load_matrix, may, require, require_item, require_reveal
 from webapp.records.errors import Refused
-from webapp.records.formatting import first_error, masked, record_resource, render
+from webapp.records.formatting import masked, record_resource, render
 from webapp.records.forms import (
     CardEditForm,
     CardForm,
@@ -32,17 +32,24 @@ from webapp.records.forms import (
     RevealForm,
     SearchForm,
 )
+from webapp.records.invalid import Invalid
 from webapp.records.permissions import ITEM_CLASS, Act, FieldClass
 from webapp.refusals import refuse
 from webapp.request import unit
 from webapp.services import services
-from webapp.validation import InputRefused, accepts
+from webapp.validation import accepts
 
 bp = Blueprint("records", __name__, url_prefix="/records")
 CVV_REFUSED = (
     "card security codes (CVV/CVC) are never accepted or stored: the form was refused, nothing was saved"
 )
 KINDS = "any(bank, identity, note)"
+CARD_FIELDS = ("pan", "cardholder", "exp_month", "exp_year")
+EXPIRY = ("exp_month", "exp_year")
+CRM_LABELS = {"crm_ref": "CRM reference"}
+# What the value of each kind of item is called next to its field.
+ITEM_LABELS = {"bank": "IBAN", "identity": "document number", "note": "note"}
+ITEM_NAMES = {"bank": "Bank account", "identity": "Identity document", "note": "Note"}
 
 
 @bp.record_once
@@ -66,9 +73,29 @@ def _ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
         abort(404)
 
 
-def _invalid(form: Any, where: str) -> InputRefused:
-    field, message = first_error(form)
-    return InputRefused(f"{where}: parameter '{field}' {message}")
+def _form_invalid(invalid: Invalid, event: Event, resource: str, template: str, **context: Any) -> Response:
+    """The same page again, status 400, with each error next to its field: nothing the request wrote
+    is kept, and the audit record names the form, the fields and the rules, never a value. A typo is
+    FORM_INVALID (not alerted); a policy breach (`invalid.alert`: a card number where none may be)
+    is `event`, which is alerted."""
+    uow = unit()
+    uow.discard_writes()
+    uow.record(
+        event if invalid.alert else Event.FORM_INVALID, ok=False, resource=resource, detail=invalid.detail()
+    )
+    return Response(render(template, invalid=invalid, **context), status=400, mimetype="text/html")
+
+
+def _crm_ref(form: SearchForm | RecordForm, name: str) -> tuple[str, Invalid]:
+    """The CRM reference of a search or a new record, and what is wrong with it. The rule runs on
+    whatever was typed, before the form's length check, so that a card number is named as such."""
+    invalid = Invalid(name, ("crm_ref",))
+    raw = form.crm_ref.data or ""
+    crm_ref = invalid.check(service.check_crm_ref, raw, _pattern()) if raw else None
+    if not form.validate():
+        invalid.from_form(form, CRM_LABELS)
+    invalid.keep(form, ("crm_ref",))
+    return crm_ref or "", invalid
 
 
 def _pattern() -> str:
@@ -92,18 +119,16 @@ def _now() -> datetime:
 def index() -> ResponseReturnValue:
     form = SearchForm(formdata=request.args)
     rows = None
+    crm_ref = ""
     if request.args:
-        if not form.validate():
-            raise _invalid(form, "query")
-        try:
-            crm_ref = service.check_crm_ref(form.crm_ref.data or "", _pattern())
-        except Refused as exc:
-            return refuse(Event.RECORD_REFUSED, exc.reason, resource="/records")
+        crm_ref, invalid = _crm_ref(form, "search")
+        if invalid:
+            return _form_invalid(invalid, Event.RECORD_REFUSED, "/records", "records/index.html", rows=None)
         rows = service.find_records(unit().conn, crm_ref)
         unit().record(Event.RECORDS_LISTED, ok=True, resource=f"crm:{crm_ref}", detail=f"rows={len(rows)}")
     else:
         unit().record(Event.PAGE_VIEW, ok=True, resource="/records")
-    return render("records/index.html", search=form, add=RecordForm(), rows=rows)
+    return render("records/index.html", searched=crm_ref, rows=rows, invalid=None)
 
 
 @bp.post("/")
@@ -111,15 +136,12 @@ def index() -> ResponseReturnValue:
 @login_required
 @require(FieldClass.RECORD, Act.ADD)
 def add() -> ResponseReturnValue:
-    form = RecordForm()
-    if not form.validate():
-        raise _invalid(form, "form")
-    try:
-        crm_ref = service.check_crm_ref(form.crm_ref.data or "", _pattern())
-    except Refused as exc:
-        return refuse(Event.RECORD_REFUSED, exc.reason, resource="/records")
+    crm_ref, invalid = _crm_ref(RecordForm(), "record")
+    if invalid:
+        return _form_invalid(invalid, Event.RECORD_REFUSED, "/records", "records/index.html", rows=None)
     record_id = service.add_record(unit().conn, crm_ref, actor=current_user.username, now=_now())
     unit().record(Event.RECORD_ADDED, ok=True, resource=record_resource(record_id), detail=f"crm:{crm_ref}")
+    flash(f"Record {record_id} added for {crm_ref}.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -128,6 +150,18 @@ def add() -> ResponseReturnValue:
 @login_required
 @require(FieldClass.RECORD, Act.VIEW)
 def view(record_id: int) -> ResponseReturnValue:
+    context = _record_page(record_id)
+    unit().record(
+        Event.RECORD_VIEWED,
+        ok=True,
+        resource=record_resource(record_id),
+        detail=f"cards_masked={len(context['cards'])} items_masked={len(context['items'])}",
+    )
+    return render("records/record.html", invalid=None, **context)
+
+
+def _record_page(record_id: int) -> dict[str, Any]:
+    """What the record page shows: the record, and only what this role may see and send."""
     conn = unit().conn
     row = service.get_record(conn, record_id)
     if row is None:
@@ -136,25 +170,31 @@ def view(record_id: int) -> ResponseReturnValue:
     shown = service.masked_cards(conn, record_id) if may(FieldClass.CARD_MASKED, Act.VIEW) else []
     kinds = tuple(k for k, c in ITEM_CLASS.items() if may(c, Act.VIEW))
     found = service.masked_items(conn, record_id, kinds)
-    unit().record(
-        Event.RECORD_VIEWED,
-        ok=True,
-        resource=record_resource(record_id),
-        detail=f"cards_masked={len(shown)} items_masked={len(found)}",
-    )
     # Only the forms this role can send, and none on a retired (read-only) record.
     writable = row.retired_at is None
-    return render(
-        "records/record.html",
-        record=row,
-        cards=[(c, masked(c.brand, c.last4)) for c in shown],
-        items=found,
-        kinds=kinds,
-        may_add_card=writable and may(FieldClass.CARD_MASKED, Act.ADD),
-        may_add_item=writable and any(may(c, Act.ADD) for c in ITEM_CLASS.values()),
-        doc_types=item_rules.DOC_TYPES,
-        may_retire=writable and may(FieldClass.RECORD, Act.RETIRE),
+    return {
+        "record": row,
+        "cards": [(c, masked(c.brand, c.last4)) for c in shown],
+        "items": found,
+        "kinds": kinds,
+        "may_add_card": writable and may(FieldClass.CARD_MASKED, Act.ADD),
+        "may_add_item": writable and any(may(c, Act.ADD) for c in ITEM_CLASS.values()),
+        "doc_types": item_rules.DOC_TYPES,
+        "may_retire": writable and may(FieldClass.RECORD, Act.RETIRE),
+    }
+
+
+def _record_invalid(record_id: int, invalid: Invalid, event: Event) -> Response:
+    """The record page again with the errors of one of its forms (the form named `invalid.form`)."""
+    return _form_invalid(
+        invalid, event, record_resource(record_id), "records/record.html", **_record_page(record_id)
     )
+
+
+def _read_only(event: Event, exc: Refused, resource: str) -> Response:
+    """A change to a retired record, card or item: the forms are not offered there, so this is a
+    stale page or a hand-made request, not a typo: the refusal page, alerted (docs/alerts.md)."""
+    return refuse(event, exc.reason, resource=resource, heading="Not saved: read-only")
 
 
 @bp.post("/<int:record_id>/retire")
@@ -166,23 +206,47 @@ def retire(record_id: int) -> ResponseReturnValue:
     try:
         _writable_or_404(record_id)
     except Refused as exc:
-        return refuse(Event.RECORD_REFUSED, exc.reason, resource=record_resource(record_id))
+        return _read_only(Event.RECORD_REFUSED, exc, record_resource(record_id))
     service.retire_record(conn, record_id, actor=current_user.username, now=_now())
     unit().record(Event.RECORD_RETIRED, ok=True, resource=record_resource(record_id))
+    flash(f"Record {record_id} retired: it is now read-only.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
 # --- cards -------------------------------------------------------------------------------------
 
 
-def _card_fields(form: CardForm | CardEditForm, resource: str) -> Response | None:
-    # Before anything else, whatever the rest of the form says: a security code is never accepted.
+def _cvv_sent(resource: str) -> Response | None:
+    """Before anything else, whatever the rest of the form says: a security code is never accepted.
+    No page of ours has a field for one, so a request carrying one was made by hand or by a tool:
+    the refusal page, alerted (docs/alerts.md)."""
     if any(name in request.form for name in card_rules.CVV_FIELDS):
-        return refuse(Event.CARD_REFUSED, "cvv_present: " + CVV_REFUSED, resource=resource)
-    if not form.validate():
-        field, _message = first_error(form)
-        return refuse(Event.CARD_REFUSED, f"{field}: missing or out of range", resource=resource)
+        return refuse(
+            Event.CARD_REFUSED, "cvv_present: " + CVV_REFUSED, resource=resource, heading="Card not saved"
+        )
     return None
+
+
+def _card_values(form: CardForm | CardEditForm, name: str, *, now: datetime) -> tuple[Any, Invalid]:
+    """(card number or None, cardholder, expiry) and what is wrong with them, each rule run on its
+    own field so that every error is shown at once. Only the expiry is put back."""
+    invalid = Invalid(name, CARD_FIELDS)
+    if not form.validate():
+        invalid.from_form(form)
+    pan = None
+    if isinstance(form, CardForm) and "pan" not in invalid.errors:
+        pan = invalid.check(card_rules.parse_pan, form.pan.data or "")
+    holder = (
+        None
+        if "cardholder" in invalid.errors
+        else invalid.check(card_rules.check_name, form.cardholder.data or "")
+    )
+    expiry = None
+    if not invalid.errors.keys() & set(EXPIRY):
+        month, year = int(form.exp_month.data or 0), int(form.exp_year.data or 0)
+        expiry = invalid.check(card_rules.check_expiry, month, year, now=now)
+    invalid.keep(form, (), numbers=EXPIRY)
+    return (pan, holder, expiry), invalid
 
 
 @bp.post("/<int:record_id>/cards")
@@ -191,26 +255,23 @@ def _card_fields(form: CardForm | CardEditForm, resource: str) -> Response | Non
 @require(FieldClass.CARD_MASKED, Act.ADD)
 def add_card(record_id: int) -> ResponseReturnValue:
     resource = record_resource(record_id)
-    form = CardForm()
-    if (refused := _card_fields(form, resource)) is not None:
+    if (refused := _cvv_sent(resource)) is not None:
         return refused
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
         _writable_or_404(record_id)
-        card = service.NewCard(
-            pan=card_rules.parse_pan(form.pan.data or ""),
-            cardholder=card_rules.check_name(form.cardholder.data or ""),
-            expiry=card_rules.check_expiry(
-                int(form.exp_month.data or 0), int(form.exp_year.data or 0), now=now
-            ),
-        )
     except Refused as exc:
-        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.CARD_REFUSED, exc, resource)
+    (pan, holder, expiry), invalid = _card_values(CardForm(), "card", now=now)
+    if invalid or pan is None or holder is None or expiry is None:
+        return _record_invalid(record_id, invalid, Event.CARD_REFUSED)
+    card = service.NewCard(pan=pan, cardholder=holder, expiry=expiry)
     card_id = service.add_card(conn, svc.vault, record_id, card, actor=current_user.username, now=now)
     unit().record(
         Event.CARD_ADDED, ok=True, resource=f"card:{card_id}", detail=f"{resource} {card.pan.brand}"
     )
+    flash(f"Card {masked(pan.brand, pan.last4)} added.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -227,16 +288,16 @@ def _card_or_404(record_id: int, card_id: str) -> sa.Row:
 @require(FieldClass.CARD_MASKED, Act.VIEW)
 def card(record_id: int, card_id: str) -> ResponseReturnValue:
     row = _card_or_404(record_id, card_id)
-    record = service.get_record(unit().conn, record_id)
     unit().record(Event.CARD_VIEWED, ok=True, resource=f"card:{card_id}", detail=record_resource(record_id))
-    return render(
-        "records/card.html",
-        record=record,
-        card=row,
-        label=masked(row.brand, row.last4),
-        edit_form=CardEditForm(),
-        retire_form=RetireForm(),
-    )
+    return render("records/card.html", invalid=None, **_card_page(record_id, row))
+
+
+def _card_page(record_id: int, row: sa.Row) -> dict[str, Any]:
+    return {
+        "record": service.get_record(unit().conn, record_id),
+        "card": row,
+        "label": masked(row.brand, row.last4),
+    }
 
 
 @bp.post("/<int:record_id>/cards/<card_id>/edit")
@@ -245,18 +306,21 @@ def card(record_id: int, card_id: str) -> ResponseReturnValue:
 @require(FieldClass.CARD_MASKED, Act.EDIT)
 def edit_card(record_id: int, card_id: str) -> ResponseReturnValue:
     resource = f"card:{card_id}"
-    form = CardEditForm()
-    if (refused := _card_fields(form, resource)) is not None:
+    if (refused := _cvv_sent(resource)) is not None:
         return refused
     svc, conn = services(), unit().conn
     now = svc.clock.now()
     try:
         _writable_or_404(record_id)
-        service.writable(_card_or_404(record_id, card_id), "card")
-        name = card_rules.check_name(form.cardholder.data or "")
-        expiry = card_rules.check_expiry(int(form.exp_month.data or 0), int(form.exp_year.data or 0), now=now)
+        row = _card_or_404(record_id, card_id)
+        service.writable(row, "card")
     except Refused as exc:
-        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.CARD_REFUSED, exc, resource)
+    (_pan, name, expiry), invalid = _card_values(CardEditForm(), "edit", now=now)
+    if invalid or name is None or expiry is None:
+        return _form_invalid(
+            invalid, Event.CARD_REFUSED, resource, "records/card.html", **_card_page(record_id, row)
+        )
     service.edit_card(
         conn,
         svc.vault,
@@ -267,6 +331,7 @@ def edit_card(record_id: int, card_id: str) -> ResponseReturnValue:
         now=now,
     )
     unit().record(Event.CARD_EDITED, ok=True, resource=resource, detail=record_resource(record_id))
+    flash(f"Card {masked(row.brand, row.last4)} updated: cardholder and expiry saved.", "success")
     return redirect(url_for("records.card", record_id=record_id, card_id=card_id))
 
 
@@ -279,11 +344,13 @@ def retire_card(record_id: int, card_id: str) -> ResponseReturnValue:
     conn = unit().conn
     try:
         _writable_or_404(record_id)
-        service.writable(_card_or_404(record_id, card_id), "card")
+        row = _card_or_404(record_id, card_id)
+        service.writable(row, "card")
     except Refused as exc:
-        return refuse(Event.CARD_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.CARD_REFUSED, exc, resource)
     service.retire_card(conn, card_id, actor=current_user.username, now=_now())
     unit().record(Event.CARD_RETIRED, ok=True, resource=resource, detail=record_resource(record_id))
+    flash(f"Card {masked(row.brand, row.last4)} retired: it is now read-only.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -297,11 +364,31 @@ def _item_or_404(record_id: int, kind: str, item_id: str) -> sa.Row:
     return item
 
 
-def _item_value(kind: str, form: ItemForm) -> tuple[str, str]:
+def _item_value(kind: str, form: ItemForm) -> tuple[tuple[str, str] | None, Invalid]:
+    """(value to encrypt, masked hint) and what is wrong with them. The kind's rule runs on whatever
+    was typed, before the form's length check, so that a card number in a note is named as such.
+    Only the document type is put back: the value is secret."""
+    invalid = Invalid(kind, ("doc_type", "value"))
+    raw, doc_type = form.value.data or "", form.doc_type.data or ""
+    checked = invalid.check(item_rules.check, kind, raw, doc_type) if raw.strip() else None
     if not form.validate():
-        field, message = first_error(form)
-        raise Refused(f"{field}: {message}")
-    return item_rules.check(kind, form.value.data or "", form.doc_type.data or "")
+        invalid.from_form(form, {"value": ITEM_LABELS[kind]})
+    if kind == "identity" and doc_type not in item_rules.DOC_TYPES and "doc_type" not in invalid.errors:
+        invalid.add("doc_type", "document type: unknown")
+    if kind == "identity" and doc_type in item_rules.DOC_TYPES:
+        invalid.kept["doc_type"] = doc_type
+    return checked, invalid
+
+
+def _item_page(record_id: int, kind: str, row: sa.Row) -> dict[str, Any]:
+    return {
+        "record": service.get_record(unit().conn, record_id),
+        "item": row,
+        "field_class": str(ITEM_CLASS[kind]),
+        "doc_types": item_rules.DOC_TYPES,
+        "value_label": ITEM_LABELS[kind],
+        "item_name": ITEM_NAMES[kind],
+    }
 
 
 @bp.post(f"/<int:record_id>/<{KINDS}:kind>")
@@ -314,13 +401,17 @@ def add_item(record_id: int, kind: str) -> ResponseReturnValue:
     now = svc.clock.now()
     try:
         _writable_or_404(record_id)
-        value, hint = _item_value(kind, ItemForm())
     except Refused as exc:
-        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.ITEM_REFUSED, exc, resource)
+    checked, invalid = _item_value(kind, ItemForm())
+    if invalid or checked is None:
+        return _record_invalid(record_id, invalid, Event.ITEM_REFUSED)
+    value, hint = checked
     item_id = service.add_item(
         conn, svc.vault, record_id, kind, value, hint, actor=current_user.username, now=now
     )
     unit().record(Event.ITEM_ADDED, ok=True, resource=f"{kind}:{item_id}", detail=resource)
+    flash(f"{ITEM_NAMES[kind]} added: {hint}.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
@@ -330,17 +421,8 @@ def add_item(record_id: int, kind: str) -> ResponseReturnValue:
 @require_item(Act.VIEW)
 def item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     row = _item_or_404(record_id, kind, item_id)
-    record = service.get_record(unit().conn, record_id)
     unit().record(Event.ITEM_VIEWED, ok=True, resource=f"{kind}:{item_id}", detail=record_resource(record_id))
-    return render(
-        "records/item.html",
-        record=record,
-        item=row,
-        field_class=str(ITEM_CLASS[kind]),
-        edit_form=ItemForm(),
-        doc_types=item_rules.DOC_TYPES,
-        retire_form=RetireForm(),
-    )
+    return render("records/item.html", invalid=None, **_item_page(record_id, kind, row))
 
 
 @bp.post(f"/<int:record_id>/<{KINDS}:kind>/<item_id>/edit")
@@ -353,12 +435,20 @@ def edit_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     now = svc.clock.now()
     try:
         _writable_or_404(record_id)
-        service.writable(_item_or_404(record_id, kind, item_id), kind)
-        value, hint = _item_value(kind, ItemForm())
+        row = _item_or_404(record_id, kind, item_id)
+        service.writable(row, kind)
     except Refused as exc:
-        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.ITEM_REFUSED, exc, resource)
+    checked, invalid = _item_value(kind, ItemForm())
+    if invalid or checked is None:
+        invalid.form = "edit"
+        return _form_invalid(
+            invalid, Event.ITEM_REFUSED, resource, "records/item.html", **_item_page(record_id, kind, row)
+        )
+    value, hint = checked
     service.edit_item(conn, svc.vault, item_id, kind, value, hint, actor=current_user.username, now=now)
     unit().record(Event.ITEM_EDITED, ok=True, resource=resource, detail=record_resource(record_id))
+    flash(f"{ITEM_NAMES[kind]} updated: {hint}.", "success")
     return redirect(url_for("records.item", record_id=record_id, kind=kind, item_id=item_id))
 
 
@@ -371,11 +461,13 @@ def retire_item(record_id: int, kind: str, item_id: str) -> ResponseReturnValue:
     conn = unit().conn
     try:
         _writable_or_404(record_id)
-        service.writable(_item_or_404(record_id, kind, item_id), kind)
+        row = _item_or_404(record_id, kind, item_id)
+        service.writable(row, kind)
     except Refused as exc:
-        return refuse(Event.ITEM_REFUSED, exc.reason, resource=resource)
+        return _read_only(Event.ITEM_REFUSED, exc, resource)
     service.retire_item(conn, item_id, actor=current_user.username, now=_now())
     unit().record(Event.ITEM_RETIRED, ok=True, resource=resource, detail=record_resource(record_id))
+    flash(f"{ITEM_NAMES[kind]} {row.hint} retired: it is now read-only.", "success")
     return redirect(url_for("records.view", record_id=record_id))
 
 
