@@ -69,6 +69,11 @@ class ConfirmForm(FlaskForm):
     confirm_typed = PasswordField("Your password", validators=[Optional(), Length(max=MAX_LENGTH)])
     keypad = StringField("Keypad", validators=[Optional(), Length(max=KEYPAD_MAX)])
 
+    def kept_reason(self) -> str:
+        """The reason as typed, to show again next to an error; never a card or account number."""
+        typed = self.reason.data or ""
+        return "" if contains_pan(typed) or _DIGITS.search(typed) else typed
+
 
 class Unconfirmed(Exception):
     """Not confirmed: `field` ("reason" or "confirm_typed") and a message for the page; nothing may change."""
