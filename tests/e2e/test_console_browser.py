@@ -466,6 +466,7 @@ REASONS = {
     "bind": "Binding the certificate issued for the new clerk",
     "reset": "She forgot the one-time password before using it",
     "end": "Ending the session left open on a shared desk",
+    "lift": "Her burst of requests was the records migration",
 }
 
 
@@ -518,7 +519,8 @@ def login_fails(console: Console, page: Any, name: str, password: str) -> None:
 def admin_flow(console: Console) -> dict[str, str]:
     """The admin adds a user (a wrong password first: refused at its field, nothing added), binds her
     certificate, resets her password; she logs in with the one-time password, must choose her own,
-    then works; the admin ends her session; and sends a test alert. Returns the one-time passwords."""
+    then works; the admin ends her session, sends a test alert and lifts her request budget. Returns
+    the one-time passwords."""
     base, admin_password = console.base, PASSWORDS["admin"]
     context = console.context("admin")
     try:
@@ -610,6 +612,16 @@ def admin_flow(console: Console) -> dict[str, str]:
         assert page.locator("h1").text_content() == "Alerts", page.content()[:3000]
         assert "Test alert queued" in page.locator("main").inner_text()
         steps.shot("test-alert")
+
+        # Her request budget lifted after an investigation.
+        page.click("header nav >> text=Budgets and keys")
+        page.click(f"main >> text=Lift the budget of {NEWCOMER}")
+        page.wait_for_load_state()
+        steps.shot("lift-budget-form")
+        confirm_change(page, REASONS["lift"], admin_password)
+        assert page.locator("h1").text_content() == "Request budgets and keys", page.content()[:3000]
+        assert f"Request budget of {NEWCOMER} lifted" in page.locator("main .success").first.inner_text()
+        steps.shot("budget-lifted")
     finally:
         context.close()
     return {"first": first, "second": second}
@@ -629,6 +641,7 @@ def test_each_admin_change_was_confirmed_and_audited(admin_flow: dict[str, str],
         ("admin.cert_bound", REASONS["bind"]),
         ("admin.password_reset", REASONS["reset"]),
         ("session.killed", REASONS["end"]),
+        ("admin.budget_lifted", REASONS["lift"]),
     ):
         done = [r for r in rows if r.event == event and r.outcome == "success"]
         assert len(done) == 1, (event, [(r.event, r.outcome, r.detail) for r in rows[-40:]])
