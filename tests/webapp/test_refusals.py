@@ -3,6 +3,8 @@ one of our own pages, whatever the request or its Referer carried; a card number
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask import Flask
 
@@ -22,7 +24,7 @@ TEMPLATES = [
 
 @pytest.mark.parametrize(("template", "status", "context", "heading"), TEMPLATES)
 def test_each_refusal_page_has_a_heading_and_a_way_back(
-    app: Flask, template: str, status: int, context: dict[str, object], heading: str
+    app: Flask, template: str, status: int, context: dict[str, Any], heading: str
 ) -> None:
     with app.test_request_context("/records/7/cards", method="POST", base_url="https://vault.example"):
         body = page(template, status=status, **context).get_data(as_text=True)
