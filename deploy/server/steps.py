@@ -443,7 +443,11 @@ def apache(plan: Plan, s: Settings) -> None:
     plan.file(Want(f"{d}/server.crt.pem", Path(s.tls.server_cert).read_bytes(), 0o644), restarts=restart)
     plan.file(Want(f"{d}/server.key.pem", Path(s.tls.server_key).read_bytes(), 0o600), restarts=restart)
     plan.file(Want(f"{d}/chain.pem", Path(s.tls.ca_chain).read_bytes(), 0o644), restarts=restart)
-    plan.file(Want(f"{d}/crl.pem", Path(s.tls.crl).read_bytes(), 0o644), restarts=restart)
+    crl = Path(s.tls.crl).read_bytes()
+    plan.file(Want(f"{d}/crl.pem", crl, 0o644), restarts=restart)
+    # The web app's admin console shows what this CRL says (STRONGROOM_CA_CRL_FILE, webapp.env.in);
+    # its AppArmor profile may not read /etc/apache2, so it gets the same bytes, from the same run.
+    plan.file(Want("/etc/strongroom/crl.pem", crl, 0o644))
     # The site's paths and name are Defines with defaults (apache/strongroom-site.conf); conf-enabled/
     # is read before sites-enabled/, so these win.
     defines = (

@@ -149,6 +149,11 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("strongroom-apache2", "/root/ca-backup.tar", "r", False),
     *[("strongroom-apache2", p, "r", False) for p in CA_KEYS],
     ("strongroom-apache2", "/var/lib/strongroom-ca/publish/chain.pem", "r", True),
+    # The web app reads its copy of the CRL (the admin console), never changes it, never Apache's.
+    ("strongroom-web", "/etc/strongroom/crl.pem", "r", True),
+    ("strongroom-web", "/etc/strongroom/crl.pem", "w", False),
+    ("strongroom-web", "/etc/apache2/strongroom/crl.pem", "r", False),
+    ("strongroom-web", "/etc/strongroom/keyd.toml", "r", False),
     ("strongroom-apache2", "/var/lib/strongroom-ca/publish/crl.pem", "r", True),
     ("strongroom-apache2", "/var/lib/strongroom-ca/publish/crl.pem", "w", False),
     ("strongroom-apache2", "/var/lib/strongroom-ca/publish/leftover-key.pem", "r", False),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from tests.system import alarms, operator
 from tests.system.alarms import record_timing
@@ -50,6 +51,21 @@ def test_an_employee_logs_in_through_the_front_door(unsealed: Server, people: di
     assert browser.login().status == 302
     home = browser.get("/")
     assert home.status == 200, home.body[:500]
+
+
+def test_the_admin_console_shows_what_the_crl_apache_enforces_says(
+    unsealed: Server, people: dict[str, Person], tmp_path: Path
+) -> None:
+    """The seam between the installer and the web app: the CRL copied for Apache is also the one
+    the console reads (webapp.env names it, the web app's AppArmor profile lets it read it), so a
+    bound certificate shows as "not revoked", not "unknown"."""
+    admin = operator.add_person(unsealed, tmp_path, "erin", "admin")
+    browser = Browser(unsealed, admin)
+    assert browser.login().status == 302
+    page = browser.get("/admin/users")
+    assert page.status == 200, page.body[:500]
+    assert '<span class="crl-not_revoked">not revoked</span>' in page.body, page.body[:2000]
+    assert "crl-unknown" not in page.body
 
 
 def test_the_watchdog_passes_quietly_on_the_approved_baseline(alerting: Server) -> None:
