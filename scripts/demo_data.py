@@ -52,17 +52,19 @@ class Customer:
 
 
 CUSTOMERS = (
+    # The first customer has one item of each kind, so that each kind's pages have something to show.
     Customer(
         "C1000001",
         (Card("4111111111111111", "Ada Lovelace", 12), Card("5555555555554444", "Ada Lovelace", 6)),
-        (Item("note", "Prefers a call back after 3 pm; demo data"),),
+        (
+            Item("note", "Prefers a call back after 3 pm; demo data"),
+            # The IBAN registry's own example number (a German account that does not exist).
+            Item("bank", "DE89 3704 0044 0532 0130 00"),
+            # The number printed on the German passport specimen.
+            Item("identity", "C01X00T47", "passport"),
+        ),
     ),
-    Customer(
-        "C1000002",
-        (Card("378282246310005", "Grace Hopper", 9),),
-        # The IBAN registry's own example number (a German account that does not exist).
-        (Item("bank", "DE89 3704 0044 0532 0130 00"),),
-    ),
+    Customer("C1000002", (Card("378282246310005", "Grace Hopper", 9),)),
     Customer("C1000003", (Card("4012888888881881", "Alan Turing", 3),)),
 )
 

@@ -383,6 +383,8 @@ def test_the_records_roles_reach_a_record_and_its_cards(crawled: dict[str, list[
         shapes = {shape(s.path) for s in crawled[role]}
         assert "/records/{n}" in shapes, shapes
         assert "/records/{n}/cards/{id}" in shapes, shapes
+        for kind in ("bank", "identity", "note"):  # the first demo customer has one of each
+            assert f"/records/{{n}}/{kind}/{{id}}" in shapes, shapes
     supervisor = {shape(s.path) for s in crawled["supervisor"]}
     clerk = {shape(s.path) for s in crawled["clerk"]}
     # Only the supervisor is offered a reveal (a step-up form), never the clerk.
