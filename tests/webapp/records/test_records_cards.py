@@ -73,18 +73,21 @@ def test_bad_pans(raw: str, reason: str) -> None:
     with pytest.raises(Refused) as caught:
         parse_pan(raw)
     assert reason in caught.value.reason
+    # A typo: shown next to the card number field, not alerted (docs/alerts.md).
+    assert (caught.value.field, caught.value.alert) == ("pan", False)
 
 
 def test_expiry_uses_the_given_clock() -> None:
     assert check_expiry(11, 2026, now=NOW) == "11/2026"  # valid through the end of its month
-    for month, year, reason in (
-        (10, 2026, "expired"),
-        (12, 2025, "expired"),
-        (13, 2027, "month"),
-        (1, 2047, "far"),
+    for month, year, reason, field in (
+        (10, 2026, "expired", "exp_year"),
+        (12, 2025, "expired", "exp_year"),
+        (13, 2027, "month", "exp_month"),
+        (1, 2047, "far", "exp_year"),
     ):
-        with pytest.raises(Refused, match=reason):
+        with pytest.raises(Refused, match=reason) as caught:
             check_expiry(month, year, now=NOW)
+        assert caught.value.field == field
 
 
 @pytest.mark.parametrize(
@@ -102,8 +105,9 @@ def test_expiry_uses_the_given_clock() -> None:
     ],
 )
 def test_bad_names(raw: str) -> None:
-    with pytest.raises(Refused):
+    with pytest.raises(Refused) as caught:
         check_name(raw)
+    assert (caught.value.field, caught.value.alert) == ("cardholder", False)
 
 
 def test_good_names() -> None:
