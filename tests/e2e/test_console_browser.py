@@ -469,6 +469,9 @@ REASONS = {
     "reset": "She forgot the one-time password before using it",
     "end": "Ending the session left open on a shared desk",
     "lift": "Her burst of requests was the records migration",
+    "role": "Promoted to supervisor of the records team",
+    "disable": "On leave until the end of the month",
+    "enable": "Back from leave, access restored",
 }
 
 
@@ -521,8 +524,9 @@ def login_fails(console: Console, page: Any, name: str, password: str) -> None:
 def admin_flow(console: Console) -> dict[str, str]:
     """The admin adds a user (a wrong password first: refused at its field, nothing added), binds her
     certificate, resets her password; she logs in with the one-time password, must choose her own,
-    then works; the admin ends her session, sends a test alert and lifts her request budget. Returns
-    the one-time passwords."""
+    then works; the admin ends her session, sends a test alert, lifts her request budget, promotes
+    her, disables her (her certificate gets no login page) and enables her again. Returns the
+    one-time passwords."""
     base, admin_password = console.base, PASSWORDS["admin"]
     context = console.context("admin")
     try:
@@ -624,6 +628,35 @@ def admin_flow(console: Console) -> dict[str, str]:
         assert page.locator("h1").text_content() == "Request budgets and keys", page.content()[:3000]
         assert f"Request budget of {NEWCOMER} lifted" in page.locator("main .success").first.inner_text()
         steps.shot("budget-lifted")
+
+        # Promoted, then on leave (disabled: no login page for her certificate), then back.
+        page.click("header nav >> text=Users")
+        user_row(page, NEWCOMER).locator("text=Change role").click()
+        page.wait_for_load_state()
+        page.select_option("main select[name=role]", "supervisor")
+        confirm_change(page, REASONS["role"], admin_password)
+        assert f"{NEWCOMER} is now supervisor" in page.locator("main .success").first.inner_text()
+        for action in ("disable", "enable"):
+            user_row(page, NEWCOMER).locator(f"text={action.capitalize()}").click()
+            page.wait_for_load_state()
+            confirm_change(page, REASONS[action], admin_password)
+            assert page.locator("h1").text_content() == "Users", page.content()[:3000]
+            steps.shot(f"user-{action}d")
+            if action == "disable":
+                shut = console.context(NEWCOMER)
+                try:
+                    refused = shut.new_page().goto(f"{base}/login")
+                    assert refused is not None
+                    assert refused.status == 403
+                finally:
+                    shut.close()
+        back = console.context(NEWCOMER)
+        try:
+            hers = console.login(back.new_page(), NEWCOMER, NEWCOMER_PASSWORD)
+            assert hers.locator("header .who").text_content() == f"{NEWCOMER} (supervisor)"
+            assert "Audit log" in hers.locator("header nav").inner_text()
+        finally:
+            back.close()
     finally:
         context.close()
     return {"first": first, "second": second}
@@ -644,6 +677,9 @@ def test_each_admin_change_was_confirmed_and_audited(admin_flow: dict[str, str],
         ("admin.password_reset", REASONS["reset"]),
         ("session.killed", REASONS["end"]),
         ("admin.budget_lifted", REASONS["lift"]),
+        ("admin.user_role_changed", REASONS["role"]),
+        ("admin.user_disabled", REASONS["disable"]),
+        ("admin.user_enabled", REASONS["enable"]),
     ):
         done = [r for r in rows if r.event == event and r.outcome == "success"]
         assert len(done) == 1, (event, [(r.event, r.outcome, r.detail) for r in rows[-40:]])
