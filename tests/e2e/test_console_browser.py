@@ -33,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.apache.stack import Stack, running_stack, traversable_dir
-from tests.e2e.test_browser_apache import _need_browser, artifacts_dir
+from tests.e2e.test_browser_apache import _need_browser, artifacts_dir, files_under
 from tests.support import component_missing
 from tests.webapp.auth.test_browser import ARGS, CHROMIUM
 from webapp import navigation
@@ -697,6 +697,14 @@ def test_each_admin_change_was_confirmed_and_audited(admin_flow: dict[str, str],
         engine.dispose()
     assert admin_flow["first"] not in text
     assert admin_flow["second"] not in text
+    # Nor in any log of the front door or the app.
+    stack = console.stack
+    logs = files_under([stack.apache_log_dir, stack.modsec_audit_log, stack.gunicorn_log])
+    assert logs
+    for log in logs:
+        data = log.read_bytes()
+        assert admin_flow["first"].encode() not in data, log
+        assert admin_flow["second"].encode() not in data, log
     newcomer = [(r.event, r.outcome) for r in audit_rows(console.stack.db_url, NEWCOMER)]
     assert ("auth.password_changed", "success") in newcomer
 
