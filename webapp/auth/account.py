@@ -31,18 +31,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
-from flask_login import current_user, login_required, logout_user
+from flask_login import current_user, login_required
 
 from webapp.auth import keypad, passwords
+from webapp.auth.confirm import password_again
 from webapp.auth.forms import ChangePasswordForm, LogoutForm, NewPasswordForm
 from webapp.auth.service import (
     KEYPAD,
     Entry,
-    active_binding,
-    authenticate,
     keypad_for,
     recent_hashes,
     set_password,
@@ -51,7 +50,7 @@ from webapp.auth.sessions import ServerSession, end_other_sessions
 from webapp.auth.views import MUST_CHANGE, NOTICE
 from webapp.events import Event
 from webapp.refusals import page
-from webapp.request import origin, unit
+from webapp.request import unit
 from webapp.services import services
 from webapp.validation import accepts
 
@@ -204,7 +203,7 @@ def _others_ended(ended: int) -> str:
 @accepts(form=ChangePasswordForm)
 @login_required
 def password() -> ResponseReturnValue:
-    svc, uow = services(), unit()
+    uow = unit()
     form = ChangePasswordForm()
     if request.method == "GET":
         uow.record(Event.PAGE_VIEW, ok=True, resource="/account/password")
@@ -231,27 +230,11 @@ def password() -> ResponseReturnValue:
             {"current": "Enter your current password" + (" and PIN." if mode == "keypad-pin" else ".")}
         )
         return _render("account/password.html", form, problems, status=400)
-    now = svc.clock.now()
-    binding = active_binding(uow.conn, origin().fingerprint, now=now)
-    if binding is None:
-        abort(403)
-    checked = authenticate(
-        uow,
-        svc.hasher,
-        binding=binding,
-        username=current_user.username,
-        entry=entry,
-        now=now,
-        policy=svc.login_policy,
-        success_event=Event.STEPUP_SUCCESS,
-        failure_event=Event.PASSWORD_CHANGE_REFUSED,
+    checked = password_again(
+        entry, failure_event=Event.PASSWORD_CHANGE_REFUSED, lockout_reason="password_change_lockout"
     )
     if checked.user is None:
         if checked.locked:
-            # Locked by wrong current passwords: the session ends too (fail closed), as at a reveal.
-            logout_user()
-            if isinstance(session, ServerSession):
-                session.end("password_change_lockout")
             return page(
                 "error.html",
                 status=403,

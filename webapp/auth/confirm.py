@@ -26,7 +26,7 @@ from wtforms.validators import Length, Optional
 
 from webapp.auth.forms import KEYPAD_MAX
 from webapp.auth.passwords import MAX_LENGTH
-from webapp.auth.service import Entry, active_binding, authenticate, keypad_for
+from webapp.auth.service import Checked, Entry, active_binding, authenticate, keypad_for
 from webapp.auth.sessions import ServerSession
 from webapp.events import Event
 from webapp.redact import PAN_REFUSAL, contains_pan
@@ -93,10 +93,37 @@ def prompt() -> dict[str, Any]:
     return {"mode": mode, "keypad": pairs, "reason_max": REASON_MAX}
 
 
-def confirm(form: ConfirmForm, *, resource: str) -> str:
-    """Check the reason and the password; the checked reason, or Unconfirmed (already audited)."""
+def password_again(entry: Entry, *, failure_event: Event, lockout_reason: str) -> Checked:
+    """The logged-in user's password (and PIN) once more, for a request already authenticated (a
+    reveal, a confirmed change, a password change): the login's own check, entry mode and lockout. A
+    wrong one counts; the attempt that locks the account also ends this session (fail closed), and
+    `lockout_reason` is what the session records. `entry` must be complete (the caller says why not)."""
     svc, uow = services(), unit()
     now = svc.clock.now()
+    binding = active_binding(uow.conn, origin().fingerprint, now=now)
+    if binding is None:
+        abort(403)
+    checked = authenticate(
+        uow,
+        svc.hasher,
+        binding=binding,
+        username=current_user.username,
+        entry=entry,
+        now=now,
+        policy=svc.login_policy,
+        success_event=Event.STEPUP_SUCCESS,
+        failure_event=failure_event,
+    )
+    if checked.user is None and checked.locked:
+        logout_user()
+        if isinstance(session, ServerSession):
+            session.end(lockout_reason)
+    return checked
+
+
+def confirm(form: ConfirmForm, *, resource: str) -> str:
+    """Check the reason and the password; the checked reason, or Unconfirmed (already audited)."""
+    uow = unit()
     layout = session.pop(KEYPAD_SESSION, None)  # single use, whatever happens next
     try:
         reason = check_reason(form.reason.data or "")
@@ -112,26 +139,8 @@ def confirm(form: ConfirmForm, *, resource: str) -> str:
     if not entry.complete:
         uow.record(Event.CONFIRM_REFUSED, ok=False, resource=resource[:200], detail="password_missing")
         raise Unconfirmed("confirm_typed", "Your password is required to confirm this change.")
-    binding = active_binding(uow.conn, origin().fingerprint, now=now)
-    if binding is None:
-        abort(403)
-    checked = authenticate(
-        uow,
-        svc.hasher,
-        binding=binding,
-        username=current_user.username,
-        entry=entry,
-        now=now,
-        policy=svc.login_policy,
-        success_event=Event.STEPUP_SUCCESS,
-        failure_event=Event.STEPUP_FAILURE,
-    )
+    checked = password_again(entry, failure_event=Event.STEPUP_FAILURE, lockout_reason="stepup_lockout")
     if checked.user is None:
-        if checked.locked:
-            # Locked by wrong confirmations: the session ends too (fail closed), as at a reveal.
-            logout_user()
-            if isinstance(session, ServerSession):
-                session.end("stepup_lockout")
         raise Unconfirmed(
             "confirm_typed", "The password is incorrect: nothing was changed.", locked=checked.locked
         )

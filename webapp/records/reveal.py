@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from flask import abort, current_app, session
 from flask.typing import ResponseReturnValue
-from flask_login import current_user, logout_user
+from flask_login import current_user
 
 from keyd.errors import IntegrityFailure, QuotaExceeded
+from webapp.auth.confirm import password_again
 from webapp.auth.forms import LogoutForm
-from webapp.auth.service import Entry, active_binding, authenticate, keypad_for
-from webapp.auth.sessions import ServerSession
+from webapp.auth.service import Entry, keypad_for
 from webapp.events import Event
 from webapp.records import service, stepup
 from webapp.records.errors import Refused
 from webapp.records.formatting import first_error, grouped, render, reveal_target
 from webapp.records.forms import RevealForm
 from webapp.refusals import page, refuse
-from webapp.request import origin, unit
+from webapp.request import unit
 from webapp.services import services
 
 STEPUP_KEYPAD = "stepup_keypad"  # the session key of the reveal form's keypad layout
@@ -108,26 +108,9 @@ def reveal(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturn
     )
     if not entry.complete:
         return refuse(Event.REVEAL_REFUSED, "password: required for every reveal", resource=target, keep=True)
-    binding = active_binding(uow.conn, origin().fingerprint, now=now)
-    if binding is None:
-        abort(403)
-    checked = authenticate(
-        uow,
-        svc.hasher,
-        binding=binding,
-        username=current_user.username,
-        entry=entry,
-        now=now,
-        policy=svc.login_policy,
-        success_event=Event.STEPUP_SUCCESS,
-        failure_event=Event.STEPUP_FAILURE,
-    )
+    # A wrong password counts toward the lockout; the one that locks the account ends the session.
+    checked = password_again(entry, failure_event=Event.STEPUP_FAILURE, lockout_reason="stepup_lockout")
     if checked.user is None:
-        if checked.locked:
-            # Locked by wrong step-up passwords: the session ends too (fail closed).
-            logout_user()
-            if isinstance(session, ServerSession):
-                session.end("stepup_lockout")
         return refuse(
             Event.REVEAL_REFUSED,
             "password: incorrect, nothing was revealed",
