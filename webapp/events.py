@@ -78,6 +78,12 @@ class Event(StrEnum):
     # a security code sent, a change to a retired record. A typo in a records form is FORM_INVALID.
     RECORD_REFUSED = "records.refused"
     RECORDS_PURGED = "records.purged"  # cards and items retired past the retention, deleted (CLI)
+    # Bulk import (webapp/records/bulk.py): one record per committed batch with its counts, never a value.
+    IMPORT_STARTED = "records.import_started"
+    IMPORT_BATCH = "records.import_batch"
+    IMPORT_FINISHED = "records.import_finished"
+    IMPORT_REFUSED = "records.import_refused"  # the whole file refused (no header, a security-code column)
+    IMPORT_FAILED = "records.import_failed"  # keyd or the database failed a batch: rolled back, resumable
     CARD_ADDED = "card.added"
     CARD_REFUSED = "card.refused"
     # Reveal, step-up, items, edits (webapp/records): add members here
@@ -161,6 +167,8 @@ ALERTS: frozenset[Event] = frozenset(
         Event.BUDGET_ALERT,
         Event.BUDGET_LIMIT_REACHED,
         Event.REWRAP_FAILED,
+        Event.IMPORT_REFUSED,
+        Event.IMPORT_FAILED,
         Event.RETIRE_REFUSED,
     }
 )

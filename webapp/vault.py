@@ -3,6 +3,7 @@ calls, so that anything else standing in for keyd is checked against the same in
 
 - `status()`: the home page and the health check (is keyd there, is it unsealed), the key commands;
 - `encrypt` / `decrypt`: the records service, for every stored card and item field and every reveal;
+- `encrypt_batch`: the bulk import (webapp/records/bulk.py), three fields per card per item;
 - `rewrap_batch`: the key rotation job (webapp/keys).
 
 `MissingKeydClient` refuses every one of them with `Unavailable` (fail closed). `Sealed` or
@@ -28,6 +29,10 @@ class Vault(Protocol):
 
     def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes: ...
 
+    def encrypt_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]: ...
+
     def rewrap_batch(
         self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
     ) -> list[bytes | KeydError]: ...
@@ -46,6 +51,11 @@ class MissingKeydClient:
         raise self._refuse()
 
     def decrypt(self, ciphertext: bytes, *, context: Context, actor: str, purpose: str) -> bytes:
+        raise self._refuse()
+
+    def encrypt_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
         raise self._refuse()
 
     def rewrap_batch(

@@ -57,6 +57,12 @@ class FakeVault:
         self._check()
         return self._open(ciphertext, context)
 
+    def encrypt_batch(
+        self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
+    ) -> list[bytes | KeydError]:
+        self._check()
+        return [self._seal(plaintext, context) for context, plaintext in items]
+
     def rewrap_batch(
         self, items: Sequence[tuple[Context, bytes]], *, actor: str, purpose: str
     ) -> list[bytes | KeydError]:
