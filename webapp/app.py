@@ -32,9 +32,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from webapp import budgets, failures, navigation, syslog, validation
 from webapp import config as config_module
-from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, users_cli
+from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, services_cli, users_cli
 from webapp.admin.operations import bp as operations_bp
 from webapp.admin.views import bp as admin_bp
+from webapp.api import identity as api_identity
+from webapp.api import views as api_views
 from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
 from webapp.auth.account import bp as account_bp
@@ -58,7 +60,7 @@ from webapp.vault import Vault, make_vault
 
 DEV_SECRET_FILE = "dev-secret-key"  # noqa: S105 - a file name, not a secret
 # Every `flask --app webapp` command (docs/webapp.md).
-COMMANDS = (users_cli, certs_cli, audit_cli, db_cli, health, keys_cli, mail_cli, records_cli)
+COMMANDS = (users_cli, services_cli, certs_cli, audit_cli, db_cli, health, keys_cli, mail_cli, records_cli)
 
 
 class StrongroomFlask(Flask):
@@ -194,6 +196,9 @@ def _configured(
     def _load(user_id: str) -> User | None:
         return load_user(unit().conn, user_id, origin().fingerprint, now=services().clock.now())
 
+    # The JSON API's service account, for its request only (no session): webapp/api/identity.py.
+    login_manager.request_loader(api_identity.load_service_user)
+
     @login_manager.unauthorized_handler
     def _unauthorized() -> ResponseReturnValue:
         unit().record(Event.ACCESS_DENIED, ok=False, resource=request.path[:200], detail="not_logged_in")
@@ -205,6 +210,9 @@ def _configured(
         err = g.pop("startup_error", None)
         if err is not None:
             raise err
+
+    # Which door: service certificates on /api/ alone, and never a person's there (webapp/api/identity.py).
+    app.before_request(api_identity.gate)
 
     @app.before_request
     def _identify() -> None:
@@ -219,7 +227,7 @@ def _configured(
 
     budgets.init_app(app)  # request budgets: after identification, before input checks (docs/alerts.md)
     app.before_request(validation.guard)
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
     _register_error_pages(app)
 
     app.jinja_env.globals["nav_links"] = navigation.links
@@ -229,6 +237,7 @@ def _configured(
     app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     app.register_blueprint(operations_bp)
+    api_views.init_app(app, csrf)  # /api/v1: CSRF exempt, problem+json, no cookies (docs/crm-api.md)
     for command in COMMANDS:
         app.cli.add_command(command)
 

@@ -103,6 +103,11 @@ class Event(StrEnum):
     STEPUP_SUCCESS = "stepup.success"
     STEPUP_FAILURE = "stepup.failure"  # a wrong password at a reveal: counts toward the lockout
 
+    # The JSON API (webapp/api/): a retried POST answered from its Idempotency-Key, and a key refused
+    # (reused for another request, or still in use). Not alerts: a client's retry logic at work.
+    API_REPLAYED = "api.replayed"
+    API_IDEMPOTENCY_REFUSED = "api.idempotency_refused"
+
     # Request budgets and mail delivery (webapp/budgets, webapp/mail): add members here
     BUDGET_ALERT = "budget.alert"  # a request counter reached its alert threshold in this window
     BUDGET_LIMIT_REACHED = "budget.limit_reached"  # the first request over a hard limit

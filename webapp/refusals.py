@@ -38,6 +38,9 @@ HEADINGS = {
 PATH_MAX = 200
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]*")
 _LONG_NUMBER = re.compile(r"[0-9]{11,}")  # longer than any id of ours (record ids fit in 10 digits)
+# Paths answered in another format than HTML (the JSON API's problem+json, webapp/api/): a URL prefix
+# -> a function of (template=, status=, heading=, **context) returning the response, in app.extensions.
+RENDERERS = "strongroom.refusal_renderers"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ def back_link() -> Back:
 def page(template: str, *, status: int, heading: str | None = None, **context: Any) -> Response:
     """The HTML page `template` with this status (also passed to the template), a heading that says
     what happened and a way back."""
+    for prefix, render in current_app.extensions.get(RENDERERS, {}).items():
+        if request.path.startswith(prefix):
+            rendered: Response = render(template=template, status=status, heading=heading, **context)
+            return rendered
     body = render_template(
         template,
         status=status,
@@ -138,4 +145,5 @@ def refuse(
         status=status,
         heading=heading,
         message=f"Refused: {reason}." if message is None else message,
+        event=event,
     )

@@ -4,6 +4,8 @@ A view declares what it accepts with `@accepts(query=SomeForm, form=OtherForm)`;
 before CSRF and before the view and refuses: unknown or repeated parameters, too many, oversized
 values, bytes that are not UTF-8, control characters, bodies on GET, and any content type but
 urlencoded (so: no file uploads). The refusal names the parameter and the rule, never the value.
+The JSON API's views (webapp/api/) declare a JSON body instead (`@json_body`): the same query and
+GET rules, and for POST application/json alone, parsed strictly (webapp/api/body.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ CSRF_FIELD = "csrf_token"
 
 
 class InputRefused(BadRequest):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, problem: str | None = None) -> None:
         super().__init__(description=reason)
         self.reason = reason
+        # The JSON API's problem type for this refusal (webapp/api/problems.py); None: "input-refused".
+        self.problem = problem
 
 
 def field_names(form: type[Form]) -> frozenset[str]:
@@ -88,6 +92,12 @@ def guard() -> None:
     if request.method in ("GET", "HEAD"):
         if request.content_length or request.headers.get("Transfer-Encoding"):
             raise InputRefused("a GET request must not have a body")
+        return
+    json_body = getattr(view, "_strongroom_json", None)
+    if json_body is not None:
+        # A JSON API view (webapp/api/body.py): its own strict parser, application/json only; a form
+        # is refused there as everything but a form is refused here.
+        json_body()
         return
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":

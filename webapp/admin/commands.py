@@ -27,7 +27,7 @@ from webapp.auth.certs import BadCertificate, CertInfo
 from webapp.cli import Command, Group, actor
 from webapp.db import migrate
 from webapp.db.engine import READ_ONLY
-from webapp.db.tables import ROLES
+from webapp.db.tables import PERSON_ROLES, SERVICE_ROLES
 from webapp.events import Event
 from webapp.health import problems
 from webapp.services import services
@@ -35,6 +35,9 @@ from webapp.unit import Origin
 
 users_cli = Group("users", help="Add users, reset their passwords and PINs, disable, unlock, list them.")
 certs_cli = Group("certs", help="Bind client certificates to users, revoke bindings, list them.")
+services_cli = Group(
+    "services", help="Add service accounts (the CRM's, for the JSON API) and bind their certificates."
+)
 audit_cli = Group("audit", help="Check the audit trail.")
 db_cli = Group("db", help="Create or migrate the database.")
 DB_NEXT_STEP = (
@@ -87,7 +90,7 @@ _stdin_option = click.option(
 
 @users_cli.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(ROLES), required=True, help="What the user may do.")
+@click.option("--role", type=click.Choice(PERSON_ROLES), required=True, help="What the user may do.")
 @_stdin_option
 def users_add(username: str, role: str, password_stdin: bool) -> None:
     """Add a user with a ROLE and a password (prompted for twice, hidden)."""
@@ -178,6 +181,38 @@ def users_list() -> None:
         state = "active" if r.active else "disabled"
         locked = f" locked-until={r.locked_until:%Y-%m-%dT%H:%M}Z" if r.locked_until else ""
         click.echo(f"{r.username}\t{r.role}\t{state}\tfailed={r.failed_logins}{locked}")
+
+
+@services_cli.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(SERVICE_ROLES), default=SERVICE_ROLES[0], show_default=True)
+@click.option(
+    "--cert",
+    "cert_pem_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The service certificate `python -m ca service NAME` issued, bound at once.",
+)
+def services_add(name: str, role: str, cert_pem_file: Path | None) -> None:
+    """Add a service account NAME: no password (it never logs in); its service certificate is its
+    only credential, on /api/v1 alone (docs/crm-api.md). Disable it with `users disable NAME`."""
+    cert = _read_cert(cert_pem_file) if cert_pem_file is not None else None
+    with _admin() as ctx:
+        service.add_service(ctx, name, role)
+        if cert is not None:
+            service.bind_cert(ctx, name, cert)
+    click.echo(f"added service account {name} ({role})")
+    if cert is not None:
+        click.echo(f"bound {cert.fingerprint} (serial {cert.serial}) to {name}")
+
+
+def _read_cert(cert_pem_file: Path) -> CertInfo:
+    try:
+        return CertInfo.from_pem(cert_pem_file.read_bytes())
+    except (OSError, BadCertificate) as exc:
+        raise click.ClickException(
+            f"cannot read a PEM certificate from {cert_pem_file} ({type(exc).__name__}) — "
+            "give the certificate file the CA issued"
+        ) from None
 
 
 @certs_cli.command("bind")

@@ -21,10 +21,10 @@ import argon2
 import sqlalchemy as sa
 
 from webapp.auth import passwords
-from webapp.auth.certs import CertInfo
+from webapp.auth.certs import SERVICE, CertInfo
 from webapp.auth.sessions import end_sessions, sid_hash
 from webapp.clock import to_db
-from webapp.db.tables import ROLES, cert_bindings, password_history, sessions, users
+from webapp.db.tables import PERSON_ROLES, SERVICE_ROLES, cert_bindings, password_history, sessions, users
 from webapp.events import Event
 from webapp.redact import PAN_REFUSAL, contains_pan, mask_pans
 from webapp.unit import UnitOfWork
@@ -168,8 +168,8 @@ def add_user(
 ) -> int:
     """Add a user. `one_time`: `password` is a one-time password (the next login must change it)."""
     _valid_username(username)
-    if role not in ROLES:
-        raise AdminError(f"role must be one of: {', '.join(ROLES)}")
+    if role not in PERSON_ROLES:  # a service account has no password: add_service
+        raise AdminError(f"role must be one of: {', '.join(PERSON_ROLES)}")
     conn = ctx.uow.conn
     if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first() is not None:
         ctx.uow.record(Event.USER_ADDED, ok=False, resource=f"username:{username}", detail="exists")
@@ -202,6 +202,44 @@ def add_user(
     return int(user_id)
 
 
+def add_service(ctx: AdminContext, name: str, role: str, *, reason: str | None = None) -> int:
+    """Add a service account (the CRM): no password at all (it never logs in; its service
+    certificate is its only credential, on the JSON API alone, docs/crm-api.md)."""
+    _valid_username(name)
+    if role not in SERVICE_ROLES:
+        raise AdminError(f"service role must be one of: {', '.join(SERVICE_ROLES)}")
+    conn = ctx.uow.conn
+    if conn.execute(sa.select(users.c.id).where(users.c.username == name)).first() is not None:
+        ctx.uow.record(Event.USER_ADDED, ok=False, resource=f"username:{name}", detail="exists")
+        raise AdminError(f"user already exists: {name}")
+    now = to_db(ctx.now)
+    inserted = conn.execute(
+        sa.insert(users).values(
+            username=name,
+            role=role,
+            password_hash=SERVICE_HASH,
+            active=True,
+            failed_logins=0,
+            locked_until=None,
+            created_at=now,
+            password_changed_at=now,
+            must_change_password=False,
+        )
+    ).inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    ctx.uow.record(
+        Event.USER_ADDED,
+        ok=True,
+        resource=f"user:{inserted[0]}",
+        detail=_detail(f"role={role} service=yes", reason),
+    )
+    return int(inserted[0])
+
+
+# A service account's password hash: passwords.verify is False for it, for any password.
+SERVICE_HASH = passwords.UNUSABLE_PREFIX + "service-account-no-password"
+
+
 def reset_password(
     ctx: AdminContext,
     username: str,
@@ -217,6 +255,9 @@ def reset_password(
     --password-stdin, for scripts) is stored as a normal one and None is returned."""
     user = _user(ctx, username, lock=True)
     _not_yourself(ctx, user, actor, "reset the password of", "change your own on the My password page")
+    if user.role in SERVICE_ROLES:
+        ctx.uow.record(Event.PASSWORD_RESET, ok=False, resource=f"user:{user.id}", detail="service_account")
+        raise AdminError(f"{username} is a service account: it has no password")
     conn = ctx.uow.conn
     recent = _recent_hashes(ctx, user.id)
     one_time = password is None
@@ -310,10 +351,13 @@ def change_role(
     ctx: AdminContext, username: str, role: str, *, reason: str | None = None, actor: str | None = None
 ) -> int:
     """Give the user another role; their sessions end (they log in again under the new role)."""
-    if role not in ROLES:
-        raise AdminError(f"role must be one of: {', '.join(ROLES)}")
+    if role not in PERSON_ROLES:
+        raise AdminError(f"role must be one of: {', '.join(PERSON_ROLES)}")
     user = _user(ctx, username, lock=True)
     resource = f"user:{user.id}"
+    if user.role in SERVICE_ROLES:  # a person is never made of a service account, nor the reverse
+        ctx.uow.record(Event.USER_ROLE_CHANGED, ok=False, resource=resource, detail="service_account")
+        raise AdminError(f"{username} is a service account: its role does not change")
     _not_yourself(ctx, user, actor, "change the role of", "another admin must do it")
     if user.role == role:
         ctx.uow.record(Event.USER_ROLE_CHANGED, ok=False, resource=resource, detail=f"unchanged role={role}")
@@ -401,6 +445,13 @@ def bind_cert(ctx: AdminContext, username: str, cert: CertInfo, *, reason: str |
     if cert.not_after <= ctx.now:
         ctx.uow.record(Event.CERT_BIND_REFUSED, ok=False, resource=resource, detail="expired")
         raise AdminError("certificate has expired")
+    # A service certificate only to a service account, a person's only to a person (webapp/api/).
+    if (cert.kind == SERVICE) != (user.role in SERVICE_ROLES):
+        ctx.uow.record(Event.CERT_BIND_REFUSED, ok=False, resource=resource, detail=f"kind={cert.kind}")
+        raise AdminError(
+            "a service certificate (python -m ca service) binds only to a service account, "
+            "a person's certificate only to a person"
+        )
     now = to_db(ctx.now)
     # One active certificate per user: the previous one stops working, and so do its sessions.
     previous = conn.execute(

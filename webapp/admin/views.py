@@ -42,7 +42,7 @@ from webapp.auth.confirm import ConfirmForm, Unconfirmed
 from webapp.auth.roles import require_role
 from webapp.auth.sessions import ServerSession, sid_hash
 from webapp.clock import from_db
-from webapp.db.tables import ROLES
+from webapp.db.tables import PERSON_ROLES, SERVICE_ROLES
 from webapp.events import Event
 from webapp.redact import contains_pan
 from webapp.request import unit
@@ -137,7 +137,9 @@ def _page(template: str, *, status: int = 200, ask: bool = False, **context: Any
     if isinstance(form, ConfirmForm):
         _scrub(form, *(name for name in ("username", "pem") if hasattr(form, name)))
     user = current_user._get_current_object()
-    html = render_template(template, user=user, logout=True, roles=ROLES, **context)
+    html = render_template(
+        template, user=user, logout=True, roles=PERSON_ROLES, services=SERVICE_ROLES, **context
+    )
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -172,7 +174,7 @@ def _unconfirmed(exc: Unconfirmed) -> tuple[dict[str, str], int] | Response:
 
 def _role(form: AddUserForm | RoleForm) -> str:
     role = form.role.data
-    if role not in ROLES:  # a select's value outside its options is tampering, not a typo
+    if role not in PERSON_ROLES:  # a select's value outside its options is tampering, not a typo
         raise InputRefused("form: parameter 'role' is not one of the roles")
     return str(role)
 

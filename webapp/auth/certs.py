@@ -22,11 +22,19 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 PEM_END = "-----END CERTIFICATE-----"
 MAX_PEM_HEADER = 16 * 1024
 _B64_CHUNK = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+# What tells a machine client's certificate from a person's: the CA's service profile (ca/pki.py,
+# `python -m ca service NAME`) puts both OU=Services and this certificate policy in it. Copied, not
+# imported (the web app imports no operator tool); tests/webapp/api checks the two stay equal.
+SERVICE_OU = "Services"
+POLICY_SERVICE = "2.25.49452677250441379777008201441656671832"
+PERSON, SERVICE, AMBIGUOUS = "person", "service", "ambiguous"
 
 
 class BadCertificate(Exception):
@@ -40,12 +48,20 @@ class CertInfo:
     serial: str  # hex
     subject: str
     not_after: datetime
+    # PERSON (an employee's, or any certificate without the service markers), SERVICE (OU=Services
+    # and the service policy, both), AMBIGUOUS (one marker without the other: no door accepts it).
+    kind: str = PERSON
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == SERVICE
 
     @classmethod
     def from_der(cls, der: bytes) -> CertInfo:
         try:
             cert = x509.load_der_x509_certificate(der)
             subject = cert.subject.rfc4514_string()
+            kind = _kind(cert)
         except ValueError as exc:
             raise BadCertificate("not a DER X.509 certificate") from exc
         return cls(
@@ -54,6 +70,7 @@ class CertInfo:
             serial=format(cert.serial_number, "x"),
             subject=subject[:512],
             not_after=cert.not_valid_after_utc.astimezone(UTC),
+            kind=kind,
         )
 
     @classmethod
@@ -63,6 +80,20 @@ class CertInfo:
         except ValueError as exc:
             raise BadCertificate("not a PEM X.509 certificate") from exc
         return cls.from_der(cert.public_bytes(Encoding.DER))
+
+
+def _kind(cert: x509.Certificate) -> str:
+    """PERSON, SERVICE or AMBIGUOUS, from the OU and the certificate policies the CA wrote."""
+    ous = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
+    try:
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.CERTIFICATE_POLICIES)
+        policies = {p.policy_identifier.dotted_string for p in ext.value}  # type: ignore[attr-defined]
+    except x509.ExtensionNotFound:
+        policies = set()
+    by_ou, by_policy = SERVICE_OU in ous, POLICY_SERVICE in policies
+    if by_ou and by_policy:
+        return SERVICE
+    return AMBIGUOUS if by_ou or by_policy else PERSON
 
 
 def der_from_folded_pem(value: str) -> bytes:

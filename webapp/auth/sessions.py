@@ -37,6 +37,9 @@ from webapp.request import origin, unit
 from webapp.services import services
 
 _SID = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# The JSON API (webapp/api/) has no sessions: its requests neither read nor make one, nor get a cookie
+# (a request carrying the session cookie is refused there).
+API_PREFIX = "/api/"
 
 
 # Built once: a statement built per request costs more CPU than SQLite takes to run it.
@@ -100,6 +103,8 @@ class DbSessionInterface(SessionInterface):
             return ServerSession()
 
     def _open(self, app: Flask, request: Request) -> ServerSession:
+        if request.path.startswith(API_PREFIX):
+            return ServerSession()
         sid = request.cookies.get(app.config["SESSION_COOKIE_NAME"], "")
         if not _SID.match(sid):
             return ServerSession()
@@ -134,6 +139,8 @@ class DbSessionInterface(SessionInterface):
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)  # noqa: S101 - open_session only makes these
+        if request.path.startswith(API_PREFIX):
+            return  # no session, no cookie, ever
         if request.endpoint == "static" and not session.modified:
             return  # fetching a stylesheet is not activity: it must not extend the idle timeout
         name = app.config["SESSION_COOKIE_NAME"]

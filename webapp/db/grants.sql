@@ -42,3 +42,6 @@ GRANT SELECT, INSERT, UPDATE ON stepup_tokens TO 'strongroom'@'localhost';
 -- Request budget counters (webapp/budgets.py): one row per scope and window length, reset in place
 -- when a window starts (INSERT ... ON DUPLICATE KEY UPDATE needs INSERT and UPDATE): no DELETE.
 GRANT SELECT, INSERT, UPDATE ON request_counters TO 'strongroom'@'localhost';
+-- What each Idempotency-Key of a service account did (webapp/api/idempotency.py): an expired key's
+-- row is reused in place (UPDATE), never deleted.
+GRANT SELECT, INSERT, UPDATE ON api_idempotency TO 'strongroom'@'localhost';

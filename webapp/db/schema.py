@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from webapp.api.tables import api_idempotency
 from webapp.budgets import request_counters
 from webapp.db.tables import (
     audit_head,
@@ -39,6 +40,7 @@ TABLES: tuple[sa.Table, ...] = (
     stepup_tokens,
     request_counters,
     key_rewrap_checkpoints,
+    api_idempotency,
 )
 
 __all__ = ["TABLES", "metadata"]

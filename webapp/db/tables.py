@@ -23,7 +23,12 @@ metadata = sa.MetaData(
 # DATETIME without a precision truncates to seconds on MariaDB: idle timeouts would drift.
 UtcDateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-ROLES = ("admin", "auditor", "clerk", "supervisor")
+# People log in with a certificate and a password. A service account (role in SERVICE_ROLES: the CRM)
+# has no password at all: only its service certificate, on the JSON API alone (webapp/api/, migration
+# 0010); no person's role is ever a service role, and no service account ever gets a browser session.
+PERSON_ROLES = ("admin", "auditor", "clerk", "supervisor")
+SERVICE_ROLES = ("crm",)
+ROLES = PERSON_ROLES + SERVICE_ROLES
 
 users = sa.Table(
     "users",
@@ -45,7 +50,7 @@ users = sa.Table(
     sa.Column("must_change_password", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("last_login_at", UtcDateTime, nullable=True),
     sa.Column("last_login_ip", sa.String(45), nullable=True),
-    sa.CheckConstraint("role IN ('admin', 'auditor', 'clerk', 'supervisor')", name="role"),
+    sa.CheckConstraint("role IN ('admin', 'auditor', 'clerk', 'supervisor', 'crm')", name="role"),
 )
 
 # Previous password hashes (PCI DSS 8.3.7: no reuse of the last four).
