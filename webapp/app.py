@@ -36,7 +36,7 @@ from webapp.admin.commands import audit_cli, certs_cli, db_cli, health, services
 from webapp.admin.operations import bp as operations_bp
 from webapp.admin.views import bp as admin_bp
 from webapp.api import identity as api_identity
-from webapp.api import views as api_views
+from webapp.api import setup as api_setup
 from webapp.audit.views import bp as audit_bp
 from webapp.auth import passwords
 from webapp.auth.account import bp as account_bp
@@ -237,7 +237,7 @@ def _configured(
     app.register_blueprint(admin_bp)
     app.register_blueprint(records_bp)
     app.register_blueprint(operations_bp)
-    api_views.init_app(app, csrf)  # /api/v1: CSRF exempt, problem+json, no cookies (docs/crm-api.md)
+    api_setup.init_app(app, csrf)  # /api/v1: CSRF exempt, problem+json, no cookies (docs/crm-api.md)
     for command in COMMANDS:
         app.cli.add_command(command)
 

@@ -5,30 +5,27 @@ browser's rules (records/cards.py, records/service.py), and audits what it did o
 request's one unit of work, with the service account as the actor. Nothing here ever reads or
 returns a card number: cards are written through keyd and shown as brand and last four.
 
-Routes of other modules (webapp/api/bulk.py) are added to `bp` by importing them at the end.
+The blueprint and its refusal handlers are in blueprint.py; setup.py registers it (with the routes of
+bulk.py too).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, abort, current_app, request
+from flask import current_app, request
 from flask.wrappers import Response
-from flask_wtf.csrf import CSRFProtect
-from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import Form, StringField
 
-from webapp import refusals
-from webapp.api import cursor, identity, problems
+from webapp.api import cursor, identity
+from webapp.api.blueprint import bp
 from webapp.api.body import Body, Field, body, json_body
 from webapp.api.idempotency import JSON, Result, idempotent, json_response
 from webapp.api.problems import Problem
-from webapp.api.wsgi import NoCookies
 from webapp.events import Event
 from webapp.records import cards as card_rules
 from webapp.records import service
@@ -39,22 +36,9 @@ from webapp.records.permissions import Act, FieldClass
 from webapp.records.tables import cards, customer_records
 from webapp.request import unit
 from webapp.services import services
-from webapp.validation import InputRefused, accepts
+from webapp.validation import accepts
 
-PREFIX = "/api/v1"
-bp = Blueprint("api", __name__, url_prefix=PREFIX)
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-_ROW_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@bp.url_value_preprocessor
-def _ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """As the records pages: a card id is 32 lowercase hex and a record id fits its column, or 404
-    before any view runs (a card number typed in their place reaches no audit record)."""
-    if values and "card_id" in values and not _ROW_ID.fullmatch(str(values["card_id"])):
-        abort(404)
-    if values and not 0 < int(values.get("record_id", 1)) <= 2**31 - 1:
-        abort(404)
 
 
 # --- answers ---------------------------------------------------------------------------------------
@@ -304,48 +288,3 @@ def retire_card(record_id: int, card_id: str) -> Result:
 @accepts()
 def openapi() -> Response:
     return Response(OPENAPI_FILE.read_bytes(), status=200, mimetype=JSON)
-
-
-# --- refusals --------------------------------------------------------------------------------------
-
-# What a refused request shape is audited as: a security code is a card refusal (alerted), as in the
-# browser; every other shape the API refuses is input.refused (alerted: no correct client sends it).
-_SHAPE_EVENTS = {"security-code-refused": Event.CARD_REFUSED}
-
-
-def _resource() -> str:
-    """The route and its record, never the raw path (whatever the client typed into it)."""
-    record_id = (request.view_args or {}).get("record_id")
-    where = str(request.endpoint or request.path[:100])
-    return f"{where}:{record_id}" if record_id is not None else where
-
-
-def handle_problem(exc: Problem) -> Response:
-    uow = unit()
-    if not exc.keep:
-        uow.discard_writes()
-    uow.record(exc.event, ok=False, resource=_resource(), detail=exc.audit[:200], actor=exc.actor)
-    return problems.response(exc.slug, exc.detail)
-
-
-@bp.errorhandler(InputRefused)
-def _input_refused(exc: InputRefused) -> Response:
-    slug = exc.problem or "input-refused"
-    return handle_problem(Problem(slug, exc.reason, event=_SHAPE_EVENTS.get(slug, Event.INPUT_REFUSED)))
-
-
-@bp.errorhandler(RequestEntityTooLarge)
-def _too_large(_exc: RequestEntityTooLarge) -> Response:
-    return handle_problem(Problem("body-too-large", "the request body is too large"))
-
-
-def init_app(app: Flask, csrf: CSRFProtect) -> None:
-    """Register the API: the blueprint (CSRF exempt: the certificate is the credential, there are no
-    cookies), its refusals as problem+json, the gate (webapp/api/identity.py) and no cookies ever."""
-    from webapp.api import bulk  # noqa: F401 - adds its routes to bp
-
-    csrf.exempt(bp)
-    app.register_blueprint(bp)
-    app.register_error_handler(Problem, handle_problem)
-    app.extensions.setdefault(refusals.RENDERERS, {})[identity.API_PREFIX] = problems.render_refusal
-    app.wsgi_app = NoCookies(app.wsgi_app, identity.API_PREFIX)  # type: ignore[method-assign]
