@@ -51,7 +51,7 @@ from webapp.headers import SecurityHeaders
 from webapp.keys.commands import keys_cli
 from webapp.mail.commands import mail_cli
 from webapp.outbox import EventSink, OutboxSink
-from webapp.records.purge import records_cli
+from webapp.records.commands import records_cli  # purge-retired and import
 from webapp.records.views import bp as records_bp
 from webapp.refusals import refuse
 from webapp.request import origin, unit

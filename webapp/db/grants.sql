@@ -45,3 +45,6 @@ GRANT SELECT, INSERT, UPDATE ON request_counters TO 'strongroom'@'localhost';
 -- What each Idempotency-Key of a service account did (webapp/api/idempotency.py): an expired key's
 -- row is reused in place (UPDATE), never deleted.
 GRANT SELECT, INSERT, UPDATE ON api_idempotency TO 'strongroom'@'localhost';
+-- Bulk import jobs (webapp/records/bulk.py): created once per file and actor, the checkpoint moved
+-- (UPDATE) with each committed batch; kept as evidence, never deleted.
+GRANT SELECT, INSERT, UPDATE ON import_jobs TO 'strongroom'@'localhost';

@@ -24,7 +24,7 @@ from webapp.db.tables import (
     users,
 )
 from webapp.keys.tables import key_rewrap_checkpoints
-from webapp.records.tables import cards, customer_records, items, stepup_tokens
+from webapp.records.tables import cards, customer_records, import_jobs, items, stepup_tokens
 
 TABLES: tuple[sa.Table, ...] = (
     users,
@@ -40,6 +40,7 @@ TABLES: tuple[sa.Table, ...] = (
     stepup_tokens,
     request_counters,
     key_rewrap_checkpoints,
+    import_jobs,
     api_idempotency,
 )
 

@@ -62,7 +62,7 @@ def purge_retired(
     return Purged(cards=counts[0], items=counts[1])
 
 
-records_cli = Group("records", help="Purge cards and items retired longer ago than their retention.")
+records_cli = Group("records", help="Import cards in bulk; purge cards and items retired past retention.")
 
 
 @records_cli.command("purge-retired")

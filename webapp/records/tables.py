@@ -87,3 +87,23 @@ ENCRYPTED_COLUMNS: dict[sa.Table, dict[str, sa.Column[bytes]]] = {
     cards: {"pan": cards.c.pan_ct, "cardholder": cards.c.name_ct, "expiry": cards.c.expiry_ct},
     items: {"value": items.c.value_ct},
 }
+
+# Bulk imports (webapp/records/bulk.py, migration 0011): one row per (file, actor). `last_line` is the
+# checkpoint, the last line of the file whose batch is committed; it moves in the same transaction as
+# that batch's cards and audit record, so a re-run after a crash resumes after it and stores no card
+# twice. `finished_at` set: the file was imported completely and a re-run does nothing.
+import_jobs = sa.Table(
+    "import_jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("file_sha256", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("format", sa.String(8), nullable=False),
+    sa.Column("last_line", sa.Integer, nullable=False, default=0),
+    sa.Column("accepted", sa.Integer, nullable=False, default=0),
+    sa.Column("refused", sa.Integer, nullable=False, default=0),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("file_sha256", "actor"),  # uq_import_jobs_file_sha256
+)
