@@ -3,7 +3,7 @@
 A view declares its body with `@json_body(Body(...))`; the input guard (webapp/validation.py) runs
 the declared parser before the view, in place of the form parser, and refuses the request with an
 `InputRefused` whose `problem` names the problem type (webapp/api/problems.py). The parsed object is
-`body()`. Every refusal names the field and the rule, never the value.
+`body()`. Every refusal names the rule and a declared field, never a value nor a name the client made up.
 
 Refused: any content type but application/json (charset, if given, utf-8), a body over the declared
 size, bytes that are not UTF-8 (or carry a BOM), anything that is not exactly one JSON object,
@@ -29,7 +29,7 @@ from webapp.validation import InputRefused
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_DEPTH = 8
 DEFAULT_MAX_BYTES = 8 * 1024
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean"}
+_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", list: "array"}  # list: the bulk import's rows
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class Body:
                     problem="security-code-refused",
                 )
             if name not in declared:
-                raise InputRefused(f"body: unknown field '{_printable(name)}'", problem="unknown-field")
+                # The unknown name is not echoed (it is whatever the client sent): the known ones are.
+                known = ", ".join(declared) or "none"
+                raise InputRefused(f"body: unknown field (this body takes: {known})", problem="unknown-field")
         limit = current_app.config["MAX_VALUE_LENGTH"]
         for field in self.fields:
             if field.name not in data:
@@ -82,16 +84,11 @@ class Body:
         return data
 
 
-def _printable(name: str) -> str:
-    clean = "".join(c if c.isprintable() and c.isascii() else "?" for c in name)
-    return clean[:40]
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise InputRefused(f"body: key '{_printable(key)}' given more than once", problem="duplicate-key")
+            raise InputRefused("body: a key is given more than once in one object", problem="duplicate-key")
         found[key] = value
     return found
 
