@@ -608,7 +608,7 @@ class Importer:
         job_id = self._open_job(digest, fmt, report)
         if report.already_finished:
             return report
-        self.progress(report.resumed_after)
+        self.progress(max(0, report.resumed_after - (fmt == "csv")))  # the header is no card
         self._pipeline(job_id, lines, fmt, report)
         self._finish_job(job_id, report)
         return report
