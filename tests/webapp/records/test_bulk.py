@@ -18,7 +18,7 @@ from keyd.client import Context, KeydClient
 from tests.webapp.helpers import audit_rows, events, refuse_audit_inserts
 from tests.webapp.records.support import keyd_running  # noqa: F401 - the module's real keyd
 from webapp.audit import service as audit
-from webapp.records import bulk
+from webapp.records import bulk, service
 from webapp.records.tables import cards, customer_records, import_jobs
 from webapp.services import services
 from webapp.unit import Origin
@@ -334,7 +334,8 @@ def test_imported_cards_decrypt_like_browser_added_ones(
         stored = conn.execute(sa.select(cards, customer_records.c.crm_ref).join(customer_records)).all()
     assert len(stored) == 700
     expected = sorted(line.decode().split(",") for line in lines[1:])
-    got = []
+    got: list[list[str]] = []
+    got_by_id: dict[str, list[str]] = {}
     for row in stored:
         fields = {}
         for name, blob in (("pan", row.pan_ct), ("cardholder", row.name_ct), ("expiry", row.expiry_ct)):
@@ -344,4 +345,15 @@ def test_imported_cards_decrypt_like_browser_added_ones(
         assert row.last4 == fields["pan"][-4:]
         assert row.brand == "visa"
         got.append([row.crm_ref, fields["cardholder"], fields["pan"], fields["expiry"]])
+        got_by_id[row.id] = got[-1]
     assert sorted(got) == expected
+    # The reveal's own read path (service.unchecked_decrypt: the row's id as the context) opens them too.
+    with services(app).engine.connect() as conn:
+        for name in ("pan", "cardholder", "expiry"):
+            plain = service.unchecked_decrypt(
+                conn, keyd_vault, stored[0].id, name, actor="check", purpose="reveal"
+            ).decode()
+            assert (
+                plain
+                in {"pan": got_by_id[stored[0].id][2], "cardholder": "Jane Doe", "expiry": GOOD_EXPIRY}[name]
+            )
