@@ -4,6 +4,7 @@ a real keyd unsealed through its drop file, a throwaway CA and a SQLite database
 
     with running_stack(tmp_dir) as stack:
         stack.add_user("alice", "clerk", PASSWORD)      # issues alice's certificate and binds it
+        stack.add_service("crm")                         # a service account bound to a service certificate
         cert, key = stack.client("alice")
         ctx = stack.ssl_context("alice")                 # or None for no client certificate
         ...
@@ -110,6 +111,33 @@ class Stack:
             self.issued[name] = self.ca.issue(name)
             self.issued[name].write(self.certs_dir, name)
         return self.certs_dir / f"{name}.pem", self.certs_dir / f"{name}.key"
+
+    def service_client(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) PEM files of `name`'s SERVICE certificate (ca/pki.py's service profile:
+        OU=Services and the service policy, as `python -m ca service NAME` issues it), issued on first
+        use; `ssl_context`, `connection`, `revoke` then take `name` as for an employee's."""
+        if name not in self.issued:
+            self.issued[name] = self.ca.issue_service(name)
+            self.issued[name].write(self.certs_dir, name)
+        return self.certs_dir / f"{name}.pem", self.certs_dir / f"{name}.key"
+
+    def add_service(self, name: str, role: str = "crm") -> tuple[Path, Path]:
+        """Create a service account (the CRM) bound to `name`'s service certificate, as an admin
+        would (`flask services add NAME --role ROLE --cert FILE`)."""
+        cert, key = self.service_client(name)
+        self.admin_cli("services", "add", name, "--role", role, "--cert", str(cert))
+        return cert, key
+
+    def admin_cli(self, *args: str, stdin: str | None = None) -> str:
+        """Run an admin command (`flask ARGS...`) on the stack's database; its output."""
+        app = self.admin_app()
+        try:
+            done = app.test_cli_runner().invoke(args=list(args), input=stdin)
+        finally:
+            app.extensions["strongroom"].engine.dispose()
+        if done.exit_code:
+            raise RuntimeError(f"{' '.join(args[:2])} failed: {done.output}")
+        return str(done.output)
 
     def cert_pem(self, name: str) -> bytes:
         self.client(name)
