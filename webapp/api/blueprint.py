@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, abort, request
+from flask import Blueprint, abort, current_app, request
 from flask.wrappers import Response
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -52,10 +52,22 @@ def handle_problem(exc: Problem) -> Response:
     return problems.response(exc.slug, exc.detail)
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _named_safely(reason: str) -> str:
+    """The form guard's reason (webapp/validation.py) quotes the parameter's name: kept when it is one
+    the route declares, else not echoed (a name is whatever the client sent)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    declared: frozenset[str] = getattr(view, "_strongroom_accepts", (frozenset(), frozenset()))[0]
+    return _QUOTED.sub(lambda m: f"'{m[1]}'" if m[1] in declared else "a parameter", reason)
+
+
 @bp.errorhandler(InputRefused)
 def _input_refused(exc: InputRefused) -> Response:
     slug = exc.problem or "input-refused"
-    return handle_problem(Problem(slug, exc.reason, event=_SHAPE_EVENTS.get(slug, Event.INPUT_REFUSED)))
+    reason = exc.reason if exc.problem else _named_safely(exc.reason)
+    return handle_problem(Problem(slug, reason, event=_SHAPE_EVENTS.get(slug, Event.INPUT_REFUSED)))
 
 
 @bp.errorhandler(RequestEntityTooLarge)

@@ -10,6 +10,7 @@ from webapp import navigation
 from webapp.auth.forms import LoginForm, LogoutForm
 from webapp.auth.service import Entry, active_binding, after_login, authenticate, keypad_for
 from webapp.auth.sessions import ServerSession
+from webapp.db.tables import SERVICE_ROLES
 from webapp.events import Event
 from webapp.refusals import refuse
 from webapp.request import origin, unit
@@ -82,9 +83,12 @@ def login() -> ResponseReturnValue:
     svc, uow, who = services(), unit(), origin()
     now = svc.clock.now()
     binding = active_binding(uow.conn, who.fingerprint, now=now)
-    if binding is None:
-        # Without a certificate bound to an active user the login page is not shown at all.
+    if binding is None or binding.role in SERVICE_ROLES:
+        # Without a certificate bound to an active user the login page is not shown at all; nor to a
+        # service account (webapp/api/identity.py refuses service certificates before this runs).
         detail = "no_certificate" if who.cert is None else "certificate_not_bound"
+        if binding is not None:
+            detail = "service_account_on_browser"
         return refuse(
             Event.CERT_REFUSED,
             detail,

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests.fixtures.pki import Issued, TestCA
+from tests.webapp.api import contract
 from tests.webapp.conftest import HTTPS, client_for
 
 VISA = "4111111111111111"
@@ -51,7 +52,9 @@ def new_key() -> str:
 
 
 def api_get(client: FlaskClient, path: str, **kw: Any) -> TestResponse:
-    return client.get("/api/v1" + path, base_url=HTTPS, **kw)
+    r = client.get("/api/v1" + path, base_url=HTTPS, **kw)
+    contract.check("GET", "/api/v1" + path, r)  # every response the tests see is held to the document
+    return r
 
 
 def api_post(
@@ -70,7 +73,9 @@ def api_post(
         headers["Idempotency-Key"] = key
     data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
     kw.setdefault("content_type", "application/json")
-    return client.post("/api/v1" + path, base_url=HTTPS, data=data, headers=headers, **kw)
+    r = client.post("/api/v1" + path, base_url=HTTPS, data=data, headers=headers, **kw)
+    contract.check("POST", "/api/v1" + path, r)
+    return r
 
 
 def new_record(client: FlaskClient, crm_ref: str = "C1234567") -> int:
@@ -81,3 +86,37 @@ def new_record(client: FlaskClient, crm_ref: str = "C1234567") -> int:
 
 def card_body(**over: Any) -> dict[str, Any]:
     return {"pan": VISA, "cardholder": "Ada Lovelace", "exp_month": 12, "exp_year": 2030, **over}
+
+
+def audit_rows(app: Flask) -> list[Any]:
+    import sqlalchemy as sa
+
+    from webapp.db.tables import audit_log
+
+    with app.extensions["strongroom"].engine.connect() as conn:
+        return list(conn.execute(sa.select(audit_log).order_by(audit_log.c.seq)))
+
+
+def counts(app: Flask) -> dict[str, int]:
+    """What a refused call must not change: rows of every table a call could write."""
+    import sqlalchemy as sa
+
+    from webapp.api.tables import api_idempotency
+    from webapp.db.tables import sessions
+    from webapp.records.tables import cards, customer_records
+
+    with app.extensions["strongroom"].engine.connect() as conn:
+        return {
+            t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+            for t in (customer_records, cards, api_idempotency, sessions)
+        }
+
+
+def assert_problem(r: TestResponse, slug: str, status: int | None = None) -> None:
+    from webapp.api.problems import PROBLEMS, TYPE_BASE
+
+    assert r.mimetype == "application/problem+json", (r.status_code, r.text[:300])
+    assert r.json is not None
+    assert r.json["type"] == TYPE_BASE + slug, r.json
+    assert r.status_code == (status or PROBLEMS[slug].status) == r.json["status"], r.json
+    assert "Set-Cookie" not in r.headers
