@@ -28,6 +28,7 @@ IMPORT_BODY = Body((Field("rows", list),), max_bytes=bulk.API_MAX_BYTES)
 
 @bp.post("/imports")
 @json_body(IMPORT_BODY)
+@require(FieldClass.RECORD, Act.ADD)  # a row whose CRM number has no record yet creates one
 @require(FieldClass.CARD_MASKED, Act.ADD)
 @idempotent
 def import_cards() -> Result:
