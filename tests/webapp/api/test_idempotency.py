@@ -3,8 +3,10 @@ another body is refused; no key, no POST; keys expire after 24 hours."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -12,6 +14,7 @@ from flask.testing import FlaskClient
 
 from tests.fixtures.pki import TestCA
 from tests.webapp.api.conftest import (
+    Service,
     add_service,
     api_post,
     assert_problem,
@@ -131,3 +134,29 @@ def test_keys_are_per_service_account(app: Flask, api: FlaskClient, ca: TestCA, 
     assert a.status_code == b.status_code == 201
     assert a.json != b.json
     assert "Idempotent-Replayed" not in b.headers
+
+
+def test_one_key_sent_twice_at_once_stores_one_card(
+    app: Flask, make_app: Any, api: FlaskClient, crm: Service
+) -> None:
+    """Two workers (two app instances on one database) get the same call at the same moment: one
+    card is stored; the other call is answered from the first (SQLite: it waits for the write lock)
+    or refused with idempotency-key-in-use (MariaDB: its insert of the key fails at the first's
+    commit), and then a retry is answered from the first."""
+    from tests.webapp.test_concurrency import at_once
+
+    rid = new_record(api)
+    other = client_for(make_app(), crm.cert)
+    answers: list[Any] = []
+
+    def call(client: FlaskClient) -> Callable[[], None]:
+        return lambda: answers.append(api_post(client, f"/records/{rid}/cards", card_body(), key="race"))
+
+    at_once([call(api), call(other)])
+    assert counts(app)["cards"] == 1
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses in ([201, 201], [201, 409])
+    created = next(a for a in answers if a.status_code == 201)
+    retry = api_post(api, f"/records/{rid}/cards", card_body(), key="race")
+    assert retry.json == created.json
+    assert counts(app)["cards"] == 1
