@@ -75,6 +75,10 @@ def _api_identity() -> ServiceIdentity:
     who = origin()
     cert = who.cert
     if cert is None:
+        if who.problem:  # a forged or malformed certificate header: raised as the browser's pages do
+            unit().record(
+                Event.CERT_HEADER_UNTRUSTED, ok=False, resource=request.path[:200], detail=who.problem
+            )
         raise Problem("certificate-required", "present a service certificate", event=Event.CERT_REFUSED)
     conn = unit().conn
     binding = active_binding(conn, cert.fingerprint, now=services().clock.now())
