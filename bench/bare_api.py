@@ -5,8 +5,12 @@ application/json passes), served by the same gunicorn configuration behind the s
 
 from __future__ import annotations
 
-from bare_app import app
+import importlib
+
 from flask import request
+
+# bench/bare_app.py, by name (bench/ is on gunicorn's --pythonpath; not an installed package).
+app = importlib.import_module("bare_app").app
 
 
 @app.post("/api/v1/bare")
