@@ -185,13 +185,21 @@ def test_the_matrix_decides(make_app: Any, ca: TestCA, tmp_path: Any) -> None:
     assert (last.event, last.actor, last.detail) == ("request.access_denied", "crm", "matrix:card.masked:add")
 
 
-def test_no_reveal_for_the_service_by_default() -> None:
-    from webapp.records.permissions import DEFAULT_FILE, Act, FieldClass, load
+def test_the_shipped_crm_column_is_exactly_what_the_issue_asks() -> None:
+    """Written out here, not read from permissions.json: list, view, add records; view (masked),
+    add, retire cards; nothing else (no reveal, no items, no edits, no retiring records)."""
+    from webapp.records.permissions import CELLS, DEFAULT_FILE, Act, FieldClass, load
 
     matrix = load(DEFAULT_FILE)
-    for field_class in FieldClass:
-        assert not matrix.allows("crm", field_class, Act.REVEAL)
-    assert not matrix.allows("crm", FieldClass.BANK, Act.VIEW)
+    granted = {(c, a) for c, acts in CELLS.items() for a in acts if matrix.allows("crm", c, a)}
+    assert granted == {
+        (FieldClass.RECORD, Act.LIST),
+        (FieldClass.RECORD, Act.VIEW),
+        (FieldClass.RECORD, Act.ADD),
+        (FieldClass.CARD_MASKED, Act.VIEW),
+        (FieldClass.CARD_MASKED, Act.ADD),
+        (FieldClass.CARD_MASKED, Act.RETIRE),
+    }
 
 
 def test_budgets_count_the_service_account(make_app: Any, ca: TestCA, tmp_path: Any) -> None:
