@@ -56,6 +56,8 @@ PROBLEMS: dict[str, Kind] = {
     "missing-field": Kind(400, "Required field missing"),
     "wrong-type": Kind(400, "Field has the wrong type"),
     "cursor-invalid": Kind(400, "The pagination cursor is not one this API issued"),
+    "uri-too-long": Kind(414, "Request line too long"),  # the front door's (docs/apache.md)
+    "request-blocked": Kind(403, "Refused by the front door's request filter"),  # ModSecurity's
     "idempotency-key-missing": Kind(400, "Idempotency-Key header required"),
     "idempotency-key-invalid": Kind(400, "Idempotency-Key header malformed"),
     "idempotency-key-reused": Kind(422, "Idempotency-Key already used for another request"),
