@@ -59,6 +59,6 @@ def decode(listing: str, cursor: str) -> list[Any]:
 def limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw[:4]) <= MAX_LIMIT or len(raw) > 3:
+    if len(raw) > 3 or not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise Problem("input-refused", f"query: limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
