@@ -12,6 +12,7 @@ import jsonschema_rs
 from werkzeug.test import TestResponse
 
 from webapp.api.views import OPENAPI_FILE
+from webapp.redact import contains_pan
 
 BASE = "/api/v1"
 
@@ -50,7 +51,9 @@ def _validator(schema_json: str) -> Any:
 
 def check(method: str, path: str, r: TestResponse) -> None:
     """The response matches the document: its status is one the operation lists, its media type is
-    the one listed for that status, and its body validates against that schema."""
+    the one listed for that status, and its body validates against that schema. And whatever the
+    call, no answer of the API holds a card number, in any spelling (webapp/redact.py's detector)."""
+    assert not contains_pan(r.get_data(as_text=True)), f"{method} {path}: a card number in the answer"
     found = operation_of(method, path)
     if found is None or method == "HEAD":
         return  # not an operation of the document (a 404 path, a 405 method): the problem shape only

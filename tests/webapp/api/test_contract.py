@@ -93,3 +93,14 @@ def test_the_judge_refuses_what_the_document_does_not_allow(body: dict[str, obje
     r = TestResponse(json.dumps(body), status=201, headers={"Content-Type": "application/json"}, request=None)  # type: ignore[arg-type]
     with pytest.raises(AssertionError):
         contract.check("POST", "/api/v1/records", r)
+
+
+def test_the_judge_refuses_a_card_number_anywhere() -> None:
+    from werkzeug.test import TestResponse
+
+    problem = {"type": "x", "title": "t", "status": 400, "detail": "got 4111 1111 1111 1111"}
+    r = TestResponse(
+        json.dumps(problem), status=400, headers={"Content-Type": "application/problem+json"}, request=None
+    )  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="card number"):
+        contract.check("POST", "/api/v1/records", r)
