@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -355,3 +356,25 @@ def test_imported_cards_decrypt_like_browser_added_ones(
             ).decode()
             want = {"pan": got_by_id[stored[0].id][2], "cardholder": "Jane Doe", "expiry": GOOD_EXPIRY}
             assert plain == want[name]
+
+
+def test_a_second_run_moving_the_checkpoint_first_stops_this_one(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one file at once: the checkpoint moves only from the value a run last saw, so the
+    one that finds it moved rolls its batch back and stops; no card is stored twice."""
+    path = write(tmp_path, [HEADER, *(good(i) for i in range(6))])
+    seal = bulk.Importer._seal
+
+    def other_run_first(self: bulk.Importer, batch: Any, now: Any) -> Any:
+        with services(app).engine.begin() as conn:
+            conn.execute(sa.update(import_jobs).values(last_line=import_jobs.c.last_line + 3))
+        return seal(self, batch, now)
+
+    monkeypatch.setattr(bulk.Importer, "_seal", other_run_first)
+    result = run(app, path, "--batch-size", "3")
+    assert result.exit_code == 1
+    assert "another run of this import" in result.stderr
+    assert "run the same command again" in result.stderr
+    assert count(app, cards) == 0
+    assert audit_rows(app, "records.import_failed")
