@@ -16,6 +16,7 @@ from click.testing import Result
 from flask import Flask
 
 from keyd.client import Context, KeydClient
+from tests.webapp.fakes import FakeVault
 from tests.webapp.helpers import audit_rows, events, refuse_audit_inserts
 from tests.webapp.records.support import keyd_running  # noqa: F401 - the module's real keyd
 from webapp.audit import service as audit
@@ -378,3 +379,31 @@ def test_a_second_run_moving_the_checkpoint_first_stops_this_one(
     assert "run the same command again" in result.stderr
     assert count(app, cards) == 0
     assert audit_rows(app, "records.import_failed")
+
+
+def test_keyd_sealed_midway_keeps_the_committed_batches_and_a_rerun_resumes(
+    app: Flask, vault: FakeVault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, [HEADER, *(good(i) for i in range(7))])
+    seal, sealed = bulk.Importer._seal, []
+
+    def seal_after_first(self: bulk.Importer, batch: Any, now: Any) -> Any:
+        sealed.append(batch)
+        vault.sealed = len(sealed) > 1
+        return seal(self, batch, now)
+
+    monkeypatch.setattr(bulk.Importer, "_seal", seal_after_first)
+    first = run(app, path, "--batch-size", "3")
+    assert first.exit_code == 1
+    assert "keyd" in first.stderr
+    assert "run the same command again to resume" in first.stderr
+    assert count(app, cards) == 3
+    (failed,) = audit_rows(app, "records.import_failed")
+    assert "sealed" in failed.detail
+    assert "records.import_failed" in events(app)
+    monkeypatch.setattr(bulk.Importer, "_seal", seal)
+    vault.sealed = False
+    again = run(app, path, "--batch-size", "3")
+    assert again.exit_code == 0, again.output
+    assert "resumed after line 4" in again.stdout
+    assert count(app, cards) == 7
