@@ -27,7 +27,13 @@ reference, else created), its cards, and one audit record with its counts. Encry
 the transaction, through keyd's batch call, with each card's random id and the field name as the
 context, exactly as the browser's add_card (service.add_card): an imported card decrypts and reveals
 the same way. A crash at any point loses at most the batch under way; the next run resumes after
-the checkpoint. A finished file imported again by the same actor is a no-op.
+the checkpoint. A finished file imported again by the same actor is a no-op. While batch k is
+written (one writer thread, batches committed in order), batch k+1 is parsed and sealed.
+
+Who: an operator on the server (`flask --app webapp records import`, actor `cli:<os user>`,
+webapp/records/commands.py), or the CRM's service account through `POST /api/v1/imports`
+(`run_rows`: one batch of at most API_MAX_ROWS, in the request's transaction with its
+Idempotency-Key; webapp/api/bulk.py).
 """
 
 from __future__ import annotations
@@ -69,12 +75,11 @@ MAX_LINE_BYTES = 512
 FIELD_MAX = {"crm_ref": 32, "cardholder": 64, "pan": 32, "expiry": 7}
 DEFAULT_BATCH = 1000
 MAX_BATCH = 5000
-# The bulk API call: one batch per call, bounded.
-# 200 rows of 4 fields stay inside the front door's ModSecurity limits (1000 fields, 64 KiB a body).
+# The bulk API call (webapp/api/bulk.py): one batch per call. 200 rows of 4 fields stay inside the
+# front door's ModSecurity limits (1000 fields, 64 KiB a body).
 API_MAX_ROWS = 200
 API_MAX_BYTES = 60 * 1024
 PURPOSE = "card.import"
-_FIELDS_PER_CARD = 3
 _KEYD_MAX_ITEMS = 999  # keyd takes at most 1000 items per call (keyd/protocol MAX_ITEMS): 333 cards
 _EXPIRY = re.compile(r"(0[1-9]|1[0-2])/([0-9]{4})")
 _KEYD_ACTOR_BAD = re.compile(r"[^A-Za-z0-9._@+-]")
@@ -114,7 +119,7 @@ class LineRefusal:
 class Row:
     line: int
     crm_ref: str
-    card: NewCard
+    card: NewCard = field(repr=False)  # the number is masked in Pan's repr; the name is secret too
 
 
 @dataclass
