@@ -19,8 +19,9 @@ from webapp.records.cards import parse_pan
 from webapp.records.tables import cards
 from webapp.vault import MissingKeydClient, Vault, make_vault, require_open
 
-# status: home page, health check, key commands; encrypt/decrypt: records; rewrap_batch: key rotation.
-CALLED_BY_THE_WEB_APP = ("decrypt", "encrypt", "rewrap_batch", "status")
+# status: home page, health check, key commands; encrypt/decrypt: records; encrypt_batch: the bulk
+# import; rewrap_batch: key rotation.
+CALLED_BY_THE_WEB_APP = ("decrypt", "encrypt", "encrypt_batch", "rewrap_batch", "status")
 CTX = Context("0" * 32, "pan")
 
 
@@ -48,6 +49,7 @@ MISSING_CALLS: list[tuple[str, Callable[[MissingKeydClient], object]]] = [
     ("status", lambda v: v.status()),
     ("encrypt", lambda v: v.encrypt(b"x", context=CTX, actor="a", purpose="p")),
     ("decrypt", lambda v: v.decrypt(b"x", context=CTX, actor="a", purpose="p")),
+    ("encrypt_batch", lambda v: v.encrypt_batch([(CTX, b"x")], actor="a", purpose="p")),
     ("rewrap_batch", lambda v: v.rewrap_batch([(CTX, b"x")], actor="a", purpose="p")),
 ]
 
