@@ -306,6 +306,19 @@ class _Sealed:
     card_rows: list[dict[str, Any]]
 
 
+# Built once: building a statement per batch costs more CPU than running it.
+_OPEN_RECORDS = (
+    sa.select(customer_records.c.id, customer_records.c.crm_ref)
+    .where(
+        customer_records.c.crm_ref.in_(sa.bindparam("refs", expanding=True)),
+        customer_records.c.retired_at.is_(None),
+    )
+    .order_by(customer_records.c.id)
+)
+_INSERT_RECORD = sa.insert(customer_records)
+_INSERT_CARD = sa.insert(cards)
+
+
 def _fold(engine: sa.Engine) -> Callable[[str], str]:
     # MariaDB compares the CRM reference under a case-insensitive collation: so does the lookup here.
     return str if engine.dialect.name == "sqlite" else str.casefold
@@ -478,23 +491,16 @@ class Importer:
 
         def look(names: list[str]) -> None:
             for start in range(0, len(names), 1000):
-                q = (
-                    sa.select(customer_records.c.id, customer_records.c.crm_ref)
-                    .where(
-                        customer_records.c.crm_ref.in_(names[start : start + 1000]),
-                        customer_records.c.retired_at.is_(None),
-                    )
-                    .order_by(customer_records.c.id)
-                )
-                for rid, ref in conn.execute(q):
+                for rid, ref in conn.execute(_OPEN_RECORDS, {"refs": names[start : start + 1000]}):
                     found.setdefault(fold(ref), int(rid))
 
         look(wanted)
         missing = sorted({fold(r): r for r in wanted if fold(r) not in found}.values())
         if missing:
+            created = to_db(now)
             conn.execute(
-                sa.insert(customer_records),
-                [{"crm_ref": r, "created_at": to_db(now), "created_by": self.actor} for r in missing],
+                _INSERT_RECORD,
+                [{"crm_ref": r, "created_at": created, "created_by": self.actor} for r in missing],
             )
             look(missing)
         return {r: found[fold(r)] for r in wanted}, len(missing)
@@ -526,7 +532,7 @@ class Importer:
             ids, created = self._record_ids(conn, {r.crm_ref for r in batch.rows}, now)
             for card_row in sealed.card_rows:
                 card_row["record_id"] = ids[card_row["record_id"]]
-            conn.execute(sa.insert(cards), sealed.card_rows)
+            conn.execute(_INSERT_CARD, sealed.card_rows)
         lines = f"lines={batch.first_line}-{batch.last_line}"
         detail = (
             f"{lines} accepted={len(batch.rows)} refused={len(batch.refusals)} records_created={created}"
