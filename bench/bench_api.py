@@ -41,6 +41,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,6 +305,18 @@ def goals(cells: list[Any], db: str) -> bool:
     return met
 
 
+@contextlib.contextmanager
+def _killed_on_error(keyd: Any) -> Iterator[None]:
+    """unsealed_keyd() stops keyd only when its body ends normally: a failed run must not leave a
+    daemon holding a key behind."""
+    try:
+        yield
+    except BaseException:
+        if keyd.proc is not None:
+            keyd.kill()
+        raise
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench_api: run as root (Apache's children, keyd's peer checks), like make bench")
@@ -321,7 +334,11 @@ def main() -> None:
         f"{os.environ['BENCH_SECONDS']} s per cell; GET cells by ab -k, POST cells by one kept-alive "
         f"client process per client; CPU columns: per request, gunicorn's workers (app) and Apache"
     )
-    with _keyd.unsealed_keyd() as keyd, tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name:
+    with (
+        _keyd.unsealed_keyd() as keyd,
+        _killed_on_error(keyd.keyd),
+        tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name,
+    ):
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o711)  # noqa: S103 - Apache's children (www-data) walk to the web socket
         bench = _prod.Bench(tmp, keyd.keyd.socket)
