@@ -85,7 +85,7 @@ NOT_COMMANDS = {
     "apache/logfilter.py": "Apache's piped logger: its one argument is the log file, set in the site config",
     "apache/crs_redact.py": "a generator run by hand when the CRS changes (apache/README.md)",
     "scripts/lock.py": "`make lock`'s helper: every option but --check goes to pip-compile",
-    "scripts/demo_data.py": "`make run`'s helper (scripts/run-demo.sh): adds the demo's customers, no options",
+    "scripts/demo_data.py": "`make run`'s helper (scripts/run-demo.sh): adds the demo's customers",
 }
 NOT_SCANNED = ("tests", "bench", "docs", ".venv", ".git", "var", "node_modules")
 
