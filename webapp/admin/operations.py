@@ -21,7 +21,6 @@ POST, and an audit record for every read and write, allowed or refused.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,7 +45,6 @@ from webapp.events import Event
 from webapp.keys import service as keys
 from webapp.mail.texts import notification
 from webapp.outbox import DEFAULT_RETENTION_DAYS, valid_event_name
-from webapp.redact import contains_pan
 from webapp.refusals import refuse
 from webapp.request import unit
 from webapp.services import services
@@ -375,13 +373,6 @@ def _target(user_id: int) -> Any:
     return row
 
 
-_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){7,}")  # as the reason's rule (auth/confirm.py) refuses it
-
-
-def _sensitive(text: str) -> bool:
-    return contains_pan(text) or _DIGIT_RUN.search(text) is not None
-
-
 def _lift_page(
     target: Any,
     form: LiftForm,
@@ -390,8 +381,7 @@ def _lift_page(
     error: confirm.Unconfirmed | None = None,
     nothing: bool = False,
 ) -> Response:
-    if _sensitive(form.reason.data or ""):
-        form.reason.data = ""  # what was typed is kept on an error, never a card or account number
+    # What was typed comes back on an error, never a card or account number (ConfirmForm.kept_reason).
     now = _now()
     own = sorted(budgets.own(_rules()), key=lambda r: r.window)
     counts = _fill(own, budgets.usage(unit().conn, own, now=now).get(f"user:{target.id}", []), now)

@@ -22,6 +22,7 @@ redirect, a flash message, a log or an audit record.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -164,12 +165,25 @@ def _scrub(form: ConfirmForm, *fields: str) -> None:
             field.data = ""
 
 
-def _unconfirmed(exc: Unconfirmed) -> tuple[dict[str, str], int] | Response:
-    """What to show after a refused confirmation (already audited; a wrong password counted and kept).
-    Locked by it: the session has ended, so the way out is the login page."""
-    if exc.locked:
-        return redirect(url_for("auth.login"))  # type: ignore[return-value]
-    return {exc.field: exc.message}, 400 if exc.field == "reason" else 403
+Show = Callable[[dict[str, str], int], Response]  # the form's page again, with errors, at a status
+
+
+def _confirmed(form: ConfirmForm, resource: str, show: Show, errors: dict[str, str]) -> str | Response:
+    """Every console change's first steps: the confirmed reason, or the answer to send instead.
+
+    Typos (`errors`) come back on the form's page (400, audited as FORM_INVALID, not alerted); then the
+    confirmation (auth/confirm.py): a refused one is already audited, and a wrong password counted and
+    kept, so the page comes back with the message at its field; a confirmation that locked the account
+    has ended the session, so the way out is the login page."""
+    if errors:
+        _form_invalid(errors, resource)
+        return show(errors, 400)
+    try:
+        return confirm.confirm(form, resource=resource)
+    except Unconfirmed as exc:
+        if exc.locked:
+            return redirect(url_for("auth.login"))  # type: ignore[return-value]
+        return show({exc.field: exc.message}, 400 if exc.field == "reason" else 403)
 
 
 def _role(form: AddUserForm | RoleForm) -> str:
@@ -289,16 +303,14 @@ def add_user() -> ResponseReturnValue:
         else:
             if service.user_id_of(unit().conn, username) is not None:
                 errors["username"] = f"{username} already exists: choose another name"
-    if errors:
-        _form_invalid(errors, resource)
-        return _page("admin/users_new.html", status=400, form=form, errors=errors, ask=True)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _page("admin/users_new.html", status=shown[1], form=form, errors=shown[0], ask=True)
+    reason = _confirmed(
+        form,
+        resource,
+        lambda shown, status: _page("admin/users_new.html", status=status, form=form, errors=shown, ask=True),
+        errors,
+    )
+    if isinstance(reason, Response):
+        return reason
     ctx = _ctx()
     try:
         password = service.one_time_password(ctx, username)
@@ -351,17 +363,14 @@ def user_action(user_id: int, action: str) -> ResponseReturnValue:
     username = _target(user_id)
     resource = f"user:{user_id}"
     form = ActionForm()
-    errors = _errors(form)
-    if errors:
-        _form_invalid(errors, resource)
-        return _action_page(user_id, username, action, form, errors, 400)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _action_page(user_id, username, action, form, shown[0], shown[1])
+    reason = _confirmed(
+        form,
+        resource,
+        lambda shown, status: _action_page(user_id, username, action, form, shown, status),
+        _errors(form),
+    )
+    if isinstance(reason, Response):
+        return reason
     ctx, me = _ctx(), current_user.username
     ended = 0
     try:
@@ -422,17 +431,14 @@ def change_role(user_id: int) -> ResponseReturnValue:
     resource = f"user:{user_id}"
     form = RoleForm()
     role = _role(form)
-    errors = _errors(form)
-    if errors:
-        _form_invalid(errors, resource)
-        return _role_page(user_id, username, form, errors, 400)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _role_page(user_id, username, form, shown[0], shown[1])
+    reason = _confirmed(
+        form,
+        resource,
+        lambda shown, status: _role_page(user_id, username, form, shown, status),
+        _errors(form),
+    )
+    if isinstance(reason, Response):
+        return reason
     try:
         ended = service.change_role(_ctx(), username, role, reason=reason, actor=current_user.username)
     except service.AdminError as exc:
@@ -532,16 +538,11 @@ def bind() -> ResponseReturnValue:
     if "pem" in errors and "PRIVATE KEY" in (form.pem.data or "").upper():
         form.pem.data = ""  # a key is never written back into a page
     resource = f"cert:{cert.fingerprint}" if cert else f"username:{username[:64]}"
-    if errors or cert is None:
-        _form_invalid(errors, resource)
-        return _cert_page(form, errors, 400)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _cert_page(form, shown[0], shown[1])
+    reason = _confirmed(form, resource, lambda shown, status: _cert_page(form, shown, status), errors)
+    if isinstance(reason, Response):
+        return reason
+    if cert is None:  # not reached: _read_certificate says why in errors whenever it reads none
+        abort(400)
     try:
         service.bind_cert(_ctx(), username, cert, reason=reason)
     except service.AdminError as exc:
@@ -598,17 +599,11 @@ def unbind(fingerprint: str) -> ResponseReturnValue:
         service.refused(_ctx(), resource, "own_certificate")
         msg = "that is your own certificate: another admin must unbind it"
         return _unbind_page(row, form, {"action": msg}, 409)
-    errors = _errors(form)
-    if errors:
-        _form_invalid(errors, resource)
-        return _unbind_page(row, form, errors, 400)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _unbind_page(row, form, shown[0], shown[1])
+    reason = _confirmed(
+        form, resource, lambda shown, status: _unbind_page(row, form, shown, status), _errors(form)
+    )
+    if isinstance(reason, Response):
+        return reason
     try:
         ended = service.unbind_cert(_ctx(), fingerprint, reason)
     except service.AdminError as exc:
@@ -692,17 +687,11 @@ def end_session(handle: str) -> ResponseReturnValue:
     row = _session_or_404(handle)
     resource = f"session:{handle}"
     form = ActionForm()
-    errors = _errors(form)
-    if errors:
-        _form_invalid(errors, resource)
-        return _end_page(row, handle, form, errors, 400)
-    try:
-        reason = confirm.confirm(form, resource=resource)
-    except Unconfirmed as exc:
-        shown = _unconfirmed(exc)
-        if isinstance(shown, Response):
-            return shown
-        return _end_page(row, handle, form, shown[0], shown[1])
+    reason = _confirmed(
+        form, resource, lambda shown, status: _end_page(row, handle, form, shown, status), _errors(form)
+    )
+    if isinstance(reason, Response):
+        return reason
     try:
         username = service.end_session(_ctx(), handle, reason=reason, current=_own_sid())
     except service.AdminError as exc:
