@@ -11,7 +11,9 @@ import shutil
 import stat
 import sys
 import sysconfig
+import time
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,27 @@ def _readable_copy(src: str, dst: str) -> None:
     shutil.copy2(src, dst)
     executable = 0o111 if mode & stat.S_IXUSR else 0
     os.chmod(dst, 0o644 | executable)
+
+
+class LogMark:
+    """What a log file gained since the mark. Apache writes access lines after the response has
+    gone out, so `wait_for` polls briefly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.new()
+            if predicate(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)

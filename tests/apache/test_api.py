@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from clients.crm import ApiError, CrmClient
 from tests.apache.stack import Stack, running_stack, traversable_dir
+from tests.support import LogMark
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = ROOT / "webapp" / "api" / "openapi.json"
@@ -128,29 +129,6 @@ def counts(stack: Stack) -> dict[str, int]:
 def stored(stack: Stack) -> dict[str, int]:
     """What a refused call must not change (it is audited, so audit_log is not in it)."""
     return {k: v for k, v in counts(stack).items() if k != "audit_log"}
-
-
-class LogMark:
-    """What a log file gained since the mark (Apache writes some lines after the response)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def new(self) -> str:
-        if not self.path.exists():
-            return ""
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace")
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.new()
-            if predicate(text) or time.monotonic() > deadline:
-                return text
-            time.sleep(0.05)
 
 
 def new_record(stack: Stack, crm_ref: str | None = None) -> int:

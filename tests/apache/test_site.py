@@ -11,7 +11,6 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -23,35 +22,12 @@ from ops.checks.access import parse_line
 from tests.apache.conftest import PASSWORDS
 from tests.apache.stack import Stack
 from tests.fixtures.pki import TestCA
+from tests.support import LogMark
 
 # A Luhn-valid test card number: it must never reach any Apache or ModSecurity log.
 TEST_PAN = "4111111111111111"
 SQLI = "1' OR '1'='1"
 XSS = "<script>alert(1)</script>"
-
-
-class LogMark:
-    """What a log file gained since the mark. Apache writes access lines after the response has
-    gone out, so `wait_for` polls briefly."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def new(self) -> str:
-        if not self.path.exists():
-            return ""
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace")
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.new()
-            if predicate(text) or time.monotonic() > deadline:
-                return text
-            time.sleep(0.05)
 
 
 def send(
