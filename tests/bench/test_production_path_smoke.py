@@ -4,15 +4,11 @@ depends on how fast the machine is)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
+from tests.bench.support import run_bench
 from tests.support import need_binary, need_root
 
-ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("bare route", "home", "masked", "search", "static")
 # The default configuration (gunicorn_conf.py's) and the same model with one process.
 MAIN, ONE = r"(?:sync:\d+|gthread:\d+x\d+)", r"(?:sync:1|gthread:1x\d+)"
@@ -22,19 +18,9 @@ def test_tiny_run_prints_the_table() -> None:
     need_root()
     need_binary("ab")
     need_binary("apache2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "BENCH_"))}
-    env |= {"BENCH_DATABASES": "sqlite", "BENCH_CLIENTS": "1", "BENCH_REQUESTS": "20"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_production_path.py")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    out = run_bench(
+        "bench_production_path.py", BENCH_DATABASES="sqlite", BENCH_CLIENTS="1", BENCH_REQUESTS="20"
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
     for column in ("req/s", "p50 ms", "p99 ms", "max ms", "app CPU"):
         assert column in out, out
     for page in PAGES:
