@@ -42,7 +42,6 @@ import csv
 import hashlib
 import json
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,7 +58,7 @@ from webapp.db.engine import write_phase
 from webapp.events import Event
 from webapp.records.cards import CVV_FIELDS, check_expiry, check_name, parse_pan
 from webapp.records.errors import Refused
-from webapp.records.service import NewCard, check_crm_ref
+from webapp.records.service import NewCard, check_crm_ref, new_id
 from webapp.records.tables import cards, customer_records, import_jobs
 from webapp.redact import PAN_REFUSAL, contains_pan
 from webapp.unit import Origin, UnitOfWork
@@ -451,7 +450,7 @@ class Importer:
 
     def _seal(self, batch: _Batch, now: datetime) -> _Sealed:
         """Encrypt every field of the batch through keyd (before any transaction), as add_card does."""
-        ids = [secrets.token_hex(16) for _ in batch.rows]
+        ids = [new_id() for _ in batch.rows]
         items: list[tuple[Context, bytes]] = []
         for card_id, row in zip(ids, batch.rows, strict=True):
             items.append((Context(card_id, "pan"), row.card.pan.digits.encode("ascii")))
