@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.system import images
-from tests.system.container import Container, mounted, pid_alive, reap_stale_runs
+from tests.system.container import BOOT_TIMEOUT, STOP_TIMEOUT, Container, mounted, pid_alive, reap_stale_runs
 from tests.system.network import NETNS_DIR, SUBNETS, Network
 from tests.system.server import REPO, Server
 
@@ -105,10 +107,21 @@ def _child() -> tuple[subprocess.Popen[str], dict[str, Any]]:
     return proc, json.loads(line)
 
 
+# What Ctrl-C may take at worst (container.py): `systemctl poweroff` 15 s, the power-off STOP_TIMEOUT,
+# the kills 2 x 10 s, then unmounting and deleting the copied tree, which on a loaded machine is slow.
+CTRL_C_WORST = 15 + STOP_TIMEOUT + 20 + 120
+
+
+@pytest.mark.timeout(BOOT_TIMEOUT + CTRL_C_WORST + 30)  # the boot, then the worst clean-up
 def test_ctrl_c_cleans_up() -> None:
     proc, info = _child()
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    try:
+        proc.communicate(timeout=CTRL_C_WORST)
+    finally:
+        if proc.poll() is None:  # never leave the child (and its pipes) behind a failed wait
+            proc.kill()
+            proc.communicate()
     _gone(Path(info["run_dir"]), info["netns"], info["pids"])
 
 
