@@ -22,10 +22,13 @@ from tests.system.server import REPO, Server
 INTERFACES = {"lo", *SUBNETS}
 
 # Boots one container in a child process, says where everything is, then waits to be interrupted.
+# Ctrl-C raises KeyboardInterrupt in it as at a terminal, even when the suite itself runs with SIGINT
+# ignored (started as a background job, which inherits SIG_IGN down to this child).
 CHILD = r"""
-import json, sys, time
+import json, signal, sys, time
 from pathlib import Path
 from tests.system.container import booted
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with booted(Path(sys.argv[1])) as c:
     print(json.dumps({"run_dir": str(c.run_dir), "netns": c.network.namespaces(),
                       "pids": [c.pid1, c._nspawn.pid]}), flush=True)
