@@ -157,6 +157,35 @@ def _check_password(
         raise AdminError("password refused: it " + "; it ".join(result.reasons))
 
 
+def _must_be_new(ctx: AdminContext, username: str) -> None:
+    """Refuse (audited) a name already taken, by a person or a service."""
+    if ctx.uow.conn.execute(sa.select(users.c.id).where(users.c.username == username)).first() is not None:
+        ctx.uow.record(Event.USER_ADDED, ok=False, resource=f"username:{username}", detail="exists")
+        raise AdminError(f"user already exists: {username}")
+
+
+def _insert_user(
+    ctx: AdminContext, username: str, role: str, password_hash: str, *, must_change_password: bool
+) -> int:
+    """The users row of a new, active, unlocked account; its id."""
+    now = to_db(ctx.now)
+    inserted = ctx.uow.conn.execute(
+        sa.insert(users).values(
+            username=username,
+            role=role,
+            password_hash=password_hash,
+            active=True,
+            failed_logins=0,
+            locked_until=None,
+            created_at=now,
+            password_changed_at=now,
+            must_change_password=must_change_password,
+        )
+    ).inserted_primary_key
+    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    return int(inserted[0])
+
+
 def add_user(
     ctx: AdminContext,
     username: str,
@@ -170,36 +199,20 @@ def add_user(
     _valid_username(username)
     if role not in PERSON_ROLES:  # a service account has no password: add_service
         raise AdminError(f"role must be one of: {', '.join(PERSON_ROLES)}")
-    conn = ctx.uow.conn
-    if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first() is not None:
-        ctx.uow.record(Event.USER_ADDED, ok=False, resource=f"username:{username}", detail="exists")
-        raise AdminError(f"user already exists: {username}")
+    _must_be_new(ctx, username)
     _check_password(ctx, password, username, [], f"username:{username}")
     hashed = ctx.hasher.hash(password)
-    now = to_db(ctx.now)
-    inserted = conn.execute(
-        sa.insert(users).values(
-            username=username,
-            role=role,
-            password_hash=hashed,
-            active=True,
-            failed_logins=0,
-            locked_until=None,
-            created_at=now,
-            password_changed_at=now,
-            must_change_password=one_time,
-        )
-    ).inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT always has one
-    user_id = inserted[0]
-    conn.execute(sa.insert(password_history).values(user_id=user_id, password_hash=hashed, created_at=now))
+    user_id = _insert_user(ctx, username, role, hashed, must_change_password=one_time)
+    ctx.uow.conn.execute(
+        sa.insert(password_history).values(user_id=user_id, password_hash=hashed, created_at=to_db(ctx.now))
+    )
     ctx.uow.record(
         Event.USER_ADDED,
         ok=True,
         resource=f"user:{user_id}",
         detail=_detail(f"role={role} one_time={'yes' if one_time else 'no'}", reason),
     )
-    return int(user_id)
+    return user_id
 
 
 def add_service(ctx: AdminContext, name: str, role: str, *, reason: str | None = None) -> int:
@@ -208,32 +221,15 @@ def add_service(ctx: AdminContext, name: str, role: str, *, reason: str | None =
     _valid_username(name)
     if role not in SERVICE_ROLES:
         raise AdminError(f"service role must be one of: {', '.join(SERVICE_ROLES)}")
-    conn = ctx.uow.conn
-    if conn.execute(sa.select(users.c.id).where(users.c.username == name)).first() is not None:
-        ctx.uow.record(Event.USER_ADDED, ok=False, resource=f"username:{name}", detail="exists")
-        raise AdminError(f"user already exists: {name}")
-    now = to_db(ctx.now)
-    inserted = conn.execute(
-        sa.insert(users).values(
-            username=name,
-            role=role,
-            password_hash=SERVICE_HASH,
-            active=True,
-            failed_logins=0,
-            locked_until=None,
-            created_at=now,
-            password_changed_at=now,
-            must_change_password=False,
-        )
-    ).inserted_primary_key
-    assert inserted is not None  # noqa: S101 - an INSERT always has one
+    _must_be_new(ctx, name)
+    user_id = _insert_user(ctx, name, role, SERVICE_HASH, must_change_password=False)
     ctx.uow.record(
         Event.USER_ADDED,
         ok=True,
-        resource=f"user:{inserted[0]}",
+        resource=f"user:{user_id}",
         detail=_detail(f"role={role} service=yes", reason),
     )
-    return int(inserted[0])
+    return user_id
 
 
 # A service account's password hash: passwords.verify is False for it, for any password.
