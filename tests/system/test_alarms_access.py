@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import made_up_pan
 from tests.system import alarms, operator
 from tests.system.container import Container
 from tests.system.operator import Browser, Person
 from tests.system.server import Server
-from webapp.redact import luhn_ok
 
 WEBAPP_ENV = "/etc/strongroom/webapp.env"
 SSH_KEYS = "/etc/ssh/authorized_keys/alice"
@@ -90,12 +90,6 @@ def wait_web(server: Server, person: Person, timeout: float = 60) -> None:
     while (answer := Browser(server, person).get("/login")).status in (0, 502, 503):
         assert time.monotonic() < deadline, f"the web app did not come back: {answer.status} {answer.error}"
         time.sleep(0.5)
-
-
-def made_up_pan() -> str:
-    """A Luhn-valid 16-digit number in the 4xxx range that no issuer's test list holds (random)."""
-    head = "4" + "".join(secrets.choice("0123456789") for _ in range(14))
-    return next(head + d for d in "0123456789" if luhn_ok(head + d))
 
 
 def is_ssh_alert(message: EmailMessage) -> bool:

@@ -18,13 +18,13 @@ from itertools import combinations
 from keyd.cipher import derive_version_key
 from keyd.shares import combine, parse_share
 from keyd.state import State
+from tests.support import made_up_pan
 from tests.system import operator
 from tests.system.alarms import record_timing
 from tests.system.container import Container
 from tests.system.operator import Browser, Person
 from tests.system.secrets_scan import Walk, find_in_big_file, find_secrets, needles, regular_files
 from tests.system.server import Server
-from webapp.redact import luhn_ok
 
 REASON = "reboot check: the stored card decrypts after the unseal"
 CARD_LINK = re.compile(r"/records/(\d+)/reveal/card/([0-9a-f]{32})/pan")
@@ -57,12 +57,6 @@ def share_secrets(shares: Sequence[str]) -> dict[str, str | bytes]:
         found[f"custodian share {index}"] = share
         found[f"custodian share {index} value"] = bytes(value)
     return found
-
-
-def made_up_pan(prefix: str = "4", length: int = 16) -> str:
-    """A random number with a right check digit: no real card's, yet every detector's business."""
-    body = prefix + "".join(secrets.choice("0123456789") for _ in range(length - len(prefix) - 1))
-    return next(body + d for d in "0123456789" if luhn_ok(body + d))
 
 
 def hidden(page: str, name: str) -> str:
