@@ -2,6 +2,7 @@
 
 - Errors: `raise click.ClickException("<what> — <next step>")`, one line `Error: ...` on stderr and
   exit 1 (the CA tool relies on that); `SettingsUnusable` where a command documents exit 78.
+  A malformed argument is `UsageFailure`: the same one line, exit 2.
 - The audit actor of a command: `cli:<os user>`.
 - `Group` and its `Command`s: `--help` needs no settings; running a command does, and in an app built
   without them (`webapp.app.create_app` under `flask`) the command refuses with the settings' one-line
@@ -25,6 +26,13 @@ class SettingsUnusable(click.ClickException):
     (sysexits.h EX_CONFIG, in the units' RestartPreventExitStatus=)."""
 
     exit_code = 78
+
+
+class UsageFailure(click.ClickException):
+    """A malformed argument: one line `Error: ...` and exit 2 (click's own usage errors would print the
+    usage text too), raised by an option's callback so that it comes before any settings are read."""
+
+    exit_code = 2
 
 
 def actor() -> str:

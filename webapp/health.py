@@ -25,6 +25,7 @@ from webapp.failures import is_db_outage, sqlite_path, write_refused
 from webapp.services import Services
 
 PROBE_ACTOR = "health"
+SEALED = "vault is sealed"  # keyd answers, but holds no key: the balancer's agent says so by name
 
 
 def database_problem(engine: sa.Engine, *, now: Any) -> str | None:
@@ -57,11 +58,17 @@ def keyd_problem(vault: Any) -> str | None:
     except KeydError as exc:
         return f"keyd unavailable ({type(exc).__name__})"
     if status.sealed:
-        return "vault is sealed"
+        return SEALED
     return None
 
 
+def findings(svc: Services) -> dict[str, str]:
+    """Each failing part ("database", "keyd") and its problem; empty when requests can work. Both
+    are checked: an operator wants the whole picture at once."""
+    found = {"database": database_problem(svc.engine, now=svc.clock.now()), "keyd": keyd_problem(svc.vault)}
+    return {part: problem for part, problem in found.items() if problem is not None}
+
+
 def problems(svc: Services) -> list[str]:
-    """Every problem found (both are checked: an operator wants the whole picture at once)."""
-    found = [database_problem(svc.engine, now=svc.clock.now()), keyd_problem(svc.vault)]
-    return [p for p in found if p is not None]
+    """Every problem found, one line each."""
+    return list(findings(svc).values())

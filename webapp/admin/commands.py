@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
+from webapp import health_agent
 from webapp.admin import service
 from webapp.audit import service as audit
 from webapp.auth.certs import BadCertificate, CertInfo
@@ -291,10 +292,20 @@ def db_upgrade() -> None:
 
 
 @click.command("health", cls=Command)
+@click.option(
+    "--agent",
+    "agent",
+    metavar="ADDR:PORT",
+    callback=lambda _ctx, _param, value: None if value is None else health_agent.parse_listen(value),
+    help="Keep running as the balancer's agent-check on ADDR:PORT (docs/runbook.md), until SIGTERM.",
+)
 @with_appcontext
-def health() -> None:
+def health(agent: tuple[str, int] | None) -> None:
     """Check that requests can work: exit 0 only when an audit append (rolled back) works and keyd
-    answers, unsealed."""
+    answers, unsealed. With --agent, answer HAProxy's agent-check with that verdict instead."""
+    if agent is not None:
+        health_agent.run(services(), *agent)
+        return
     found = problems(services())
     for problem in found[:-1]:
         click.echo(f"Error: {problem}", err=True)
