@@ -6,6 +6,9 @@ In CI (``CI=true``) a missing component is a failure, never a skip: `need_binary
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -14,7 +17,7 @@ import sys
 import sysconfig
 import time
 import venv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,27 @@ def made_up_pan(prefix: str = "4", length: int = 16) -> str:
 
     body = prefix + "".join(secrets.choice("0123456789") for _ in range(length - len(prefix) - 1))
     return next(body + d for d in "0123456789" if luhn_ok(body + d))
+
+
+def record_timing(file: Path, name: str, seconds: float) -> None:
+    """Print a measured duration and keep it in `file` (JSON, name -> seconds) for the docs; several
+    test processes may write the same file."""
+    print(f"timing {name}: {seconds:.1f} s")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(file.with_suffix(".lock")):
+        try:
+            timings = json.loads(file.read_text())
+        except (OSError, ValueError):
+            timings = {}
+        timings[name] = round(seconds, 1)
+        file.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -13,14 +13,12 @@ command line, a port, a secret) nor a card number appears anywhere in the messag
 
 from __future__ import annotations
 
-import contextlib
 import email.message
-import fcntl
-import json
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
+from tests import support
 from tests.system.container import Container
 from tests.system.server import REPO, Server
 from webapp.redact import contains_pan
@@ -135,22 +133,4 @@ def pass_alerts(c: Container, unit: str = "strongroom-watch.service") -> list[tu
 
 def record_timing(name: str, seconds: float) -> None:
     """Trigger-to-mail seconds of a scenario, for docs (test-artifacts/system/timings.json)."""
-    print(f"timing {name}: {seconds:.1f} s")
-    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(TIMINGS.with_suffix(".lock")):
-        try:
-            timings = json.loads(TIMINGS.read_text())
-        except (OSError, ValueError):
-            timings = {}
-        timings[name] = round(seconds, 1)
-        TIMINGS.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-
-
-@contextlib.contextmanager
-def _locked(path: object) -> Iterator[None]:
-    with open(str(path), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    support.record_timing(TIMINGS, name, seconds)
