@@ -1,4 +1,13 @@
-"""Request budgets: every authenticated request counts, per employee and in total, over fixed windows.
+"""Request and reveal budgets: every authenticated request counts, and so does every reveal, per
+employee and in total, over fixed windows.
+
+Reveal budgets (STRONGROOM_REVEAL_BUDGETS, keyd's [budgets] shape and defaults) are the global half of
+the decrypt budgets: keyd counts every decrypt too, but per keyd, so with N web nodes (each with its
+own keyd) an employee could reveal N times keyd's budget. The reveal counters live in the same table
+as the request counters (scope keys "reveal:user:<id>" and "reveal:total"), charged the same exact
+way, by the reveal view before it asks keyd (`charge_reveal`), so they hold across nodes and
+restarts. keyd's own count stays the last line on each node: it never trusts a count the web app
+reports, and the web app reports none (docs/keyd.md, docs/alerts.md "Reveal budgets").
 
 An employee harvesting data shows up as many requests (even masked views), so each rule has an
 `alert` threshold that raises `budget.alert` (audited, outbox, mailed) exactly once per window, and
@@ -70,19 +79,32 @@ MIN_WINDOW, MAX_WINDOW = 60, 7 * 86400
 _RULE_KEYS = {"scope", "window", "alert", "limit"}
 
 
+REQUEST, REVEAL = "request", "reveal"  # what a rule counts: every request, or every reveal
+
+
 @dataclass(frozen=True)
 class Rule:
     scope: str  # "employee" or "total"
     window: int  # seconds
     alert: int
     limit: int | None
+    counts: str = REQUEST
 
     @property
     def name(self) -> str:
-        return f"{self.scope}/{self.window}s"
+        base = f"{self.scope}/{self.window}s"
+        return base if self.counts == REQUEST else f"{self.counts}:{base}"
 
     def key(self, user_id: int) -> str:
-        return "total" if self.scope == "total" else f"user:{user_id}"
+        """The counter's row: "total" and "user:<id>" for requests (as they always were),
+        "reveal:total" and "reveal:user:<id>" for reveals, in the same table."""
+        base = "total" if self.scope == "total" else f"user:{user_id}"
+        return base if self.counts == REQUEST else f"{self.counts}:{base}"
+
+
+def counted_by(key: str) -> str:
+    """What a stored counter counts, from its scope key."""
+    return REVEAL if key.startswith(f"{REVEAL}:") else REQUEST
 
 
 def _positive(value: Any, what: str, low: int, high: int) -> int:
@@ -112,6 +134,44 @@ def parse_rules(value: Any) -> tuple[Rule, ...]:
     if len({(r.scope, r.window) for r in rules}) != len(rules):
         raise ConfigError("STRONGROOM_REQUEST_BUDGETS: two rules with the same scope and window")
     return tuple(rules)
+
+
+# STRONGROOM_REVEAL_BUDGETS has keyd's [budgets] shape (deploy/keyd.toml.in, keyd/config.py), so that
+# the operator copies the same six numbers into both: scope -> window -> limit.
+REVEAL_SCOPES = {"employee": "employee", "global": "total"}
+REVEAL_WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+MAX_REVEAL_LIMIT = 10**9
+
+
+def parse_reveal_limits(value: Any) -> tuple[Rule, ...]:
+    """STRONGROOM_REVEAL_BUDGETS: {"employee": {"minute", "hour", "day"}, "global": {...}}; strict.
+
+    Unlike keyd, which fills a window left out with its default, every window must be given: a
+    setting that differs from keyd's file only by what was left out would be hard to spot."""
+    what = "STRONGROOM_REVEAL_BUDGETS"
+    if not isinstance(value, dict) or set(value) != set(REVEAL_SCOPES):
+        raise ConfigError(f"{what} must have exactly the scopes employee and global, as keyd's [budgets]")
+    rules: list[Rule] = []
+    for scope, scope_key in REVEAL_SCOPES.items():
+        given = value[scope]
+        if not isinstance(given, dict) or set(given) != set(REVEAL_WINDOWS):
+            raise ConfigError(f"{what}: {scope} must give exactly minute, hour and day (none may be off)")
+        for window, seconds in REVEAL_WINDOWS.items():
+            limit = given[window]
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_REVEAL_LIMIT:
+                raise ConfigError(
+                    f"{what}: {scope}.{window} must be a whole number from 1 to {MAX_REVEAL_LIMIT}"
+                )
+            # No alert threshold of its own: every reveal is audited, and a refusal is an alert.
+            rules.append(Rule(scope_key, seconds, alert=limit, limit=limit, counts=REVEAL))
+    return tuple(rules)
+
+
+def reveal_reason(c: Count) -> str:
+    """The window that refused a reveal, in keyd's words ("employee_day", "global_minute")."""
+    scope = next(name for name, key in REVEAL_SCOPES.items() if key == c.rule.scope)
+    window = next(name for name, seconds in REVEAL_WINDOWS.items() if seconds == c.rule.window)
+    return f"{scope}_{window}"
 
 
 def window_start(now: datetime, window: int) -> datetime:
@@ -309,6 +369,18 @@ def charge_in_turn(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, 
     return counts + charge(conn, shared(rules), user_id=user_id, now=now)
 
 
+def charge_reveal(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> Count | None:
+    """Count one reveal against the reveal rules (in turn: the employee's own, then the total) in the
+    caller's transaction, before keyd is asked to decrypt; the count that refuses it, or None.
+
+    The reveal view calls it after the step-up password and before the decrypt, so the counter rows
+    stay locked to the commit, which carries the reveal's own audit record: a reveal is counted
+    exactly when it is recorded, on every web node alike, and exactly `limit` reveals per window
+    pass whatever the interleaving (the count the upsert returns decides, as for requests). A refused
+    reveal is counted too (like a refused request: a count above the limit stays above it)."""
+    return deciding(charge_in_turn(conn, rules, user_id=user_id, now=now))
+
+
 def peek(conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, now: datetime) -> list[Count]:
     """The counts as they are, without counting and without a lock (one statement)."""
     return _read(conn, _ordered(rules, user_id), user_id, now)
@@ -319,11 +391,13 @@ def usage(conn: sa.Connection, rules: Sequence[Rule], *, now: datetime) -> dict[
     "user:<id>"), for the admin console: one statement, no lock. A counter whose window_start is not
     the current window counts 0; a scope with no stored counter is absent (it counts 0 everywhere)."""
     t = request_counters
-    by_window = {(r.scope == "total", r.window): r for r in rules}
+    by_window = {(r.counts, r.scope == "total", r.window): r for r in rules}
     found: dict[str, list[Count]] = {}
     for row in conn.execute(sa.select(t.c.scope, t.c.window_seconds, t.c.n, t.c.window_start)):
         scope = str(row.scope)
-        rule = by_window.get((scope == "total", int(row.window_seconds)))
+        kind = counted_by(scope)
+        total = scope == ("total" if kind == REQUEST else f"{kind}:total")
+        rule = by_window.get((kind, total, int(row.window_seconds)))
         if rule is None:  # a counter of a rule no longer configured
             continue
         start = window_start(now, rule.window)
@@ -333,13 +407,21 @@ def usage(conn: sa.Connection, rules: Sequence[Rule], *, now: datetime) -> dict[
 
 
 def lift(
-    conn: sa.Connection, rules: Sequence[Rule], *, user_id: int, actor_id: int, now: datetime
+    conn: sa.Connection,
+    rules: Sequence[Rule],
+    *,
+    user_id: int,
+    actor_id: int,
+    now: datetime,
+    reveals: Sequence[Rule] = (),
 ) -> list[Count]:
     """An administrator lifts an employee's spent request budget (the admin console, after an
     investigation): that employee's own counters of the current windows go back to 0, by UPDATE (the
-    app may not DELETE counters, db/grants.sql), in the caller's transaction. The shared (total)
-    counters are not touched. Returns the employee's counts as they were just before, read under the
-    lift's locks: what the audit record states.
+    app may not DELETE counters, db/grants.sql), in the caller's transaction: their request counters
+    and, with `reveals`, their reveal counters (the web app's global reveal budget; keyd's own
+    per-node budget is not the web app's to lift). The shared (total) counters are not touched.
+    Returns the employee's counts as they were just before, read under the lift's locks: what the
+    audit record states.
 
     Exact under concurrency, like charging: the rows are locked (MariaDB: SELECT ... FOR UPDATE, row
     locks; SQLite: the write lock) before they are read and reset, so a request counted at the same
@@ -351,23 +433,23 @@ def lift(
     refused at its start by the lock-free read (_before) was over the limit when it read, and is
     refused on that. After a lift the count crosses the alert and the limit again from 0, so
     budget.alert and budget.limit_reached are raised again if it reaches them in the same window."""
-    mine = sorted(own(rules), key=lambda r: r.window)
+    # Reveal counters first: "reveal:user:<id>" sorts before every "user:<id>", in the database's
+    # order as in Python's, and a reveal takes its reveal counters before its request counters.
+    mine = sorted(own(reveals), key=lambda r: r.window) + sorted(own(rules), key=lambda r: r.window)
     if not mine:
         return []
     t = request_counters
-    key = f"user:{user_id}"
+    keys = sorted({r.key(user_id) for r in mine} | ({f"user:{actor_id}"} if own(rules) else set()))
     locked = conn.execute(
         sa.select(t.c.scope, t.c.window_seconds, t.c.n, t.c.window_start)
-        .where(
-            t.c.scope.in_(sorted({key, f"user:{actor_id}"})),
-            t.c.window_seconds.in_([r.window for r in mine]),
-        )
+        .where(t.c.scope.in_(keys), t.c.window_seconds.in_(sorted({r.window for r in mine})))
         .order_by(t.c.scope, t.c.window_seconds)
         .with_for_update()
     ).all()
     stored = {(row.scope, int(row.window_seconds)): (int(row.n), from_db(row.window_start)) for row in locked}
     was: list[Count] = []
     for rule in mine:
+        key = rule.key(user_id)
         start = window_start(now, rule.window)
         n, at = stored.get((key, rule.window), (0, start))
         current = n if at >= start else 0
@@ -470,17 +552,29 @@ def _refused(exc: BudgetExceeded) -> Response:
         status=429,
         message=message,
     )
-    now = services().clock.now()
-    response.headers["Retry-After"] = str(max(1, math.ceil((c.renews_at - now).total_seconds())))
+    response.headers["Retry-After"] = retry_after(c, services().clock.now())
     return response
 
 
+def retry_after(c: Count, now: datetime) -> str:
+    """The Retry-After header of a refusal by this count: the seconds until its window renews."""
+    return str(max(1, math.ceil((c.renews_at - now).total_seconds())))
+
+
+def reveal_rules() -> tuple[Rule, ...]:
+    """The app's reveal rules (STRONGROOM_REVEAL_BUDGETS), parsed at start."""
+    rules: tuple[Rule, ...] = current_app.extensions["strongroom.reveal_budgets"]
+    return rules
+
+
 def init_app(app: Flask) -> None:
-    """Parse the rules (a bad setting stops the app at start) and hook every request.
+    """Parse the rules, request and reveal (a bad setting stops the app at start) and hook every
+    request (reveals are counted by the reveal view itself: webapp/records/reveal.py).
 
     Call it after the hook that identifies the user and before the input and CSRF checks: a refused
     request still counts."""
     app.extensions["strongroom.budgets"] = parse_rules(app.config["REQUEST_BUDGETS"])
+    app.extensions["strongroom.reveal_budgets"] = parse_reveal_limits(app.config["REVEAL_BUDGETS"])
     app.before_request(_before)
     app.after_request(_after)
     app.register_error_handler(BudgetExceeded, _refused)

@@ -93,6 +93,13 @@ DEFAULTS: dict[str, Any] = {
         {"scope": "total", "window": 3600, "alert": 3000, "limit": None},
         {"scope": "total", "window": 86400, "alert": 15000, "limit": None},
     ],
+    # Reveal budgets (webapp/budgets.py, docs/alerts.md): every reveal on any web node, counted in the
+    # database, refused above a limit (429) before keyd is asked. keyd's [budgets] shape and defaults
+    # (keyd/config.py): set both to the same numbers. keyd's own stay each node's ceiling.
+    "REVEAL_BUDGETS": {
+        "employee": {"minute": 30, "hour": 300, "day": 1000},
+        "global": {"minute": 300, "hour": 3000, "day": 20000},
+    },
 }
 
 MODES = ("production", "development")

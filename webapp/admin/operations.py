@@ -12,8 +12,9 @@ request budgets with keyd's state and the key versions.
   unreachable, never as a state it did not report), and the stored ciphertexts per key version.
   Lifting an employee's spent budget is a confirmed change (reason + the admin's password,
   webapp/auth/confirm.py), audited and alerted as admin.budget_lifted (webapp/budgets.py `lift`).
-  keyd's own decrypt budgets are not lifted from here, by design: the page says what keyd's operator
-  does instead (docs/admin-guide.md, docs/keyd.md).
+  The lift resets the employee's web-app reveal counters too (the global reveal budget, shared by
+  every web node); keyd's own per-node decrypt budgets are not lifted from here, by design: the page
+  says what keyd's operator does instead (docs/admin-guide.md, docs/keyd.md).
 
 Every view: logged in, role admin (an audited 403 otherwise), every parameter declared, CSRF on every
 POST, and an audit record for every read and write, allowed or refused.
@@ -451,8 +452,9 @@ def lift(user_id: int) -> ResponseReturnValue:
         field = "reason" if name == "reason" else "confirm_typed"
         message = "Reason: too long." if field == "reason" else "Your password is too long."
         return _lift_page(target, form, status=400, error=confirm.Unconfirmed(field, message))
-    rules, now = _rules(), _now()
-    if not any(c.n for c in budgets.peek(unit().conn, budgets.own(rules), user_id=int(target.id), now=now)):
+    rules, reveals, now = _rules(), budgets.reveal_rules(), _now()
+    mine = budgets.own(rules) + budgets.own(reveals)
+    if not any(c.n for c in budgets.peek(unit().conn, mine, user_id=int(target.id), now=now)):
         unit().record(Event.FORM_INVALID, ok=False, resource=resource, detail="nothing_to_lift")
         return _lift_page(target, form, status=409, nothing=True)
     try:
@@ -462,8 +464,11 @@ def lift(user_id: int) -> ResponseReturnValue:
         if exc.locked:
             return redirect(url_for("auth.login"))
         return _lift_page(target, form, status=400 if exc.field == "reason" else 403, error=exc)
-    was = budgets.lift(unit().conn, rules, user_id=int(target.id), actor_id=int(current_user.id), now=now)
-    spent = " ".join(f"{c.rule.name}={c.n}" for c in was)
+    was = budgets.lift(
+        unit().conn, rules, user_id=int(target.id), actor_id=int(current_user.id), now=now, reveals=reveals
+    )
+    # Reveal counters only when the employee revealed anything in their windows (most never do).
+    spent = " ".join(f"{c.rule.name}={c.n}" for c in was if c.rule.counts == budgets.REQUEST or c.n)
     unit().record(
         Event.BUDGET_LIFTED, ok=True, resource=resource, detail=f"reason: {reason}; was {spent}"[:200]
     )

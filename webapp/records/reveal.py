@@ -5,7 +5,9 @@ Two requests. The form (GET) issues a one-time step-up token bound to the user a
 order, each refusal audited: the form's fields; the field is still revealable (not retired, re-checked
 under the record's lock); the typed reason; the token, spent from then on whatever follows; the
 password (and PIN) through the same check and lockout as the login, a lockout ending the session;
-then keyd decrypts, and its decrypt budget or an integrity failure is the last refusal.
+the reveal budget, counted in the shared database (webapp/budgets.py: every web node's reveals
+together, exact under concurrency), which refuses without asking keyd; then keyd decrypts, and its
+own per-node decrypt budget or an integrity failure is the last refusal.
 
 The permission matrix has already passed (access.require_reveal) when either runs.
 """
@@ -17,6 +19,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from keyd.errors import IntegrityFailure, QuotaExceeded
+from webapp import budgets
 from webapp.auth.confirm import password_again
 from webapp.auth.forms import LogoutForm
 from webapp.auth.service import Entry, keypad_for
@@ -118,6 +121,18 @@ def reveal(record_id: int, kind: str, obj_id: str, field: str) -> ResponseReturn
             resource=target,
             keep=True,
         )
+    # Counted before keyd is asked, in this transaction (its counter rows locked to the commit that
+    # carries the reveal's audit record): the reveal over the budget never reaches keyd, whichever
+    # web node it came to. keyd's own budget below stays the last line, per node.
+    over = budgets.charge_reveal(
+        uow.conn, budgets.reveal_rules(), user_id=int(current_user.id), now=svc.clock.now()
+    )
+    if over is not None:
+        detail = f"web:{budgets.reveal_reason(over)} count={over.n} limit={over.rule.limit}"
+        uow.record(Event.REVEAL_BUDGET_EXCEEDED, ok=False, resource=target, detail=detail)
+        refused = page("quota_exceeded.html", status=429, user=current_user, logout=LogoutForm())
+        refused.headers["Retry-After"] = budgets.retry_after(over, svc.clock.now())
+        return refused
     try:
         plaintext = service.unchecked_decrypt(
             uow.conn,
