@@ -23,6 +23,7 @@ from cryptography import x509
 from ca import pki
 from ca.binding import Binder, BindError, WebappBinder, default_webapp_command, default_webapp_dir
 from ca.config import Config, load_config, render_config
+from ca.crl_push import last_line
 from ca.errors import BindingFailed, CAError, FollowUpFailed
 from ca.fsutil import (
     atomic_write,
@@ -310,6 +311,9 @@ class Authority:
             if proc.returncode == 0:
                 return None
             problem = f"the reload command exited {proc.returncode}"
+            # `push-crl` names the web nodes that did not get the CRL there: the admin must see which.
+            if detail := last_line(proc.stderr, limit=1000):
+                problem += f" ({detail})"
         self.log().record(Event.RELOAD_FAILED, now, command=command, problem=problem)
         return f"{problem}: Apache still serves the OLD CRL; reload it by hand ({' '.join(command)})"
 

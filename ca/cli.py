@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.table import Table
 
-from ca import pki
+from ca import crl_push, pki
 from ca.authority import Authority, Clock, utcnow, validate_host, validate_name
 from ca.binding import Binder
 from ca.config import Config
@@ -455,6 +455,27 @@ def crl(ctx: click.Context, if_due: bool) -> None:
     _, next_update, _ = auth.crl_status()
     verb = "published a new CRL" if regenerated else "CRL not due yet"
     click.echo(f"{verb}; it is valid until {next_update:%Y-%m-%d %H:%M} UTC" if next_update else verb)
+
+
+@cli.command("push-crl")
+@click.pass_context
+def push_crl(ctx: click.Context) -> None:
+    """Send publish/crl.pem to every web node in crl_nodes (make it the reload hook; docs/ca.md)."""
+    # No CA lock: the hook runs while `revoke` or `crl` holds it, and this only reads the published file.
+    auth = _authority(ctx)
+    nodes = auth.config.crl_nodes
+    if not nodes:
+        raise CAError("no web nodes: add them to crl_nodes in config.toml (docs/ca.md, Several web nodes)")
+    try:
+        crl = auth.layout.crl.read_bytes()
+    except FileNotFoundError:
+        raise CAError(f"{auth.layout.crl} is missing: run `python -m ca crl` first") from None
+    outcomes = crl_push.push(crl, nodes)
+    for o in outcomes:
+        result = f"FAILED: {o.problem}" if o.problem else "CRL installed, Apache reloaded"
+        click.echo(f"{o.label}: {result}")
+    if problem := crl_push.summary(outcomes):
+        raise FollowUpFailed(problem)
 
 
 @cli.command("root-crl")
