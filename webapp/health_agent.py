@@ -4,13 +4,13 @@ HAProxy passes TLS through (`mode tcp`), so it cannot ask the web app itself: ev
 an employee's client certificate. Instead HAProxy connects to this agent (`agent-check agent-port
 PORT`), reads one line and acts on it (HAProxy 2.6 configuration.txt, "agent-check"):
 
-    up                   requests can work (webapp.health finds no problem)
-    down#sealed          keyd answers, but is sealed
-    down#keyd            keyd does not answer
-    down#database        the audit append (a write, rolled back) fails
-    down#database keyd   several at once (one word per failing part; "sealed" stands for keyd)
-    down#error           the check itself failed: fail closed
-    down#timeout         the check did not finish in time: fail closed
+    up                    requests can work (webapp.health finds no problem)
+    down #sealed          keyd answers, but is sealed
+    down #keyd            keyd does not answer
+    down #database        the audit append (a write, rolled back) fails
+    down #database keyd   several at once (one word per failing part; "sealed" stands for keyd)
+    down #error           the check itself failed: fail closed
+    down #timeout         the check did not finish in time: fail closed
 
 HAProxy shows what follows '#' on its stats page ("via agent : down (sealed)"); it is a fixed word per
 part, never a problem's text, so nothing from an error reaches the balancer. The agent sends the line
@@ -21,7 +21,7 @@ Bounded, so that neither the balancers nor anyone else who reaches the port can 
 database or keyd, or grow without limit:
 - the verdict is cached for `CACHE_SECONDS`: a burst of checks costs one probe;
 - one probe at a time, in its own thread; a connection waits at most `ANSWER_SECONDS` for it and is
-  then told `down#timeout` (HAProxy's agent-inter, 2 s by default, is also its timeout for the answer;
+  then told `down #timeout` (HAProxy's agent-inter, 2 s by default, is also its timeout for the answer;
   a late answer would change nothing there);
 - at most `WORKERS` connections are served at once; more wait in the kernel's listen backlog;
 - each connection is closed after at most `DRAIN_SECONDS` of reading what the client sent.
@@ -52,7 +52,7 @@ from webapp.services import Services
 
 CACHE_SECONDS = 1.0
 ANSWER_SECONDS = 1.5
-DRAIN_SECONDS = 1.0
+DRAIN_SECONDS = 0.25
 DRAIN_BYTES = 64 * 1024
 WORKERS = 4
 BACKLOG = 16
@@ -72,7 +72,9 @@ class Verdict:
         return not self.words
 
     def line(self) -> bytes:
-        return b"up\n" if self.up else ("down#" + " ".join(self.words) + "\n").encode("ascii")
+        # The space before '#' matters: HAProxy only sees a description where a word starts, and
+        # reads "down#sealed" as one unknown word ("agent reports an error"), leaving the node in.
+        return b"up\n" if self.up else ("down #" + " ".join(self.words) + "\n").encode("ascii")
 
     def describe(self) -> str:
         return "up" if self.up else "down: " + "; ".join(self.problems)
@@ -97,8 +99,8 @@ def timed_out(seconds: float) -> Verdict:
 class CachedCheck:
     """The verdict of `check`, at most `max_age` seconds old, one check running at a time.
 
-    `verdict()` never raises: an exception in the check is `down#error`, a check still running after
-    `wait` seconds is `down#timeout` for that caller (the check carries on, and the next caller gets
+    `verdict()` never raises: an exception in the check is `down #error`, a check still running after
+    `wait` seconds is `down #timeout` for that caller (the check carries on, and the next caller gets
     its result). `on_change(old, new)` is called, under the lock, whenever the verdict changes
     (`old` is None for the first)."""
 

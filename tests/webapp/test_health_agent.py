@@ -1,0 +1,596 @@
+"""`flask --app webapp health --agent ADDR:PORT` (webapp/health_agent.py): the real command as a
+subprocess on loopback, with a real keyd (sealed, stopped, unsealed again) and a real database
+(SQLite and a private MariaDB) made to refuse writes; hostile --agent values and hostile clients; and
+a real HAProxy 2.6 that takes the node out of its pool and back on the agent's word."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.keyd.conftest import Running, unsealed_keyd
+from tests.support import need_binary
+from tests.webapp.helpers import refuse_audit_inserts
+from webapp.cli import UsageFailure
+from webapp.health_agent import CACHE_SECONDS, WORKERS, CachedCheck, Verdict, parse_listen
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = "e.g. 192.0.2.11:9700 or [2001:db8::11]:9700"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> float:
+    """Seconds until `predicate()` held; fails after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def ask(self, send: bytes = b"", *, timeout: float = 5.0) -> bytes:
+        """Connect, send `send` (if any), read until the agent closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            if send:
+                s.sendall(send)
+            data = b""
+            while chunk := s.recv(256):
+                data += chunk
+            return data
+
+    def says(self, line: bytes) -> Callable[[], bool]:
+        return lambda: self.ask() == line
+
+    def log(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_agent(tmp_path: Path, *, database_url: str, keyd_socket: Path) -> Iterator[Agent]:
+    """The real command, configured by its environment alone (as systemd would run it)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(
+        STRONGROOM_SECRET_KEY=secrets.token_urlsafe(40),
+        STRONGROOM_DATABASE_URL=database_url,
+        STRONGROOM_KEYD_SOCKET=str(keyd_socket),
+        STRONGROOM_INSTANCE_PATH=str(tmp_path / "instance"),
+    )
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "webapp", "health", "--agent", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    agent = Agent(proc, port, log_path)
+    try:
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the agent exited with {proc.returncode}: {agent.log()}")
+            return "health agent listening on 127.0.0.1:" + str(port) in agent.log()
+
+        wait_until(listening, timeout=30, what="the agent to listen")
+        yield agent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def keyd() -> Iterator[Running]:
+    with unsealed_keyd() as running:
+        yield running
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "strongroom.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def test_follows_keyd_sealed_stopped_and_unsealed_and_logs_only_changes(
+    tmp_path: Path, keyd: Running, sqlite_url: str
+) -> None:
+    k = keyd.keyd
+    with running_agent(tmp_path, database_url=sqlite_url, keyd_socket=k.socket) as agent:
+        assert agent.ask() == b"up\n"
+        for _ in range(20):  # a burst: answered from the cache, and not logged
+            assert agent.ask() == b"up\n"
+
+        k.cli("seal")
+        took = wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed")
+        assert took <= CACHE_SECONDS + 0.5, took
+
+        k.stop()
+        took = wait_until(agent.says(b"down #keyd\n"), timeout=10, what="down #keyd")
+        assert took <= CACHE_SECONDS + 0.5, took
+
+        k.start()  # a restarted keyd is sealed until the next drop
+        wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed after the restart")
+        k.unseal(keyd.key)
+        took = wait_until(agent.says(b"up\n"), timeout=10, what="up after the unseal")
+        assert took <= CACHE_SECONDS + 0.5, took
+        for _ in range(10):
+            assert agent.ask() == b"up\n"
+
+        assert agent.stop() == 0
+    assert agent.log() == [
+        f"health agent listening on 127.0.0.1:{agent.port}",
+        "health agent: up",
+        "health agent: now down: vault is sealed",
+        "health agent: now down: keyd unavailable (Unavailable)",
+        "health agent: now down: vault is sealed",
+        "health agent: now up",
+        "health agent stopped",
+    ]
+
+
+@contextlib.contextmanager
+def mariadb_read_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    root = request.getfixturevalue("maria_backend").server.root()
+    try:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL read_only = ON")
+        yield
+    finally:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL read_only = OFF")
+        root.close()
+
+
+def test_a_database_that_refuses_the_audit_append_is_down(
+    tmp_path: Path, keyd: Running, db_url: str, owner_engine: sa.Engine, request: pytest.FixtureRequest
+) -> None:
+    with running_agent(tmp_path, database_url=db_url, keyd_socket=keyd.keyd.socket) as agent:
+        assert agent.ask() == b"up\n"
+
+        refuse_audit_inserts(owner_engine)
+        took = wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database")
+        assert took <= CACHE_SECONDS + 0.5, took
+        with owner_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER audit_refuses")
+        wait_until(agent.says(b"up\n"), timeout=10, what="up once the trigger is gone")
+
+        if db_url.startswith("mysql"):  # the server's read_only: every write of the app refused
+            with mariadb_read_only(request):
+                wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database (read-only)")
+            wait_until(agent.says(b"up\n"), timeout=10, what="up once writable")
+
+        keyd.keyd.cli("seal")  # both at once: one word each
+        refuse_audit_inserts(owner_engine)
+        wait_until(agent.says(b"down #database sealed\n"), timeout=10, what="both parts down")
+        assert agent.stop() == 0
+    log = agent.log()
+    assert log[1] == "health agent: up"
+    assert re.fullmatch(r"health agent: now down: database (write failed|unavailable) \(\w+\)", log[2]), log
+    assert re.fullmatch(r"health agent: now down: database .*; vault is sealed", log[-2]), log
+    # What the agent logs (and says) names classes and reasons, never a database's error text.
+    assert not any("audit_refuses" in line or "45000" in line or "'no'" in line for line in log), log
+
+
+# --- the cache (a fake clock and a check that counts its calls) ---------------------------------------
+
+
+UP = Verdict()
+
+
+class Probe:
+    def __init__(self, verdict: Verdict | Exception = UP) -> None:
+        self.verdict = verdict
+        self.calls = 0
+        self.release = threading.Event()
+        self.release.set()
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Verdict:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.release.wait(10)
+            if isinstance(self.verdict, Exception):
+                raise self.verdict
+            return self.verdict
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cached(
+    probe: Probe, clock: Callable[[], float] = time.monotonic, **kw: float
+) -> tuple[CachedCheck, list[str]]:
+    changes: list[str] = []
+    check = CachedCheck(
+        probe,
+        on_change=lambda old, new: changes.append(f"{old and old.describe()} -> {new.describe()}"),
+        clock=clock,
+        **kw,
+    )
+    return check, changes
+
+
+def test_a_burst_costs_one_probe_and_a_stale_verdict_another() -> None:
+    probe, clock = Probe(), Clock()
+    check, changes = cached(probe, clock, max_age=1.0)
+    assert {check.verdict().line() for _ in range(100)} == {b"up\n"}
+    assert probe.calls == 1
+    clock.now += 0.9
+    check.verdict()
+    assert probe.calls == 1
+    clock.now += 0.2
+    probe.verdict = Verdict(("sealed",), ("vault is sealed",))
+    assert check.verdict().line() == b"down #sealed\n"
+    assert probe.calls == 2
+    assert changes == ["None -> up", "up -> down: vault is sealed"]
+
+
+def test_many_callers_share_one_probe_at_a_time() -> None:
+    probe = Probe()
+    probe.release.clear()
+    check, _ = cached(probe, wait=5.0)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(check.verdict) for _ in range(16)]
+        time.sleep(0.3)
+        probe.release.set()
+        assert {f.result().line() for f in futures} == {b"up\n"}
+    assert probe.calls == 1
+    assert probe.most_at_once == 1
+
+
+def test_a_check_that_raises_is_down_error() -> None:
+    check, changes = cached(Probe(RuntimeError("secret detail")))
+    assert check.verdict().line() == b"down #error\n"
+    assert changes == ["None -> down: the health check itself failed"]
+
+
+def test_a_check_that_hangs_is_down_timeout_then_its_result() -> None:
+    probe = Probe()
+    probe.release.clear()
+    check, changes = cached(probe, wait=0.2)
+    assert check.verdict().line() == b"down #timeout\n"
+    assert check.verdict().line() == b"down #timeout\n"  # the same probe still runs: no second one
+    assert probe.calls == 1
+    probe.release.set()
+    wait_until(lambda: check.verdict().line() == b"up\n", timeout=5, what="the late result")
+    late = "down: the health check did not finish within 0.2 s"
+    assert changes == [f"None -> {late}", f"{late} -> up"]
+
+
+# --- hostile --agent values: one line, exit 2, the rule named (never the value echoed) --------------
+
+REFUSED = [
+    ("", f"--agent must be ADDR:PORT, {EXAMPLE}"),
+    ("9700", f"--agent needs a port: ADDR:PORT, {EXAMPLE}"),
+    ("127.0.0.1", f"--agent needs a port: ADDR:PORT, {EXAMPLE}"),
+    (":9700", f"--agent needs the address to listen on before the port, {EXAMPLE}"),
+    ("127.0.0.1:", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:0", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:70000", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:65536", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:-1", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:+80", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:9_700", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:0x10", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:http", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("127.0.0.1:９７００", f"--agent must be ADDR:PORT, {EXAMPLE}"),  # fullwidth digits
+    ("127.0.0.1:97000000", f"--agent: the port must be a number from 1 to 65535, {EXAMPLE}"),
+    ("localhost:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("web1.example:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("127.1:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("0x7f.0.0.1:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("127.000.000.001:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("256.0.0.1:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    ("::1:9700", f"--agent: put an IPv6 address in brackets, {EXAMPLE}"),
+    ("[::1]", f"--agent: an IPv6 address in brackets needs a port after it, {EXAMPLE}"),
+    ("[::1]9700", f"--agent: an IPv6 address in brackets needs a port after it, {EXAMPLE}"),
+    ("[::1:9700", f"--agent: an IPv6 address in brackets needs a port after it, {EXAMPLE}"),
+    ("[]:9700", f"--agent needs the address to listen on before the port, {EXAMPLE}"),
+    ("[127.0.0.1]:9700", f"--agent: only an IPv6 address goes in brackets, {EXAMPLE}"),
+    ("[web1]:9700", f"--agent: the address must be an IP address (not a host name), {EXAMPLE}"),
+    (" 127.0.0.1:9700", f"--agent must be ADDR:PORT, {EXAMPLE}"),
+    ("127.0.0.1:9700\n", f"--agent must be ADDR:PORT, {EXAMPLE}"),
+    ("127.0.0.1:9700\x1b[2J", f"--agent must be ADDR:PORT, {EXAMPLE}"),
+    ("1" * 101 + ":9700", f"--agent must be ADDR:PORT, {EXAMPLE}"),
+    ("garbage", f"--agent needs a port: ADDR:PORT, {EXAMPLE}"),
+]
+
+
+@pytest.mark.parametrize(("value", "refusal"), REFUSED, ids=[repr(v)[:40] for v, _ in REFUSED])
+def test_a_bad_listen_address_is_refused_with_the_rule(value: str, refusal: str) -> None:
+    with pytest.raises(UsageFailure) as caught:
+        parse_listen(value)
+    assert caught.value.message == refusal
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("127.0.0.1:9700", ("127.0.0.1", 9700)),
+        ("192.0.2.11:1", ("192.0.2.11", 1)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),  # noqa: S104 - a valid address; the firewall decides who reaches it
+        ("[::1]:9700", ("::1", 9700)),
+        ("[2001:db8::11]:9700", ("2001:db8::11", 9700)),
+        ("[fe80::1%lo]:9700", ("fe80::1%lo", 9700)),
+    ],
+)
+def test_a_listen_address_is_parsed(value: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen(value) == parsed
+
+
+def _flask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "health", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_command_line_refuses_in_one_line_before_reading_any_settings() -> None:
+    # No settings at all: the argument is refused first, as the usage error it is.
+    result = _flask("--agent", "localhost:9700")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: --agent: the address must be an IP address (not a host name), {EXAMPLE}"
+    ]
+    assert result.stdout == ""
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path, sqlite_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _flask(
+            "--agent",
+            f"127.0.0.1:{port}",
+            env={
+                "STRONGROOM_SECRET_KEY": secrets.token_urlsafe(40),
+                "STRONGROOM_DATABASE_URL": sqlite_url,
+                "STRONGROOM_INSTANCE_PATH": str(tmp_path / "instance"),
+            },
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: --agent: the port is in use (EADDRINUSE) — pick another --agent port or stop what holds it"
+    ]
+
+
+# --- hostile clients ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def agent(tmp_path: Path, keyd: Running, sqlite_url: str) -> Iterator[Agent]:
+    with running_agent(tmp_path, database_url=sqlite_url, keyd_socket=keyd.keyd.socket) as a:
+        assert a.ask() == b"up\n"
+        yield a
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        b"",
+        b"\n",
+        b"state\n",  # what an `agent-send` might carry
+        b"GET / HTTP/1.1\r\nHost: web1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(500),  # a TLS ClientHello's start
+        b"PROXY TCP4 192.0.2.1 192.0.2.11 5555 9700\r\n",
+        b"\x00" * 4096,
+        os.urandom(32 * 1024),
+    ],
+    ids=["nothing", "newline", "agent-send", "http", "tls", "proxy", "nul", "random"],
+)
+def test_whatever_a_client_sends_it_gets_one_line(agent: Agent, send: bytes) -> None:
+    assert agent.ask(send) == b"up\n"
+    assert agent.ask() == b"up\n"
+
+
+def test_a_flood_does_not_stop_it(agent: Agent) -> None:
+    # More than it drains: it may reset this connection, but it answers the next one.
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", agent.port), timeout=5) as s:
+        s.sendall(os.urandom(4 * 1024 * 1024))
+    assert agent.ask() == b"up\n"
+
+
+def test_silent_clients_hold_at_most_a_few_threads_briefly(agent: Agent) -> None:
+    """Sixty connections that send nothing and never close: served a few at a time, each released
+    after a fraction of a second, and the threads stay bounded."""
+    baseline = agent.threads()
+    idle = [socket.create_connection(("127.0.0.1", agent.port), timeout=30) for _ in range(60)]
+    try:
+        seen = [agent.threads()]
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            seen.append(agent.threads())
+            time.sleep(0.05)
+        # main + WORKERS connection threads + one check thread (+ whatever the baseline already had)
+        assert max(seen) <= max(baseline, 1 + WORKERS + 1) + 1, (baseline, max(seen))
+        for s in idle:
+            s.settimeout(30)
+            data = b""
+            while chunk := s.recv(64):
+                data += chunk
+            assert data == b"up\n"
+    finally:
+        for s in idle:
+            s.close()
+    start = time.monotonic()
+    assert agent.ask() == b"up\n"
+    assert time.monotonic() - start < 1.0
+    assert agent.proc.poll() is None
+
+
+def test_sigterm_stops_it_cleanly(agent: Agent) -> None:
+    hanging = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+    try:
+        start = time.monotonic()
+        assert agent.stop() == 0
+        assert time.monotonic() - start < 3
+    finally:
+        hanging.close()
+    assert agent.log()[-1] == "health agent stopped"
+    with pytest.raises(ConnectionRefusedError):
+        agent.ask()
+
+
+# --- a real HAProxy ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Balancer:
+    proc: subprocess.Popen[bytes]
+    admin: Path
+
+    def server(self) -> dict[str, str]:
+        """web1's row of `show stat`, by column name."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.admin))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        lines = data.decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("svname") == "web1":
+                return row
+        raise AssertionError(f"no web1 in {lines}")
+
+    def status(self) -> str:
+        return self.server()["status"]
+
+
+@contextlib.contextmanager
+def haproxy(tmp_path: Path, *, web_port: int, agent_port: int) -> Iterator[Balancer]:
+    """HAProxy as the design runs it, on loopback: TCP passthrough to the node; the node is in the
+    pool only while its agent says up, and while both its web port and its agent port accept (a dead
+    agent must not leave the node in: HAProxy ignores an agent it cannot reach)."""
+    binary = need_binary("haproxy")
+    base = tmp_path / "haproxy"
+    base.mkdir()
+    admin = base / "admin.sock"
+    cfg = base / "haproxy.cfg"
+    server = (
+        f"server web1 127.0.0.1:{web_port} check inter 200ms rise 1 fall 1"
+        f" agent-check agent-port {agent_port} agent-inter 200ms"
+    )
+    cfg.write_text(
+        f"""global
+    stats socket {admin} mode 600 level admin
+
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+    timeout check 1s
+
+listen web
+    bind 127.0.0.1:{free_port()}
+    option tcp-check
+    tcp-check connect
+    tcp-check connect port {agent_port}
+    {server}
+"""
+    )
+    check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = (base / "haproxy.log").open("wb")
+    proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(admin.exists, timeout=10, what="HAProxy's admin socket")
+        yield Balancer(proc, admin)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_haproxy_takes_a_sealed_node_out_and_back_on_unseal(
+    tmp_path: Path, keyd: Running, sqlite_url: str
+) -> None:
+    k = keyd.keyd
+    with (
+        socket.create_server(("127.0.0.1", 0)) as web,  # stands in for Apache's :443
+        running_agent(tmp_path, database_url=sqlite_url, keyd_socket=k.socket) as agent,
+        haproxy(tmp_path, web_port=web.getsockname()[1], agent_port=agent.port) as lb,
+    ):
+        wait_until(lambda: lb.status() == "UP", timeout=10, what="web1 UP")
+
+        k.cli("seal")
+        wait_until(lambda: lb.status() == "DOWN (agent)", timeout=10, what="web1 DOWN once sealed")
+        row = lb.server()
+        assert row["last_agt"] == "via agent : down (sealed)"
+        time.sleep(1)  # the regular check keeps passing (both ports accept): the agent alone keeps it out
+        row = lb.server()
+        assert (row["status"], row["check_status"]) == ("DOWN (agent)", "L4OK")
+
+        k.unseal(keyd.key)
+        took = wait_until(lambda: lb.status() == "UP", timeout=10, what="web1 UP after the unseal")
+        assert took < CACHE_SECONDS + 1.5, took
+
+        agent.stop()  # a dead agent is a node out, not a node left in on its last word
+        wait_until(lambda: lb.status() == "DOWN", timeout=10, what="web1 DOWN without its agent")
+        assert lb.server()["check_status"] == "L4CON"
