@@ -357,7 +357,8 @@ def _started_nodes(ca: CA, shared: Path, ca_pub: str, sshd_binary: str, apache2:
             known_hosts = base / "known_hosts"
             known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
             forced = shlex.join(receiver_argv(base, f"/bin/kill -USR1 {apache.pid}"))
-            (base / "authorized_keys").write_text(f'restrict,command="cd {ROOT} && exec {forced}" {ca_pub}\n')
+            options = f'restrict,from="127.0.0.1",command="cd {ROOT} && exec {forced}"'
+            (base / "authorized_keys").write_text(f"{options} {ca_pub}\n")
             conf = _sshd_conf(base, port)
             sshd = stack.enter_context(running_sshd(sshd_binary, conf, port, base / "sshd.log"))
             nodes.append(Node(name, base, port, known_hosts, apache, sshd))
@@ -433,3 +434,11 @@ def test_a_node_whose_host_key_is_not_the_pinned_one_gets_nothing(cluster: Clust
     assert f"web2 (127.0.0.1:{web2.ssh_port}): ssh failed: Host key verification failed" in done.stderr
     assert (web2.dir / "crl.pem").read_bytes() == before
     assert "Accepted publickey" not in (web2.dir / "sshd.log").read_text()  # refused before authenticating
+
+    # A pin that others may rewrite is no pin: refused before ssh runs.
+    web1.known_hosts.chmod(0o666)
+    again = subprocess.run(
+        [sys.executable, "-m", "ca", "--ca-dir", str(cluster.ca.dir), "push-crl"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert f"web1 (127.0.0.1:{web1.ssh_port}): {web1.known_hosts} is writable by others" in again.stderr
