@@ -254,11 +254,17 @@ def _killed_on_error(keyd: Keyd) -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_stack(
-    tmp_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None
+    tmp_dir: Path,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    proxy_protocol: bool = False,
 ) -> Iterator[Stack]:
     """Start keyd (unsealed), gunicorn (proxy mode, Unix socket) and Apache; stop all on exit.
 
-    `tmp_dir` must be traversable by www-data (see `traversable_dir`)."""
+    `tmp_dir` must be traversable by www-data (see `traversable_dir`). `proxy_protocol`: Apache as a
+    web node behind the balancer (every connection opens with a PROXY header; `stack.connection`
+    does not write one, tests/apache/test_proxy_protocol.py does)."""
     need_root()
     apache2 = need_binary("apache2")
     if not GUNICORN.exists():
@@ -321,6 +327,7 @@ def running_stack(
                 tls_key=server_key,
                 client_ca=ca_file,
                 crl=crl_file,
+                proxy_protocol=proxy_protocol,
             )
             with PrivateApache(settings, binary=apache2) as apache:
                 yield Stack(
