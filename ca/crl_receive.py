@@ -161,7 +161,10 @@ def receive(
     chain = load_chain(chain_path)
     # One push at a time per node: two racing pushes could otherwise both pass the rollback check
     # and the older one land last.
-    fd = os.open(crl_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(crl_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise Refused(f"cannot open the CRL's directory {crl_path.parent}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import shutil
 import socket
@@ -217,6 +218,34 @@ def test_the_receiver_installs_a_newer_crl_keeping_owner_and_mode_and_reloads(pu
     (pushed.node / "reloaded").unlink()
     assert _receive(pushed.node, newer).returncode == 0
     assert (pushed.node / "reloaded").exists()
+
+
+def test_the_receiver_runs_as_its_own_unprivileged_user_and_keeps_the_owner(pushed: Pushed) -> None:
+    """As docs/ca.md sets a node up: a user that owns the CRL's directory, not root."""
+    need_root()
+    setpriv = need_binary("setpriv")
+    nobody = pwd.getpwnam("nobody")
+    pushed.ca.ok("crl")
+    newer = (pushed.ca.dir / "publish" / "crl.pem").read_bytes()
+    with traversable_dir("crl-node-") as shared:
+        node = shared / "node"
+        node.mkdir(mode=0o755)
+        shutil.copy(pushed.node / "chain.pem", node / "chain.pem")
+        os.chmod(node / "chain.pem", 0o644)
+        (node / "crl.pem").write_bytes(pushed.current)
+        for path in (node, node / "crl.pem"):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(node / "crl.pem", 0o640)
+        done = subprocess.run(
+            [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+             *receiver_argv(node, f"touch {node / 'reloaded'}")],
+            input=newer, cwd=ROOT, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        st = (node / "crl.pem").stat()
+        assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (nobody.pw_uid, nobody.pw_gid, oct(0o640))
+        assert (node / "crl.pem").read_bytes() == newer
+        assert (node / "reloaded").exists()
 
 
 def test_a_failed_reload_exits_3_with_the_newer_crl_installed(pushed: Pushed) -> None:
