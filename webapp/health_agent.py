@@ -133,7 +133,12 @@ class CachedCheck:
             # came, but its result is no older than a cached one would be.
             seen = self._finished
             if not self._running:
-                self._start()
+                try:
+                    self._start()
+                except RuntimeError:  # no thread to be had: say so rather than nothing
+                    self._running = False
+                    self._record(FAILED)
+                    return FAILED
             deadline = self._clock() + self._wait
             while self._finished == seen:
                 left = deadline - self._clock()

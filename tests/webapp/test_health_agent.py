@@ -142,17 +142,17 @@ def test_follows_keyd_sealed_stopped_and_unsealed_and_logs_only_changes(
 
         k.cli("seal")
         took = wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed")
-        assert took <= CACHE_SECONDS + 0.5, took
+        assert took <= CACHE_SECONDS + 1.0, took  # stale by at most the cache, plus a probe
 
         k.stop()
         took = wait_until(agent.says(b"down #keyd\n"), timeout=10, what="down #keyd")
-        assert took <= CACHE_SECONDS + 0.5, took
+        assert took <= CACHE_SECONDS + 1.0, took  # stale by at most the cache, plus a probe
 
         k.start()  # a restarted keyd is sealed until the next drop
         wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed after the restart")
         k.unseal(keyd.key)
         took = wait_until(agent.says(b"up\n"), timeout=10, what="up after the unseal")
-        assert took <= CACHE_SECONDS + 0.5, took
+        assert took <= CACHE_SECONDS + 1.0, took  # stale by at most the cache, plus a probe
         for _ in range(10):
             assert agent.ask() == b"up\n"
 
@@ -189,7 +189,7 @@ def test_a_database_that_refuses_the_audit_append_is_down(
 
         refuse_audit_inserts(owner_engine)
         took = wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database")
-        assert took <= CACHE_SECONDS + 0.5, took
+        assert took <= CACHE_SECONDS + 1.0, took  # stale by at most the cache, plus a probe
         with owner_engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER audit_refuses")
         wait_until(agent.says(b"up\n"), timeout=10, what="up once the trigger is gone")
