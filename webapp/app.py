@@ -55,6 +55,7 @@ from webapp.records.commands import records_cli  # purge-retired and import
 from webapp.records.views import bp as records_bp
 from webapp.refusals import refuse
 from webapp.request import origin, unit
+from webapp.retry import Retry
 from webapp.services import Services, install, install_unusable, services
 from webapp.vault import Vault, make_vault
 
@@ -186,7 +187,10 @@ def _configured(
     )
     install(app, svc)
     app.session_interface = DbSessionInterface()
-    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
+    # A request the database rolled back on its own (deadlock, Galera conflict) runs again: webapp/retry.py.
+    retried = Retry(app.wsgi_app, max_body=app.config["MAX_CONTENT_LENGTH"])
+    app.extensions["strongroom.retry"] = retried  # its counters
+    app.wsgi_app = SecurityHeaders(retried)  # type: ignore[method-assign]
 
     login_manager = LoginManager()
     login_manager.session_protection = None  # our own binding: IP and certificate, checked per request

@@ -5,6 +5,10 @@
   it itself to keep its step-up token spent; this is the net for any other decrypting path).
 - Database unreachable: 503, and the next request tries again: the pool pre-pings, so recovery needs
   no restart.
+- Database that rolled the transaction back on its own (a deadlock, a Galera certification
+  conflict: 1213; a Galera node not ready: 1047): the request is run again from the start
+  (webapp/retry.py), and the attempt leaves no trace here; when the last attempt fails too, it is an
+  outage (503).
 - Database refusing writes (disk full, read-only): 503 with a page that says so, not "cannot be
   reached": the operator reading the employee's report must look at the disk, not the network. The
   employee learns that much and nothing more (no error text, no code); the log has the code.
@@ -28,6 +32,7 @@ from flask import Flask, g, request, session
 from flask.wrappers import Response
 
 from keyd.errors import QuotaExceeded, Sealed, Unavailable
+from webapp import retry
 from webapp.auth.sessions import ServerSession, end_sessions, sid_hash
 from webapp.db.tables import sessions
 from webapp.events import ALERTS, Event
@@ -44,6 +49,8 @@ log = logging.getLogger("strongroom.errors")
 def is_db_outage(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
+    if retry.retryable_code(exc) is not None:
+        return True  # a conflict that outlasted the re-runs, a node out of the cluster: try again later
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
@@ -101,6 +108,8 @@ def handle(app: Flask, exc: Exception) -> Response:
     uow = g.pop("uow", None)
     if uow is not None:
         uow.rollback()
+    if retry.discard(request.environ, exc):
+        return Response(status=503)  # never sent: webapp/retry.py runs the request again
     svc = services()
     if isinstance(exc, Sealed | Unavailable):
         event = Event.VAULT_SEALED if isinstance(exc, Sealed) else Event.VAULT_UNAVAILABLE

@@ -46,6 +46,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             parsed, isolation_level="READ COMMITTED", pool_pre_ping=True, pool_recycle=3600, **kwargs
         )
         _close_at_exit(engine)
+        event.listen(engine, "handle_error", _drop_unready_node)
         return engine
     raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
 
@@ -65,6 +66,18 @@ def _close_at_exit(engine: Engine) -> None:
             engine.dispose()
 
     atexit.register(close)
+
+
+_WSREP_NOT_READY = 1047  # ER_UNKNOWN_COM_ERROR: a Galera node outside the primary component
+
+
+def _drop_unready_node(context: sa.engine.ExceptionContext) -> None:
+    """A Galera node that left the cluster still answers a ping, so pre-ping keeps its connections:
+    treat its refusal as a lost connection, which drops the pool, and the next checkout reconnects
+    (through the balancer, to a node that is ready). The request is re-run (webapp/retry.py)."""
+    args = getattr(context.original_exception, "args", ())
+    if args and args[0] == _WSREP_NOT_READY:
+        context.is_disconnect = True
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
