@@ -37,7 +37,7 @@ from webapp.auth.sessions import sid_hash
 from webapp.db.engine import make_engine
 from webapp.events import Event
 from webapp.records.tables import customer_records
-from webapp.retry import RETRYABLE, Retry, discard
+from webapp.retry import RETRYABLE, Retry, discard, retryable_code
 
 MARIADB = pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
 
@@ -285,6 +285,32 @@ def test_a_galera_refusal_drops_the_connection_pool(maria_backend: MariaBackend)
 
 def test_the_retried_codes_are_those_after_which_the_server_rolled_back_the_whole_transaction() -> None:
     assert sorted(RETRYABLE) == [1047, 1213]
+
+
+def _sqlite_busy() -> BaseException:
+    import sqlite3
+
+    return sa.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+
+
+# Errors that are never taken for a rolled-back transaction: (the error, why not).
+NOT_RETRYABLE = [
+    pytest.param(lambda: RuntimeError(1213), id="not a database error, whatever its args"),
+    pytest.param(_sqlite_busy, id="SQLite busy: its text, no code"),
+    pytest.param(
+        lambda: sa.exc.OperationalError("x", {}, pymysql.err.OperationalError("1213", "x")), id="code as text"
+    ),
+    pytest.param(lambda: sa.exc.OperationalError("x", {}, pymysql.err.OperationalError()), id="no args"),
+    pytest.param(
+        lambda: sa.exc.IntegrityError("x", {}, pymysql.err.IntegrityError(1062, "x")), id="duplicate key"
+    ),
+]
+
+
+@pytest.mark.parametrize("make", NOT_RETRYABLE)
+def test_errors_that_are_not_a_rolled_back_transaction(make: Callable[[], BaseException]) -> None:
+    assert retryable_code(make()) is None
+    assert discard({"strongroom.retry": None}, make()) is False
 
 
 # --- the middleware itself, around a plain WSGI app -----------------------------------------------
