@@ -422,10 +422,12 @@ class Galera:
         return {"ca": str(self.ca_file)}
 
     def url(self, user: str, password: str, database: str, *, host: str) -> str:
-        """A SQLAlchemy URL over TLS to `host` (a node's or the balancer's address)."""
+        """A SQLAlchemy URL over TLS to `host` (a node's or the balancer's address). `ssl_ca` alone
+        is full verification (PyMySQL checks the chain and the name); adding ssl_verify_identity
+        would make PyMySQL rebuild its TLS settings without the CA SQLAlchemy moved into `ssl`."""
         return (
             f"mysql+pymysql://{user}:{password}@{host}:{PORT}/{database}"
-            f"?charset=utf8mb4&ssl_ca={self.ca_file}&ssl_verify_identity=true"
+            f"?charset=utf8mb4&ssl_ca={self.ca_file}"
         )
 
 

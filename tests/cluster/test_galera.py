@@ -180,6 +180,27 @@ def test_an_application_reaches_a_node_over_verified_tls_only(
     assert done.stdout.startswith(expected), done.stdout + done.stderr
 
 
+ENGINE = r"""
+import sys
+from sqlalchemy import create_engine, text
+engine = create_engine(sys.argv[1])
+with engine.connect() as conn:
+    print(conn.execute(text("SHOW STATUS LIKE 'Ssl_version'")).one()[1])
+engine.dispose()
+"""
+
+
+def test_the_url_for_the_application_connects_over_verified_tls(synced: Galera, lan: Lan) -> None:
+    password = "app-test-password"  # a throwaway account in a throwaway cluster
+    with synced.root("db1") as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'app'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute("CREATE DATABASE IF NOT EXISTS t")
+        cur.execute("GRANT SELECT ON t.* TO 'app'@'%'")
+    url = synced.url("app", password, "t", host=lan.address("db3"))
+    done = lan.run("client", [sys.executable, "-c", ENGINE, url], check=False)
+    assert done.stdout.strip() == "TLSv1.3", done.stdout + done.stderr[-2000:]
+
+
 def test_a_crashed_node_rejoins_by_ist_with_what_was_written_while_it_was_down(synced: Galera) -> None:
     with synced.root("db1") as conn, conn.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS t")
