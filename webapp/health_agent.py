@@ -7,15 +7,27 @@ PORT`), reads one line and acts on it (HAProxy 2.6 configuration.txt, "agent-che
     up                    requests can work (webapp.health finds no problem)
     down #sealed          keyd answers, but is sealed
     down #keyd            keyd does not answer
-    down #database        the audit append (a write, rolled back) fails
+    down #database        the audit append (a write, rolled back) fails (told after a grace)
     down #database keyd   several at once (one word per failing part; "sealed" stands for keyd)
     down #error           the check itself failed: fail closed
-    down #timeout         the check did not finish in time: fail closed
+    down #timeout         the check did not finish in time (told after a grace)
 
 HAProxy shows what follows '#' on its stats page ("via agent : down (sealed)"); it is a fixed word per
 part, never a problem's text, so nothing from an error reaches the balancer. The agent sends the line
 without waiting for input (HAProxy's `agent-send`, or anything else a client sends, is read and thrown
 away) and closes.
+
+`database` and `timeout` (the probe is an audit append: it hangs when the database stalls) are told
+only once they have lasted `--database-grace` seconds (`DATABASE_GRACE`, 0 = at once); until then the
+agent says `up`, or the node-local words alone (`down #sealed` while the database part waits). Why: a
+database problem is shared by every web node (they all write to the same Galera node through the
+balancer), so every agent says `down #database` at the same moment and HAProxy takes ALL the nodes
+out, cutting every employee's connection (`on-marked-down shutdown-sessions`). A Galera fail-over
+(writes stall ~6 s while the cluster notices the dead node) would then cost every employee refused
+connections instead of a slow page or one "try again". `sealed`, `keyd` and `error` are this node's
+own and take it out at once: another node can serve its employees. A database problem that outlasts
+the grace is told (all nodes out: nothing works anyway, and HAProxy's stats say why); so is one that
+only this node has, 15 s late: the price of not cutting everyone at each fail-over.
 
 Bounded, so that neither the balancers nor anyone else who reaches the port can make it hammer the
 database or keyd, or grow without limit:
@@ -27,7 +39,9 @@ database or keyd, or grow without limit:
 - each connection is closed after at most `DRAIN_SECONDS` of reading what the client sent.
 
 Only changes of the verdict are logged (stderr: the journal under systemd), with the problem lines of
-webapp.health (exception classes and refusal reasons, never an error's text), not every check.
+webapp.health (exception classes and refusal reasons, never an error's text), not every check. The log
+shows a database problem at once (with a note that the balancer is told only after the grace), and
+one more line when the grace runs out and the balancer is told.
 """
 
 from __future__ import annotations
@@ -56,7 +70,12 @@ DRAIN_SECONDS = 0.25
 DRAIN_BYTES = 64 * 1024
 WORKERS = 4
 BACKLOG = 16
+DATABASE_GRACE = 15.0
+MAX_DATABASE_GRACE = 600.0
+# Problems every web node shares (the one database behind them all): told only after the grace.
+SHARED = frozenset({"database", "timeout"})
 _PORT = re.compile(r"[0-9]{1,5}")
+_SECONDS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3})?")
 _MAX_LISTEN = 100  # a bracketed scoped IPv6 address and a port fit well inside
 
 
@@ -171,6 +190,59 @@ class CachedCheck:
             self._on_change(old, verdict)
 
 
+class Grace:
+    """What the balancer is told: the verdict, with the shared words (`SHARED`) held back until some
+    shared problem has lasted `seconds` without a verdict free of them in between.
+
+    A database problem is (almost always) every node's at once: told at once, it takes every node
+    out together and refuses every employee, where waiting out a fail-over would have cost them a
+    slow page or one "try again". Node-local words are told at once: with both kinds present, only
+    the local ones until the grace has passed. `on_release(verdict)` is called (under the lock) when
+    a grace runs out and the shared words are told (not with `seconds` 0: nothing was held).
+    Thread-safe: every connection asks."""
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        on_release: Callable[[Verdict], None] = lambda _verdict: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seconds = seconds
+        self._on_release = on_release
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since: float | None = None  # when the shared trouble began (None: there is none)
+        self._released = False  # the shared words are told
+
+    def told(self, verdict: Verdict) -> Verdict:
+        with self._lock:
+            if not SHARED.intersection(verdict.words):
+                self._since, self._released = None, False  # recovered: the next trouble waits again
+                return verdict
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+            if not self._released and now - self._since >= self._seconds:
+                self._released = True
+                if self._seconds > 0:  # with no grace nothing was held back: nothing to announce
+                    self._on_release(verdict)
+            if self._released:
+                return verdict
+            return Verdict(tuple(w for w in verdict.words if w not in SHARED), verdict.problems)
+
+
+def parse_grace(text: str) -> float:
+    """Seconds, a plain decimal number from 0 to MAX_DATABASE_GRACE (no sign, exponent, nan or inf).
+    Raises `UsageFailure` naming the rule (never echoing the value)."""
+    if not _SECONDS.fullmatch(text) or float(text) > MAX_DATABASE_GRACE:
+        raise UsageFailure(
+            f"--database-grace must be seconds from 0 to {MAX_DATABASE_GRACE:g}, e.g. 15 (0: tell the"
+            " balancer of a database problem at once)"
+        )
+    return float(text)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """ADDR:PORT or [IPv6]:PORT, an IP address (a name would be resolved: not what the balancer was
     told) and a port from 1 to 65535. Raises `UsageFailure` naming the rule (never echoing the value)."""
@@ -278,19 +350,40 @@ def serve(
             pool.submit(answer, conn, line).add_done_callback(release)
 
 
-def _log_change(old: Verdict | None, new: Verdict) -> None:
-    # Only changes: HAProxy asks every couple of seconds, forever.
-    prefix = "health agent: now " if old is not None else "health agent: "
-    click.echo(prefix + new.describe(), err=True)
+def change_logger(grace: float) -> Callable[[Verdict | None, Verdict], None]:
+    """Logs each change of the verdict as found, at once, whatever the balancer is told (operators
+    want to see database trouble as it starts), noting when the balancer is told only after the grace."""
+
+    def log(old: Verdict | None, new: Verdict) -> None:
+        # Only changes: HAProxy asks every couple of seconds, forever.
+        prefix = "health agent: now " if old is not None else "health agent: "
+        note = ""
+        if grace > 0 and SHARED.intersection(new.words):
+            note = f" (the balancer is told of the database only once this has lasted {grace:g} s)"
+        click.echo(prefix + new.describe() + note, err=True)
+
+    return log
 
 
-def run(svc: Services, host: str, port: int) -> None:
+def release_logger(grace: float) -> Callable[[Verdict], None]:
+    def log(verdict: Verdict) -> None:
+        told = verdict.line().decode("ascii").strip()
+        click.echo(
+            f"health agent: told the balancer {told!r}: the database trouble lasted {grace:g} s",
+            err=True,
+        )
+
+    return log
+
+
+def run(svc: Services, host: str, port: int, *, database_grace: float = DATABASE_GRACE) -> None:
     """Listen on host:port and answer until SIGTERM or SIGINT (then exit 0)."""
     try:
         listener = listen(host, port)
     except OSError as exc:
         raise click.ClickException(f"--agent: {bind_problem(exc)}") from None
-    check = CachedCheck(lambda: verdict_of(svc), on_change=_log_change)
+    check = CachedCheck(lambda: verdict_of(svc), on_change=change_logger(database_grace))
+    grace = Grace(database_grace, on_release=release_logger(database_grace))
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
@@ -301,5 +394,5 @@ def run(svc: Services, host: str, port: int) -> None:
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     click.echo(f"health agent listening on {shown}", err=True)
     with listener:
-        serve(listener, lambda: check.verdict().line(), stop=stop)
+        serve(listener, lambda: grace.told(check.verdict()).line(), stop=stop)
     click.echo("health agent stopped", err=True)

@@ -28,7 +28,7 @@ from tests.keyd.conftest import Running, unsealed_keyd
 from tests.support import need_binary
 from tests.webapp.helpers import refuse_audit_inserts
 from webapp.cli import UsageFailure
-from webapp.health_agent import CACHE_SECONDS, WORKERS, CachedCheck, Verdict, parse_listen
+from webapp.health_agent import CACHE_SECONDS, WORKERS, CachedCheck, Grace, Verdict, parse_grace, parse_listen
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "e.g. 192.0.2.11:9700 or [2001:db8::11]:9700"
@@ -82,8 +82,11 @@ class Agent:
 
 
 @contextlib.contextmanager
-def running_agent(tmp_path: Path, *, database_url: str, keyd_socket: Path) -> Iterator[Agent]:
-    """The real command, configured by its environment alone (as systemd would run it)."""
+def running_agent(
+    tmp_path: Path, *, database_url: str, keyd_socket: Path, grace: str | None = None
+) -> Iterator[Agent]:
+    """The real command, configured by its environment alone (as systemd would run it); `grace` is
+    its --database-grace (left out: the default)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
     env.update(
@@ -95,7 +98,10 @@ def running_agent(tmp_path: Path, *, database_url: str, keyd_socket: Path) -> It
     log_path = tmp_path / "agent.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "webapp", "health", "--agent", f"127.0.0.1:{port}"],
+            [
+                *(sys.executable, "-m", "flask", "--app", "webapp", "health", "--agent", f"127.0.0.1:{port}"),
+                *(() if grace is None else ("--database-grace", grace)),
+            ],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -184,7 +190,7 @@ def mariadb_read_only(request: pytest.FixtureRequest) -> Iterator[None]:
 def test_a_database_that_refuses_the_audit_append_is_down(
     tmp_path: Path, keyd: Running, db_url: str, owner_engine: sa.Engine, request: pytest.FixtureRequest
 ) -> None:
-    with running_agent(tmp_path, database_url=db_url, keyd_socket=keyd.keyd.socket) as agent:
+    with running_agent(tmp_path, database_url=db_url, keyd_socket=keyd.keyd.socket, grace="0") as agent:
         assert agent.ask() == b"up\n"
 
         refuse_audit_inserts(owner_engine)
@@ -209,6 +215,167 @@ def test_a_database_that_refuses_the_audit_append_is_down(
     assert re.fullmatch(r"health agent: now down: database .*; vault is sealed", log[-2]), log
     # What the agent logs (and says) names classes and reasons, never a database's error text.
     assert not any("audit_refuses" in line or "45000" in line or "'no'" in line for line in log), log
+
+
+def answers_during(agent: Agent, seconds: float) -> set[bytes]:
+    """Every answer the agent gives while asked over and over for `seconds`."""
+    seen = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen.add(agent.ask())
+        time.sleep(0.05)
+    return seen
+
+
+GRACE = 2.0
+
+
+def test_a_database_outage_is_told_only_once_it_outlasts_the_grace(
+    tmp_path: Path, keyd: Running, db_url: str, owner_engine: sa.Engine
+) -> None:
+    """What a Galera fail-over needs: every node stays in while the database stalls briefly; keyd's
+    trouble, the node's own, takes it out at once even then; a recovery starts the grace again."""
+    k = keyd.keyd
+    with running_agent(tmp_path, database_url=db_url, keyd_socket=k.socket, grace=f"{GRACE:g}") as agent:
+        assert agent.ask() == b"up\n"
+
+        # The grace starts when the agent first finds the problem, never before the trigger exists:
+        # every answer within GRACE of it is up, and down #database follows within a cache and a probe.
+        refuse_audit_inserts(owner_engine)
+        assert answers_during(agent, GRACE - 0.3) == {b"up\n"}
+        took = wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database after the grace")
+        assert took <= 0.3 + CACHE_SECONDS + 1.0, took
+        # ... while the log had it at once, noting the grace, and says when the balancer was told.
+        found = r"health agent: now down: database (write failed|unavailable) \(\w+\)"
+        note = rf" \(the balancer is told of the database only once this has lasted {GRACE:g} s\)"
+        told = f"health agent: told the balancer 'down #database': the database trouble lasted {GRACE:g} s"
+        log = agent.log()
+        assert re.fullmatch(found + note, log[2]), log
+        assert log[3] == told, log
+
+        # Recovered, then refused again: a whole new grace (a flap is not the old outage going on).
+        with owner_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER audit_refuses")
+        wait_until(agent.says(b"up\n"), timeout=10, what="up once the trigger is gone")
+        refuse_audit_inserts(owner_engine)
+        assert answers_during(agent, GRACE - 0.3) == {b"up\n"}
+        wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database after the new grace")
+
+        # Sealed during a database grace: down #sealed at once, the database word only after the grace.
+        with owner_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER audit_refuses")
+        wait_until(agent.says(b"up\n"), timeout=10, what="up once the trigger is gone again")
+        refused_at = time.monotonic()  # the grace cannot start before this
+        refuse_audit_inserts(owner_engine)
+        k.cli("seal")
+        took = wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed during the grace")
+        assert took <= CACHE_SECONDS + 1.0, took
+        left = GRACE - (time.monotonic() - refused_at) - 0.1
+        if left > 0:
+            assert answers_during(agent, left) == {b"down #sealed\n"}
+        wait_until(agent.says(b"down #database sealed\n"), timeout=10, what="both words after the grace")
+
+        k.unseal(keyd.key)  # the node-local trouble gone, the database's (past its grace) still told
+        wait_until(agent.says(b"down #database\n"), timeout=10, what="down #database after the unseal")
+        assert agent.stop() == 0
+    log = agent.log()
+    assert sum(line.startswith("health agent: told the balancer") for line in log) == 3, log
+    assert not any("audit_refuses" in line or "45000" in line or "'no'" in line for line in log), log
+
+
+def test_a_sealed_node_is_out_at_once_with_the_default_grace(
+    tmp_path: Path, keyd: Running, sqlite_url: str
+) -> None:
+    k = keyd.keyd
+    with running_agent(tmp_path, database_url=sqlite_url, keyd_socket=k.socket) as agent:
+        assert agent.ask() == b"up\n"
+        k.cli("seal")
+        took = wait_until(agent.says(b"down #sealed\n"), timeout=10, what="down #sealed")
+        assert took <= CACHE_SECONDS + 1.0, took
+
+
+# --- the grace (a fake clock) ----------------------------------------------------------------------
+
+DB = Verdict(("database",), ("database write failed (OperationalError)",))
+LATE = Verdict(("timeout",), ("the health check did not finish within 1.5 s",))
+SEALED = Verdict(("sealed",), ("vault is sealed",))
+KEYD = Verdict(("keyd",), ("keyd unavailable (Unavailable)",))
+DB_SEALED = Verdict(("database", "sealed"), ("database write failed (OperationalError)", "vault is sealed"))
+BROKEN = Verdict(("error",), ("the health check itself failed",))
+
+
+def graced(seconds: float) -> tuple[Grace, Clock, list[bytes]]:
+    clock, released = Clock(), []
+    grace = Grace(seconds, on_release=lambda v: released.append(v.line()), clock=clock)
+    return grace, clock, released
+
+
+def test_the_database_is_told_only_once_it_has_lasted_the_grace() -> None:
+    grace, clock, released = graced(15)
+    assert grace.told(Verdict()).line() == b"up\n"
+    assert grace.told(DB).line() == b"up\n"
+    clock.now += 14.9
+    assert grace.told(DB).line() == b"up\n"
+    assert released == []
+    clock.now += 0.1
+    assert grace.told(DB).line() == b"down #database\n"
+    assert grace.told(DB).line() == b"down #database\n"
+    assert released == [b"down #database\n"]  # once, when the grace ran out
+
+
+def test_a_stall_then_errors_is_one_outage() -> None:
+    grace, clock, _ = graced(15)
+    assert grace.told(LATE).line() == b"up\n"  # the probe hangs while Galera notices the dead node
+    clock.now += 8
+    assert grace.told(DB).line() == b"up\n"  # then the writes fail: the same trouble
+    clock.now += 7
+    assert grace.told(DB).line() == b"down #database\n"
+    assert grace.told(LATE).line() == b"down #timeout\n"
+
+
+@pytest.mark.parametrize("local", [SEALED, KEYD, BROKEN], ids=["sealed", "keyd", "error"])
+def test_node_local_words_are_told_at_once(local: Verdict) -> None:
+    grace, clock, released = graced(15)
+    assert grace.told(local) == local
+    both = Verdict(("database", *local.words), ("database write failed (OperationalError)", *local.problems))
+    assert grace.told(both).line() == local.line()  # the local word alone while the database waits
+    clock.now += 15
+    assert grace.told(both).line() == both.line()
+    assert released == [both.line()]
+
+
+def test_a_recovery_starts_the_grace_again() -> None:
+    grace, clock, _ = graced(15)
+    grace.told(DB)
+    clock.now += 10
+    assert grace.told(Verdict()).line() == b"up\n"
+    clock.now += 1
+    assert grace.told(DB).line() == b"up\n"
+    clock.now += 14
+    assert grace.told(DB).line() == b"up\n"  # 25 s of trouble, but not 15 s in one piece
+    clock.now += 1
+    assert grace.told(DB).line() == b"down #database\n"
+    # Recovered after being told: the next outage waits out a grace too.
+    assert grace.told(SEALED).line() == b"down #sealed\n"  # the database recovered; keyd did not
+    assert grace.told(DB_SEALED).line() == b"down #sealed\n"
+    clock.now += 15
+    assert grace.told(DB_SEALED).line() == b"down #database sealed\n"
+
+
+def test_no_grace_tells_at_once_and_announces_nothing() -> None:
+    grace, _, released = graced(0)
+    assert grace.told(DB).line() == b"down #database\n"
+    assert grace.told(LATE).line() == b"down #timeout\n"
+    assert released == []
+
+
+def test_many_threads_see_one_grace_and_one_release() -> None:
+    grace, clock, released = graced(15)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert set(pool.map(lambda _: grace.told(DB).line(), range(200))) == {b"up\n"}
+        clock.now += 15
+        assert set(pool.map(lambda _: grace.told(DB).line(), range(200))) == {b"down #database\n"}
+    assert released == [b"down #database\n"]
 
 
 # --- the cache (a fake clock and a check that counts its calls) ---------------------------------------
@@ -372,6 +539,52 @@ def test_a_listen_address_is_parsed(value: str, parsed: tuple[str, int]) -> None
     assert parse_listen(value) == parsed
 
 
+GRACE_RULE = (
+    "--database-grace must be seconds from 0 to 600, e.g. 15"
+    " (0: tell the balancer of a database problem at once)"
+)
+BAD_GRACES = [
+    "-1",
+    "nan",
+    "inf",
+    "-inf",
+    "601",
+    "600.001",
+    "",
+    "1e9",
+    "1e1",
+    "abc",
+    " 5",
+    "5 ",
+    "+5",
+    "0x10",
+    "1_0",
+    "5.",
+    ".5",
+    "1.2345",
+    "1000",
+    "１５",
+    "15\n",
+    "15s",
+]
+
+
+@pytest.mark.parametrize("value", BAD_GRACES, ids=[repr(v) for v in BAD_GRACES])
+def test_a_bad_database_grace_is_refused_with_the_rule(value: str) -> None:
+    with pytest.raises(UsageFailure) as caught:
+        parse_grace(value)
+    assert caught.value.message == GRACE_RULE
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [("0", 0.0), ("15", 15.0), ("2.5", 2.5), ("0.25", 0.25), ("600", 600.0), ("007", 7.0)],
+)
+def test_a_database_grace_is_parsed(value: str, parsed: float) -> None:
+    assert parse_grace(value) == parsed
+
+
 def _flask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
     return subprocess.run(
@@ -393,6 +606,24 @@ def test_the_command_line_refuses_in_one_line_before_reading_any_settings() -> N
     assert result.stderr.splitlines() == [
         f"Error: --agent: the address must be an IP address (not a host name), {EXAMPLE}"
     ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        (("--agent", "127.0.0.1:9700", "--database-grace", "nan"), GRACE_RULE),
+        (("--database-grace", "-1", "--agent", "127.0.0.1:9700"), GRACE_RULE),
+        (("--database-grace", "5"), "--database-grace only applies with --agent ADDR:PORT"),
+    ],
+    ids=["nan", "negative-first", "without-agent"],
+)
+def test_a_bad_database_grace_is_one_line_before_reading_any_settings(
+    args: tuple[str, ...], refusal: str
+) -> None:
+    result = _flask(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"Error: {refusal}"]
     assert result.stdout == ""
 
 

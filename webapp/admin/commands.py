@@ -25,7 +25,7 @@ from webapp import health_agent
 from webapp.admin import service
 from webapp.audit import service as audit
 from webapp.auth.certs import BadCertificate, CertInfo
-from webapp.cli import Command, Group, actor
+from webapp.cli import Command, Group, UsageFailure, actor
 from webapp.db import migrate
 from webapp.db.engine import READ_ONLY
 from webapp.db.tables import PERSON_ROLES, SERVICE_ROLES
@@ -291,20 +291,42 @@ def db_upgrade() -> None:
     click.echo("database is at the newest revision")
 
 
+def _agent_option(ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is not None:
+        return health_agent.parse_listen(value)
+    # click processes the options given on the command line before those left out, so a
+    # --database-grace that was given is already in ctx.params here.
+    if ctx.params.get("database_grace") is not None:
+        raise UsageFailure("--database-grace only applies with --agent ADDR:PORT")
+    return None
+
+
 @click.command("health", cls=Command)
 @click.option(
     "--agent",
     "agent",
     metavar="ADDR:PORT",
-    callback=lambda _ctx, _param, value: None if value is None else health_agent.parse_listen(value),
+    callback=_agent_option,
     help="Keep running as the balancer's agent-check on ADDR:PORT (docs/runbook.md), until SIGTERM.",
 )
+@click.option(
+    "--database-grace",
+    "database_grace",
+    metavar="SECONDS",
+    callback=lambda _ctx, _param, value: None if value is None else health_agent.parse_grace(value),
+    help=(
+        f"With --agent: tell the balancer of a database problem (every node's at once) only once it has"
+        f" lasted SECONDS (default {health_agent.DATABASE_GRACE:g}, 0 = at once, at most"
+        f" {health_agent.MAX_DATABASE_GRACE:g}); sealed or unreachable keyd is told at once."
+    ),
+)
 @with_appcontext
-def health(agent: tuple[str, int] | None) -> None:
+def health(agent: tuple[str, int] | None, database_grace: float | None) -> None:
     """Check that requests can work: exit 0 only when an audit append (rolled back) works and keyd
     answers, unsealed. With --agent, answer HAProxy's agent-check with that verdict instead."""
     if agent is not None:
-        health_agent.run(services(), *agent)
+        grace = health_agent.DATABASE_GRACE if database_grace is None else database_grace
+        health_agent.run(services(), *agent, database_grace=grace)
         return
     found = problems(services())
     for problem in found[:-1]:
