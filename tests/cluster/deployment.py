@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from tests.apache.stack import CHEAP_ARGON2, GUNICORN, SECRET, traversable_dir
 from tests.backup.conftest import keygen
 from tests.cluster.galera import Galera
@@ -134,17 +136,24 @@ class Deployment:
             )
 
     @staticmethod
-    def _kill(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    def _kill(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGKILL) -> None:
+        """`sig` to these processes and all their descendants at once (Apache's parent leaves its
+        launcher's session, so a process group would miss it), then reap them."""
+        tree: list[psutil.Process] = []
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        # Orphaned descendants become zombies of whoever reaps here: gone is gone enough.
+        wait_for(lambda: all(_gone(p) for p in tree), timeout=20, what="the killed processes to end")
 
     def flask(self, node: str, *args: str, stdin: str | None = None) -> str:
         """`flask --app webapp ARGS` on `node`, as its admin would run it; its output."""
@@ -209,6 +218,9 @@ class Deployment:
     def start_web(self, name: str) -> None:
         """Start keyd (sealed), gunicorn, Apache and the health agent on `name`."""
         node = self.nodes[name]
+        # What a reboot after a crash does to /run: Apache would take a killed predecessor's pid
+        # (a zombie until someone reaps it) for a running server and refuse to start.
+        (node.apache_dir / "run" / "apache2.pid").unlink(missing_ok=True)
         node.keyd.start()
         node.procs["gunicorn"] = self._spawn(
             name, [str(GUNICORN), "-c", str(ROOT / "webapp" / "gunicorn_conf.py")], f"{name}-gunicorn",
@@ -263,11 +275,28 @@ class Deployment:
     def kill_web(self, name: str) -> None:
         """The node's services crash at once (keyd too: its key is gone with it)."""
         node = self.nodes[name]
-        for proc in node.procs.values():
-            self._kill(proc)
-        node.procs.clear()
+        procs = list(node.procs.values())
         if node.keyd.proc is not None:
-            node.keyd.kill()
+            procs.append(node.keyd.proc)
+            node.keyd.proc = None
+            node.keyd.log.close()
+        self._kill(procs)
+        node.procs.clear()
+
+    def heal(self) -> None:
+        """Every web node running, unsealed and in the balancer, every database node running: what
+        each test starts from, whatever the one before left behind."""
+        for name, node in self.nodes.items():
+            if not node.procs or any(p.poll() is not None for p in node.procs.values()):
+                self.kill_web(name)
+                self.start_web(name)
+            if node.keyd.status()["sealed"]:
+                self.unseal(name)
+            self.haproxy_command(f"set server web_nodes/{name} state ready")
+        for db in self.galera.nodes:
+            if not self.galera.running(db):
+                self.galera.start(db)
+        self.wait_balanced(set(self.nodes))
 
     def unseal(self, name: str) -> None:
         self.nodes[name].keyd.unseal(self.key)
@@ -359,7 +388,15 @@ class Deployment:
         for name in self.nodes:
             with contextlib.suppress(Exception):
                 self.kill_web(name)
-        self._kill(self.haproxy, signal.SIGTERM)
+        if self.haproxy is not None:
+            self._kill([self.haproxy], signal.SIGTERM)
+
+
+def _gone(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _app_env(base: Path, db_url: str, keyd_socket: Path, extra: dict[str, str]) -> dict[str, str]:
