@@ -41,6 +41,7 @@ def _m(module: str, click: str | None, source: str) -> EntryPoint:
 ENTRY_POINTS = [
     _m("ca", "ca.cli:cli", "ca/__main__.py"),
     _m("keyd", "keyd.cli:cli", "keyd/__main__.py"),
+    _m("ca.crl_receive", None, "ca/crl_receive.py"),  # a web node's forced command: no subcommands
     _m("apache.private", "apache.private:cli", "apache/private.py"),
     _m("backup", "backup.cli:main", "backup/__main__.py"),
     _m("ops", "ops.watch:cli", "ops/__main__.py"),

@@ -239,13 +239,11 @@ def _working_day(b: Browser) -> Iterator[Step]:
     """Add a record, add cards to it, open it, list the records; again."""
     while True:
         crm_ref = "C" + "".join(secrets.choice("0123456789") for _ in range(8))
-        step, added = _attempt(
-            b,
-            "add record",
-            "POST",
-            "/records/",
-            lambda r=crm_ref: {"csrf_token": b.csrf("/records/"), "crm_ref": r},
-        )
+
+        def record_form(ref: str = crm_ref) -> dict[str, str]:
+            return {"csrf_token": b.csrf("/records/"), "crm_ref": ref}
+
+        step, added = _attempt(b, "add record", "POST", "/records/", record_form)
         yield step
         if step.status != 302 or not re.fullmatch(r"/records/\d+", added.location):
             continue
@@ -254,8 +252,11 @@ def _working_day(b: Browser) -> Iterator[Step]:
             pan = made_up_pan()
             form = {"pan": pan, "cardholder": f"Ada Lovelace {'I' * (i + 1)}", "exp_month": "12",
                     "exp_year": "2031"}  # fmt: skip
-            step, _ = _attempt(b, f"add card {record}", "POST", f"{record}/cards",
-                               lambda f=form, r=record: {"csrf_token": b.csrf(r)} | f)  # fmt: skip
+
+            def card_form(fields: dict[str, str] = form, page: str = record) -> dict[str, str]:
+                return {"csrf_token": b.csrf(page)} | fields
+
+            step, _ = _attempt(b, f"add card {record}", "POST", f"{record}/cards", card_form)
             yield step
         yield _attempt(b, "open record", "GET", record)[0]
         yield _attempt(b, "list records", "GET", "/records/")[0]

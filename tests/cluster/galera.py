@@ -60,7 +60,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pymysql  # type: ignore[import-untyped]  # no stubs; the suite uses it untyped
+import pymysql
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

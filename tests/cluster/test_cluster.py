@@ -88,6 +88,7 @@ def cards_committed(d: Deployment, report: Report) -> None:
         for record, told in report.cards.items():
             record_id = int(record.rsplit("/", 1)[1])
             (stored,) = d.sql(db, "SELECT COUNT(*) FROM cards WHERE record_id = %s", (record_id,))[0]
+            assert isinstance(stored, int)
             # A step retried after a broken connection may have been committed twice: never fewer.
             assert stored >= told, f"{db}: record {record_id}: {stored} cards stored, {told} confirmed"
 
@@ -240,12 +241,13 @@ def test_reveal_budgets_are_global_across_nodes_and_restarts(cluster: Deployment
     # budget (an intruder in the web app) still gets no more than web1's keyd allows.
     card_id = link.group(0).split("/")[5]
     (blob,) = cluster.sql("db1", "SELECT pan_ct FROM cards WHERE id = %s", (card_id,))[0]
+    assert isinstance(blob, bytes)
     keyd = cluster.nodes["web1"].keyd
     refused = 0
     for _ in range(REVEAL_LIMIT + 1):
         try:
             with KeydClient(keyd.socket) as c:
-                c.decrypt(bytes(blob), context=Context(card_id, "pan"), actor="dave", purpose="test")
+                c.decrypt(blob, context=Context(card_id, "pan"), actor="dave", purpose="test")
         except QuotaExceeded:
             refused += 1
     assert refused >= 1, "web1's keyd served more than its own ceiling"
