@@ -54,16 +54,16 @@ def percentile(values: list[float], pct: int) -> float:
 
 
 def cell(d: Deployment, office: Employees, clerks: list[Browser], seconds: float, label: str) -> float:
-    before, started = requests_served(d), time.monotonic()
+    before, reruns, started = requests_served(d), d.rerun_requests(), time.monotonic()
     report: Report = office.load(clerks, seconds=seconds).result(timeout=seconds + 300)
     elapsed = time.monotonic() - started
-    served = requests_served(d) - before
+    served, reruns = requests_served(d) - before, d.rerun_requests() - reruns
     steps = [(s.ended - s.started) * 1000 for s in report.steps]
     rps = served / elapsed
     print(
         f"{label:<10} {rps:8.1f} req/s  {len(report.steps) / elapsed:7.1f} steps/s  "
         f"step p50 {percentile(steps, 50):6.0f} ms  p99 {percentile(steps, 99):6.0f} ms  "
-        f"failed {len(report.failed)}  retried {len(report.retried)}"
+        f"failed {len(report.failed)}  retried {len(report.retried)}  run again in the app {reruns}"
     )
     if report.failed:
         raise SystemExit(f"{label}: {len(report.failed)} steps failed")

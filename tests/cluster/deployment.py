@@ -155,6 +155,12 @@ class Deployment:
         # Orphaned descendants become zombies of whoever reaps here: gone is gone enough.
         wait_for(lambda: all(_gone(p) for p in tree), timeout=20, what="the killed processes to end")
 
+    def rerun_requests(self) -> int:
+        """Requests the web apps ran again after the database rolled them back (webapp/retry.py's
+        log line), on every node so far."""
+        logs = (self.log(f"{name}-gunicorn") for name in self.nodes)
+        return sum(p.read_text(errors="replace").count("request run again") for p in logs if p.exists())
+
     def flask(self, node: str, *args: str, stdin: str | None = None) -> str:
         """`flask --app webapp ARGS` on `node`, as its admin would run it; its output."""
         done = subprocess.run(
