@@ -20,6 +20,7 @@ import contextlib
 import grp
 import http.client
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psutil
 
@@ -203,6 +205,24 @@ class Stack:
     def apache_children(self) -> list[int]:
         """Pids of the Apache parent's children (the processes that serve requests)."""
         return [p.pid for p in psutil.Process(self.apache.pid).children()]
+
+
+def log_in(conn: http.client.HTTPConnection, username: str, password: str) -> str:
+    """The login form over `conn`, as a browser fills it: GET it for the CSRF token and its cookie,
+    POST it (302 expected); the session cookie ("name=value")."""
+    conn.request("GET", "/login")
+    resp = conn.getresponse()
+    page = resp.read().decode()
+    cookie = (resp.getheader("Set-Cookie") or "").split(";")[0]
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token, f"no CSRF token on /login ({resp.status})"
+    form = {"csrf_token": token.group(1), "username": username, "password": password}
+    headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    conn.request("POST", "/login", body=urlencode(form), headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 302, f"login answered {resp.status}"
+    return (resp.getheader("Set-Cookie") or "").split(";")[0]
 
 
 def _typed(value: str) -> object:

@@ -18,14 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 import sqlalchemy as sa
 
 from apache.private import BEHIND_BALANCER, SITE, render
 from tests.apache.conftest import PASSWORDS
-from tests.apache.stack import ROOT, Stack, free_port, running_stack, traversable_dir
+from tests.apache.stack import ROOT, Stack, free_port, log_in, running_stack, traversable_dir
 from tests.support import LogMark
 
 EMPLOYEE = "198.51.100.7"
@@ -180,23 +179,7 @@ def test_the_app_sees_the_address_from_the_header(node: Stack, header: bytes, se
 def test_a_login_and_its_session_are_bound_to_the_employee_address(node: Stack) -> None:
     conn = Proxied(node.port, node.ssl_context("alice"), v2())
     try:
-        conn.request("GET", "/login")
-        resp = conn.getresponse()
-        page = resp.read().decode()
-        cookie = (resp.getheader("Set-Cookie") or "").split(";")[0]
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-        assert token
-        form = {"csrf_token": token.group(1), "username": "alice", "password": PASSWORDS["alice"]}
-        conn.request(
-            "POST",
-            "/login",
-            body=urlencode(form),
-            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
-        )
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 302
-        session = (resp.getheader("Set-Cookie") or "").split(";")[0]
+        session = log_in(conn, "alice", PASSWORDS["alice"])
     finally:
         conn.close()
     logins = [r for r in audit_rows(node) if r["actor"] == "alice" and r["outcome"] == "success"]

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ops.checks.access import parse_line
 from tests.apache.conftest import PASSWORDS
-from tests.apache.stack import Stack
+from tests.apache.stack import Stack, log_in
 from tests.fixtures.pki import TestCA
 from tests.support import LogMark
 
@@ -415,23 +415,7 @@ def test_a_whole_login_through_the_front_door(stack: Stack) -> None:
     # page answers. ModSecurity must let a real login form through (no false positive).
     conn = stack.connection("alice")
     try:
-        conn.request("GET", "/login")
-        resp = conn.getresponse()
-        page = resp.read().decode()
-        cookie = (resp.getheader("Set-Cookie") or "").split(";")[0]
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-        assert token
-        form = {"csrf_token": token.group(1), "username": "alice", "password": PASSWORDS["alice"]}
-        conn.request(
-            "POST",
-            "/login",
-            body=urlencode(form),
-            headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
-        )
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 302
-        session = (resp.getheader("Set-Cookie") or "").split(";")[0]
+        session = log_in(conn, "alice", PASSWORDS["alice"])
         conn.request("GET", "/", headers={"Cookie": session})
         resp = conn.getresponse()
         home = resp.read().decode()
