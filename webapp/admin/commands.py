@@ -2,7 +2,9 @@
 (actor `cli:<os user>`).
 
 Exit 0 on success; exit 1 with one line `Error: <reason>` on stderr otherwise (the CA tool relies on
-this).
+this). A database error says that nothing was changed, and what to do next: after a transaction
+MariaDB rolled back whole by itself (1213, 1047: webapp/retry.py), run the command again; after any
+other, check the database with `health`.
 Passwords are prompted for (hidden) or read from stdin with --password-stdin, never taken as
 arguments: argv is visible to every local user.
 """
@@ -31,6 +33,7 @@ from webapp.db.engine import READ_ONLY
 from webapp.db.tables import PERSON_ROLES, SERVICE_ROLES
 from webapp.events import Event
 from webapp.health import problems
+from webapp.retry import RETRYABLE, retryable_code
 from webapp.services import services
 from webapp.unit import Origin
 
@@ -60,18 +63,33 @@ def _admin() -> Iterator[service.AdminContext]:
     except service.AdminError as exc:
         try:
             uow.abandon()
-        except sa.exc.SQLAlchemyError:
-            raise click.ClickException(
+        except sa.exc.SQLAlchemyError as failed:
+            raise _rolled_back(failed) or click.ClickException(
                 "the database refused the audit record; nothing was changed — run `flask --app webapp health`"
             ) from None
         raise click.ClickException(str(exc)) from None
     except sa.exc.SQLAlchemyError as exc:
         uow.rollback()
-        raise click.ClickException(
+        raise _rolled_back(exc) or click.ClickException(
             f"database error ({type(exc).__name__}); nothing was changed — {DB_NEXT_STEP}"
         ) from None
     finally:
         uow.close()
+
+
+def _rolled_back(exc: BaseException) -> click.ClickException | None:
+    """The one line for an error after which MariaDB rolled the whole transaction back itself (a
+    deadlock or a Galera certification conflict, a Galera node not ready: webapp/retry.py): nothing
+    was committed, so running the command again is safe, and is what helps (the web app re-runs its
+    requests on these; a command is a person's to run again). Checking the database's health would
+    send them looking for a fault that is already gone. None for every other error."""
+    code = retryable_code(exc)
+    if code is None:
+        return None
+    return click.ClickException(
+        f"the database rolled the change back (MariaDB error {code}: {RETRYABLE[code]}); "
+        "nothing was changed — run the command again"
+    )
 
 
 def _read_password(from_stdin: bool) -> str:

@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from tests.fixtures.pki import TestCA
-from tests.webapp.conftest import PASSWORDS, SECRET, Person
+from tests.webapp.conftest import PASSWORDS, SECRET, MariaBackend, Person
 from tests.webapp.helpers import audit_rows, events, user_row
 from webapp.auth import passwords
 from webapp.db.tables import cert_bindings
 from webapp.events import Event
+from webapp.retry import RETRYABLE
 from webapp.services import services
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -246,3 +247,80 @@ def test_an_unknown_username_is_named_masked_when_it_is_a_card_number(app: Flask
     assert code == 1
     assert err == "Error: no such user: ************1111\n"
     assert "4111" not in audit_rows(app)[-1].resource
+
+
+# --- a database error: what the one line says ---------------------------------------------------------
+
+AGAIN = "nothing was changed — run the command again"
+HEALTH = (
+    "nothing was changed — check it with `flask --app webapp health`; "
+    "a missing or old schema needs `flask --app webapp db upgrade`"
+)
+# (the error the server sends, the command, the one line): 1213 and 1047 are rolled back whole by
+# MariaDB itself, so running the command again is the next step; any other error keeps `health`.
+DATABASE_ERRORS = [
+    pytest.param(
+        1213,
+        ["users", "disable", "alice"],
+        f"Error: the database rolled the change back (MariaDB error 1213: {RETRYABLE[1213]}); {AGAIN}",
+        id="deadlock or certification conflict",
+    ),
+    pytest.param(
+        1047,
+        ["users", "disable", "alice"],
+        f"Error: the database rolled the change back (MariaDB error 1047: {RETRYABLE[1047]}); {AGAIN}",
+        id="Galera node not ready",
+    ),
+    pytest.param(
+        1213,
+        ["users", "disable", "nobody"],
+        f"Error: the database rolled the change back (MariaDB error 1213: {RETRYABLE[1213]}); {AGAIN}",
+        id="while recording a refusal",
+    ),
+    pytest.param(
+        1644,
+        ["users", "disable", "alice"],
+        f"Error: database error (OperationalError); {HEALTH}",
+        id="a trigger's own refusal: as before",
+    ),
+    pytest.param(
+        1644,
+        ["users", "disable", "nobody"],
+        "Error: the database refused the audit record; nothing was changed — run `flask --app webapp health`",
+        id="a refusal's record refused: as before",
+    ),
+]
+
+
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)
+@pytest.mark.parametrize(("code", "args", "line"), DATABASE_ERRORS)
+def test_a_database_error_says_nothing_changed_and_what_to_do_next(
+    app: Flask, people: dict[str, Person], maria_backend: MariaBackend, code: int, args: list[str], line: str
+) -> None:
+    """The server itself sends the error, from a trigger on the audit log (as tests/webapp/test_retry.py
+    does): every admin command's write ends with its audit record, so every one meets it."""
+    root = maria_backend.server.root(maria_backend.database)
+    sqlstate = "40001" if code == 1213 else "HY000"
+    try:
+        with root.cursor() as cur:
+            cur.execute(
+                "CREATE TRIGGER admin_command_fails BEFORE INSERT ON audit_log FOR EACH ROW "
+                f"SIGNAL SQLSTATE '{sqlstate}' SET MYSQL_ERRNO = {code:d}, "
+                "MESSAGE_TEXT = 'refused by the test'"
+            )
+        before = len(audit_rows(app))
+        exit_code, out, err = _run(app, *args)
+        assert (exit_code, out, err) == (1, "", line + "\n")
+        assert "refused by the test" not in err  # the server's text is never shown
+        assert user_row(app, "alice").active  # nothing was changed
+        assert len(audit_rows(app)) == before
+    finally:
+        with root.cursor() as cur:
+            cur.execute("DROP TRIGGER IF EXISTS admin_command_fails")
+        root.close()
+    # As the line says: the same command again, the database answering again, does what it says.
+    exit_code, _, err = _run(app, *args)
+    disabled = args[-1] == "alice"
+    assert (exit_code, err) == ((0, "") if disabled else (1, "Error: no such user: nobody\n"))
+    assert user_row(app, "alice").active is not disabled
+    assert len(audit_rows(app)) == before + 1
