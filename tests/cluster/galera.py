@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.cluster.lan import Lan
+from tests.fixtures.mariadb import SMALL_SERVER
 from tests.fixtures.pki import TestCA
 from tests.support import component_missing, need_binary
 
@@ -229,13 +230,7 @@ class Galera:
             f"bind-address={node.address}",
             f"port={PORT}",
             "skip-name-resolve",
-            "innodb_buffer_pool_size=64M",
-            "innodb_log_file_size=32M",
-            # Test data is throwaway: do not fsync every commit (the cluster is the durability here).
-            "innodb_flush_log_at_trx_commit=2",
-            "character-set-server=utf8mb4",
-            "collation-server=utf8mb4_unicode_ci",
-            "max_connections=300",
+            *SMALL_SERVER,
             # What Galera requires: row-based replication, InnoDB, interleaved auto-increment locks.
             "binlog_format=ROW",
             "default_storage_engine=InnoDB",
