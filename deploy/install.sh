@@ -54,7 +54,8 @@ if [ "$ROOT" = / ]; then R=""; PREFIX=(); else R="$ROOT"; PREFIX=(--prefix "$ROO
 [ -f "$R/etc/passwd" ] && [ -f "$R/etc/group" ] || die "$ROOT/etc/passwd or group missing"
 for f in deploy/strongroom-keyd.service deploy/strongroom-web.service deploy/strongroom-mail.service \
          deploy/strongroom-tmpfiles.conf deploy/keyd.toml.in deploy/webapp.env.in \
-         apparmor/strongroom-keyd apparmor/strongroom-web apparmor/strongroom-mail apparmor/strongroom-apache2; do
+         apparmor/strongroom-keyd apparmor/strongroom-web apparmor/strongroom-mail apparmor/strongroom-apache2 \
+         apparmor/strongroom-health-agent; do
     [ -f "$SRC/$f" ] || die "$SRC/$f is missing: is --src a Strongroom checkout?"
 done
 
@@ -229,9 +230,11 @@ done
 dir /etc/tmpfiles.d 0755 root:root
 file "$SRC/deploy/strongroom-tmpfiles.conf" /etc/tmpfiles.d/strongroom.conf 0644 root:root || true
 
-# AppArmor profiles.
+# AppArmor profiles. strongroom-health-agent confines the balancer's health agent, whose unit
+# deploy/strongroom-install renders only on a web node behind a balancer (its settings' [balancer]);
+# the profile is installed everywhere, like the others, and confines nothing until that unit runs.
 dir /etc/apparmor.d 0755 root:root
-profiles=(strongroom-keyd strongroom-web strongroom-mail strongroom-apache2)
+profiles=(strongroom-keyd strongroom-web strongroom-mail strongroom-apache2 strongroom-health-agent)
 for p in "${profiles[@]}"; do
     if file "$SRC/apparmor/$p" "/etc/apparmor.d/$p" 0644 root:root; then PROFILES_CHANGED=1; fi
 done

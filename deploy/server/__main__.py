@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def preflight(s: Settings) -> list[str]:
             problems.append(f"{key}: {path} is larger than {MAX_INPUT_FILE} bytes")
         elif not os.access(p, os.R_OK):
             problems.append(f"{key}: {path} is not readable")
+    problems += listen_address(s)
     if problems:
         return problems
     if shutil.which("openssl") is None:
@@ -55,6 +57,21 @@ def preflight(s: Settings) -> list[str]:
     ):
         problems.append(f"tls.server_cert: {s.tls.server_cert} does not name {s.hostname} (hostname)")
     return problems
+
+
+def listen_address(s: Settings) -> list[str]:
+    """[balancer] listen must be an address of this host (the settings can only check that it is an
+    IP): the health agent would fail to bind it at every start, and the firewall's rule for it would
+    admit nothing. A bind to port 0 answers without listening."""
+    if s.balancer is None:
+        return []
+    family = socket.AF_INET6 if ":" in s.balancer.listen else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((s.balancer.listen, 0))
+    except OSError:
+        return [f"balancer.listen: {s.balancer.listen} is not an address of this host (ip -brief address)"]
+    return []
 
 
 def key_pair(cert_name: str, cert: str, key_name: str, key: str) -> list[str]:
@@ -126,6 +143,7 @@ def run_all(plan: Plan, s: Settings, wheelhouse: Path | None) -> None:
     passwords = steps.webapp_env(plan, SRC, s)
     steps.etc_strongroom(plan, SRC, s)
     steps.apache(plan, s)
+    steps.health_agent(plan, SRC, s)
     steps.mariadb_config(plan)
     steps.database(plan, SRC, passwords)
     steps.postfix(plan, SRC, s)

@@ -59,7 +59,7 @@ RESERVED_LOGINS = frozenset(
     | {"postmaster", "abuse", "keyd"}
 )
 
-_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp"}
+_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp", "balancer"}
 _ADMIN = {"login", "mail", "ssh_key", "keyholder", "password_hash"}
 _MAILT = {"relay", "from"}
 _LOGHOST = {
@@ -81,6 +81,10 @@ _HOST_KEY = re.compile(
 _NETWORK = {"admins", "employees", "crm"}
 _TLS = {"server_cert", "server_key", "ca_chain", "crl"}
 _BACKUP = {"env_file"}
+_BALANCER = {"addresses", "listen", "agent_port"}
+MAX_BALANCERS = 8
+# The health agent's default port (docs/runbook.md section 10, deploy/balancer/haproxy.cfg.in's agent_port).
+AGENT_PORT = 9707
 
 
 # [webapp]: the web app's own settings (STRONGROOM_<NAME> in /etc/strongroom/webapp.env). The names are
@@ -92,6 +96,9 @@ WEBAPP_CONFIG = Path(__file__).resolve().parents[2] / "webapp" / "config.py"
 INSTALLER_MANAGED = frozenset(
     {"SECRET_KEY", "DATABASE_URL", "KEYD_SOCKET", "MAIL_FROM", "ALERT_TO", "MODE", "BEHIND_PROXY"}
     | {"PROXY_CERT_HEADER", "PROXY_IP_HEADER"}
+    # Copied from keyd's [budgets] (steps.keyd_budgets): the web app's global reveal budget and each
+    # keyd's own ceiling must be the same numbers (docs/scaling.md, "Budgets across nodes").
+    | {"REVEAL_BUDGETS"}
 )
 MAX_WEBAPP_VALUE = 2048
 # An unquoted value systemd's EnvironmentFile= reads literally; anything else is single-quoted, where
@@ -170,6 +177,21 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class Balancer:
+    """[balancer]: this server is a web node behind HAProxy (docs/scaling.md)."""
+
+    addresses: tuple[str, ...]  # the balancers' IP addresses, canonical form
+    listen: str  # this node's address the balancers reach; the health agent listens there
+    agent_port: int = AGENT_PORT
+
+    @property
+    def agent(self) -> str:
+        """The health agent's --agent ADDR:PORT ([ADDR]:PORT for IPv6)."""
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        return f"{host}:{self.agent_port}"
+
+
+@dataclass(frozen=True)
 class Settings:
     hostname: str
     admins: tuple[Admin, ...]
@@ -183,6 +205,8 @@ class Settings:
     backup_env: str  # "" = no backup settings yet: the timer stays off
     # [webapp]: (NAME, value as rendered for webapp.env), sorted; written as STRONGROOM_NAME=value.
     webapp: tuple[tuple[str, str], ...] = ()
+    # None: a single server, employees reach Apache directly.
+    balancer: Balancer | None = None
 
     @property
     def alert_to(self) -> tuple[str, ...]:
@@ -341,6 +365,19 @@ def parse(text: str) -> Settings:
 
     webapp = _webapp(r, data.get("webapp"))
 
+    balancer = _balancer(r, data.get("balancer"))
+    if balancer is not None:
+        # Apache then takes only connections that start with a PROXY header, which only the balancers
+        # send (docs/apache.md): a direct employee could not connect, and the firewall admits 443 from
+        # the balancers alone. Listed here they would be silently ignored.
+        for key in ("employees", "crm"):
+            if nets[key]:
+                r.bad(
+                    f"network.{key}",
+                    "must be [] with [balancer]: only the balancers reach this node's 443 "
+                    "(list the employees in the balancers' own firewall)",
+                )
+
     if r.problems:
         raise SettingsError(r.problems)
     return Settings(
@@ -355,6 +392,7 @@ def parse(text: str) -> Settings:
         tls=tls,
         backup_env=backup_env,
         webapp=webapp,
+        balancer=balancer,
     )
 
 
@@ -381,6 +419,65 @@ def _webapp(r: _Reader, value: object) -> tuple[tuple[str, str], ...]:
         else:
             out.append((name, rendered))
     return tuple(out)
+
+
+def _node_ip(r: _Reader, value: object, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """One address of a host on the balancers' network: an IP (a name would be resolved at some other
+    time than the balancer's), unicast, routable beyond this host, without a zone (it goes into
+    systemd's IPAddressAllow=, nft and the agent's --agent as is)."""
+    if not isinstance(value, str) or not 2 <= len(value) <= 45:
+        r.bad(key, "must be an IP address string")
+        return None
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        r.bad(key, "not an IP address (a host name is not taken)")
+        return None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_reserved:
+        r.bad(key, "must be one host's unicast address (not 0.0.0.0, ::, multicast, loopback, link-local)")
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip.scope_id):
+        r.bad(key, "an IPv6 address without a %zone, and an IPv4 address written as IPv4")
+        return None
+    return ip
+
+
+def _balancer(r: _Reader, value: object) -> Balancer | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        r.bad("balancer", "must be a table")
+        return None
+    r.unknown(value, _BALANCER, "balancer")
+    addresses = value.get("addresses")
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    if not isinstance(addresses, list) or not 1 <= len(addresses) <= MAX_BALANCERS:
+        r.bad("balancer.addresses", f"a list of 1 to {MAX_BALANCERS} IP addresses (the balancers')")
+    else:
+        for i, item in enumerate(addresses):
+            ip = _node_ip(r, item, f"balancer.addresses[{i}]")
+            if ip is not None:
+                found.append(ip)
+        if len(set(found)) != len(found):
+            r.bad("balancer.addresses", "duplicate entry")
+    listen = None
+    if "listen" not in value:
+        r.bad("balancer.listen", "missing (this node's address the balancers connect to)")
+    else:
+        listen = _node_ip(r, value["listen"], "balancer.listen")
+    if listen is not None and listen in found:
+        r.bad("balancer.listen", "is a balancer's address; it must be this node's own")
+    if listen is not None and any(ip.version != listen.version for ip in found):
+        # The agent listens on one address: a balancer of the other IP version could not reach it.
+        r.bad("balancer.addresses", f"must all be IPv{listen.version}, as balancer.listen is")
+    port = value.get("agent_port", AGENT_PORT)
+    # Above 1023: the agent runs unprivileged, without CAP_NET_BIND_SERVICE (and away from 22 and 443).
+    if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+        r.bad("balancer.agent_port", "an integer 1024-65535")
+        port = AGENT_PORT
+    if listen is None or not found:
+        return None  # refused above: parse() raises before this is used
+    return Balancer(tuple(str(ip) for ip in found), str(listen), port)
 
 
 def _host_key(r: _Reader, lh: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ they are standard library only, so they run under the system python3 before the 
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -24,7 +26,7 @@ from pathlib import Path
 from common import atomic
 from deploy.server.plan import InstallError, Plan, Want, run, warn
 from deploy.server.settings import LOGIN as _LOGIN
-from deploy.server.settings import Settings
+from deploy.server.settings import Balancer, Settings, webapp_value
 from hardening import aide as aide_conf
 from hardening import mariadb as mariadb_conf
 from hardening import ssh as ssh_conf
@@ -67,6 +69,12 @@ TIMERS = (
 BACKUP_TIMER = "strongroom-backup.timer"
 POSTFIX_FILES = ("main.cf", "master.cf", "virtual")
 KEYD = "strongroom-keyd"
+KEYD_CONFIG = "/etc/strongroom/keyd.toml"
+# The health agent for the balancer (settings [balancer]): rendered from its template, only on a web node.
+AGENT = "strongroom-health-agent"
+AGENT_UNIT = f"/etc/systemd/system/{AGENT}.service"
+# The services that run the project's code with the web app's settings: restarted on new code or settings.
+APP_SERVICES = {"strongroom-keyd", "strongroom-web", "strongroom-mail", AGENT}
 # keyd's state file (keyd/state.py, state_dir of deploy/keyd.toml.in): made by the key ceremony.
 KEYD_STATE = "/var/lib/strongroom-keyd/state.json"
 ADMIN_GROUP = "strongroom-admins"
@@ -190,7 +198,7 @@ def code(plan: Plan, src: Path) -> None:
         )
 
     plan.change(f"{OPT}: {len(differ)} files copied, {len(extra)} removed", apply)
-    plan.restart.update({"strongroom-keyd", "strongroom-web", "strongroom-mail"})
+    plan.restart.update(APP_SERVICES)
 
 
 def _dirs(root: Path) -> list[Path]:
@@ -227,7 +235,7 @@ def venv(plan: Plan, src: Path, wheelhouse: Path | None) -> None:
         Path(stamp).write_bytes(reqs)
 
     plan.change(f"{OPT}/.venv built from requirements.txt", apply)
-    plan.restart.update({"strongroom-keyd", "strongroom-web", "strongroom-mail"})
+    plan.restart.update(APP_SERVICES)
 
 
 # ---- 3. users, directories, units, Apache site: deploy/install.sh ------------------------------------
@@ -322,6 +330,17 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
     }
     for key, value in managed.items():
         text = _set_env(text, key, value)
+    budgets = reveal_budgets(plan, src)
+    text = text.rstrip("\n") + (
+        "\n# keyd's [budgets] (/etc/strongroom/keyd.toml; keyd's defaults where it sets none), copied\n"
+        "# by the install command: the web app's global reveal budget and this node's keyd ceiling are\n"
+        "# the same numbers (docs/scaling.md). Change them in keyd.toml, then run the install command.\n"
+    )
+    text = _set_env(text, "STRONGROOM_REVEAL_BUDGETS", budgets)
+    old_budgets = _env_value(old, "STRONGROOM_REVEAL_BUDGETS")
+    if old_budgets is not None and old_budgets != budgets:
+        # keyd reads its [budgets] only at start: say so (a restart seals it, so never done here).
+        plan.restart.add(KEYD)
     # The settings file is the one source of the admin's own web app settings: a hand edit of
     # webapp.env is drift (--check) and is reverted by the next run.
     if s.webapp:
@@ -331,7 +350,7 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
         text = _set_env(text, f"STRONGROOM_{name}", value)
     if plan.file(
         Want(path, text.encode(), 0o640, "root", "strongroom-web"),
-        restarts=("strongroom-web", "strongroom-mail"),
+        restarts=("strongroom-web", "strongroom-mail", AGENT),
     ):
         plan.restart.add("strongroom-watch")
     keys_url = (
@@ -358,6 +377,72 @@ def webapp_env(plan: Plan, src: Path, s: Settings) -> dict[str, str]:
         plan.file(Want(path, body.encode(), 0o600))
         passwords[user] = pw
     return passwords
+
+
+# keyd's budget rules (keyd/config.py, Budgets): the installer's system python3 cannot import keyd.config
+# (it imports cryptography), so the defaults are read from its source and the rule is restated here; a
+# test holds both to keyd's own loader.
+KEYD_WINDOWS = ("minute", "hour", "day")
+KEYD_SCOPES = ("employee", "global")
+MAX_KEYD_BUDGET = 10**9
+MAX_KEYD_CONFIG = 64 * 1024
+
+
+def keyd_default_budgets(src: Path) -> dict[str, dict[str, int]]:
+    """DEFAULT_EMPLOYEE_BUDGET and DEFAULT_GLOBAL_BUDGET of the checkout's keyd/config.py."""
+    names = {"DEFAULT_EMPLOYEE_BUDGET": "employee", "DEFAULT_GLOBAL_BUDGET": "global"}
+    found: dict[str, dict[str, int]] = {}
+    for node in ast.parse((src / "keyd/config.py").read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(node, ast.Assign) and isinstance(target, ast.Name) and target.id in names:
+            found[names[target.id]] = ast.literal_eval(node.value)
+    if set(found) != set(KEYD_SCOPES):
+        raise RuntimeError(f"{src}/keyd/config.py: no default budgets")  # the checkout itself is broken
+    return found
+
+
+def keyd_budgets(text: str, defaults: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """keyd's [budgets] as keyd reads them from its config: each window given overrides its default.
+    Refused (InstallError, never quoting a value) where keyd itself would refuse to start."""
+    where = f"{KEYD_CONFIG} [budgets]"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise InstallError(f"{KEYD_CONFIG} is not valid TOML: keyd would not start either") from None
+    given = data.get("budgets", {})
+    if not isinstance(given, dict) or set(given) - set(KEYD_SCOPES):
+        raise InstallError(f"{where}: has only [budgets.employee] and [budgets.global] (docs/keyd.md)")
+    out: dict[str, dict[str, int]] = {}
+    for scope in KEYD_SCOPES:
+        windows = given.get(scope, {})
+        if not isinstance(windows, dict) or set(windows) - set(KEYD_WINDOWS):
+            raise InstallError(f"{where}: {scope} has only the windows minute, hour and day")
+        for window, limit in windows.items():
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_KEYD_BUDGET:
+                raise InstallError(f"{where}: {scope}.{window} must be a whole number 1-{MAX_KEYD_BUDGET}")
+        merged = {**defaults[scope], **windows}
+        out[scope] = {window: merged[window] for window in KEYD_WINDOWS}
+    return out
+
+
+def reveal_budgets(plan: Plan, src: Path) -> str:
+    """STRONGROOM_REVEAL_BUDGETS's value for webapp.env: keyd's [budgets] of this server, in the web
+    app's JSON shape (webapp/budgets.py), quoted for systemd's EnvironmentFile=. Before install.sh has
+    written keyd.toml (a --check on a bare server) the template it would write stands in."""
+    raw = plan.read(KEYD_CONFIG)
+    if raw is None:
+        raw = (src / "deploy/keyd.toml.in").read_text().replace("@WEB_UID@", "0").encode()
+    if len(raw) > MAX_KEYD_CONFIG:
+        raise InstallError(f"{KEYD_CONFIG} is larger than {MAX_KEYD_CONFIG} bytes (keyd refuses it too)")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise InstallError(f"{KEYD_CONFIG} is not UTF-8 (keyd refuses it too)") from None
+    budgets = keyd_budgets(text, keyd_default_budgets(src))
+    value = webapp_value(json.dumps(budgets, separators=(",", ":")))
+    if value is None:  # never: digits, names and JSON punctuation only
+        raise RuntimeError("the reveal budgets cannot be written to webapp.env")
+    return value
 
 
 def fill_template(text: str, values: dict[str, str]) -> str:
@@ -464,6 +549,36 @@ def apache(plan: Plan, s: Settings) -> None:
         "../conf-available/strongroom-defines.conf",
         restart,
     )
+    behind_balancer(plan, s)
+
+
+BALANCER_CONF = "/etc/apache2/conf-available/strongroom-balancer.conf"
+BALANCER_LINK = "/etc/apache2/conf-enabled/strongroom-balancer.conf"
+BALANCER_DEFINE = (
+    "# Written by deploy/strongroom-install from the settings' [balancer] (docs/apache.md, \"Behind a\n"
+    "# balancer\"): every connection must start with the balancer's PROXY header, which names the employee.\n"
+    "Define STRONGROOM_BEHIND_BALANCER\n"
+)
+
+
+def behind_balancer(plan: Plan, s: Settings) -> None:
+    """The PROXY protocol on (a file of its own, as docs/apache.md has it) with [balancer], and off again
+    when [balancer] is removed: without the Define a PROXY header is refused, so either way round a
+    mismatch with the balancer fails loudly rather than trusting a header from anyone."""
+    restart = ("apache2",)
+    if s.balancer is None:
+        for path in (BALANCER_LINK, BALANCER_CONF):
+            if plan.absent(path):
+                plan.restart.update(restart)
+        return
+    changed = plan.file(Want(BALANCER_CONF, BALANCER_DEFINE.encode()), restarts=restart)
+    _link(plan, BALANCER_LINK, "../conf-available/strongroom-balancer.conf", restart)
+    if changed:
+        plan.note(
+            "Apache now takes only connections that start with a PROXY header: the balancers must send "
+            "send-proxy-v2 to this node (deploy/balancer/haproxy.cfg.in); switch both with the node out of "
+            "the pool (docs/apache.md)"
+        )
 
 
 def _link(plan: Plan, path: str, target: str, restarts: tuple[str, ...] = ()) -> None:
@@ -478,6 +593,33 @@ def _link(plan: Plan, path: str, target: str, restarts: tuple[str, ...] = ()) ->
 
     plan.change(f"{path} -> {target}", apply)
     plan.restart.update(restarts)
+
+
+# ---- 5b. the health agent for the balancer ([balancer]) ------------------------------------------
+
+
+def health_agent_unit(src: Path, balancer: Balancer) -> str:
+    """deploy/strongroom-health-agent.service.in with this node's values: the address the agent listens
+    on and the balancers, the only peers systemd lets it talk to (IPAddressAllow=)."""
+    template = (src / "deploy/strongroom-health-agent.service.in").read_text()
+    return fill_template(template, {"AGENT": balancer.agent, "BALANCERS": " ".join(balancer.addresses)})
+
+
+def health_agent(plan: Plan, src: Path, s: Settings) -> None:
+    """The agent HAProxy's agent-check asks (docs/runbook.md section 10): a unit rendered for this node
+    with [balancer]; without it no agent, and one left from an earlier [balancer] is stopped and removed."""
+    if s.balancer is not None:
+        unit = health_agent_unit(src, s.balancer)
+        plan.file(Want(AGENT_UNIT, unit.encode()), restarts=(AGENT,))
+        return
+    if plan.read(AGENT_UNIT) is None:
+        return
+    if plan.root == Path("/"):
+        plan.change(
+            f"{AGENT} stopped and disabled (no [balancer] in the settings)",
+            partial(run, ["systemctl", "disable", "--now", f"{AGENT}.service"], what=f"disable {AGENT}"),
+        )
+    plan.absent(AGENT_UNIT)
 
 
 # ---- 6. MariaDB -------------------------------------------------------------------------------------
@@ -889,16 +1031,54 @@ def _admin(plan: Plan, login: str, password_hash: str) -> None:
 # ---- 10. firewall, kernel, updates ----------------------------------------------------------------------
 
 
-def network_toml(s: Settings) -> str:
+# Behind a balancer the firewall's per-address limit on 443 sees every employee as the balancer: it is
+# lifted to the firewall's highest (hardening/firewall MAX_CONNECTION_LIMIT), and each employee is
+# limited at the balancer instead (docs/apache.md); Apache's 384 workers stay the real bound.
+BALANCER_CONNECTION_LIMIT = 4096
+
+
+def network_toml(s: Settings, uids: list[str]) -> str:
     def lst(items: tuple[str, ...]) -> str:
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
-    return (
-        "# Written by deploy/strongroom-install from the settings' [network]\n"
+    if s.balancer is None:
+        employees, crm = s.employee_networks, s.crm_networks
+        source = "[network]"
+    else:
+        # Only the balancers reach 443 (their PROXY header names the employee; anyone else who reached
+        # the port could write a header naming anyone): settings refuse [network] employees/crm then.
+        employees, crm = s.balancer.addresses, ()
+        source = "[network] and [balancer]\n# (443 from the balancers only)"
+    text = (
+        f"# Written by deploy/strongroom-install from the settings' {source}\n"
         "# (hardening/firewall/config.py).\n"
         f"admins = {lst(s.admin_networks)}\n"
-        f"employees = {lst(s.employee_networks)}\n"
-        f"crm = {lst(s.crm_networks)}\n"
+        f"employees = {lst(employees)}\n"
+        f"crm = {lst(crm)}\n"
+        f"local_only_uids = [{', '.join(uids)}]\n"
+    )
+    if s.balancer is not None:
+        text += f"\n[connection_limits]\nemployees = {BALANCER_CONNECTION_LIMIT}\n"
+    return text
+
+
+def agent_rules(rules: str, balancer: Balancer) -> str:
+    """The health agent's port, which the firewall's address file has no key for, added to its rendered
+    table in the same `nft -f` transaction: new connections from the balancers only, to the agent's
+    address; and its answers let out past the owner rule (the agent runs as strongroom-web, whose
+    sockets may otherwise send on lo only), as replies of those connections only."""
+    for anchor in ("table inet strongroom {", "\tchain input {", "\tchain output {"):
+        if anchor not in rules:  # the renderer changed shape: never load rules that miss the agent's
+            raise InstallError(f"firewall: the rendered rules lack '{anchor.strip()}' (hardening/firewall)")
+    ip = "ip6" if ":" in balancer.listen else "ip"
+    peers = "{ " + ", ".join(balancer.addresses) + " }"
+    port = balancer.agent_port
+    return rules + (
+        "# Added by deploy/strongroom-install for the settings' [balancer]: the health agent's port.\n"
+        f"add rule inet strongroom input {ip} saddr {peers} {ip} daddr {balancer.listen} tcp dport {port}"
+        " ct state new accept\n"
+        f"insert rule inet strongroom output {ip} saddr {balancer.listen} {ip} daddr {peers} tcp sport {port}"
+        " ct state established accept\n"
     )
 
 
@@ -936,7 +1116,7 @@ def firewall(plan: Plan, src: Path, s: Settings) -> None:
                 continue  # a bare server's check: the user's creation is reported as drift already
             raise InstallError(f"firewall: user {user} does not exist (deploy/install.sh creates it)")
         uids.append(uid)
-    text = network_toml(s) + f"local_only_uids = [{', '.join(uids)}]\n"
+    text = network_toml(s, uids)
     render = _firewall_renderer(plan)
     if render is None:
         if plan.check:
@@ -946,6 +1126,8 @@ def firewall(plan: Plan, src: Path, s: Settings) -> None:
         rules = render(text)
     except ValueError as exc:  # FirewallConfigError, e.g. a service user with uid 0: fail closed
         raise InstallError(f"firewall: {exc}") from None
+    if s.balancer is not None:
+        rules = agent_rules(rules, s.balancer)
     restart = ("strongroom-firewall",)
     plan.file(Want("/etc/strongroom/network.toml", text.encode()))
     plan.dir("/etc/strongroom/firewall", 0o755)
@@ -1009,6 +1191,8 @@ def services(plan: Plan, s: Settings) -> None:
     if plan.changes and not plan.check:
         run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
     units: list[str] = [*SERVICES, *TIMERS]
+    if s.balancer is not None:
+        units.insert(units.index("strongroom-web") + 1, AGENT)
     if s.backup_env:
         units.append(BACKUP_TIMER)
     failed = []

@@ -28,7 +28,13 @@ from tests.support import need_binary
 ROOT = Path(__file__).resolve().parents[2]
 APPARMOR = ROOT / "apparmor"
 DEPLOY = ROOT / "deploy"
-PROFILES = ("strongroom-keyd", "strongroom-web", "strongroom-mail", "strongroom-apache2")
+PROFILES = (
+    "strongroom-keyd",
+    "strongroom-web",
+    "strongroom-mail",
+    "strongroom-apache2",
+    "strongroom-health-agent",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +51,7 @@ def test_the_profile_files_are_the_ones_installed() -> None:
     on_disk = {p.name for p in APPARMOR.iterdir() if p.name.startswith("strongroom-")}
     assert on_disk == set(PROFILES)
     # install.sh copies exactly this list.
-    assert (
-        "profiles=(strongroom-keyd strongroom-web strongroom-mail strongroom-apache2)"
-        in (DEPLOY / "install.sh").read_text()
-    )
+    assert f"profiles=({' '.join(PROFILES)})" in (DEPLOY / "install.sh").read_text()
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -198,6 +201,22 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("strongroom-apache2", "/bin/sh", "x", False),
     ("strongroom-apache2", "/usr/bin/dash", "x", False),
     ("strongroom-apache2", "/tmp/python3", "x", False),
+    # The health agent: the web app's reach without gunicorn's socket; nothing of keyd's or the CA's.
+    ("strongroom-health-agent", KEYD_STATE, "r", False),
+    ("strongroom-health-agent", "/etc/strongroom/keyd.toml", "r", False),
+    ("strongroom-health-agent", "/dev/shm/ekey", "r", False),
+    *[("strongroom-health-agent", p, "r", False) for p in CA_KEYS],
+    ("strongroom-health-agent", "/etc/apache2/strongroom/server.key.pem", "r", False),
+    ("strongroom-health-agent", "/root/.ssh/id_ed25519", "r", False),
+    ("strongroom-health-agent", "/run/strongroom-web/gunicorn.sock", "w", False),
+    ("strongroom-health-agent", "/opt/strongroom/webapp/app.py", "w", False),
+    ("strongroom-health-agent", "/var/lib/strongroom-web/strongroom.cfg", "w", False),
+    ("strongroom-health-agent", "/opt/strongroom/webapp/health_agent.py", "r", True),
+    ("strongroom-health-agent", "/opt/strongroom/.venv/bin/flask", "r", True),
+    ("strongroom-health-agent", "/var/lib/strongroom-web/strongroom.cfg", "r", True),
+    ("strongroom-health-agent", "/run/strongroom-keyd/keyd.sock", "rw", True),
+    ("strongroom-health-agent", "/run/mysqld/mysqld.sock", "rw", True),
+    ("strongroom-health-agent", "/etc/strongroom/db-ca.pem", "r", True),
 ]
 
 
@@ -218,6 +237,9 @@ EXPLICIT = [
     ("strongroom-web", "/var/lib/strongroom-ca/issuing/issuing-key.pem"),
     ("strongroom-mail", KEYD_STATE),
     ("strongroom-mail", "/dev/shm/ekey"),
+    ("strongroom-health-agent", KEYD_STATE),
+    ("strongroom-health-agent", "/dev/shm/ekey"),
+    ("strongroom-health-agent", "/var/lib/strongroom-ca/issuing/issuing-key.pem"),
     ("strongroom-keyd", "/etc/strongroom/webapp.env"),
     ("strongroom-keyd", "/var/lib/strongroom-web/strongroom.cfg"),
     ("strongroom-keyd", "/var/lib/strongroom-ca/root/root-key.pem"),
@@ -258,6 +280,8 @@ def _network(text: str) -> tuple[set[str], set[str]]:
         ("strongroom-web", {"unix"}, {"inet", "inet6"}),
         ("strongroom-mail", {"unix", "inet", "inet6"}, set()),
         ("strongroom-apache2", {"unix", "inet", "inet6", "netlink"}, set()),
+        # TCP for the balancers (and a database through the balancer); no netlink, no raw sockets.
+        ("strongroom-health-agent", {"unix", "inet", "inet6"}, {"netlink", "packet"}),
     ],
 )
 def test_network_families(parser: str, name: str, may: set[str], must_deny: set[str]) -> None:
@@ -273,6 +297,7 @@ def test_network_families(parser: str, name: str, may: set[str], must_deny: set[
         ("strongroom-keyd", None),
         ("strongroom-web", None),
         ("strongroom-mail", None),
+        ("strongroom-health-agent", None),
         ("strongroom-apache2", {"net_bind_service", "setuid", "setgid", "chown", "kill", "dac_override"}),
     ],
 )
@@ -297,6 +322,7 @@ def test_units_name_these_profiles() -> None:
         ("strongroom-keyd.service", "strongroom-keyd"),
         ("strongroom-web.service", "strongroom-web"),
         ("strongroom-mail.service", "strongroom-mail"),
+        ("strongroom-health-agent.service.in", "strongroom-health-agent"),
     ]:
         assert f"\nAppArmorProfile={profile}\n" in (DEPLOY / unit).read_text()
     # Apache is attached by path: the profile must name Debian's binary.
