@@ -1,5 +1,5 @@
 """The admin console's operations pages (role `admin`): the alert outbox and the mailer, and the
-request budgets with keyd's state and the key versions.
+request and reveal budgets with keyd's state and the key versions.
 
 - Alerts (/admin/alerts): the outbox, newest first, a page at a time: per row what its mail says
   (the event, the count, the first and last time: webapp/mail/texts.py) and its delivery state
@@ -8,13 +8,16 @@ request budgets with keyd's state and the key versions.
   them reads the audit log (or, for the watchdog's and backups' findings, their own logs). "Send a
   test alert" records admin.test_alert, which goes to the outbox and is mailed like any alert.
 - Budgets and keys (/admin/budgets): each user's request counts against every window's alert
-  threshold and limit, the shared (total) counts, whether keyd is sealed (unreachable is shown as
+  threshold and limit and, beside them, their reveal counts against the reveal limits (the web app's
+  global reveal budget, STRONGROOM_REVEAL_BUDGETS), who is refused now and until when, for either
+  kind; the shared (total) counts of both kinds; whether keyd is sealed (unreachable is shown as
   unreachable, never as a state it did not report), and the stored ciphertexts per key version.
-  Lifting an employee's spent budget is a confirmed change (reason + the admin's password,
-  webapp/auth/confirm.py), audited and alerted as admin.budget_lifted (webapp/budgets.py `lift`).
-  The lift resets the employee's web-app reveal counters too (the global reveal budget, shared by
-  every web node); keyd's own per-node decrypt budgets are not lifted from here, by design: the page
-  says what keyd's operator does instead (docs/admin-guide.md, docs/keyd.md).
+  Lifting an employee's spent budgets is a confirmed change (reason + the admin's password,
+  webapp/auth/confirm.py), audited and alerted as admin.budget_lifted (webapp/budgets.py `lift`): it
+  resets their request and reveal counters of the current windows, and its message names the kinds
+  that had a count (the audit detail lists them with their counts). keyd's own per-node decrypt
+  budgets are not lifted from here, by design: the page says what keyd's operator does instead
+  (docs/admin-guide.md, docs/keyd.md).
 
 Every view: logged in, role admin (an audited 403 otherwise), every parameter declared, CSRF on every
 POST, and an audit record for every read and write, allowed or refused.
@@ -84,7 +87,8 @@ class TestAlertForm(FlaskForm):
 
 
 class LiftForm(confirm.ConfirmForm):
-    """Lifting an employee's spent request budget: the confirmation's reason and password alone."""
+    """Lifting an employee's spent request and reveal budgets: the confirmation's reason and password
+    alone."""
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -246,6 +250,10 @@ def _rules() -> tuple[budgets.Rule, ...]:
     return rules
 
 
+def _by_window(rules: Any) -> list[budgets.Rule]:
+    return sorted(rules, key=lambda r: r.window)
+
+
 def window_name(seconds: int) -> str:
     for unit_seconds, name in ((86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds % unit_seconds == 0:
@@ -271,22 +279,39 @@ def _fill(rules: list[budgets.Rule], found: list[budgets.Count], now: datetime) 
     return [by_window.get(r.window) or _zero(r, now) for r in rules]
 
 
+def refused_until(counts: list[budgets.Count]) -> datetime | None:
+    """Until when the next one of these is refused: a count at or over its limit refuses the next
+    request (or reveal) until its window renews; of several, the one renewing last. None: served."""
+    spent = [c.renews_at for c in counts if level(c) == "exhausted"]
+    return max(spent) if spent else None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One kind ("requests", "reveals") a user is refused now, and until when (UTC)."""
+
+    kind: str
+    until: datetime
+
+
 @dataclass(frozen=True)
 class Usage:
     user_id: int
     username: str
     role: str
     active: bool
-    counts: list[budgets.Count]
+    counts: list[budgets.Count]  # requests, one per own request rule
+    reveals: list[budgets.Count]  # reveals, one per own reveal rule
+    refused: list[Refused]  # by their own limits or the whole vault's
 
     @property
     def used(self) -> float:
-        """The largest share of a limit (or, without one, of the alert threshold) used."""
-        return max((c.n / (c.rule.limit or c.rule.alert) for c in self.counts), default=0.0)
+        """The largest share of a limit (or, without one, of the alert threshold) used, of either kind."""
+        return max((c.n / (c.rule.limit or c.rule.alert) for c in self.counts + self.reveals), default=0.0)
 
     @property
     def liftable(self) -> bool:
-        return any(c.n > 0 for c in self.counts)
+        return any(c.n > 0 for c in self.counts + self.reveals)
 
 
 @dataclass(frozen=True)
@@ -304,26 +329,39 @@ def _keyd() -> Keyd:
     return Keyd("sealed" if status.sealed else "unsealed", status, None)
 
 
-def _employees(conn: sa.Connection, now: datetime) -> tuple[list[Usage], int, list[budgets.Count]]:
-    rules = _rules()
-    own = sorted(budgets.own(rules), key=lambda r: r.window)
-    shared = sorted(budgets.shared(rules), key=lambda r: r.window)
-    found = budgets.usage(conn, rules, now=now)
+@dataclass(frozen=True)
+class Totals:
+    """The whole vault's counts: requests and reveals."""
+
+    requests: list[budgets.Count]
+    reveals: list[budgets.Count]
+
+
+def _employees(conn: sa.Connection, now: datetime) -> tuple[list[Usage], int, Totals]:
+    rules, reveals = _rules(), budgets.reveal_rules()
+    # One statement for both kinds: usage() tells a reveal counter from a request counter by its key.
+    found = budgets.usage(conn, rules + reveals, now=now)
+    total = Totals(
+        _fill(_by_window(budgets.shared(rules)), found.get("total", []), now),
+        _fill(_by_window(budgets.shared(reveals)), found.get(f"{budgets.REVEAL}:total", []), now),
+    )
+    own, own_reveals = _by_window(budgets.own(rules)), _by_window(budgets.own(reveals))
     people = conn.execute(
         sa.select(users.c.id, users.c.username, users.c.role, users.c.active).order_by(users.c.username)
     ).all()
-    rows = [
-        Usage(
-            int(p.id),
-            str(p.username),
-            str(p.role),
-            bool(p.active),
-            _fill(own, found.get(f"user:{p.id}", []), now),
-        )
-        for p in people
-    ]
+    rows = []
+    for p in people:
+        # The counters' keys, as Rule.key makes them ("user:<id>", "reveal:user:<id>").
+        counts = _fill(own, found.get(f"user:{p.id}", []), now)
+        revealed = _fill(own_reveals, found.get(f"{budgets.REVEAL}:user:{p.id}", []), now)
+        refused = [
+            Refused(kind, until)
+            for kind, mine in (("requests", counts + total.requests), ("reveals", revealed + total.reveals))
+            if (until := refused_until(mine)) is not None
+        ]
+        rows.append(Usage(int(p.id), str(p.username), str(p.role), bool(p.active), counts, revealed, refused))
     rows.sort(key=lambda u: (-u.used, u.username))
-    return rows[:EMPLOYEES_SHOWN], len(rows), _fill(shared, found.get("total", []), now)
+    return rows[:EMPLOYEES_SHOWN], len(rows), total
 
 
 @bp.get("/budgets", endpoint="budgets")  # the endpoint name the header's links reserve
@@ -347,7 +385,8 @@ def budgets_page() -> ResponseReturnValue:
     return _page(
         "admin/budgets.html",
         rules=_rules(),
-        own_rules=sorted(budgets.own(_rules()), key=lambda r: r.window),
+        own_rules=_by_window(budgets.own(_rules())),
+        reveal_rules=_by_window(budgets.own(budgets.reveal_rules())),
         employees=employees,
         total_users=total_users,
         shown_max=EMPLOYEES_SHOWN,
@@ -384,18 +423,21 @@ def _lift_page(
 ) -> Response:
     # What was typed comes back on an error, never a card or account number (ConfirmForm.kept_reason).
     now = _now()
-    own = sorted(budgets.own(_rules()), key=lambda r: r.window)
-    counts = _fill(own, budgets.usage(unit().conn, own, now=now).get(f"user:{target.id}", []), now)
+    own, reveals = _by_window(budgets.own(_rules())), _by_window(budgets.own(budgets.reveal_rules()))
+    found = budgets.peek(unit().conn, own + reveals, user_id=int(target.id), now=now)
+    counts = _fill(own, [x for x in found if x.rule.counts == budgets.REQUEST], now)
+    revealed = _fill(reveals, [x for x in found if x.rule.counts == budgets.REVEAL], now)
     c = confirm.prompt()
     return _page(
         "admin/budgets_lift.html",
         status=status,
         target=target,
         counts=counts,
+        reveals=revealed,
         form=form,
         c=c,
         error=error,
-        nothing=nothing or not any(x.n for x in counts),
+        nothing=nothing or not any(x.n for x in counts + revealed),
         window_name=window_name,
         level=level,
     )
@@ -413,7 +455,7 @@ def _own(target: Any) -> Response | None:
         Event.ACCESS_DENIED,
         "budget_lift:own",
         status=403,
-        message="You cannot lift your own request budget: another administrator must.",
+        message="You cannot lift your own budgets: another administrator must.",
         resource=_resource(target),
     )
 
@@ -472,5 +514,18 @@ def lift(user_id: int) -> ResponseReturnValue:
     unit().record(
         Event.BUDGET_LIFTED, ok=True, resource=resource, detail=f"reason: {reason}; was {spent}"[:200]
     )
-    flash(f"Request budget of {target.username} lifted: the current windows count from 0 again.")
+    flash(lifted_message(target.username, was))
     return redirect(url_for("operations.budgets"))
+
+
+def lifted_message(username: str, was: list[budgets.Count]) -> str:
+    """What the lift reset, named by kind: those that had a count in the current windows, the same
+    that have a non-zero count in the audit detail (which lists the request counts always, zeros
+    included, and the reveal counts only when not zero)."""
+    kinds = [
+        kind for kind in (budgets.REQUEST, budgets.REVEAL) if any(c.n for c in was if c.rule.counts == kind)
+    ]
+    if not kinds:  # another admin's lift came first, between the form and this one
+        return f"Nothing was left to lift for {username}: their counts were already 0."
+    what = " and ".join(kinds).capitalize() + (" budgets" if len(kinds) > 1 else " budget")
+    return f"{what} of {username} lifted: the current windows count from 0 again."

@@ -1,8 +1,9 @@
 """The admin console's budgets and keys page (/admin/budgets): each user's request counts against
-every window's alert and limit, the whole vault's, keyd's state (unreachable shown as such), the
-stored ciphertexts per key version; and lifting an employee's spent budget, a confirmed change
-(reason + password), audited and alerted, exact under concurrency. On SQLite and MariaDB (the
-db_url fixture; on MariaDB the app runs as the user db/grants.sql sets up: no DELETE on counters)."""
+every window's alert and limit and their reveal counts against the reveal limits, who is refused now,
+the whole vault's counts of both, keyd's state (unreachable shown as such), the stored ciphertexts
+per key version; and lifting an employee's spent budgets, a confirmed change (reason + password),
+audited and alerted, exact under concurrency. On SQLite and MariaDB (the db_url fixture; on MariaDB
+the app runs as the user db/grants.sql sets up: no DELETE on counters)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape as markup_escape
 from werkzeug.test import TestResponse
 
 from keyd.errors import Unavailable
@@ -25,7 +27,7 @@ from tests.fixtures.pki import TestCA
 from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
 from tests.webapp.fakes import FakeVault
 from tests.webapp.helpers import audit_rows, events, user_row
-from tests.webapp.records.support import ADMIN_PASSWORD, SUPERVISOR_PASSWORD, add_person
+from tests.webapp.records.support import ADMIN_PASSWORD, SUPERVISOR_PASSWORD, add_person, reveal
 from webapp.budgets import request_counters
 from webapp.clock import FakeClock, to_db
 from webapp.events import Event
@@ -37,6 +39,11 @@ HOURLY = {"scope": "employee", "window": 3600, "alert": 3, "limit": LIMIT}
 DAILY = {"scope": "employee", "window": 86400, "alert": 100, "limit": None}
 TOTAL = {"scope": "total", "window": 3600, "alert": 500, "limit": None}
 BUDGETS = [HOURLY, DAILY, TOTAL]
+REVEAL_LIMIT = 2  # an employee's reveals per minute; every other reveal window out of the way
+REVEALS = {
+    "employee": {"minute": REVEAL_LIMIT, "hour": 300, "day": 1000},
+    "global": {"minute": 300, "hour": 3000, "day": 20000},
+}
 REASON = "ticket SR-2231: month-end reconciliation, checked with her manager"
 SECOND_ADMIN_PASSWORD = "Juniper-Cascade-Lantern-3904"
 
@@ -51,7 +58,7 @@ def admins(app: Flask, ca: TestCA, tmp_path: Path) -> dict[str, Person]:
 
 @pytest.fixture
 def budget_app(make_app: Callable[..., Flask], admins: dict[str, Person], people: dict[str, Person]) -> Flask:
-    return make_app(REQUEST_BUDGETS=BUDGETS)
+    return make_app(REQUEST_BUDGETS=BUDGETS, REVEAL_BUDGETS=REVEALS)
 
 
 def logged_in(app: Flask, person: Person) -> FlaskClient:
@@ -83,12 +90,27 @@ def lift(app: Flask, client: FlaskClient, username: str, **fields: str) -> TestR
 
 
 def employee_rows(html: str) -> dict[str, list[str]]:
-    body = html.split("<caption>Requests per user", 1)[1].split("</tbody>", 1)[0]
+    body = html.split("<caption>Requests and reveals per user", 1)[1].split("</tbody>", 1)[0]
     found = {}
     for row in re.findall(r"<tr><th scope=\"row\">(.*?)</tr>", body, re.S):
         name, rest = row.split("</th>", 1)
         found[name] = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td>(.*?)</td>", rest, re.S)]
     return found
+
+
+def tables_are_whole(html: str) -> None:
+    """Every table has a caption and column headers, and every row as many cells as it has headers
+    (what a screen reader needs to name each cell, and what axe checks in tests/e2e)."""
+    tables = re.findall(r"<table>(.*?)</table>", html, re.S)
+    assert tables
+    for table in tables:
+        assert re.match(r"\s*<caption>[^<]+", table), table[:200]
+        columns = len(re.findall(r'<th scope="col">', table.split("</thead>", 1)[0]))
+        assert columns > 0
+        for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>", 1)[1], re.S):
+            spans = re.findall(r'colspan="(\d+)"', row)
+            cells = len(re.findall(r"<t[dh][ >]", row)) - len(spans) + sum(int(n) for n in spans)
+            assert cells == columns, row
 
 
 def test_the_admin_sees_each_users_usage_the_totals_keyd_and_the_key_versions(
@@ -112,23 +134,40 @@ def test_the_admin_sees_each_users_usage_the_totals_keyd_and_the_key_versions(
     page = get(client, "/admin/budgets")
     assert page.status_code == 200
     html = page.text
-    assert "<h1>Request budgets and keys</h1>" in html
+    assert "<h1>Budgets and keys</h1>" in html
     rows = employee_rows(html)
     assert list(rows)[:2] == ["alice", "bob"]  # the most used first
+    no_reveals = ["0", "0", "0"]
     assert rows["alice"] == [
         "clerk",
         "active",
         f"{LIMIT + 1} exhausted",
         str(LIMIT + 1),
-        "Lift the budget of alice",
+        *no_reveals,
+        "requests until 2026-11-25 11:00",
+        "Lift the budgets of alice",
     ]
-    assert rows["bob"] == ["clerk", "active", "3 alert reached", "3", "Lift the budget of bob"]
-    assert rows["audrey"] == ["auditor", "active", "0", "0", "nothing used"]
+    assert rows["bob"] == [
+        "clerk",
+        "active",
+        "3 alert reached",
+        "3",
+        *no_reveals,
+        "no",
+        "Lift the budgets of bob",
+    ]
+    assert rows["audrey"] == ["auditor", "active", "0", "0", *no_reveals, "no", "nothing used"]
     assert rows["root"][-1] == "yours: another administrator may lift it"
-    assert "this hour (alert at 3, limit 8)" in html
-    assert "this day (alert at 100, no limit)" in html
+    assert '<th scope="col">Requests this hour (alert at 3, limit 8)</th>' in html
+    assert '<th scope="col">Requests this day (alert at 100, no limit)</th>' in html
+    assert '<th scope="col">Reveals this minute (limit 2)</th>' in html
+    assert '<th scope="col">Reveals this day (limit 1000)</th>' in html
     # The whole vault: alice's served requests and bob's (her refused one is hers alone).
     assert re.search(r"<td>this hour</td><td>11</td><td>500</td><td>none</td><td>2026-11-25 11:00</td>", html)
+    assert "<caption>Reveals of all users together</caption>" in html
+    tables_are_whole(html)
+    tables_are_whole(get(client, f"/admin/budgets/{user_id(app, 'alice')}/lift").text)
+    assert "<tr><td>this minute</td><td>0</td><td>300</td><td>2026-11-25 10:01</td></tr>" in html
     assert '<p class="success">keyd is unsealed.</p>' in html
     assert "<tr><td>1</td><td>3</td></tr>" in html  # key version 1: one card's three fields
     assert "<tr><td>2</td><td>6</td></tr>" in html
@@ -191,8 +230,9 @@ def test_lifting_resets_only_that_employees_current_windows_and_is_audited(
     assert lifted.detail == f"reason: {REASON}; was employee/3600s={LIMIT + 2} employee/86400s={LIMIT + 2}"
     assert Event.BUDGET_LIFTED in events(app)  # alerted: mailed like any alert
     page = get(client, "/admin/budgets").text
-    assert '<p class="success" role="status">Request budget of alice lifted' in page
-    assert employee_rows(page)["alice"][2:4] == ["0", "0"]
+    # She revealed nothing: the message names the budget that was lifted, as the audit detail does.
+    assert '<p class="success" role="status">Request budget of alice lifted: the current windows' in page
+    assert employee_rows(page)["alice"][2:8] == ["0", "0", "0", "0", "0", "no"]
     # alice is served again, up to the limit, and the alert is raised again when she reaches it.
     assert spend(app, people["alice"], LIMIT + 1) == [200] * LIMIT + [429]
     assert len(audit_rows(app, Event.BUDGET_LIMIT_REACHED)) == 2
@@ -213,6 +253,136 @@ def test_a_counter_of_an_earlier_window_is_left_alone(
     assert after[(f"user:{alice}", 86400)][0] == 0
     (lifted,) = audit_rows(app, Event.BUDGET_LIFTED)
     assert lifted.detail.endswith("; was employee/3600s=0 employee/86400s=4")
+
+
+def a_card(app: Flask, vault: FakeVault, clock: FakeClock) -> str:
+    """The reveal URL of a card's number, stored without a request (no one's request counts)."""
+    with app.extensions["strongroom"].engine.begin() as conn:
+        record = records.add_record(conn, "C7654321", actor="alice", now=clock.now())
+        card = records.NewCard(parse_pan("4111 1111 1111 1111"), "A Customer", "12/2030")
+        card_id = records.add_card(conn, vault, record, card, actor="alice", now=clock.now())
+    return f"/records/{record}/reveal/card/{card_id}/pan"
+
+
+def test_reveals_show_beside_requests_and_a_lift_resets_both(
+    budget_app: Flask, admins: dict[str, Person], supervisor: Person, vault: FakeVault, clock: FakeClock
+) -> None:
+    app = budget_app
+    url = a_card(app, vault, clock)
+    sue_client = logged_in(app, supervisor)
+    assert [reveal(sue_client, url, SUPERVISOR_PASSWORD).status_code for _ in range(REVEAL_LIMIT)] == [
+        200
+    ] * REVEAL_LIMIT
+    sue = user_id(app, "sue")
+    requests = counters(app)[(f"user:{sue}", 3600)][0]
+    assert HOURLY["alert"] <= requests < LIMIT
+    client = logged_in(app, admins["root"])
+    html = get(client, "/admin/budgets").text
+    row = employee_rows(html)["sue"]
+    # At her minute's limit: her next reveal is refused until the minute renews; requests are served.
+    assert row == [
+        "supervisor",
+        "active",
+        f"{requests} alert reached",  # the forms and the reveals
+        str(requests),
+        f"{REVEAL_LIMIT} exhausted",
+        str(REVEAL_LIMIT),
+        str(REVEAL_LIMIT),
+        "reveals until 2026-11-25 10:01",
+        "Lift the budgets of sue",
+    ]
+    assert "<tr><td>this minute</td><td>2</td><td>300</td><td>2026-11-25 10:01</td></tr>" in html  # all users
+    assert reveal(sue_client, url, SUPERVISOR_PASSWORD).status_code == 429  # as the page says
+
+    form = get(client, f"/admin/budgets/{sue}/lift").text
+    assert "<caption>Reveals of sue in the current windows (UTC)</caption>" in form
+    assert f"<tr><td>this minute</td><td>{REVEAL_LIMIT + 1} <strong>exhausted</strong></td><td>2</td>" in form
+    tables_are_whole(form)
+    assert lift(app, client, "sue", reason=REASON, confirm_typed=ADMIN_PASSWORD).status_code == 302
+    after = counters(app)
+    assert {after[(f"{scope}user:{sue}", w)][0] for scope in ("", "reveal:") for w in (3600, 86400)} == {0}
+    assert after[(f"reveal:user:{sue}", 60)][0] == 0
+    (lifted,) = audit_rows(app, Event.BUDGET_LIFTED)
+    spent = REVEAL_LIMIT + 1  # the refused reveal counts too
+    assert lifted.detail.startswith(
+        f"reason: {REASON}; was reveal:employee/60s={spent} reveal:employee/3600s={spent}"
+    )
+    page = get(client, "/admin/budgets").text
+    assert (
+        '<p class="success" role="status">Request and reveal budgets of sue lifted: '
+        "the current windows count from 0 again.</p>"
+    ) in page
+    assert employee_rows(page)["sue"][4:8] == ["0", "0", "0", "no"]
+    assert reveal(sue_client, url, SUPERVISOR_PASSWORD).status_code == 200
+
+
+def test_a_lift_of_reveals_alone_names_reveals_alone(
+    make_app: Callable[..., Flask],
+    admins: dict[str, Person],
+    supervisor: Person,
+    vault: FakeVault,
+    clock: FakeClock,
+) -> None:
+    """Without a per-user request budget only reveals are counted per user: those are lifted, and
+    the message says so (before, the lift form said there was nothing to lift)."""
+    app = make_app(REQUEST_BUDGETS=[TOTAL], REVEAL_BUDGETS=REVEALS)
+    url = a_card(app, vault, clock)
+    assert reveal(logged_in(app, supervisor), url, SUPERVISOR_PASSWORD).status_code == 200
+    client = logged_in(app, admins["root"])
+    html = get(client, "/admin/budgets").text
+    assert "No per-user request budget is set: only reveals are limited per user." in html
+    tables_are_whole(html)
+    assert employee_rows(html)["sue"] == [
+        "supervisor",
+        "active",
+        "1",
+        "1",
+        "1",
+        "no",
+        "Lift the budgets of sue",
+    ]
+    form = get(client, f"/admin/budgets/{user_id(app, 'sue')}/lift")
+    assert "Nothing to lift" not in form.text
+    assert "No per-user request budget is set." in form.text
+    assert lift(app, client, "sue", reason=REASON, confirm_typed=ADMIN_PASSWORD).status_code == 302
+    (lifted,) = audit_rows(app, Event.BUDGET_LIFTED)
+    assert lifted.detail.endswith(
+        "; was reveal:employee/60s=1 reveal:employee/3600s=1 reveal:employee/86400s=1"
+    )
+    assert (
+        "Reveal budget of sue lifted: the current windows count from 0 again."
+        in get(client, "/admin/budgets").text
+    )
+
+
+HOSTILE_NAME = '<img src=x onerror="alert(1)">&bob'
+
+
+def test_the_page_the_lift_form_and_the_message_escape_a_users_name(
+    budget_app: Flask, admins: dict[str, Person], people: dict[str, Person], owner_engine: sa.Engine
+) -> None:
+    """A name the console never accepts (users add refuses it), planted in the database as a
+    compromised tool or an old row could: shown as text everywhere, never as markup."""
+    app = budget_app
+    spend(app, people["bob"], 2)
+    with owner_engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE users SET username = :name WHERE username = 'bob'"), {"name": HOSTILE_NAME}
+        )
+    shown = str(markup_escape(HOSTILE_NAME))
+    client = logged_in(app, admins["root"])
+    html = get(client, "/admin/budgets").text
+    assert HOSTILE_NAME not in html
+    assert f'<th scope="row">{shown}</th>' in html
+    assert f">Lift the budgets of {shown}</a>" in html
+    bob = user_id(app, HOSTILE_NAME)
+    form = get(client, f"/admin/budgets/{bob}/lift").text
+    assert HOSTILE_NAME not in form
+    assert f"<h1>Lift the budgets of {shown}</h1>" in form
+    assert lift(app, client, HOSTILE_NAME, reason=REASON, confirm_typed=ADMIN_PASSWORD).status_code == 302
+    page = get(client, "/admin/budgets").text
+    assert HOSTILE_NAME not in page
+    assert f'<p class="success" role="status">Request budget of {shown} lifted' in page
 
 
 BAD_REASONS = [
@@ -281,7 +451,7 @@ def test_the_admins_password_is_required_and_a_wrong_one_counts(
 def test_wrong_passwords_that_lock_the_admin_out_end_their_session(
     make_app: Callable[..., Flask], admins: dict[str, Person], people: dict[str, Person]
 ) -> None:
-    app = make_app(REQUEST_BUDGETS=BUDGETS, LOCKOUT_THRESHOLD=2)
+    app = make_app(REQUEST_BUDGETS=BUDGETS, REVEAL_BUDGETS=REVEALS, LOCKOUT_THRESHOLD=2)
     spend(app, people["alice"], 3)
     client = logged_in(app, admins["root"])
     assert (
@@ -318,7 +488,7 @@ def test_nothing_to_lift_says_so(budget_app: Flask, admins: dict[str, Person]) -
     client = logged_in(app, admins["root"])
     page = get(client, f"/admin/budgets/{user_id(app, 'audrey')}/lift")
     assert page.status_code == 200
-    assert "Nothing to lift: audrey has no requests counted" in page.text
+    assert "Nothing to lift: audrey has no requests or\n  reveals counted" in page.text
     assert 'name="confirm_typed"' not in page.text
     response = post(
         client,
