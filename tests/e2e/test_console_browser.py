@@ -621,11 +621,11 @@ def admin_flow(console: Console) -> dict[str, str]:
 
         # Her request budget lifted after an investigation.
         page.click("header nav >> text=Budgets and keys")
-        page.click(f"main >> text=Lift the budget of {NEWCOMER}")
+        page.click(f"main >> text=Lift the budgets of {NEWCOMER}")
         page.wait_for_load_state()
         steps.shot("lift-budget-form")
         confirm_change(page, REASONS["lift"], admin_password)
-        assert page.locator("h1").text_content() == "Request budgets and keys", page.content()[:3000]
+        assert page.locator("h1").text_content() == "Budgets and keys", page.content()[:3000]
         assert f"Request budget of {NEWCOMER} lifted" in page.locator("main .success").first.inner_text()
         steps.shot("budget-lifted")
 
