@@ -173,6 +173,8 @@ PATHS = [
     ("etc/apparmor.d/strongroom-web", 0o644, "root", "root"),
     ("etc/apparmor.d/strongroom-mail", 0o644, "root", "root"),
     ("etc/apparmor.d/strongroom-apache2", 0o644, "root", "root"),
+    # Confines nothing on a single server: the agent's unit is rendered only for [balancer].
+    ("etc/apparmor.d/strongroom-health-agent", 0o644, "root", "root"),
     ("etc/apache2/strongroom", 0o750, "root", "root"),
     ("etc/apache2/strongroom/modsecurity-strongroom.conf", 0o644, "root", "root"),
     # Apache's piped loggers run it as root: nobody else may change it.
@@ -198,6 +200,7 @@ def test_installed_files_are_the_repository_files(installed: Installed) -> None:
         ("deploy/strongroom-purge-retired.timer", "etc/systemd/system/strongroom-purge-retired.timer"),
         ("deploy/strongroom-tmpfiles.conf", "etc/tmpfiles.d/strongroom.conf"),
         ("apparmor/strongroom-apache2", "etc/apparmor.d/strongroom-apache2"),
+        ("apparmor/strongroom-health-agent", "etc/apparmor.d/strongroom-health-agent"),
         ("apache/strongroom-site.conf", "etc/apache2/sites-available/strongroom.conf"),
         ("apache/logfilter.py", "etc/apache2/strongroom/logfilter.py"),
         ("apache/strongroom-logrotate", "etc/logrotate.d/strongroom-modsecurity"),
