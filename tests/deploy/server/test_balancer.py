@@ -257,3 +257,9 @@ def test_listen_must_be_an_address_of_this_host() -> None:
     assert listen_address(settings(None)) == []
     local = Settings(**{**s.__dict__, "balancer": Balancer(BALANCERS, "127.0.0.1")})
     assert listen_address(local) == []
+
+
+def test_the_examples_balancer_section_parses_once_uncommented() -> None:
+    block = EXAMPLE.split("# [balancer]\n", 1)[1]
+    body = "".join(line.removeprefix("# ") + "\n" for line in block.splitlines() if line.startswith("# "))
+    assert settings(body).balancer == Balancer(BALANCERS, LISTEN, 9707)
