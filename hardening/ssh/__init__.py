@@ -180,7 +180,7 @@ def render(settings: SshdSettings | None = None) -> str:
     if s.crl_push is None:
         return text  # byte for byte the file from before [crl_push] existed (a test holds it to that)
     if s.crl_push.user in s.allow_groups:
-        raise SshdConfigError("crl_push.user: not a name of allow_groups (its group would admit it anywhere)")
+        raise SshdConfigError("crl_push.user: not a name of allow_groups (it is the admins' group)")
     return text + _crl_push_block(s.crl_push)
 
 

@@ -155,7 +155,7 @@ def test_too_many_arguments_and_sources_are_refused() -> None:
 
 
 def test_push_user_may_not_be_an_allowed_group() -> None:
-    """Its group in AllowGroups would let it in from every address, with the session hook."""
+    """Its own group would be the admins' group: a mix-up of names, refused."""
     push = CrlPush(user="strongroom-admins", sources=("192.0.2.20",), command=("/bin/true",))
     with pytest.raises(SshdConfigError, match=r"crl_push\.user: not a name of allow_groups"):
         render(SshdSettings(crl_push=push))
