@@ -40,7 +40,7 @@ PHRASES: dict[str, str] = {
     Event.CERT_BOUND: "client certificate bound to a user",
     Event.CERT_UNBOUND: "client certificate binding revoked",
     Event.USER_ROLE_CHANGED: "user role changed",
-    Event.BUDGET_LIFTED: "an employee's request budget lifted",
+    Event.BUDGET_LIFTED: "an employee's budgets lifted",
     Event.TEST_ALERT: "test alert (sent from the admin console)",
     Event.AUDIT_VERIFY_FAILED: "AUDIT CHAIN VERIFICATION FAILED",
     Event.RECORD_REFUSED: "customer record request refused",
