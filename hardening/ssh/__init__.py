@@ -193,8 +193,8 @@ def _crl_push_block(push: CrlPush) -> str:
     at the CA's addresses only, and AllowUsers names it with those addresses as well. From anywhere
     else the global AllowGroups (the admins) already shuts it out; the second block also says so,
     with DenyUsers, and leaves it no way to authenticate and nothing to run, should the user ever be
-    put into an admin group. Its address list is the negation of the first one's, because a
-    connection matching both blocks would collect both blocks' DenyUsers."""
+    put into an admin group. Its address list is the negation of the first one's: a connection from
+    the CA matching both blocks would get the second block's DenyUsers as well (measured)."""
     sources = ",".join(push.sources)
     negated = ",".join(f"!{a}" for a in push.sources)
     allow_users = " ".join(f"{push.user}@{a}" for a in push.sources)
