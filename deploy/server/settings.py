@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hardening.firewall.addresses import FirewallConfigError, parse_network
+from hardening.ssh import CrlPush, SshdConfigError, crl_push_from_table
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_ADMINS = 10  # the alert mailer's limit for STRONGROOM_ALERT_TO (and ops.postfix's)
@@ -59,7 +60,7 @@ RESERVED_LOGINS = frozenset(
     | {"postmaster", "abuse", "keyd"}
 )
 
-_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp", "balancer"}
+_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp", "balancer", "crl_push"}
 _ADMIN = {"login", "mail", "ssh_key", "keyholder", "password_hash"}
 _MAILT = {"relay", "from"}
 _LOGHOST = {
@@ -207,6 +208,8 @@ class Settings:
     webapp: tuple[tuple[str, str], ...] = ()
     # None: a single server, employees reach Apache directly.
     balancer: Balancer | None = None
+    # [crl_push]: the CA host's CRL push to this web node (docs/ca.md), by hardening.ssh's own rules.
+    crl_push: CrlPush | None = None
 
     @property
     def alert_to(self) -> tuple[str, ...]:
@@ -378,6 +381,8 @@ def parse(text: str) -> Settings:
                     "(list the employees in the balancers' own firewall)",
                 )
 
+    crl_push = _crl_push(r, data.get("crl_push"), admins)
+
     if r.problems:
         raise SettingsError(r.problems)
     return Settings(
@@ -393,7 +398,38 @@ def parse(text: str) -> Settings:
         backup_env=backup_env,
         webapp=webapp,
         balancer=balancer,
+        crl_push=crl_push,
     )
+
+
+# Accounts the installer makes or uses for something else: the CA host's key must never log in as one
+# of them (it would get that account's files and, for the admins' group, its sudo).
+SERVICE_ACCOUNTS = frozenset(
+    {"strongroom-web", "strongroom-keyd", "strongroom-keyd-clients", "strongroom-admins"}
+    | {"strongroom-logpull", "strongroom_prune", "strongroom_purge"}
+)
+
+
+def _crl_push(r: _Reader, value: object, admins: tuple[Admin, ...]) -> CrlPush | None:
+    """[crl_push] exactly as `python -m hardening.ssh --settings` reads it (its parser, not a copy), and
+    then what only the installer knows: the account is its own, not an admin's or a service's."""
+    if value is None:
+        return None
+    try:
+        push = crl_push_from_table(value)
+    except SshdConfigError as exc:
+        r.problems.append(str(exc))
+        return None
+    if push.user in RESERVED_LOGINS or push.user in SERVICE_ACCOUNTS:
+        r.bad(
+            "crl_push.user",
+            "an account of the system or of another service; use its own, e.g. strongroom-crl",
+        )
+        return None
+    if push.user in {a.login for a in admins}:
+        r.bad("crl_push.user", "an admin's login; the push needs an account of its own (strongroom-crl)")
+        return None
+    return push
 
 
 def _webapp(r: _Reader, value: object) -> tuple[tuple[str, str], ...]:

@@ -880,6 +880,12 @@ def remote_copy(plan: Plan, src: Path, s: Settings) -> None:
 # ---- 9. sshd and the admins ---------------------------------------------------------------------------
 
 
+def sshd_config(s: Settings) -> str:
+    """hardening.ssh's file, with the CA's CRL push blocks for [crl_push] (docs/ca.md); without it
+    render() with the defaults, byte for byte the file every earlier run wrote."""
+    return ssh_conf.render(ssh_conf.SshdSettings(crl_push=s.crl_push))
+
+
 def ssh(plan: Plan, src: Path, s: Settings) -> None:
     restart = ("ssh",)
     plan.dir("/usr/local/lib/strongroom", 0o755)
@@ -891,9 +897,10 @@ def ssh(plan: Plan, src: Path, s: Settings) -> None:
             0o755,
         )
     )
-    plan.file(
-        Want("/etc/ssh/sshd_config", ssh_conf.render().encode()), restarts=restart, validate=sshd_accepts
-    )
+    if s.crl_push is not None:
+        # The account first, then the config whose Match blocks admit the CA's key for it.
+        crl_push_user(plan, s.crl_push.user)
+    plan.file(Want("/etc/ssh/sshd_config", sshd_config(s).encode()), restarts=restart, validate=sshd_accepts)
     if plan.ids("root", ADMIN_GROUP) is None:
         plan.change(
             f"group {ADMIN_GROUP} created",
@@ -906,6 +913,7 @@ def ssh(plan: Plan, src: Path, s: Settings) -> None:
             plan.file(Want(f"/etc/ssh/authorized_keys/{a.login}", line.encode(), 0o644))
     former_admins(plan, s)
     plan.file(Want(SUDOERS, SUDOERS_RULES.encode(), 0o440), validate=sudoers_accepts)
+    crl_push_sudoers(plan, s)
 
 
 # Admins log in with their key only (sshd: PasswordAuthentication no) and become root with sudo and
@@ -920,12 +928,58 @@ Defaults:%{ADMIN_GROUP} use_pty, passwd_tries=3, timestamp_timeout=5
 """
 
 
-def sudoers_accepts(candidate: Path) -> None:
+def sudoers_accepts(candidate: Path, *, name: str = SUDOERS) -> None:
     """A sudoers file with a syntax error makes sudo refuse everyone: `visudo -cf` checks it first."""
     res = subprocess.run(["visudo", "-cf", str(candidate)], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-5:])
-        raise InstallError(f"visudo -c refuses the new {SUDOERS} (the old one is kept):\n{tail}")
+        raise InstallError(f"visudo -c refuses the new {name} (the old one is kept):\n{tail}")
+
+
+# The CRL receiver's graceful reload (docs/ca.md, "Several web nodes: pushing the CRL"): the one
+# command its account may run as root, without a password (it has none). An installer-owned name, so a
+# run without [crl_push] removes it again.
+CRL_PUSH_SUDOERS = "/etc/sudoers.d/strongroom-crl-push"
+
+
+def crl_push_sudoers_rules(user: str) -> str:
+    return (
+        "# Written by strongroom-install from the settings' [crl_push] (docs/ca.md); edits are reverted.\n"
+        "# The CRL receiver reloads Apache gracefully and can run nothing else as root.\n"
+        f"{user} ALL=(root) NOPASSWD: /usr/sbin/apache2ctl graceful\n"
+    )
+
+
+def crl_push_sudoers(plan: Plan, s: Settings) -> None:
+    if s.crl_push is None:
+        plan.absent(CRL_PUSH_SUDOERS)
+        return
+    plan.file(
+        Want(CRL_PUSH_SUDOERS, crl_push_sudoers_rules(s.crl_push.user).encode(), 0o440),
+        validate=partial(sudoers_accepts, name=CRL_PUSH_SUDOERS),
+    )
+
+
+def crl_push_user(plan: Plan, user: str) -> None:
+    """The account the CA host's push key logs in to, as docs/ca.md makes it: a system user with its
+    own group (the Match block's AllowGroups), shell /bin/sh (sshd runs the forced command through it),
+    a home of its own, and no password: '*', not the locked '!', because this sshd runs without PAM
+    and refuses a locked account's key too. Its key file, /etc/ssh/authorized_keys/USER, is the
+    operator's (the CA's public push key): the install keeps it and never writes it. An existing
+    account is used as it is, unless it is an admin's."""
+    if user in _members(plan, ADMIN_GROUP):
+        raise InstallError(f"crl_push.user: {user} is in {ADMIN_GROUP}; the push needs an account of its own")
+    if plan.ids(user, user) is not None:
+        return
+    prefix = [] if plan.root == Path("/") else ["--prefix", str(plan.root)]
+    home = f"/var/lib/{user}"
+    useradd = ["useradd", *prefix, "--system", "--user-group", "--home-dir", home, "--shell", "/bin/sh"]
+
+    def create() -> None:
+        run([*useradd, "--password", "*", user], what="useradd")
+        plan.dir(home, 0o750, user, user)
+
+    plan.change(f"user {user} created (the CA's CRL push, [crl_push])", create)
 
 
 def sshd_accepts(candidate: Path) -> None:
@@ -950,6 +1004,9 @@ def former_admins(plan: Plan, s: Settings) -> None:
     from /etc/ssh/authorized_keys/), the account leaves the admins' group (AllowGroups) and is locked
     and expired. The account and its home stay: what it left behind is evidence, not ours to delete."""
     wanted = {a.login for a in s.admins}
+    # The CRL push account's key file is the operator's (the CA's push key), not a former admin's.
+    if s.crl_push is not None:
+        wanted.add(s.crl_push.user)
     keys_dir = plan.on_target("/etc/ssh/authorized_keys")
     key_files = {p.name for p in keys_dir.iterdir()} if keys_dir.is_dir() else set()
     members = set(_members(plan, ADMIN_GROUP))

@@ -245,6 +245,12 @@ def _settings(raw: dict[str, Any]) -> SshdSettings:
     table = raw.get("crl_push")
     if table is None:
         return SshdSettings()
+    return SshdSettings(crl_push=crl_push_from_table(table))
+
+
+def crl_push_from_table(table: object) -> CrlPush:
+    """A `[crl_push]` table as TOML parsed it, by this module's rules: the one parser for it, shared by
+    the settings file here and deploy/strongroom-install's own settings (which hold the same table)."""
     if not isinstance(table, dict):
         raise SshdConfigError("crl_push: must be a table")
     for key in table:
@@ -253,7 +259,7 @@ def _settings(raw: dict[str, Any]) -> SshdSettings:
     for key in ("user", "from", "command"):
         if key not in table:
             raise SshdConfigError(f"crl_push.{key}: is required")
-    return SshdSettings(crl_push=CrlPush(user=table["user"], sources=table["from"], command=table["command"]))
+    return CrlPush(user=table["user"], sources=table["from"], command=table["command"])
 
 
 def _key(key: str) -> str:
