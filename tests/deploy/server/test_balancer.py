@@ -260,6 +260,7 @@ def test_listen_must_be_an_address_of_this_host() -> None:
 
 
 def test_the_examples_balancer_section_parses_once_uncommented() -> None:
-    block = EXAMPLE.split("# [balancer]\n", 1)[1]
+    # Up to the blank line: the example's next optional table follows it.
+    block = EXAMPLE.split("# [balancer]\n", 1)[1].split("\n\n", 1)[0]
     body = "".join(line.removeprefix("# ") + "\n" for line in block.splitlines() if line.startswith("# "))
     assert settings(body).balancer == Balancer(BALANCERS, LISTEN, 9707)

@@ -197,6 +197,7 @@ def test_the_example_s_table_parses() -> None:
     """server.toml.example shows [crl_push] commented out: uncommented, it is taken as it stands."""
     lines = EXAMPLE.splitlines()
     start = lines.index("# [crl_push]")
-    block = [line.removeprefix("# ") for line in lines[start:] if line.startswith("# ")]
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    block = [line.removeprefix("# ") for line in lines[start:end]]
     s = parse(EXAMPLE + "\n" + "\n".join(block) + "\n")
     assert s.crl_push == settings().crl_push
