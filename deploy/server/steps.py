@@ -521,15 +521,43 @@ def etc_strongroom(plan: Plan, src: Path, s: Settings) -> None:
 
 # ---- 5. Apache: certificates, CA chain, CRL ------------------------------------------------------
 
+APACHE_DIR = "/etc/apache2/strongroom"
+# Apache's SSLCACertificateFile (STRONGROOM_CLIENT_CA): the CRL receiver checks a pushed CRL against it.
+CLIENT_CA = f"{APACHE_DIR}/chain.pem"
+# With [crl_push] the CA host's push owns the node's CRL (docs/ca.md, "Several web nodes: pushing the
+# CRL"): Apache's STRONGROOM_CRL is the receiver's file, in a directory of the push account's own (the
+# receiver replaces the file by a rename there). Named once: the Define, and the receiver's command
+# that server.toml.example and docs/ca.md give (tests/deploy/server/test_crl_push.py holds them to it).
+CRL_PUSH_DIR = "/etc/apache2/strongroom-crl"
+CRL_PUSH_FILE = f"{CRL_PUSH_DIR}/crl.pem"
+# The receiver's graceful reload, the one command the sudo rule (CRL_PUSH_SUDOERS) lets the account run.
+CRL_PUSH_RELOAD = "/usr/sbin/apache2ctl graceful"
+
+
+def crl_receive_command() -> list[str]:
+    """[crl_push] command for a node this installer built: the receiver on Apache's own files, reloading
+    through the sudo rule's one command."""
+    return [
+        "/usr/bin/env", "-C", OPT, VENV_PYTHON, "-m", "ca.crl_receive",
+        "--crl", CRL_PUSH_FILE, "--chain", CLIENT_CA, "--reload-command", f"sudo -n {CRL_PUSH_RELOAD}",
+    ]  # fmt: skip
+
 
 def apache(plan: Plan, s: Settings) -> None:
-    d = "/etc/apache2/strongroom"
+    d = APACHE_DIR
     restart = ("apache2",)
     plan.file(Want(f"{d}/server.crt.pem", Path(s.tls.server_cert).read_bytes(), 0o644), restarts=restart)
     plan.file(Want(f"{d}/server.key.pem", Path(s.tls.server_key).read_bytes(), 0o600), restarts=restart)
-    plan.file(Want(f"{d}/chain.pem", Path(s.tls.ca_chain).read_bytes(), 0o644), restarts=restart)
-    crl = Path(s.tls.crl).read_bytes()
-    plan.file(Want(f"{d}/crl.pem", crl, 0o644), restarts=restart)
+    plan.file(Want(CLIENT_CA, Path(s.tls.ca_chain).read_bytes(), 0o644), restarts=restart)
+    if s.crl_push is None:
+        crl_path = f"{d}/crl.pem"
+        crl = Path(s.tls.crl).read_bytes()
+        plan.file(Want(crl_path, crl, 0o644), restarts=restart)
+    else:
+        crl_path = CRL_PUSH_FILE
+        crl = pushed_crl(plan, s, s.crl_push.user)
+        # Apache no longer reads the settings' copy: a stale CRL left there would only mislead.
+        plan.absent(f"{d}/crl.pem")
     # The web app's admin console shows what this CRL says (STRONGROOM_CA_CRL_FILE, webapp.env.in);
     # its AppArmor profile may not read /etc/apache2, so it gets the same bytes, from the same run.
     plan.file(Want("/etc/strongroom/crl.pem", crl, 0o644))
@@ -539,8 +567,8 @@ def apache(plan: Plan, s: Settings) -> None:
         "# Written by deploy/strongroom-install from the settings file: the site's name and the CA files\n"
         "# copied from the CA host (apache/strongroom-site.conf reads these Defines).\n"
         f"Define STRONGROOM_SERVER_NAME {s.hostname}\n"
-        f"Define STRONGROOM_CLIENT_CA {d}/chain.pem\n"
-        f"Define STRONGROOM_CRL {d}/crl.pem\n"
+        f"Define STRONGROOM_CLIENT_CA {CLIENT_CA}\n"
+        f"Define STRONGROOM_CRL {crl_path}\n"
     )
     plan.file(Want("/etc/apache2/conf-available/strongroom-defines.conf", defines.encode()), restarts=restart)
     _link(
@@ -550,6 +578,30 @@ def apache(plan: Plan, s: Settings) -> None:
         restart,
     )
     behind_balancer(plan, s)
+
+
+def pushed_crl(plan: Plan, s: Settings, user: str) -> bytes:
+    """The push's CRL file: the settings' `[tls] crl` on the first install only. Once a CRL is there it
+    is the push's (newer than the settings' copy, or the receiver would have refused it): copying the
+    settings' over it would roll revocations back until the next push. Its directory and file are the
+    push account's (it writes there, nobody else may), 0755/0644 for Apache. Returns what Apache reads."""
+    crl_push_user(plan, user)  # step 9 makes it too; the directory's owner must exist first
+    plan.dir(CRL_PUSH_DIR, 0o755, user, user)
+    target = plan.on_target(CRL_PUSH_FILE)
+    if target.is_symlink():
+        raise InstallError(f"{CRL_PUSH_FILE} is a symbolic link: refusing (remove it, check who made it)")
+    current = plan.read(CRL_PUSH_FILE)
+    if current is None:
+        crl = Path(s.tls.crl).read_bytes()
+        plan.file(Want(CRL_PUSH_FILE, crl, 0o644, user, user), restarts=("apache2",))
+        return crl
+    plan.out(
+        f"crl: kept the pushed CRL {CRL_PUSH_FILE} ([tls] crl is copied there on the first install only)"
+    )
+    # Owner and mode as wanted, content as pushed: the receiver keeps the file's owner, so a root-owned
+    # file would make every push fail.
+    plan.file(Want(CRL_PUSH_FILE, current, 0o644, user, user), restarts=("apache2",))
+    return current
 
 
 BALANCER_CONF = "/etc/apache2/conf-available/strongroom-balancer.conf"
@@ -946,7 +998,7 @@ def crl_push_sudoers_rules(user: str) -> str:
     return (
         "# Written by strongroom-install from the settings' [crl_push] (docs/ca.md); edits are reverted.\n"
         "# The CRL receiver reloads Apache gracefully and can run nothing else as root.\n"
-        f"{user} ALL=(root) NOPASSWD: /usr/sbin/apache2ctl graceful\n"
+        f"{user} ALL=(root) NOPASSWD: {CRL_PUSH_RELOAD}\n"
     )
 
 
@@ -969,7 +1021,8 @@ def crl_push_user(plan: Plan, user: str) -> None:
     account is used as it is, unless it is an admin's."""
     if user in _members(plan, ADMIN_GROUP):
         raise InstallError(f"crl_push.user: {user} is in {ADMIN_GROUP}; the push needs an account of its own")
-    if plan.ids(user, user) is not None:
+    what = f"user {user} created (the CA's CRL push, [crl_push])"
+    if plan.ids(user, user) is not None or what in plan.changes:  # step 5 asks first (its CRL directory)
         return
     prefix = [] if plan.root == Path("/") else ["--prefix", str(plan.root)]
     home = f"/var/lib/{user}"
@@ -979,7 +1032,7 @@ def crl_push_user(plan: Plan, user: str) -> None:
         run([*useradd, "--password", "*", user], what="useradd")
         plan.dir(home, 0o750, user, user)
 
-    plan.change(f"user {user} created (the CA's CRL push, [crl_push])", create)
+    plan.change(what, create)
 
 
 def sshd_accepts(candidate: Path) -> None:
