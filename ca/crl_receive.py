@@ -1,7 +1,7 @@
 """The web node's side of the CRL push: the forced command of the CA host's SSH key.
 
-    python -m ca.crl_receive --crl /etc/apache2/strongroom/crl.pem \
-        --chain /etc/apache2/strongroom/chain.pem --reload-command "sudo -n apache2ctl graceful"
+    python -m ca.crl_receive --crl /etc/apache2/strongroom-crl/crl.pem \
+        --chain /etc/apache2/strongroom/chain.pem --reload-command "sudo -n /usr/sbin/apache2ctl graceful"
 
 Reads a CRL file (PEM, the CA's publish/crl.pem: the issuing CA's CRL and the root's) from stdin and
 installs it over --crl only if it is one this node's Apache should load:
