@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.server import steps
+from deploy.server import remote_db, steps
 from deploy.server.plan import InstallError, Plan
 from deploy.server.settings import Settings, SettingsError, load
 
@@ -46,6 +46,7 @@ def preflight(s: Settings) -> list[str]:
         elif not os.access(p, os.R_OK):
             problems.append(f"{key}: {path} is not readable")
     problems += listen_address(s)
+    problems += remote_db.preflight(s.database)
     if problems:
         return problems
     if shutil.which("openssl") is None:
@@ -145,7 +146,11 @@ def run_all(plan: Plan, s: Settings, wheelhouse: Path | None) -> None:
     steps.apache(plan, s)
     steps.health_agent(plan, SRC, s)
     steps.mariadb_config(plan)
-    steps.database(plan, SRC, passwords)
+    if s.database is None:
+        steps.database(plan, SRC, passwords)
+    # [database]: the units' drop-ins and the web app's AppArmor switch (removed without it), and the
+    # database admin's part as a next: line: the users, the schema and the grants are made there.
+    remote_db.step(plan, s.database)
     steps.postfix(plan, SRC, s)
     steps.rsyslog(plan, s)
     steps.remote_copy(plan, SRC, s)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.server.remote_db import RemoteDatabase, RemoteDatabaseError, database_from_table
 from hardening.firewall.addresses import FirewallConfigError, parse_network
 from hardening.ssh import CrlPush, SshdConfigError, crl_push_from_table
 
@@ -60,7 +61,10 @@ RESERVED_LOGINS = frozenset(
     | {"postmaster", "abuse", "keyd"}
 )
 
-_TOP = {"hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp", "balancer", "crl_push"}
+_TOP = {
+    *("hostname", "admins", "mail", "loghost", "network", "tls", "backup", "webapp", "balancer"),
+    *("crl_push", "database"),
+}
 _ADMIN = {"login", "mail", "ssh_key", "keyholder", "password_hash"}
 _MAILT = {"relay", "from"}
 _LOGHOST = {
@@ -210,6 +214,8 @@ class Settings:
     balancer: Balancer | None = None
     # [crl_push]: the CA host's CRL push to this web node (docs/ca.md), by hardening.ssh's own rules.
     crl_push: CrlPush | None = None
+    # [database]: the database on another host (docs/deploy.md); None: the installer's local MariaDB.
+    database: RemoteDatabase | None = None
 
     @property
     def alert_to(self) -> tuple[str, ...]:
@@ -382,6 +388,12 @@ def parse(text: str) -> Settings:
                 )
 
     crl_push = _crl_push(r, data.get("crl_push"), admins)
+    database = None
+    if data.get("database") is not None:
+        try:
+            database = database_from_table(data["database"])
+        except RemoteDatabaseError as exc:  # its rules, in deploy/server/remote_db.py; never the URL
+            r.problems.append(str(exc))
 
     if r.problems:
         raise SettingsError(r.problems)
@@ -399,6 +411,7 @@ def parse(text: str) -> Settings:
         webapp=webapp,
         balancer=balancer,
         crl_push=crl_push,
+        database=database,
     )
 
 

@@ -97,3 +97,21 @@ def statements(text: str) -> list[str]:
         if line.endswith(","):
             out.append(" ".join(line[:-1].split()))
     return out
+
+
+_FAMILY = re.compile(r"(\w+)(?:\s*\{([^}]*)\})?")
+
+
+def _families(text: str) -> dict[str, frozenset[str]]:
+    return {m[1]: frozenset((m[2] or "ALL").split()) for m in _FAMILY.finditer(text)}
+
+
+def compiled_network(parser: str, profile: Path, *extra: str) -> tuple[dict[str, frozenset[str]], ...]:
+    """(allowed, denied) network rules after includes, variables and conditionals were evaluated (`-d`
+    prints the profile the parser built): family -> socket types, {"ALL"} for the whole family."""
+    res = run_parser(parser, profile, "-d", *extra)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    split = (line.partition(": ") for line in out.splitlines())
+    lines = {k: v for k, _, v in split if k in ("Network", "Deny Net")}
+    return _families(lines.get("Network", "")), _families(lines.get("Deny Net", ""))

@@ -161,7 +161,11 @@ def test_the_web_app_s_user_reaches_the_database_and_nothing_else(tmp_path: Path
     server.run("nft", "flush", "ruleset")
     server.run("nft", "-f", str(path))
     assert ask(WEB_UID, db.v4, 3306) == "OSError", "the owner rule alone must refuse it"
-    path.write_text(path.read_text() + remote_db.nft_rules(remote, [str(WEB_UID)]))
+    # The install's own firewall step with the settings' [database] adds the rule.
+    url = f"mysql+pymysql://{db.v4}:3306/strongroom?charset=utf8mb4&ssl_ca=/etc/strongroom/db-ca.pem"
+    with_db = parse(f'{EXAMPLE}\n[database]\nurl = "{url}"\n')
+    steps.firewall(Plan(root=tmp_path, check=False, out=lambda _line: None), CHECKOUT, with_db)
+    assert path.read_text().endswith(remote_db.nft_rules(remote, [str(WEB_UID)]))
     server.run("nft", "flush", "ruleset")
     server.run("nft", "-f", str(path))
     assert ask(WEB_UID, db.v4, 3306) == "connected"
