@@ -2,10 +2,10 @@
 
 The settings with hostile values as a table; the rendered file without [crl_push] byte for byte the
 one from before; `sshd -T -C` for the push user from the CA's address and from elsewhere, and for an
-admin (the same effective settings as without [crl_push]); and a REAL sshd on loopback, started as
-tests/hardening/test_ssh_sshd.py starts it, where the push user logs in with its key from 127.0.0.1
-(the "CA host") and gets the receiver (a stand-in: see STAND_IN) whatever it asks for, never the
-session hook, while from 127.0.0.2 the same key is refused.
+admin (the same effective settings as without [crl_push]); and a REAL sshd on loopback, started by
+tests/hardening/sshd_server.py as for test_ssh_sshd.py, where the push user logs in with its key
+from 127.0.0.1 (the "CA host") and gets the receiver (a stand-in: see STAND_IN) whatever it asks
+for, never the session hook, while from 127.0.0.2 the same key is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,6 @@ import pytest
 from click.testing import CliRunner
 
 from hardening.ssh import (
-    HOOK,
     SHIPPED,
     CrlPush,
     SshdConfigError,
@@ -33,9 +32,9 @@ from hardening.ssh import (
     render,
 )
 from hardening.ssh.__main__ import main
-from tests.hardening.test_ssh_sshd import Server, _keygen, _run, _wait_for_port
+from tests.hardening.sshd_server import Server, hardened_sshd, keygen, run
 from tests.support import need_binary, need_root
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.webapp.smtpsink import Sink
 
 RECEIVER = [
     "/usr/bin/env", "-C", "/opt/strongroom", "/opt/strongroom/.venv/bin/python", "-m", "ca.crl_receive",
@@ -250,14 +249,14 @@ def configs() -> Iterator[tuple[str, Path, Path]]:
     sshd = need_binary("sshd")
     base = Path(tempfile.mkdtemp(prefix="strongroom-sshd-crl-T-", dir="/run"))
     try:
-        host_key = _keygen(base / "host_ed25519")
+        host_key = keygen(base / "host_ed25519")
         plain = SshdSettings(host_keys=(str(host_key),), pid_file=str(base / "sshd.pid"))
         push = parse_settings(GOOD).crl_push
         with_push = base / "with", base / "without"
         (base / "with").write_text(render(dataclasses.replace(plain, crl_push=push)))
         (base / "without").write_text(render(plain))
         for config in with_push:
-            _run(sshd, "-t", "-f", str(config))
+            run(sshd, "-t", "-f", str(config))
         yield sshd, *with_push
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -342,91 +341,32 @@ def node() -> Iterator[Node]:
     """A hardened web node's sshd with [crl_push] for a throwaway push user, "CA host" 127.0.0.1, the
     stand-in receiver as its command, and the real session hook for everyone else, its alerts going
     to an aiosmtpd sink."""
-    need_root()
-    sshd = need_binary("sshd")
-    need_binary("ssh")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     tag = secrets.token_hex(3)
     group, admin, pusher = f"srtg{tag}", f"srta{tag}", f"srtc{tag}"
-    base = Path(tempfile.mkdtemp(prefix="strongroom-sshd-crl-", dir="/run"))
-    base.chmod(0o755)
-    made_users: list[str] = []
-    made_group = False
-    proc: subprocess.Popen[bytes] | None = None
-    sink = Sink()
-    try:
-        _run("groupadd", "--system", group)
-        made_group = True
-        # The push user with its own group of the same name, as `adduser --system --group` makes it.
-        for user, extra in ((admin, ["-G", group]), (pusher, ["--user-group"])):
-            _run("useradd", "--system", "-M", "-d", str(base / "home" / user), "-s", "/bin/sh", *extra, user)
-            made_users.append(user)
-            _run("usermod", "-p", "*", user)
-            home = base / "home" / user
-            home.mkdir(parents=True)
-            shutil.chown(home, user, user)
-        (base / "keys").mkdir(mode=0o755)
-        (base / "etc").mkdir(mode=0o755)
-        keys = {name: _keygen(base / "etc" / f"client-{name}") for name in ("alice", "ca")}
-        pub = {name: path.with_suffix(".pub").read_text().strip() for name, path in keys.items()}
+
+    def authorized_keys(pub: Mapping[str, str]) -> dict[str, str]:
         # The key's own command= (what docs/ca.md had alone) loses to sshd's ForceCommand: a different
         # one here shows which ran. No from= on the key: the address is refused by sshd_config alone.
-        lines = {
+        return {
             admin: f'environment="KEYHOLDER=alice" {pub["alice"]}\n{pub["ca"]}\n',
             pusher: f'restrict,command="/bin/echo the-key-command" {pub["ca"]}\n',
         }
-        for user, text in lines.items():
-            (base / "keys" / user).write_text(text)
-            (base / "keys" / user).chmod(0o644)
-        receiver = base / "etc" / "receiver"
-        receiver.write_text(STAND_IN)
-        receiver.chmod(0o755)
-        hook = base / "etc" / "ssh-session-hook"
-        shutil.copyfile(HOOK, hook)
-        hook.chmod(0o755)
-        with smtp_server(sink) as smtp_port:
-            hook_config = base / "etc" / "ssh-alert.toml"
-            hook_config.write_text(
-                f'authorized_keys = "{base}/keys/%u"\nsession_shell = "/bin/bash"\n'
-                f'[mail]\nfrom = "ssh@localhost"\nto = ["security@example.org"]\n'
-                f'transport = "smtp"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
-            )
-            hook_config.chmod(0o644)
-            port = free_port()
-            config = base / "etc" / "sshd_config"
-            config.write_text(
-                render(
-                    SshdSettings(
-                        port=port,
-                        listen=("127.0.0.1",),
-                        host_keys=(str(_keygen(base / "etc" / "host_ed25519")),),
-                        pid_file=str(base / "sshd.pid"),
-                        allow_groups=(group,),
-                        authorized_keys=f"{base}/keys/%u",
-                        hook=(str(hook), "--config", str(hook_config)),
-                        crl_push=CrlPush(
-                            user=pusher, sources=("127.0.0.1",), command=(str(receiver), *STAND_IN_ARGS)
-                        ),
-                    )
-                )
-            )
-            _run(sshd, "-t", "-f", str(config))
-            log = base / "sshd.log"
-            with log.open("wb") as log_fh:
-                proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=log_fh)
-            _wait_for_port(port, proc, log)
-            yield Node(Server(base, port, sink, admin, pusher, keys, log, hook_config), base / "pwned")
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        for user in made_users:
-            subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
-            subprocess.run(["userdel", user], check=False, capture_output=True)
-        # userdel removed the push user's own group with it; the admins' group is ours to remove.
-        if made_group:
-            subprocess.run(["groupdel", group], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+
+    with hardened_sshd(
+        prefix="strongroom-sshd-crl-",
+        group=group,
+        admin=admin,
+        outsider=pusher,
+        # The push user with its own group of the same name, as `adduser --system --group` makes it.
+        outsider_useradd=("--user-group",),
+        client_keys=("alice", "ca"),
+        authorized_keys=authorized_keys,
+        files={"receiver": STAND_IN},
+        crl_push=lambda etc: CrlPush(
+            user=pusher, sources=("127.0.0.1",), command=(str(etc / "receiver"), *STAND_IN_ARGS)
+        ),
+    ) as server:
+        yield Node(server, server.base / "pwned")
 
 
 @pytest.fixture

@@ -1,11 +1,6 @@
 """A REAL sshd on loopback, run from hardening/ssh/sshd_config.in (test port and private paths), and
-the real OpenSSH client.
-
-Throwaway system users and a group are created for the module and removed afterwards (sshd needs
-real accounts: it looks them up with getpwnam and drops to their uid). Everything lives in a
-private directory under /run, not /tmp: StrictModes refuses key files below a world-writable
-directory, and the production layout (root-owned /etc/ssh/authorized_keys) is what is tested.
-Alerts go to an aiosmtpd sink on 127.0.0.1 through the hook's "smtp" transport.
+the real OpenSSH client (tests/hardening/sshd_server.py: throwaway users and group, a private
+directory under /run, alerts to an aiosmtpd sink on 127.0.0.1 through the hook's "smtp" transport).
 """
 
 from __future__ import annotations
@@ -18,198 +13,43 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from hardening.ssh import HOOK, SshdSettings, render
-from tests.support import need_binary, need_root
+from tests.hardening.sshd_server import Server, hardened_sshd, run, wait_for_port
+from tests.support import need_binary
 from tests.webapp.smtpsink import Sink, free_port, smtp_server
 
-CLIENT_TIMEOUT = 20
 MARKER = "s3cret-c0mmand-marker"  # appears in commands; must never appear in a mail
-
-
-@dataclass
-class Server:
-    base: Path
-    port: int
-    sink: Sink
-    admin: str  # in the allowed group, two keys: one with KEYHOLDER, one without
-    outsider: str  # valid key, not in the allowed group
-    keys: dict[str, Path] = field(default_factory=dict)
-    log: Path = Path()
-    hook_config: Path = Path()
-
-    def ssh(
-        self,
-        user: str,
-        key: str | None,
-        *args: str,
-        stdin: str = "",
-        env: dict[str, str] | None = None,
-        options: tuple[str, ...] = ("BatchMode=yes",),
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.ssh_argv(user, key, *args, options=options),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_TIMEOUT,
-            env=env,
-            check=False,
-        )
-
-    def ssh_argv(
-        self, user: str, key: str | None, *args: str, options: tuple[str, ...] = ("BatchMode=yes",)
-    ) -> list[str]:
-        return [
-            need_binary("ssh"),
-            *self._common(key, options),
-            "-p",
-            str(self.port),
-            f"{user}@127.0.0.1",
-            *args,
-        ]
-
-    def sftp(self, user: str, key: str, batch: str) -> subprocess.CompletedProcess[str]:
-        argv = [need_binary("sftp"), *self._common(key, ("BatchMode=yes",)), "-P", str(self.port), "-b", "-"]
-        return subprocess.run(
-            [*argv, f"{user}@127.0.0.1"],
-            input=batch,
-            capture_output=True,
-            text=True,
-            timeout=CLIENT_TIMEOUT,
-            check=False,
-        )
-
-    def _common(self, key: str | None, options: tuple[str, ...]) -> list[str]:
-        argv = ["-F", "/dev/null"]
-        for option in options:  # first: in ssh the first value given wins
-            argv += ["-o", option]
-        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-        argv += ["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
-        if key is not None:
-            argv += ["-i", str(self.keys[key]), "-o", "IdentitiesOnly=yes"]
-        return argv
-
-    def fingerprint(self, key: str) -> str:
-        out = subprocess.run(
-            ["ssh-keygen", "-lf", str(self.keys[key]) + ".pub"], capture_output=True, text=True, check=True
-        ).stdout
-        return out.split()[1]
-
-
-def _run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=60)
-
-
-def _keygen(path: Path) -> Path:
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path))
-    return path
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("sshd did not listen in time")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    need_root()
-    sshd = need_binary("sshd")
-    need_binary("ssh")
+    """admin: in the allowed group, two keys: one with KEYHOLDER, one without; outsider: a valid key,
+    not in the allowed group; root: a valid key."""
     need_binary("sftp")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     tag = secrets.token_hex(3)
     group, admin, outsider = f"srtg{tag}", f"srta{tag}", f"srto{tag}"
-    base = Path(tempfile.mkdtemp(prefix="strongroom-sshd-", dir="/run"))
-    base.chmod(0o755)
-    made_users: list[str] = []
-    made_group = False
-    proc: subprocess.Popen[bytes] | None = None
-    sink = Sink()
-    try:
-        _run("groupadd", "--system", group)
-        made_group = True
-        for user, extra in ((admin, ["-G", group]), (outsider, [])):
-            # /bin/sh (dash) as the login shell: sshd runs the ForceCommand through it, and unlike bash
-            # it reads no user file first (bash sources ~/.bashrc there: measured).
-            _run("useradd", "--system", "-M", "-d", str(base / "home" / user), "-s", "/bin/sh", *extra, user)
-            made_users.append(user)
-            _run("usermod", "-p", "*", user)  # not locked ("!"), no password either
-            home = base / "home" / user
-            home.mkdir(parents=True)
-            shutil.chown(home, user, user)
-        # root joins the throwaway group (gone with it at the end), so that only PermitRootLogin, not
-        # AllowGroups, stands between root's valid key and a session.
-        _run("gpasswd", "-a", "root", group)
-        (base / "keys").mkdir(mode=0o755)
-        (base / "etc").mkdir(mode=0o755)
-        keys = {name: _keygen(base / "etc" / f"client-{name}") for name in ("alice", "unknown", "root")}
-        host_key = _keygen(base / "etc" / "host_ed25519")
-        pub = {name: (path.with_suffix(".pub")).read_text().strip() for name, path in keys.items()}
-        lines = {
+
+    def authorized_keys(pub: Mapping[str, str]) -> dict[str, str]:
+        return {
             admin: f'environment="KEYHOLDER=alice" {pub["alice"]}\n{pub["unknown"]}\n',
             outsider: f'environment="KEYHOLDER=alice" {pub["alice"]}\n',
             "root": f'environment="KEYHOLDER=alice" {pub["root"]}\n',
         }
-        for user, text in lines.items():
-            path = base / "keys" / user
-            path.write_text(text)
-            path.chmod(0o644)
-        hook = base / "etc" / "ssh-session-hook"
-        shutil.copyfile(HOOK, hook)
-        hook.chmod(0o755)
-        with smtp_server(sink) as smtp_port:
-            hook_config = base / "etc" / "ssh-alert.toml"
-            hook_config.write_text(
-                f'authorized_keys = "{base}/keys/%u"\nsession_shell = "/bin/bash"\n'
-                f'[mail]\nfrom = "ssh@localhost"\nto = ["security@example.org"]\n'
-                f'transport = "smtp"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp_port}\n'
-            )
-            hook_config.chmod(0o644)
-            port = free_port()
-            config = base / "etc" / "sshd_config"
-            config.write_text(
-                render(
-                    SshdSettings(
-                        port=port,
-                        listen=("127.0.0.1",),
-                        host_keys=(str(host_key),),
-                        pid_file=str(base / "sshd.pid"),
-                        allow_groups=(group,),
-                        authorized_keys=f"{base}/keys/%u",
-                        hook=(str(hook), "--config", str(hook_config)),
-                    )
-                )
-            )
-            _run(sshd, "-t", "-f", str(config))
-            log = base / "sshd.log"
-            with log.open("wb") as log_fh:
-                proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=log_fh)
-            _wait_for_port(port, proc, log)
-            yield Server(base, port, sink, admin, outsider, keys, log, hook_config)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        for user in made_users:
-            subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
-            subprocess.run(["userdel", user], check=False, capture_output=True)
-        if made_group:
-            subprocess.run(["groupdel", group], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+
+    with hardened_sshd(
+        prefix="strongroom-sshd-",
+        group=group,
+        admin=admin,
+        outsider=outsider,
+        root_in_group=True,
+        client_keys=("alice", "unknown", "root"),
+        authorized_keys=authorized_keys,
+    ) as server:
+        yield server
 
 
 @pytest.fixture
@@ -356,7 +196,7 @@ def test_password_and_keyboard_interactive_are_refused(server: Server, sink: Sin
             ),
         )
     finally:
-        _run("usermod", "-p", "*", server.admin)
+        run("usermod", "-p", "*", server.admin)
     assert out.returncode == 255
     assert "in\n" not in out.stdout
     assert "Permission denied (publickey)" in out.stderr
@@ -383,7 +223,7 @@ def test_password_probe_logs_in_when_a_config_allows_it(server: Server, sink: Si
     with log.open("wb") as log_fh:
         proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(weak)], stderr=log_fh)
     try:
-        _wait_for_port(port, proc, log)
+        wait_for_port(port, proc, log)
         probe = Server(server.base, port, server.sink, server.admin, server.outsider, server.keys)
         out = probe.ssh(
             server.admin,
@@ -402,7 +242,7 @@ def test_password_probe_logs_in_when_a_config_allows_it(server: Server, sink: Si
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        _run("usermod", "-p", "*", server.admin)
+        run("usermod", "-p", "*", server.admin)
 
 
 @pytest.mark.parametrize(
