@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -69,9 +70,16 @@ def _mentions_checkout(tree: ast.AST, names: set[str]) -> bool:
             return True
         if isinstance(node, ast.Name) and node.id == "__file__":
             return True
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and ".venv" in node.value:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _relative_venv(node.value):
             return True
     return False
+
+
+def _relative_venv(text: str) -> bool:
+    """A path word with ".venv" in it that is not absolute: it resolves against the checkout. An
+    absolute one does not name it (the checkout's own absolute paths come from ROOT and its kin): an
+    installed server's "/opt/strongroom/.venv/bin/python" in a documented command is not checkout code."""
+    return any(".venv" in word and not word.startswith("/") for word in re.findall(r"[^\s\"'\[\],=]+", text))
 
 
 def _checkout_names(tree: ast.AST) -> set[str]:
@@ -144,6 +152,7 @@ FLAGGED = [
         id="runuser-venv-python",
     ),
     pytest.param("subprocess.Popen([sys.executable, '-m', 'x'], user='nobody')", id="user-keyword"),
+    pytest.param("subprocess.run(['setpriv', '--reuid=1', '.venv/bin/python'])", id="relative-venv"),
     pytest.param("subprocess.run(argv, preexec_fn=drop, cwd=ROOT)", id="preexec-fn"),
     pytest.param(
         "PY = ROOT / '.venv/bin/python'\nBIN = PY\nsubprocess.run(['setpriv', '--reuid=1', str(BIN)])",
@@ -159,6 +168,12 @@ FLAGGED = [
     ),
 ]
 PASSED = [
+    pytest.param(
+        "COMMAND = ['/opt/strongroom/.venv/bin/python', '-m', 'ca.crl_receive']\n"
+        "ARGS = COMMAND[1:]\n"
+        "subprocess.run(['setpriv', '--reuid=1', str(python_for_others), *ARGS], cwd='/')",
+        id="an-installed-server-path-is-not-the-checkout",
+    ),
     pytest.param(
         "subprocess.run([setpriv, '--reuid=65534', str(python_for_others), '-m', 'ops.watch'], cwd=work)",
         id="installed-copy",

@@ -220,7 +220,9 @@ def test_the_receiver_installs_a_newer_crl_keeping_owner_and_mode_and_reloads(pu
     assert (pushed.node / "reloaded").exists()
 
 
-def test_the_receiver_runs_as_its_own_unprivileged_user_and_keeps_the_owner(pushed: Pushed) -> None:
+def test_the_receiver_runs_as_its_own_unprivileged_user_and_keeps_the_owner(
+    pushed: Pushed, python_for_others: Path
+) -> None:
     """As docs/ca.md sets a node up: a user that owns the CRL's directory, not root."""
     need_root()
     setpriv = need_binary("setpriv")
@@ -236,10 +238,12 @@ def test_the_receiver_runs_as_its_own_unprivileged_user_and_keeps_the_owner(push
         for path in (node, node / "crl.pem"):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         os.chmod(node / "crl.pem", 0o640)
+        # As nobody, from the installed copy (the checkout may sit where nobody cannot enter).
+        receiver = receiver_argv(node, f"touch {node / 'reloaded'}")[1:]
         done = subprocess.run(
             [setpriv, f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-             *receiver_argv(node, f"touch {node / 'reloaded'}")],
-            input=newer, cwd=ROOT, capture_output=True, timeout=60, check=False,
+             str(python_for_others), *receiver],
+            input=newer, cwd="/", capture_output=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         st = (node / "crl.pem").stat()
