@@ -72,8 +72,8 @@ pytest: sysdeps venv axe
 test: sysdeps venv lint typecheck pytest
 
 # The multi-node deployment (docs/scaling.md): three Galera nodes, HAProxy and two web nodes in network
-# namespaces, with machines failing under load. Its own target because `make test` alone takes 22-26
-# minutes of CI's 30 on two cores; .ci/run runs both.
+# namespaces, with machines failing under load (about 3 minutes). Its own target because `make test`
+# alone takes 22-30 minutes on two cores (30 in the last CI run, 5986 tests); .ci/run runs both.
 test-cluster: sysdeps venv
 	$(call run_pytest,-m cluster tests/cluster $(PYTEST_ARGS))
 
