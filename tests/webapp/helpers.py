@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -49,3 +53,18 @@ def refuse_audit_inserts(engine: sa.Engine) -> None:
                 "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW "
                 "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no'"
             )
+
+
+@contextlib.contextmanager
+def mariadb_read_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The private MariaDB in read_only meanwhile: every write of the app's user refused (it has no
+    privilege past it), as on a server put read-only by an operator or a failing disk."""
+    root = request.getfixturevalue("maria_backend").server.root()
+    try:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL read_only = ON")
+        yield
+    finally:
+        with root.cursor() as cur:
+            cur.execute("SET GLOBAL read_only = OFF")
+        root.close()

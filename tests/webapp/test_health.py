@@ -22,7 +22,7 @@ from flask import Flask
 from keyd.errors import Unavailable
 from tests.support import component_missing, need_binary
 from tests.webapp.conftest import FakeVault, Person, client_for, get, login
-from tests.webapp.helpers import refuse_audit_inserts
+from tests.webapp.helpers import mariadb_read_only, refuse_audit_inserts
 from webapp.audit import service as audit_service
 from webapp.events import Event
 from webapp.mail.spool import Spool
@@ -58,15 +58,8 @@ def read_only(app: Flask, db_url: str, request: pytest.FixtureRequest) -> Iterat
             sa.event.remove(engine, "connect", on)
             engine.dispose()
         return
-    root = request.getfixturevalue("maria_backend").server.root()
-    try:
-        with root.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = ON")
+    with mariadb_read_only(request):
         yield
-    finally:
-        with root.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = OFF")
-        root.close()
 
 
 def test_healthy_says_ok_and_leaves_no_trace(app: Flask, people: dict[str, Person]) -> None:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from tests.keyd.conftest import Running, unsealed_keyd
 from tests.support import need_binary
-from tests.webapp.helpers import refuse_audit_inserts
+from tests.webapp.helpers import mariadb_read_only, refuse_audit_inserts
 from webapp.cli import UsageFailure
 from webapp.health_agent import CACHE_SECONDS, WORKERS, CachedCheck, Grace, Verdict, parse_grace, parse_listen
 
@@ -172,19 +172,6 @@ def test_follows_keyd_sealed_stopped_and_unsealed_and_logs_only_changes(
         "health agent: now up",
         "health agent stopped",
     ]
-
-
-@contextlib.contextmanager
-def mariadb_read_only(request: pytest.FixtureRequest) -> Iterator[None]:
-    root = request.getfixturevalue("maria_backend").server.root()
-    try:
-        with root.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = ON")
-        yield
-    finally:
-        with root.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = OFF")
-        root.close()
 
 
 def test_a_database_that_refuses_the_audit_append_is_down(
