@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +146,23 @@ def file_accesses(log: Path, after: str | None = None) -> set[tuple[str, str]]:
         elif m := _EXEC.match(line):
             out.add((m["path"], "x"))
     return out
+
+
+# /proc/self and /proc/thread-self as a running service's (any fixed pid: the profiles say @{pid}).
+PROC_MOVES = [("/proc/self/", "/proc/4242/"), ("/proc/thread-self/", "/proc/4242/task/4243/")]
+
+
+def python_service_moves(checkout: Path) -> list[tuple[str, str]]:
+    """Where a Python service's files are in production: the checkout at /opt/strongroom, this
+    interpreter's files at Debian's python3's places, /proc as a service's."""
+    prefix = Path(sys.base_prefix)
+    return [
+        (f"{checkout}/", "/opt/strongroom/"),
+        (f"{prefix}/lib/python3.11/", "/usr/lib/python3.11/"),
+        (f"{prefix}/lib/", "/usr/lib/x86_64-linux-gnu/"),
+        (f"{prefix}/bin/", "/usr/bin/"),
+        *PROC_MOVES,
+    ]
 
 
 def translate(accesses: set[tuple[str, str]], prefixes: list[tuple[str, str]]) -> set[tuple[str, str]]:

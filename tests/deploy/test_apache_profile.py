@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.apparmor.policy import compiled_file_rules, decide, mask_of
-from tests.deploy.syscalls import file_accesses, translate
+from tests.deploy.syscalls import PROC_MOVES, file_accesses, translate
 from tests.deploy.test_install import make_root, run_install
 from tests.fixtures.pki import TestCA
 from tests.support import need_binary, need_root
@@ -171,8 +171,7 @@ def apache_trace() -> Iterator[tuple[set[tuple[str, str]], int]]:
             assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
         moves = [
             (f"{root}/", "/"),
-            ("/proc/self/", "/proc/4242/"),
-            ("/proc/thread-self/", "/proc/4242/task/4243/"),
+            *PROC_MOVES,
         ]
         accesses = file_accesses(trace_log) | file_accesses(base / "graceful.log")
         yield translate(accesses, moves), port

@@ -12,13 +12,19 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from deploy.server.settings import Balancer
 from tests.apparmor.policy import compiled_file_rules, decide
-from tests.deploy.syscalls import allowed_syscalls, file_accesses, read_trace, syscall_groups, translate
+from tests.deploy.syscalls import (
+    allowed_syscalls,
+    file_accesses,
+    python_service_moves,
+    read_trace,
+    syscall_groups,
+    translate,
+)
 from tests.deploy.test_health_agent_unit import options, rendered
 from tests.support import need_binary
 from webapp import create_app
@@ -106,16 +112,10 @@ def test_the_agent_answers_within_its_unit_and_profile(tmp_path: Path) -> None:
     assert trace.write_exec_maps == [], "MemoryDenyWriteExecute= would refuse these"
 
     rules = compiled_file_rules(parser, ROOT / "apparmor" / "strongroom-health-agent")
-    prefix = Path(sys.base_prefix)
     moves = [
         (f"{instance}/", "/var/lib/strongroom-web/"),
         (f"{tmp_path}/no-keyd.sock", "/run/strongroom-keyd/keyd.sock"),
-        (f"{ROOT}/", "/opt/strongroom/"),
-        (f"{prefix}/lib/python3.11/", "/usr/lib/python3.11/"),
-        (f"{prefix}/lib/", "/usr/lib/x86_64-linux-gnu/"),
-        (f"{prefix}/bin/", "/usr/bin/"),
-        ("/proc/self/", "/proc/4242/"),
-        ("/proc/thread-self/", "/proc/4242/task/4243/"),
+        *python_service_moves(ROOT),
     ]
     accesses = translate(file_accesses(log), moves)
     assert [p for p, _ in accesses if p.startswith(("/root/", str(tmp_path), str(ROOT)))] == []

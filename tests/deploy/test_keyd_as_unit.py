@@ -34,7 +34,14 @@ from keyd.config import Config
 from keyd.errors import KeydError
 from keyd.server import serve
 from tests.apparmor.policy import compiled_file_rules, decide
-from tests.deploy.syscalls import allowed_syscalls, file_accesses, read_trace, syscall_groups, translate
+from tests.deploy.syscalls import (
+    PROC_MOVES,
+    allowed_syscalls,
+    file_accesses,
+    read_trace,
+    syscall_groups,
+    translate,
+)
 from tests.deploy.test_units import options
 from tests.support import need_binary, need_root
 
@@ -320,8 +327,7 @@ def test_the_unit_filters_allow_what_keyd_does(tmp_path: Path) -> None:
             (f"{u.state}/", "/var/lib/strongroom-keyd/"),
             (f"{u.socket.parent}/", "/run/strongroom-keyd/"),
             (f"{u.shm}/", "/dev/shm/"),
-            ("/proc/self/", "/proc/4242/"),
-            ("/proc/thread-self/", "/proc/4242/task/4243/"),
+            *PROC_MOVES,
         ]
         accesses = translate(file_accesses(trace_log, after=EXEC_MARKER), moves)
     rules = compiled_file_rules(need_binary("apparmor_parser"), ROOT / "apparmor" / "strongroom-keyd")

@@ -12,7 +12,6 @@ import secrets
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -20,7 +19,14 @@ from pathlib import Path
 
 from ops.postfix import Postfix
 from tests.apparmor.policy import compiled_file_rules, decide
-from tests.deploy.syscalls import allowed_syscalls, file_accesses, read_trace, syscall_groups, translate
+from tests.deploy.syscalls import (
+    allowed_syscalls,
+    file_accesses,
+    python_service_moves,
+    read_trace,
+    syscall_groups,
+    translate,
+)
 from tests.deploy.test_units import options
 from tests.deploy.test_web_command import descendants, unit_environment
 from tests.deploy.test_webapp_env import environment_file, render
@@ -109,15 +115,9 @@ def test_mailer_unit_delivers_within_its_sandbox() -> None:
         assert peers, "no SMTP connection in the trace"
         assert peers <= {"127.0.0.1", "::1"}, f"IPAddressAllow=localhost would drop {peers}"
 
-        prefix = Path(sys.base_prefix)
         moves = [
             (f"{instance}/", "/var/lib/strongroom-web/"),
-            (f"{ROOT}/", "/opt/strongroom/"),
-            (f"{prefix}/lib/python3.11/", "/usr/lib/python3.11/"),
-            (f"{prefix}/lib/", "/usr/lib/x86_64-linux-gnu/"),
-            (f"{prefix}/bin/", "/usr/bin/"),
-            ("/proc/self/", "/proc/4242/"),
-            ("/proc/thread-self/", "/proc/4242/task/4243/"),
+            *python_service_moves(ROOT),
         ]
         accesses = translate(file_accesses(trace_log), moves)
         assert [p for p, _ in accesses if p.startswith(("/root/", str(tmp), str(ROOT)))] == []

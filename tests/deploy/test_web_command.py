@@ -13,7 +13,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from tests.deploy.syscalls import (
     Trace,
     allowed_syscalls,
     file_accesses,
+    python_service_moves,
     read_trace,
     syscall_groups,
     translate,
@@ -209,17 +209,11 @@ def test_the_unit_filters_allow_what_gunicorn_does(served: Served) -> None:
     # production (checkout -> /opt/strongroom, this python -> Debian's, temp dirs -> /run, /var/lib).
     parser = need_binary("apparmor_parser")
     rules = compiled_file_rules(parser, ROOT / "apparmor" / "strongroom-web")
-    prefix = Path(sys.base_prefix)
     moves = [
         (f"{served.tmp}/run-web/", "/run/strongroom-web/"),
         (f"{served.tmp}/instance/", "/var/lib/strongroom-web/"),
         (f"{served.tmp}/notify/notify.sock", "/run/systemd/notify"),
-        (f"{ROOT}/", "/opt/strongroom/"),
-        (f"{prefix}/lib/python3.11/", "/usr/lib/python3.11/"),
-        (f"{prefix}/lib/", "/usr/lib/x86_64-linux-gnu/"),
-        (f"{prefix}/bin/", "/usr/bin/"),
-        ("/proc/self/", "/proc/4242/"),
-        ("/proc/thread-self/", "/proc/4242/task/4243/"),
+        *python_service_moves(ROOT),
     ]
     accesses = translate(file_accesses(served.strace_log), moves)
     # Every test path was moved, and the trace is not trivially small.
