@@ -207,6 +207,25 @@ class Stack:
         return [p.pid for p in psutil.Process(self.apache.pid).children()]
 
 
+def production_settings(
+    *, db_url: str, instance: Path, keyd_socket: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The web app's STRONGROOM_* settings behind Apache, as production runs it, with cheap password
+    hashing and every hour a working hour; `extra` added last (it wins)."""
+    return {
+        "STRONGROOM_MODE": "production",
+        "STRONGROOM_SECRET_KEY": SECRET,
+        "STRONGROOM_DATABASE_URL": db_url,
+        "STRONGROOM_INSTANCE_PATH": str(instance),
+        "STRONGROOM_KEYD_SOCKET": str(keyd_socket),
+        "STRONGROOM_BEHIND_PROXY": "true",
+        "STRONGROOM_WORKING_DAYS": "mon-sun",
+        "STRONGROOM_WORKING_HOURS": "00:00-23:59",
+        **{f"STRONGROOM_{k}": str(v) for k, v in CHEAP_ARGON2.items()},
+        **(extra or {}),
+    }
+
+
 def log_in(conn: http.client.HTTPConnection, username: str, password: str) -> str:
     """The login form over `conn`, as a browser fills it: GET it for the CSRF token and its cookie,
     POST it (302 expected); the session cookie ("name=value")."""
@@ -308,18 +327,9 @@ def running_stack(
     db_url = f"sqlite:///{tmp_dir / 'strongroom.db'}"
 
     with unsealed_keyd() as keyd, _killed_on_error(keyd.keyd):
-        app_env = {
-            "STRONGROOM_MODE": "production",
-            "STRONGROOM_SECRET_KEY": SECRET,
-            "STRONGROOM_DATABASE_URL": db_url,
-            "STRONGROOM_INSTANCE_PATH": str(tmp_dir / "instance"),
-            "STRONGROOM_KEYD_SOCKET": str(keyd.keyd.socket),
-            "STRONGROOM_BEHIND_PROXY": "true",
-            "STRONGROOM_WORKING_DAYS": "mon-sun",
-            "STRONGROOM_WORKING_HOURS": "00:00-23:59",
-            **{f"STRONGROOM_{k}": str(v) for k, v in CHEAP_ARGON2.items()},
-            **(extra_env or {}),
-        }
+        app_env = production_settings(
+            db_url=db_url, instance=tmp_dir / "instance", keyd_socket=keyd.keyd.socket, extra=extra_env
+        )
         app = create_app({k.removeprefix("STRONGROOM_"): _typed(v) for k, v in app_env.items()})
         migrate.upgrade(app.extensions["strongroom"].engine)
         app.extensions["strongroom"].engine.dispose()

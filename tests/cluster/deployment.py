@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.apache.stack import CHEAP_ARGON2, GUNICORN, SECRET, traversable_dir
+from tests.apache.stack import GUNICORN, production_settings, traversable_dir
 from tests.backup.conftest import keygen
 from tests.cluster.galera import Galera
 from tests.cluster.lan import Lan
@@ -154,6 +154,14 @@ class Deployment:
                 proc.wait()
         # Orphaned descendants become zombies of whoever reaps here: gone is gone enough.
         wait_for(lambda: all(_gone(p) for p in tree), timeout=20, what="the killed processes to end")
+
+    def served(self) -> dict[str, int]:
+        """Requests each web node's Apache has logged so far."""
+        counts = {}
+        for name, node in self.nodes.items():
+            log = node.apache_dir / "logs" / "strongroom-access.log"
+            counts[name] = len(log.read_text().splitlines()) if log.exists() else 0
+        return counts
 
     def rerun_requests(self) -> int:
         """Requests the web apps ran again after the database rolled them back (webapp/retry.py's
@@ -406,18 +414,7 @@ def _gone(p: psutil.Process) -> bool:
 
 
 def _app_env(base: Path, db_url: str, keyd_socket: Path, extra: dict[str, str]) -> dict[str, str]:
-    app = {
-        "STRONGROOM_MODE": "production",
-        "STRONGROOM_SECRET_KEY": SECRET,
-        "STRONGROOM_DATABASE_URL": db_url,
-        "STRONGROOM_INSTANCE_PATH": str(base / "instance"),
-        "STRONGROOM_KEYD_SOCKET": str(keyd_socket),
-        "STRONGROOM_BEHIND_PROXY": "true",
-        "STRONGROOM_WORKING_DAYS": "mon-sun",
-        "STRONGROOM_WORKING_HOURS": "00:00-23:59",
-        **{f"STRONGROOM_{k}": str(v) for k, v in CHEAP_ARGON2.items()},
-        **extra,
-    }
+    app = production_settings(db_url=db_url, instance=base / "instance", keyd_socket=keyd_socket, extra=extra)
     return {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")} | app
 
 
