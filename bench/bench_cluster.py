@@ -40,24 +40,16 @@ from tests.cluster.employees import Browser, Employees, Report  # noqa: E402
 PASSWORD = "correct horse battery staple 2026"  # noqa: S105 - the benchmark's made-up employees
 
 
-def requests_served(d: Deployment) -> int:
-    total = 0
-    for node in d.nodes.values():
-        log = node.apache_dir / "logs" / "strongroom-access.log"
-        total += len(log.read_text().splitlines()) if log.exists() else 0
-    return total
-
-
 def percentile(values: list[float], pct: int) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, len(ordered) * pct // 100)] if ordered else 0.0
 
 
 def cell(d: Deployment, office: Employees, clerks: list[Browser], seconds: float, label: str) -> float:
-    before, reruns, started = requests_served(d), d.rerun_requests(), time.monotonic()
+    before, reruns, started = sum(d.served().values()), d.rerun_requests(), time.monotonic()
     report: Report = office.load(clerks, seconds=seconds).result(timeout=seconds + 300)
     elapsed = time.monotonic() - started
-    served, reruns = requests_served(d) - before, d.rerun_requests() - reruns
+    served, reruns = sum(d.served().values()) - before, d.rerun_requests() - reruns
     steps = [(s.ended - s.started) * 1000 for s in report.steps]
     rps = served / elapsed
     print(

@@ -68,15 +68,6 @@ def clerks(cluster: Deployment, office: Employees) -> list[Browser]:
     return browsers
 
 
-def served_by(d: Deployment) -> dict[str, int]:
-    """Requests each node's Apache has logged so far."""
-    counts = {}
-    for name, node in d.nodes.items():
-        log = node.apache_dir / "logs" / "strongroom-access.log"
-        counts[name] = len(log.read_text().splitlines()) if log.exists() else 0
-    return counts
-
-
 def chain_verifies(d: Deployment, node: str = "web1") -> None:
     out = d.flask(node, "audit", "verify")  # exits non-zero on any break
     assert out.startswith("audit chain intact"), out
@@ -109,10 +100,10 @@ def test_employees_work_through_the_balancer_with_their_own_address(
 ) -> None:
     dave = office.browser(*cluster.certs_of("dave"), "dave", PASSWORD)
     dave.login()
-    before = served_by(cluster)
+    before = cluster.served()
     for _ in range(6):
         assert dave.request("GET", "/records/").status == 200
-    after = served_by(cluster)
+    after = cluster.served()
     assert all(after[n] > before[n] for n in WEBS), f"round robin should use both nodes: {before} -> {after}"
     # The PROXY protocol carried the employee's address through the balancer: the session (bound to
     # the client address) works on both nodes, and the audit trail names the client, not the balancer.
@@ -131,9 +122,9 @@ def test_a_web_node_is_reached_only_through_the_balancer(cluster: Deployment) ->
 
 def test_both_nodes_append_to_one_audit_chain_under_load(cluster: Deployment, office: Employees,
                                                          clerks: list[Browser]) -> None:  # fmt: skip
-    before, reruns = served_by(cluster), cluster.rerun_requests()
+    before, reruns = cluster.served(), cluster.rerun_requests()
     report = office.load(clerks, seconds=LOAD_SECONDS).result(timeout=LOAD_SECONDS + 120)
-    after, reruns = served_by(cluster), cluster.rerun_requests() - reruns
+    after, reruns = cluster.served(), cluster.rerun_requests() - reruns
     no_employee_error(report)
     # Appends from both nodes serialize on the one writer: nobody needed a retry, and the apps
     # did not even have to run a request again.
