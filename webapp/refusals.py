@@ -7,7 +7,7 @@ record in a fresh transaction of their own.
 Every refusal page says what happened in its heading and has a way back (`back_link`): to the page
 the user came from when that is a page of this app, else home. The link is never the Referer as sent:
 only the path of one of our own GET routes (no host, no query string, ASCII, no card number in any
-spelling, no digit run longer than an id) is ever written into the page.
+spelling, no run of digits as long as a card number) is ever written into the page.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flask.wrappers import Response
 from werkzeug.exceptions import HTTPException
 
 from webapp.events import Event
-from webapp.redact import contains_pan
+from webapp.redact import PAN_MIN, contains_pan
 from webapp.request import unit
 
 # What a refusal page's heading says when its caller says nothing more specific.
@@ -37,7 +37,9 @@ HEADINGS = {
 }
 PATH_MAX = 200
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]*")
-_LONG_NUMBER = re.compile(r"[0-9]{11,}")  # longer than any id of ours (record ids fit in 10 digits)
+# A run of digits a card number could hide in, Luhn or not. Ids of ours never hold one: record ids fit
+# in 10 digits, and a card's or item's 32-hex id holds runs of up to 12 (records.service.new_id).
+_LONG_NUMBER = re.compile(rf"[0-9]{{{PAN_MIN},}}")
 # Paths answered in another format than HTML (the JSON API's problem+json, webapp/api/): a URL prefix
 # -> a function of (template=, status=, heading=, **context) returning the response, in app.extensions.
 RENDERERS = "strongroom.refusal_renderers"

@@ -33,6 +33,7 @@ def test_each_refusal_page_has_a_heading_and_a_way_back(
     assert '<p class="back"><a href="/records/7">Back to the previous page</a></p>' in body
 
 
+DIGITS_ID = "a" * 10 + "800152524001" + "b" * 10  # a card id with the longest digit run new_id draws
 # (method, path, Referer, expected way back)
 BACKS = [
     ("POST", "/records/7/cards", None, "/records/7"),
@@ -49,7 +50,10 @@ BACKS = [
     ("GET", "/nowhere", "//evil.example/records/7", "/"),
     ("GET", "/nowhere", f"https://vault.example/records/?crm_ref={PAN}", "/records/"),
     ("GET", "/nowhere", f"https://vault.example/records/{PAN}", "/"),
-    ("GET", "/nowhere", "https://vault.example/records/12345678901", "/"),  # longer than any id
+    ("GET", "/nowhere", "https://vault.example/records/1234567890123", "/"),  # as long as a card number
+    # A card's id may hold a run of up to 12 digits (records.service.new_id): still a page of ours.
+    ("POST", f"/records/7/cards/{DIGITS_ID}/edit", None, f"/records/7/cards/{DIGITS_ID}"),
+    ("GET", "/x", f"https://vault.example/records/7/cards/{DIGITS_ID}", f"/records/7/cards/{DIGITS_ID}"),
     ("GET", "/nowhere", "https://vault.example/records/\uff17", "/"),  # a fullwidth digit
     ("GET", "/nowhere", 'https://vault.example/records/"><script>', "/"),
     ("GET", "/nowhere", "javascript:alert(1)", "/"),
