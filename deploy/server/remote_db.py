@@ -10,7 +10,6 @@ drop-ins and the switch away again. Standard library only, as the rest of the in
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from deploy.server.plan import InstallError, Plan, Want, run
+from hardening.firewall.addresses import host_address
 
 DEFAULT_PORT = 3306
 # The units that connect to the database as the web app's user (or the nightly jobs' users), with the
@@ -80,19 +80,11 @@ def parse_url(url: str) -> RemoteDatabase | None:
             f"database url: only charset= and ssl_ca= are taken, not {unknown[0][:32]}="
         )
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise RemoteDatabaseError(
-            "database url: the host must be an IP address (a name would need DNS, which the units' "
-            "IPAddressAllow= and the firewall cannot follow)"
-        ) from None
-    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
-        raise RemoteDatabaseError(
-            "database url: not a loopback, unspecified, multicast or link-local address "
-            "(the local database is reached over its Unix socket)"
-        )
-    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip.scope_id):
-        raise RemoteDatabaseError("database url: an IPv6 address without a zone, an IPv4 one as IPv4")
+        ip = host_address(host)
+    except ValueError as exc:
+        # A name would need DNS, which the units' IPAddressAllow= and the firewall cannot follow; the
+        # local database is reached over its Unix socket, never over loopback.
+        raise RemoteDatabaseError(f"database url: the host {exc}") from None
     if port is None:
         port = DEFAULT_PORT
     if not 1 <= port <= 65535:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.server.remote_db import RemoteDatabase, RemoteDatabaseError, database_from_table
-from hardening.firewall.addresses import FirewallConfigError, parse_network
+from hardening.firewall.addresses import FirewallConfigError, host_address, parse_network
 from hardening.ssh import CrlPush, SshdConfigError, crl_push_from_table
 
 MAX_FILE_BYTES = 64 * 1024
@@ -474,21 +474,11 @@ def _node_ip(r: _Reader, value: object, key: str) -> ipaddress.IPv4Address | ipa
     """One address of a host on the balancers' network: an IP (a name would be resolved at some other
     time than the balancer's), unicast, routable beyond this host, without a zone (it goes into
     systemd's IPAddressAllow=, nft and the agent's --agent as is)."""
-    if not isinstance(value, str) or not 2 <= len(value) <= 45:
-        r.bad(key, "must be an IP address string")
-        return None
     try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        r.bad(key, "not an IP address (a host name is not taken)")
+        return host_address(value)
+    except ValueError as exc:
+        r.bad(key, str(exc))
         return None
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_reserved:
-        r.bad(key, "must be one host's unicast address (not 0.0.0.0, ::, multicast, loopback, link-local)")
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip.scope_id):
-        r.bad(key, "an IPv6 address without a %zone, and an IPv4 address written as IPv4")
-        return None
-    return ip
 
 
 def _balancer(r: _Reader, value: object) -> Balancer | None:

@@ -12,6 +12,7 @@ import binascii
 import ipaddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_ADDRESS_CHARS = 64
 # Anything broader is almost certainly a typo ("/0" = the whole internet may log in); a real office or
@@ -21,6 +22,39 @@ MIN_PREFIX = {4: 8, 6: 32}
 
 class FirewallConfigError(ValueError):
     """The address file is malformed; each line names the offending key and the rule it broke."""
+
+
+def _beyond_this_host(address: Address) -> bool:
+    """An address that names hosts out on a network: not "any" (0.0.0.0, ::), this host (loopback),
+    a group (multicast), one link only (link-local, where an address is ambiguous without a zone) or
+    a range set aside by the IANA (240.0.0.0/4 and the like: no host has one)."""
+    return not (
+        address.is_unspecified
+        or address.is_loopback
+        or address.is_multicast
+        or address.is_link_local
+        or address.is_reserved
+    )
+
+
+def host_address(value: object) -> Address:
+    """One other host's address, as a setting names it (a nameserver, a database, a balancer): an IP,
+    never a name (a name is resolved at some other time than the rule that uses it is written),
+    unicast and beyond this host, without a %zone, an IPv4 address written as IPv4. ValueError names
+    the rule broken, never quoting the value."""
+    if not isinstance(value, str) or not 2 <= len(value) <= 45 or value != value.strip():
+        raise ValueError("is not an IP address")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("is not an IP address (a host name is not taken)") from None
+    if isinstance(address, ipaddress.IPv6Address) and (address.ipv4_mapped is not None or address.scope_id):
+        raise ValueError("must be an IPv6 address without a %zone, or an IPv4 address written as IPv4")
+    if not _beyond_this_host(address):
+        raise ValueError(
+            "must be one host's address (not 0.0.0.0, ::, loopback, multicast, link-local or reserved)"
+        )
+    return address
 
 
 def network(value: object) -> Network:
@@ -39,8 +73,7 @@ def network(value: object) -> Network:
         raise ValueError("is not an IP address or network (it has host bits set)") from None
     if network.prefixlen < MIN_PREFIX[network.version]:
         raise ValueError(f"is too broad (IPv{network.version} needs at least /{MIN_PREFIX[network.version]})")
-    address = network.network_address
-    if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
+    if not _beyond_this_host(network.network_address):
         raise ValueError("is not a routable host or network address")
     return network
 

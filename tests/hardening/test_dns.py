@@ -90,11 +90,13 @@ def test_the_rendered_file() -> None:
         ([], "at least one nameserver"),
         (["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"], "at most 3 nameservers"),
         (["dns.example"], "'dns.example' is not an IP address"),
-        (["127.0.0.53"], "not an external resolver"),
-        (["::1"], "not an external resolver"),
-        (["0.0.0.0"], "not an external resolver"),  # noqa: S104 - a refused input, nothing binds
-        (["fe80::1"], "not an external resolver"),
-        (["fe80::1%eth0"], "is not an IP address"),
+        (["127.0.0.53"], "must be one host's address"),
+        (["::1"], "must be one host's address"),
+        (["0.0.0.0"], "must be one host's address"),  # noqa: S104 - a refused input, nothing binds
+        (["fe80::1"], "must be one host's address"),
+        (["fe80::1%eth0"], "without a %zone"),
+        (["240.0.0.1"], "reserved"),
+        (["::ffff:192.0.2.53"], "an IPv4 address written as IPv4"),
         (["192.0.2.53\nnameserver 203.0.113.66"], "is not an IP address"),
         (["192.0.2.53", "192.0.2.53"], "listed twice"),
     ],

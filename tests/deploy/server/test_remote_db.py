@@ -48,7 +48,7 @@ def test_a_remote_database(url: str, want: RemoteDatabase) -> None:
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        (GOOD.replace("192.0.2.2", "db.example.internal"), "must be an IP address"),
+        (GOOD.replace("192.0.2.2", "db.example.internal"), "the host is not an IP address"),
         (GOOD.replace(f"&{CA}", ""), "ssl_ca= once"),
         (GOOD + "&ssl_verify_identity=true", "no ssl_verify_identity"),
         (GOOD + "&ssl_ca=/etc/strongroom/other.pem", "ssl_ca= once"),
@@ -57,11 +57,13 @@ def test_a_remote_database(url: str, want: RemoteDatabase) -> None:
         (GOOD.replace(":3306", ":0"), "port 1-65535"),
         (GOOD.replace(":3306", ":65536"), "port outside 1-65535"),
         (GOOD.replace(":3306", ":x"), "port outside 1-65535"),
-        (GOOD.replace("192.0.2.2", "127.0.0.1"), "not a loopback"),
-        (GOOD.replace("192.0.2.2", "0.0.0.0"), "not a loopback"),  # noqa: S104
-        (GOOD.replace("192.0.2.2", "224.0.0.1"), "not a loopback"),
-        (GOOD.replace("192.0.2.2", "[::ffff:192.0.2.2]"), "IPv4 one as IPv4"),
-        (GOOD.replace("192.0.2.2", "[fe80::1%25eth0]"), "link-local"),
+        (GOOD.replace("192.0.2.2", "127.0.0.1"), "must be one host's address"),
+        (GOOD.replace("192.0.2.2", "0.0.0.0"), "must be one host's address"),  # noqa: S104
+        (GOOD.replace("192.0.2.2", "224.0.0.1"), "must be one host's address"),
+        (GOOD.replace("192.0.2.2", "[::ffff:192.0.2.2]"), "an IPv4 address written as IPv4"),
+        (GOOD.replace("192.0.2.2", "[fe80::1%25eth0]"), "without a %zone"),
+        (GOOD.replace("192.0.2.2", "[fe80::1]"), "link-local"),
+        (GOOD.replace("192.0.2.2", "240.0.0.1"), "reserved"),
         (GOOD + "&ssl_disabled=true", "only charset= and ssl_ca="),
         (GOOD + "&unix_socket=/run/mysqld/mysqld.sock", "unix_socket= and a TCP host"),
         (GOOD.replace("mysql+pymysql", "mysql"), r"mysql\+pymysql://"),
