@@ -12,13 +12,16 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
+import subprocess
 import sys
 import sysconfig
 import time
 import venv
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +46,28 @@ def need_binary(name: str) -> str:
             return path
     component_missing(f"{name} is not installed (make test installs it when run as root)")
     raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts (the server
+    binds it again; a port taken in between makes that start fail loudly, never pass wrongly)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> tuple[Any, Any]:
+    """Stop a process a test started: SIGTERM, then SIGKILL if it is still there after `grace`
+    seconds (an ssh client was once seen lingering on its way out under load). Returns what it wrote
+    to its pipes; they are drained and closed either way, so no pipe is left for the garbage collector
+    to report in some later test."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate(timeout=grace)
 
 
 def need_root() -> None:

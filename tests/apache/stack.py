@@ -38,7 +38,7 @@ import psutil
 from apache.private import PrivateApache, Settings
 from tests.fixtures.pki import Issued, TestCA
 from tests.keyd.conftest import Keyd, unsealed_keyd
-from tests.support import component_missing, need_binary, need_root
+from tests.support import component_missing, free_port, need_binary, need_root
 from webapp import create_app
 from webapp.db import migrate
 
@@ -60,12 +60,6 @@ def traversable_dir(prefix: str = "apache-stack-") -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from apache.private import HERE, modules
-from tests.apache.stack import free_port, traversable_dir
+from tests.apache.stack import traversable_dir
 from tests.fixtures.pki import TestCA
-from tests.support import component_missing, need_binary, need_root
+from tests.support import component_missing, free_port, need_binary, need_root
 
 ETC = Path("/etc/apache2")
 

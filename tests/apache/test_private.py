@@ -21,9 +21,9 @@ import pytest
 
 from apache.crs_redact import CRS_RULES, generate
 from apache.private import SITE, PrivateApache, Settings, modules, render
-from tests.apache.stack import free_port, traversable_dir
+from tests.apache.stack import traversable_dir
 from tests.fixtures.pki import Issued, TestCA
-from tests.support import component_missing, need_binary, need_root
+from tests.support import component_missing, free_port, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 # The contract with the deploy script and docs/apache.md: production defaults of the site file.

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 
 from apache.private import BEHIND_BALANCER, SITE, render
 from tests.apache.conftest import PASSWORDS
-from tests.apache.stack import ROOT, Stack, free_port, log_in, running_stack, traversable_dir
-from tests.support import LogMark
+from tests.apache.stack import ROOT, Stack, log_in, running_stack, traversable_dir
+from tests.support import LogMark, free_port
 
 EMPLOYEE = "198.51.100.7"
 ELSEWHERE = "203.0.113.9"

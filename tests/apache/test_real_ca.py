@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apache.private import PrivateApache, Settings
-from tests.apache.stack import free_port, traversable_dir
+from tests.apache.stack import traversable_dir
 from tests.ca.conftest import CA, make_ca, set_config  # noqa: F401 - make_ca is the fixture
 from tests.fixtures.pki import unpack_bundle
-from tests.support import need_binary, need_root
+from tests.support import free_port, need_binary, need_root
 
 
 def _get(port: int, chain: Path, client: tuple[Path, Path]) -> int | str:

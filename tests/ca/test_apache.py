@@ -21,15 +21,9 @@ import pytest
 
 from tests.ca.conftest import CA
 from tests.fixtures.pki import unpack_bundle
-from tests.support import need_binary
+from tests.support import free_port, need_binary
 
 MODULES = Path("/usr/lib/apache2/modules")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _conf(ca: CA, run: Path, port: int) -> str:
@@ -65,7 +59,7 @@ DocumentRoot {run}/htdocs
 
 class Apache:
     def __init__(self, ca: CA, run: Path) -> None:
-        self.run, self.port = run, _free_port()
+        self.run, self.port = run, free_port()
         (run / "htdocs").mkdir(parents=True)
         (run / "htdocs" / "index.html").write_text("vault\n")
         (run / "httpd.conf").write_text(_conf(ca, run, self.port))

@@ -36,10 +36,10 @@ from ca.config import Config, CrlNode, load_config, render_config
 from ca.crl_receive import MAX_BYTES
 from ca.errors import CAError
 from tests.apache.stack import traversable_dir
-from tests.backup.conftest import free_port, keygen, running_sshd
 from tests.ca.conftest import CA, set_config
 from tests.fixtures.pki import unpack_bundle
-from tests.support import need_binary, need_root
+from tests.fixtures.sshd import keygen, root_sshd_config, running_sshd
+from tests.support import free_port, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_SECONDS = 60  # issue 20: "a revocation reaches both nodes' Apache within a minute"
@@ -315,34 +315,6 @@ class Cluster:
         return self.ca.dir / "publish" / "chain.pem"
 
 
-def _sshd_conf(base: Path, port: int) -> Path:
-    conf = base / "sshd_config"
-    conf.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {base / 'host_ed25519'}",
-                f"PidFile {base / 'sshd.pid'}",
-                f"AuthorizedKeysFile {base / 'authorized_keys'}",
-                "AuthenticationMethods publickey",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                # Root only through a key with a forced command: what the key may do is the receiver.
-                "PermitRootLogin forced-commands-only",
-                "AllowUsers root",
-                "StrictModes no",  # pytest's tmp dirs are not root-owned all the way up
-                "DisableForwarding yes",
-                "PermitUserRC no",
-                "LogLevel VERBOSE",
-                "",
-            ]
-        )
-    )
-    return conf
-
-
 @pytest.fixture
 def cluster(make_ca: Callable[..., CA], tmp_path: Path) -> Iterator[Cluster]:
     need_root()
@@ -392,7 +364,7 @@ def _started_nodes(ca: CA, shared: Path, ca_pub: str, sshd_binary: str, apache2:
             forced = shlex.join(receiver_argv(base, f"/bin/kill -USR1 {apache.pid}"))
             options = f'restrict,from="127.0.0.1",command="cd {ROOT} && exec {forced}"'
             (base / "authorized_keys").write_text(f"{options} {ca_pub}\n")
-            conf = _sshd_conf(base, port)
+            conf = root_sshd_config(base, port=port, root_login="forced-commands-only")
             sshd = stack.enter_context(running_sshd(sshd_binary, conf, port, base / "sshd.log"))
             nodes.append(Node(name, base, port, known_hosts, apache, sshd))
         yield nodes

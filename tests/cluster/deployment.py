@@ -38,10 +38,10 @@ from pathlib import Path
 import psutil
 
 from tests.apache.stack import GUNICORN, production_settings, traversable_dir
-from tests.backup.conftest import keygen
 from tests.cluster.galera import Galera
 from tests.cluster.lan import Lan
 from tests.fixtures.pki import Issued, TestCA
+from tests.fixtures.sshd import keygen, root_sshd_config
 from tests.keyd.conftest import Keyd, copy_state, make_keyd, raw_key
 from tests.support import component_missing, need_binary, need_root
 from webapp.db import migrate
@@ -260,7 +260,7 @@ class Deployment:
             need_binary("sshd"),
             "-D",
             "-f",
-            str(node.dir / "sshd_config"),
+            str(node.dir / "sshd" / "sshd_config"),
             "-E",
             str(self.log(f"{name}-sshd")),
         ]
@@ -471,14 +471,9 @@ def _sshd_files(node_dir: Path, address: str, known_hosts: Path) -> None:
     known_hosts.write_text(f"{address} {host_pub}\n")
     os.chmod(known_hosts, 0o600)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    (node_dir / "sshd_config").write_text(
-        "\n".join([
-            "Port 22", f"ListenAddress {address}", f"HostKey {node_dir / 'sshd' / 'host_ed25519'}",
-            f"PidFile {node_dir / 'sshd' / 'sshd.pid'}", f"AuthorizedKeysFile {node_dir / 'authorized_keys'}",
-            "AuthenticationMethods publickey", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "UsePAM no", "PermitRootLogin forced-commands-only", "AllowUsers root", "StrictModes no",
-            "DisableForwarding yes", "PermitUserRC no", "LogLevel VERBOSE", "",
-        ])
+    root_sshd_config(
+        node_dir / "sshd", port=22, address=address, root_login="forced-commands-only",
+        authorized_keys=node_dir / "authorized_keys",
     )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ from tests.apparmor.policy import compiled_file_rules, decide, mask_of
 from tests.deploy.syscalls import PROC_MOVES, file_accesses, translate
 from tests.deploy.test_install import make_root, run_install
 from tests.fixtures.pki import TestCA
-from tests.support import need_binary, need_root
+from tests.support import free_port, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,12 +66,6 @@ def _get(context: ssl.SSLContext, port: int) -> bytes:
     return answer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def apache_trace() -> Iterator[tuple[set[tuple[str, str]], int]]:
     need_root()
@@ -102,7 +96,7 @@ def apache_trace() -> Iterator[tuple[set[tuple[str, str]], int]]:
         os.chmod(backend_path, 0o777)  # noqa: S103 - as gunicorn makes it; the directory guards it
         threading.Thread(target=backend.serve_forever, daemon=True).start()
 
-        port = _free_port()
+        port = free_port()
         defines = {
             "STRONGROOM_LISTEN_ADDRESS": "127.0.0.1",
             "STRONGROOM_LISTEN_PORT": str(port),

@@ -26,17 +26,11 @@ from tests.deploy.syscalls import (
     translate,
 )
 from tests.deploy.test_health_agent_unit import options, rendered
-from tests.support import need_binary
+from tests.support import free_port, need_binary
 from webapp import create_app
 from webapp.db import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ask(port: int) -> bytes:

@@ -31,8 +31,8 @@ from tests.deploy.test_units import options
 from tests.deploy.test_web_command import descendants, unit_environment
 from tests.deploy.test_webapp_env import environment_file, render
 from tests.ops.postfix_harness import local_users, private_postfix
-from tests.ops.rsyslog_harness import free_port, wait_for
-from tests.support import need_binary, need_root
+from tests.ops.rsyslog_harness import wait_for
+from tests.support import free_port, need_binary, need_root
 from tests.webapp.smtpsink import Sink, smtp_server
 from webapp import create_app, outbox
 from webapp.db import migrate

@@ -26,7 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.fixtures.pki import unpack_bundle
-from tests.support import need_binary
+from tests.support import free_port, need_binary
 from webapp import navigation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,12 +69,6 @@ class Demo:
         if client:
             ctx.load_cert_chain(str(client[0]), str(client[1]))
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _field(output: str, label: str) -> str:
@@ -136,7 +130,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     if not PY.exists():
         pytest.fail(".venv is missing: run the suite through `make test`")
     demo_dir = tmp_path_factory.mktemp("demo")
-    port = _free_port()
+    port = free_port()
     proc, output = start_demo(demo_dir, port)
     # The bundle as a browser would import it: it opens only with the printed password.
     bundle = Path(_field(output, "bundle"))

@@ -36,14 +36,13 @@ from tests.e2e.test_demo import (
     Demo,
     _answers,
     _field,
-    _free_port,
     _get,
     check_own_pages,
     start_demo,
     unpack_all,
 )
 from tests.fixtures.pki import unpack_bundle
-from tests.support import component_missing, need_binary, need_root
+from tests.support import component_missing, free_port, need_binary, need_root
 
 
 def _front_run(output: str) -> Path:
@@ -76,7 +75,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     if not PY.exists():
         pytest.fail(".venv is missing: run the suite through `make test`")
     demo_dir = tmp_path_factory.mktemp("demo-apache")
-    port = _free_port()
+    port = free_port()
     proc, output = start_demo(demo_dir, port, DEMO_APACHE="1")
     client = unpack_bundle(Path(_field(output, "bundle")), _field(output, "bundle password"), demo_dir)
     running = Demo(proc, demo_dir, port, output, client, unpack_all(output, demo_dir))
@@ -218,7 +217,7 @@ def test_sigterm_stops_everything_and_cleans_up_like_ctrl_c(
     need_binary("apache2")
     need_root()
     demo_dir = tmp_path_factory.mktemp("demo-apache-term")
-    port = _free_port()
+    port = free_port()
     proc, output = start_demo(demo_dir, port, DEMO_APACHE="1")
     try:
         front = _front_run(output)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hardening.ssh import HOOK, CrlPush, SshdSettings, render
-from tests.support import need_binary, need_root
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.support import free_port, need_binary, need_root, stop_process
+from tests.webapp.smtpsink import Sink, smtp_server
 
 CLIENT_TIMEOUT = 20
 
@@ -215,8 +215,7 @@ def hardened_sshd(
             yield Server(base, port, sink, admin, outsider, keys, log, hook_config)
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_process(proc)
         for user in made_users:
             subprocess.run(["pkill", "-KILL", "-u", user], check=False, capture_output=True)
             subprocess.run(["userdel", user], check=False, capture_output=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.hardening.sshd_server import Server, hardened_sshd, run, wait_for_port
-from tests.support import need_binary
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.support import free_port, need_binary, stop_process
+from tests.webapp.smtpsink import Sink, smtp_server
 
 MARKER = "s3cret-c0mmand-marker"  # appears in commands; must never appear in a mail
 
@@ -166,8 +166,7 @@ def test_login_without_a_session_is_in_sshd_log_for_the_watchdog(server: Server,
         line = next(ln for ln in server.log.read_text()[seen:].splitlines() if expected in ln)
         assert server.fingerprint("unknown") in line
     finally:
-        child.terminate()
-        child.wait(timeout=10)
+        stop_process(child)
     assert sink.messages == []
 
 
@@ -240,8 +239,7 @@ def test_password_probe_logs_in_when_a_config_allows_it(server: Server, sink: Si
         assert len(sink.messages) == 1
         assert "not a login with exactly one public key" in _bodies(sink)[0]
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
         run("usermod", "-p", "*", server.admin)
 
 
@@ -310,8 +308,7 @@ def test_local_forwarding_is_refused(server: Server, target: int) -> None:
             # sshd refuses the channel, so ssh closes the local side: EOF, nothing relayed.
             assert conn.recv(1) == b""
     finally:
-        child.terminate()
-        _, err = child.communicate(timeout=10)
+        _, err = stop_process(child)
     assert "administratively prohibited" in err
 
 

@@ -23,8 +23,8 @@ from ops.settings import Settings
 from ops.state import StateDir
 from tests.fixtures.pki import TestCA
 from tests.ops.conftest import queued
-from tests.ops.rsyslog_harness import free_port, wait_for
-from tests.support import need_binary, need_root
+from tests.ops.rsyslog_harness import wait_for
+from tests.support import free_port, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = "/usr/lib/apache2/modules"

@@ -17,7 +17,7 @@ from ops.runner import run_pass
 from ops.settings import Settings
 from ops.state import StateDir
 from tests.ops.conftest import mail_send
-from tests.ops.rsyslog_harness import free_port
+from tests.support import free_port
 from webapp.db.tables import outbox
 
 

@@ -21,7 +21,8 @@ from ops.settings import Settings
 from tests.deploy.test_webapp_env import environment_file, render
 from tests.ops.conftest import mail_send
 from tests.ops.postfix_harness import PrivatePostfix, local_users, private_postfix
-from tests.ops.rsyslog_harness import free_port, wait_for
+from tests.ops.rsyslog_harness import wait_for
+from tests.support import free_port
 from webapp import outbox
 from webapp.db.tables import outbox as outbox_table
 

@@ -22,8 +22,8 @@ import pytest
 
 from ops.postfix import Postfix, PostfixConfigError
 from tests.ops.postfix_harness import local_users, private_postfix
-from tests.ops.rsyslog_harness import free_port, wait_for
-from tests.support import need_binary
+from tests.ops.rsyslog_harness import wait_for
+from tests.support import free_port, need_binary
 from tests.webapp.smtpsink import Sink, smtp_server
 from webapp.mail.delivery import SmtpSession
 from webapp.mail.settings import MailSettings

@@ -25,9 +25,9 @@ from ops.remote_copy import RemoteCopyFailed
 from ops.runner import run_pass
 from ops.settings import Settings as WatchSettings
 from ops.state import StateDir
-from tests.backup.conftest import free_port, running_sshd, ssh_keys
+from tests.fixtures.sshd import running_sshd, ssh_keys
 from tests.ops.conftest import queued
-from tests.support import need_binary, need_root
+from tests.support import free_port, need_binary, need_root
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)

@@ -22,8 +22,8 @@ from ops.settings import Settings, parse
 from ops.state import StateDir
 from tests.fixtures.pki import TestCA
 from tests.ops.conftest import queued
-from tests.ops.rsyslog_harness import Rsyslogd, free_port, wait_for
-from tests.support import need_binary
+from tests.ops.rsyslog_harness import Rsyslogd, wait_for
+from tests.support import free_port, need_binary
 from webapp.audit.service import AuditEntry, append, to_syslog
 from webapp.db.tables import audit_head, audit_log
 from webapp.events import Event

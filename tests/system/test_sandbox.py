@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import stop_process
 from tests.system import operator
 from tests.system.container import Container
 from tests.system.server import REPO, SRC, Server
@@ -67,8 +68,7 @@ class Listener:
 
     def accepted(self) -> list[str]:
         """Every peer so far (ends the listener: call once, at the end)."""
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=10)
+        out, _ = stop_process(self.proc)
         return [line.split()[1] for line in out.splitlines() if line.startswith("ACCEPT")]
 
 

@@ -25,20 +25,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.keyd.conftest import Running, unsealed_keyd
-from tests.support import need_binary
+from tests.support import free_port, need_binary, stop_process
 from tests.webapp.helpers import mariadb_read_only, refuse_audit_inserts
 from webapp.cli import UsageFailure
 from webapp.health_agent import CACHE_SECONDS, WORKERS, CachedCheck, Grace, Verdict, parse_grace, parse_listen
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = "e.g. 192.0.2.11:9700 or [2001:db8::11]:9700"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> float:
@@ -781,8 +774,7 @@ listen web
         wait_until(admin.exists, timeout=10, what="HAProxy's admin socket")
         yield Balancer(proc, admin)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 

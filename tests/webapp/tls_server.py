@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.fixtures.pki import TestCA
-from tests.support import component_missing
+from tests.support import component_missing, free_port, stop_process
 from tests.webapp.conftest import CHEAP_ARGON2, PASSWORDS, SECRET
 from webapp import create_app
 from webapp.db import migrate
@@ -42,12 +42,6 @@ class Server:
 
     def connection(self, client: tuple[Path, Path] | None) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(client), timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -90,7 +84,7 @@ def serve(d: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
         if added.exit_code or bound.exit_code:
             raise RuntimeError(added.output + bound.output)
     app.extensions["strongroom"].engine.dispose()
-    port = _free_port()
+    port = free_port()
     env |= {
         "STRONGROOM_TLS_CERT": str(paths["server"][0]),
         "STRONGROOM_TLS_KEY": str(paths["server"][1]),
@@ -130,8 +124,7 @@ def serve(d: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
             env["STRONGROOM_DATABASE_URL"],
         )
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_process(proc, grace=20)
         log.close()
 
 

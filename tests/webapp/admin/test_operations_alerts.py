@@ -15,10 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.fixtures.pki import TestCA
+from tests.support import free_port
 from tests.webapp.conftest import Person, client_for, csrf_token, get, login, post
 from tests.webapp.helpers import audit_rows, events
 from tests.webapp.records.support import ADMIN_PASSWORD, SUPERVISOR_PASSWORD, add_person
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.webapp.smtpsink import Sink, smtp_server
 from webapp import outbox
 from webapp.clock import FakeClock
 from webapp.db.tables import outbox as outbox_table

@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from flask import Flask
 
 from tests.fixtures.pki import TestCA
+from tests.support import free_port
 from tests.webapp.conftest import Person, client_for, login
 from tests.webapp.helpers import audit_rows
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.webapp.smtpsink import Sink, smtp_server
 from webapp import outbox
 from webapp.clock import FakeClock
 from webapp.db.tables import outbox as outbox_table

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from tests.support import free_port
 from tests.webapp.conftest import Person, client_for, get, login
 from tests.webapp.mail.test_delivery import count_in, mail_config, send
-from tests.webapp.smtpsink import Sink, free_port, smtp_server
+from tests.webapp.smtpsink import Sink, smtp_server
 from webapp.clock import FakeClock
 from webapp.mail import spool as spool_module
 from webapp.mail.spool import Spool, spool_path
