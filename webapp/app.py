@@ -42,7 +42,7 @@ from webapp.auth import passwords
 from webapp.auth.account import bp as account_bp
 from webapp.auth.hours import WorkingHours
 from webapp.auth.service import LoginPolicy, User, load_user
-from webapp.auth.sessions import DbSessionInterface
+from webapp.auth.sessions import DbSessionInterface, seconds_left
 from webapp.auth.views import bp as auth_bp
 from webapp.clock import Clock, SystemClock
 from webapp.db.engine import make_engine
@@ -235,6 +235,7 @@ def _configured(
     _register_error_pages(app)
 
     app.jinja_env.globals["nav_links"] = navigation.links
+    app.jinja_env.globals["session_seconds_left"] = seconds_left
     app.register_blueprint(auth_bp)
     app.register_blueprint(account_bp)
     app.register_blueprint(audit_bp)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, Request, g, request, url_for
+from flask import Flask, Request, current_app, g, request, session, url_for
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 from werkzeug.wrappers import Response
@@ -51,6 +52,18 @@ _TOUCH = (
     .where(sessions.c.id_hash == sa.bindparam("sid_hash"), sessions.c.ended_at.is_(None))
     .values(last_seen_at=sa.bindparam("seen"), data=sa.bindparam("new_data"))
 )
+
+
+def seconds_left() -> int:
+    """Seconds until this request's session meets its absolute timeout, for the idle warning
+    (base.html's data-session-left): counted from the login, which no activity moves; a session
+    that is being made by this request has the whole of it."""
+    total = int(current_app.config["SESSION_ABSOLUTE_TIMEOUT"])
+    started = getattr(session, "created_at", None)
+    if started is None:
+        return total
+    spent = (services(current_app).clock.now() - started).total_seconds()
+    return max(0, math.ceil(total - spent))  # rounded up: the page never announces the end early
 
 
 def sid_hash(sid: str) -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +54,8 @@ def test_logged_in_pages_carry_the_idle_timeout(
         assert f'data-idle-timeout="{timeout}"' in body.group(1)
         assert f'data-idle-ping="{PING}"' in body.group(1)
         assert 'data-idle-login="/login"' in body.group(1)
+        assert 'data-session-left="28800"' in body.group(1)  # the clock stands still: all 8 hours
+        assert 'data-session-max="28800"' in body.group(1)
         assert '<script src="/static/idle.js" defer></script>' in page.text
         assert not re.search(r"<script(?![^>]*\bsrc=)", page.text)  # no inline script anywhere
 
@@ -116,6 +119,28 @@ def test_it_does_not_lengthen_the_session_beyond_the_absolute_timeout(
     assert audit_rows(app, Event.SESSION_EXPIRED_ABSOLUTE)
 
 
+def test_pages_say_what_is_left_of_the_absolute_timeout_counted_from_the_login(
+    make_app: Callable[..., Flask], people: dict[str, Person], clock: FakeClock
+) -> None:
+    app = make_app(SESSION_IDLE_TIMEOUT=900, SESSION_ABSOLUTE_TIMEOUT=3600)
+    client = _logged_in(app, people["alice"])
+
+    def left() -> str:
+        page = get(client, "/")
+        assert page.status_code == 200
+        found = re.search(r'data-session-left="(\d+)"', page.text)
+        assert found, page.text
+        return found.group(1)
+
+    assert left() == "3600"
+    clock.advance(timedelta(minutes=10))
+    assert left() == "3000"  # activity moves the idle timer, never this one
+    clock.advance(timedelta(minutes=10, seconds=30))
+    assert left() == "2370"
+    clock.advance(timedelta(minutes=49, seconds=31))
+    assert get(client, "/").status_code == 302  # 61 minutes: ended
+
+
 def test_static_files_are_not_activity(app: Flask, people: dict[str, Person], clock: FakeClock) -> None:
     client = _logged_in(app, people["alice"])
     [before] = live_sessions(app)
@@ -151,8 +176,11 @@ def test_the_ping_needs_a_session(app: Flask, people: dict[str, Person]) -> None
 
 # The script itself, in Chromium (Debian's, driven by Playwright, as in test_browser.py) against
 # gunicorn with a client certificate; a 12-second idle timeout makes the warning come after 9 seconds.
+# For the absolute timeout's warning, a second server whose sessions last 20 seconds whatever the
+# activity (the warning comes 5 seconds before) and whose idle timeout (60 s) never comes first.
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_IDLE = 12
+BROWSER_ABSOLUTE = 20
 
 
 @pytest.fixture(scope="module")
@@ -163,27 +191,34 @@ def short_idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         yield running
 
 
-@pytest.fixture
-def idle_page(short_idle_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
+@pytest.fixture(scope="module")
+def short_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings = {
+        "STRONGROOM_SESSION_IDLE_TIMEOUT": "60",
+        "STRONGROOM_SESSION_ABSOLUTE_TIMEOUT": str(BROWSER_ABSOLUTE),
+    }
+    with serve(tmp_path_factory.mktemp("absolute"), settings) as running:
+        yield running
+
+
+@contextmanager
+def _chromium_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
+    """A Chromium page presenting alice's certificate to `server`, and the console's complaints."""
     if not (os.path.exists(CHROMIUM) and shutil.which("chromium")):
         component_missing("chromium is not installed (scripts/debian-packages.txt)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         component_missing("playwright is not installed (requirements-dev.txt)")
-    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(short_idle_server.ca_file))
+    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(server.ca_file))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    cert, key = short_idle_server.alice
+    cert, key = server.alice
     problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu", "--no-first-run"])
         context = browser.new_context(
             client_certificates=[
-                {
-                    "origin": f"https://127.0.0.1:{short_idle_server.port}",
-                    "certPath": str(cert),
-                    "keyPath": str(key),
-                }
+                {"origin": f"https://127.0.0.1:{server.port}", "certPath": str(cert), "keyPath": str(key)}
             ]
         )
         page = context.new_page()
@@ -194,6 +229,28 @@ def idle_page(short_idle_server: Server, monkeypatch: pytest.MonkeyPatch) -> Ite
         finally:
             context.close()
             browser.close()
+
+
+@pytest.fixture
+def idle_page(short_idle_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[str]]]:
+    with _chromium_page(short_idle_server, monkeypatch) as page:
+        yield page
+
+
+@pytest.fixture
+def session_page(
+    short_session_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, list[str]]]:
+    with _chromium_page(short_session_server, monkeypatch) as page:
+        yield page
+
+
+def _log_in_in_browser(page: Any, base: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#username", "alice")
+    page.fill("#password", PASSWORDS["alice"])
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
 
 
 def _pings(server: Server) -> int:
@@ -210,11 +267,7 @@ def _pings(server: Server) -> int:
 def test_the_warning_in_a_real_browser(idle_page: tuple[Any, list[str]], short_idle_server: Server) -> None:
     page, problems = idle_page
     base = f"https://127.0.0.1:{short_idle_server.port}"
-    page.goto(f"{base}/login")
-    page.fill("#username", "alice")
-    page.fill("#password", PASSWORDS["alice"])
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
+    _log_in_in_browser(page, base)
     page.goto(f"{base}/account/password")
     assert page.locator("#idle-warning").count() == 0  # nothing yet
     # The warning: an alert with the button, a quarter of the (short) timeout before its end.
@@ -234,4 +287,36 @@ def test_the_warning_in_a_real_browser(idle_page: tuple[Any, list[str]], short_i
     # And the server agrees: the session is gone.
     page.goto(f"{base}/account/password")
     assert page.url.endswith("/login")
+    assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []
+
+
+def test_the_absolute_timeout_is_announced_without_a_way_to_extend_it(
+    session_page: tuple[Any, list[str]], short_session_server: Server
+) -> None:
+    page, problems = session_page
+    base = f"https://127.0.0.1:{short_session_server.port}"
+    _log_in_in_browser(page, base)
+    page.goto(f"{base}/account/password")
+    assert page.locator("#idle-warning").count() == 0  # nothing yet
+    # A quarter of the 20 seconds before the end: the alert, and no "Stay logged in" (it could not help).
+    warning = page.wait_for_selector("#idle-warning", timeout=(BROWSER_ABSOLUTE + 2) * 1000)
+    assert warning.get_attribute("role") == "alert"
+    assert "Your session ends in about" in (warning.text_content() or "")
+    assert page.locator("#idle-stay").count() == 0
+    assert blocking_axe_violations(page) == []
+    page.wait_for_selector("text=Your session ended", timeout=10_000)
+    assert page.locator("#idle-warning a[href='/login']").count() == 1
+    assert _pings(short_session_server) == 0  # the script sent nothing on its own
+    # And the server agrees: the session is gone, ended by the absolute timeout.
+    page.goto(f"{base}/account/password")
+    assert page.url.endswith("/login")
+    engine = make_engine(short_session_server.db_url)
+    try:
+        with engine.connect() as conn:
+            ended = conn.execute(
+                sa.select(audit_log.c.detail).where(audit_log.c.event == Event.SESSION_EXPIRED_ABSOLUTE.value)
+            ).all()
+    finally:
+        engine.dispose()
+    assert [row.detail for row in ended] == ["absolute"]
     assert [p for p in problems if "Content Security Policy" in p or "Refused" in p] == []
