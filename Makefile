@@ -66,14 +66,19 @@ typecheck: venv
 run_pytest = @$(PY) -m pytest $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests: failing" >&2; exit 1; fi; exit $$rc
 
+# The whole suite runs as four pytest processes side by side (scripts/pytest-tracks.sh says why and
+# how it is split); `make pytest PYTEST_ARGS="tests/keyd -x"` runs just those tests, in one process.
 pytest: sysdeps venv axe
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@scripts/pytest-tracks.sh $(PY)
+else
 	$(call run_pytest,$(PYTEST_ARGS))
+endif
 
 test: sysdeps venv lint typecheck pytest
 
-# The multi-node deployment (docs/scaling.md): three Galera nodes, HAProxy and two web nodes in network
-# namespaces, with machines failing under load (about 3 minutes). Its own target because `make test`
-# alone takes 22-30 minutes on two cores (30 in the last CI run, 5986 tests); .ci/run runs both.
+# The multi-node deployment alone (docs/scaling.md): three Galera nodes, HAProxy and two web nodes in
+# network namespaces, with machines failing under load (about 3 minutes; `make test` runs it too).
 test-cluster: sysdeps venv
 	$(call run_pytest,-m cluster tests/cluster $(PYTEST_ARGS))
 
