@@ -39,13 +39,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from webapp.db.engine import WSREP_NOT_READY
 from webapp.redact import mask_pans
 
 # MariaDB error codes after which the server has rolled the whole transaction back and committed
 # nothing of it: the one place this list is kept.
 RETRYABLE = {
     1213: "deadlock or Galera certification conflict",  # ER_LOCK_DEADLOCK
-    1047: "node not ready (WSREP)",  # ER_UNKNOWN_COM_ERROR: Galera node outside the primary component
+    WSREP_NOT_READY: "node not ready (WSREP)",
 }
 ATTEMPTS = 3
 BACKOFF = 0.05  # seconds before the 2nd attempt (jittered, between half and all of it); doubled after

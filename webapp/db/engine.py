@@ -68,7 +68,7 @@ def _close_at_exit(engine: Engine) -> None:
     atexit.register(close)
 
 
-_WSREP_NOT_READY = 1047  # ER_UNKNOWN_COM_ERROR: a Galera node outside the primary component
+WSREP_NOT_READY = 1047  # ER_UNKNOWN_COM_ERROR: a Galera node outside the primary component
 
 
 def _drop_unready_node(context: sa.engine.ExceptionContext) -> None:
@@ -76,7 +76,7 @@ def _drop_unready_node(context: sa.engine.ExceptionContext) -> None:
     treat its refusal as a lost connection, which drops the pool, and the next checkout reconnects
     (through the balancer, to a node that is ready). The request is re-run (webapp/retry.py)."""
     args = getattr(context.original_exception, "args", ())
-    if args and args[0] == _WSREP_NOT_READY:
+    if args and args[0] == WSREP_NOT_READY:
         context.is_disconnect = True
 
 
