@@ -59,7 +59,7 @@ def seconds_left() -> int:
     (base.html's data-session-left): counted from the login, which no activity moves; a session
     that is being made by this request has the whole of it."""
     total = int(current_app.config["SESSION_ABSOLUTE_TIMEOUT"])
-    started = getattr(session, "created_at", None)
+    started: datetime | None = getattr(session, "created_at", None)
     if started is None:
         return total
     spent = (services(current_app).clock.now() - started).total_seconds()
