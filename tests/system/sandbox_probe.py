@@ -66,6 +66,7 @@ def _tcp_socket() -> None:
 def main() -> None:
     result = {
         "probe": os.environ.get("PROBE_NAME", "?"),
+        "run": os.environ.get("PROBE_RUN", ""),  # which start of the unit printed this line
         "uid": os.getuid(),
         "read_keyd_state": _try(lambda: _listdir("/var/lib/strongroom-keyd")),
         "read_keyd_events": _try(lambda: _read("/var/lib/strongroom-keyd/events.jsonl")),

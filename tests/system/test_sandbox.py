@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -73,7 +74,12 @@ class Listener:
 
 
 def run_probe(c: Container, unit: str, outside: str) -> dict[str, object]:
-    """Run the probe as `unit` (its sandbox, a oneshot command); its JSON line from the journal."""
+    """Run the probe as `unit` (its sandbox, a oneshot command); its JSON line from the journal.
+
+    The line is found by a token of this run in the whole journal after a cursor taken before the
+    start, not by the unit's invocation id: a process that has already exited when journald reads
+    its line (seen under load) leaves the line without the _SYSTEMD_* fields of its unit."""
+    run = secrets.token_hex(8)
     dropin_dir = f"/run/systemd/system/{unit}.service.d"
     dropin = (
         "[Service]\n"
@@ -84,20 +90,24 @@ def run_probe(c: Container, unit: str, outside: str) -> dict[str, object]:
         "ExecStart=\n"
         f"ExecStart=/usr/bin/python3 -I {PROBE} {outside}\n"
         f"Environment=PROBE_NAME={unit}\n"
+        f"Environment=PROBE_RUN={run}\n"
     )
     c.run(["systemctl", "stop", unit])
     c.run(f"mkdir -p {dropin_dir} && cat > {dropin_dir}/{DROPIN_NAME}", input=dropin)
     c.run(["systemctl", "daemon-reload"])
     c.run(["systemctl", "reset-failed", unit], check=False)
+    last = c.run(["journalctl", "-n", "1", "--show-cursor", "-o", "cat"]).stdout
+    cursor = re.search(r"^-- cursor: (\S+)$", last, re.M)
+    assert cursor, "journalctl printed no cursor"
     started = c.run(["systemctl", "start", unit], check=False, timeout=60)
-    invocation = c.run(["systemctl", "show", "-P", "InvocationID", unit]).stdout.strip()
     deadline = time.monotonic() + 15
     while True:
-        lines = c.run(["journalctl", "--no-pager", "-o", "cat", f"_SYSTEMD_INVOCATION_ID={invocation}"],
+        lines = c.run(["journalctl", "--no-pager", "-o", "cat", f"--after-cursor={cursor.group(1)}"],
                       check=False).stdout  # fmt: skip
-        found = re.findall(r"^SANDBOX-PROBE (\{.*\})$", lines, re.MULTILINE)
-        if found:
-            return dict(json.loads(found[-1]))
+        found = [json.loads(line) for line in re.findall(r"^SANDBOX-PROBE (\{.*\})$", lines, re.MULTILINE)]
+        mine = [probe for probe in found if probe.get("run") == run]
+        if mine:
+            return dict(mine[-1])
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"no probe output from {unit} (start: {started.returncode} {started.stderr}):\n"
