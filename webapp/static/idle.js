@@ -70,12 +70,15 @@ document.addEventListener("DOMContentLoaded", function () {
   function hide() {
     if (box) { box.remove(); box = null; }
   }
-  function loggedOut() {
+  function logInAgain() {
     var link = document.createElement("a");
     link.href = loginUrl || "/login";
     link.textContent = "Log in again";
+    return link;
+  }
+  function loggedOut() {
     say("You were logged out after " + minutes(timeout) + " without activity. Nothing you had not " +
-        "saved was kept.", link);
+        "saved was kept.", logInAgain());
   }
   function hours(seconds) {
     var h = Math.round(seconds / 3600);
@@ -86,11 +89,8 @@ document.addEventListener("DOMContentLoaded", function () {
         " from the login, whatever you do. Save what you are working on; then log in again.", null);
   }
   function ended() {
-    var link = document.createElement("a");
-    link.href = loginUrl || "/login";
-    link.textContent = "Log in again";
     say("Your session ended: sessions last at most " + hours(sessionMax) + " from the login. Nothing " +
-        "you had not saved was kept.", link);
+        "you had not saved was kept.", logInAgain());
   }
   function warn(left) {
     var button = document.createElement("button");

@@ -245,12 +245,19 @@ def session_page(
         yield page
 
 
-def _log_in_in_browser(page: Any, base: str) -> None:
+def _warning_after_login(page: Any, base: str, *, within: int) -> Any:
+    """Log alice in, open a page, and return the warning once it shows (within `within` seconds);
+    it must not be there at first."""
     page.goto(f"{base}/login")
     page.fill("#username", "alice")
     page.fill("#password", PASSWORDS["alice"])
     page.click("button[type=submit]")
     page.wait_for_load_state()
+    page.goto(f"{base}/account/password")
+    assert page.locator("#idle-warning").count() == 0  # nothing yet
+    warning = page.wait_for_selector("#idle-warning", timeout=within * 1000)
+    assert warning.get_attribute("role") == "alert"
+    return warning
 
 
 def _pings(server: Server) -> int:
@@ -267,12 +274,8 @@ def _pings(server: Server) -> int:
 def test_the_warning_in_a_real_browser(idle_page: tuple[Any, list[str]], short_idle_server: Server) -> None:
     page, problems = idle_page
     base = f"https://127.0.0.1:{short_idle_server.port}"
-    _log_in_in_browser(page, base)
-    page.goto(f"{base}/account/password")
-    assert page.locator("#idle-warning").count() == 0  # nothing yet
     # The warning: an alert with the button, a quarter of the (short) timeout before its end.
-    warning = page.wait_for_selector("#idle-warning", timeout=(BROWSER_IDLE + 2) * 1000)
-    assert warning.get_attribute("role") == "alert"
+    warning = _warning_after_login(page, base, within=BROWSER_IDLE + 2)
     assert "You will be logged out" in (warning.text_content() or "")
     assert _pings(short_idle_server) == 0  # showing it sent nothing
     assert blocking_axe_violations(page) == []
@@ -295,12 +298,8 @@ def test_the_absolute_timeout_is_announced_without_a_way_to_extend_it(
 ) -> None:
     page, problems = session_page
     base = f"https://127.0.0.1:{short_session_server.port}"
-    _log_in_in_browser(page, base)
-    page.goto(f"{base}/account/password")
-    assert page.locator("#idle-warning").count() == 0  # nothing yet
     # A quarter of the 20 seconds before the end: the alert, and no "Stay logged in" (it could not help).
-    warning = page.wait_for_selector("#idle-warning", timeout=(BROWSER_ABSOLUTE + 2) * 1000)
-    assert warning.get_attribute("role") == "alert"
+    warning = _warning_after_login(page, base, within=BROWSER_ABSOLUTE + 2)
     assert "Your session ends in about" in (warning.text_content() or "")
     assert page.locator("#idle-stay").count() == 0
     assert blocking_axe_violations(page) == []
