@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from webapp.redact import HEX_TOKEN
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 ROOT = Path(__file__).resolve().parent.parent
 # The project's own packages: what a copy for another user must hold besides the venv's libraries.
@@ -71,14 +73,14 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> tuple[Any, A
         return proc.communicate(timeout=grace)
 
 
-_HEX_TOKEN = re.compile(r"[0-9a-fA-F]{32,}")
+_HEX_TOKEN = re.compile(rf"[0-9a-fA-F]{{{HEX_TOKEN},}}")  # what webapp.redact calls a hex token
 
 
 def without_hex_ids(text: str) -> str:
     """`text` with every run of 32+ hex digits (our card and item ids, hashes, fingerprints, serials)
     replaced by "<hex>": random hex holds any four digits now and then (a card id once held "4111"),
     so a test that looks for a fragment of a card number looks in what is left. webapp.redact
-    leaves the same tokens alone when it masks."""
+    leaves the same tokens (HEX_TOKEN) alone when it masks."""
     return _HEX_TOKEN.sub("<hex>", text)
 
 

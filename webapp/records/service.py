@@ -21,7 +21,7 @@ from webapp.clock import to_db
 from webapp.records.cards import Pan
 from webapp.records.errors import Refused
 from webapp.records.tables import cards, customer_records, items
-from webapp.redact import PAN_REFUSAL, contains_pan
+from webapp.redact import PAN_MIN, PAN_REFUSAL, contains_pan
 from webapp.vault import Vault
 
 
@@ -140,7 +140,7 @@ class NewCard:
     expiry: str  # MM/YYYY
 
 
-_THIRTEEN_DIGITS = re.compile(r"[0-9]{13}")  # the shortest card number, as a hex id could spell it
+_PAN_LONG_RUN = re.compile(rf"[0-9]{{{PAN_MIN}}}")  # the shortest card number, as a hex id could spell it
 
 
 def new_id() -> str:
@@ -149,7 +149,7 @@ def new_id() -> str:
     ever take an id for one. About one id in 25 is drawn again: a negligible loss of randomness."""
     while True:
         candidate = secrets.token_hex(16)
-        if not _THIRTEEN_DIGITS.search(candidate):
+        if not _PAN_LONG_RUN.search(candidate):
             return candidate
 
 
